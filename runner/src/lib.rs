@@ -1,0 +1,10 @@
+//! portroot-runner: everything that turns a stage tarball and a portage tree into
+//! running build chroots.
+//!
+//! It owns the stage store (tarballs unpacked once, content-addressed), the overlay
+//! layer stack, the chroot mount plans, the sandbox that applies them and the
+//! parallel job pool. It never depends on the FUSE crate or on clap: the binary
+//! wires the portage tree mount in.
+#![warn(missing_docs)]
+
+pub mod archive;

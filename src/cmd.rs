@@ -1,0 +1,30 @@
+//! The subcommands. Each module owns its clap arguments and turns them into calls
+//! into the library crates; nothing here is reused by tests, which drive the
+//! real binary instead.
+
+pub mod mount;
+pub mod run;
+pub mod snapshot;
+pub mod stage;
+
+use portroot::store::Store;
+
+/// What every subcommand gets from the global options.
+// TODO: drop once the subcommands read it (see issues 2-4).
+#[allow(dead_code)]
+#[derive(Debug)]
+pub struct Ctx {
+    /// The store all commands read and write.
+    pub store: Store,
+    /// `--quiet`: no progress bars.
+    pub quiet: bool,
+}
+
+#[allow(dead_code)]
+impl Ctx {
+    /// Whether to draw progress bars: on a terminal, unless `--quiet`.
+    pub fn progress(&self) -> bool {
+        use std::io::IsTerminal;
+        !self.quiet && std::io::stderr().is_terminal()
+    }
+}

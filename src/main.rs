@@ -1,0 +1,115 @@
+//! The `portroot` command line: parses arguments, sets up logging, dispatches to
+//! the subcommands in `cmd/`, and turns their outcome into an exit status that
+//! scripts can trust:
+//!
+//! * `0`: done (including "no newer snapshot");
+//! * `1`: the command failed; one line on stderr says what and where;
+//! * `2`: the command line itself was wrong (clap's usage errors).
+
+mod cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{ArgAction, Parser, Subcommand};
+use portroot::store::{Store, DEFAULT_STORE};
+use tracing_subscriber::EnvFilter;
+
+/// portroot: reproducible Gentoo build chroots, fast.
+///
+/// Imports verified portage snapshots into git (one commit and tag per date),
+/// serves any tag read-only straight from git objects over FUSE, unpacks stage
+/// tarballs once and gives every build chroot a copy-on-write overlay, and runs
+/// many chroots in parallel, collecting their binary packages.
+#[derive(Debug, Parser)]
+#[command(
+    name = "portroot",
+    version,
+    propagate_version = true,
+    after_help = "Examples:\n  portroot snapshot import gentoo-20260820.tar.xz\n  portroot mount --tag 2026-08-20 /mnt/gentoo\n  portroot run --stage stage4 --tag 2026-08-20 --jobs 8 -- emerge -e world"
+)]
+struct Cli {
+    /// The store directory (repositories, stages, layers, runs, binpkgs).
+    #[arg(long, global = true, env = "PORTROOT_STORE", default_value = DEFAULT_STORE, value_name = "DIR")]
+    store: PathBuf,
+
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides it.
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    verbose: u8,
+
+    /// Less output: no progress bars, only errors and final summaries.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Import, list and compare portage snapshots kept as git tags.
+    #[command(subcommand)]
+    Snapshot(cmd::snapshot::SnapshotCmd),
+    /// Serve a tag (or every tag side by side) read-only from git objects.
+    Mount(cmd::mount::MountArgs),
+    /// Unmount a tree mounted by `portroot mount` and stop its daemon.
+    Umount(cmd::mount::UmountArgs),
+    /// Add, list and remove stage tarballs unpacked once into the store.
+    #[command(subcommand)]
+    Stage(cmd::stage::StageCmd),
+    /// Run build jobs in parallel chroots over a stage and a snapshot tag.
+    Run(cmd::run::RunArgs),
+    /// Open an interactive shell in a chroot set up like a run's.
+    Shell(cmd::run::ShellArgs),
+    /// List live runs.
+    Ps(cmd::run::PsArgs),
+    /// Remove what killed runs left behind in the store.
+    Gc(cmd::run::GcArgs),
+    /// Internal: the single-threaded helper that sets up one sandbox.
+    #[command(hide = true, subcommand)]
+    Internal(cmd::run::InternalCmd),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    let ctx = cmd::Ctx {
+        store: Store::new(&cli.store),
+        quiet: cli.quiet,
+    };
+    let result = match cli.command {
+        Command::Snapshot(c) => cmd::snapshot::run(&ctx, c),
+        Command::Mount(a) => cmd::mount::mount(&ctx, a),
+        Command::Umount(a) => cmd::mount::umount(&ctx, a),
+        Command::Stage(c) => cmd::stage::run(&ctx, c),
+        Command::Run(a) => cmd::run::run(&ctx, a),
+        Command::Shell(a) => cmd::run::shell(&ctx, a),
+        Command::Ps(a) => cmd::run::ps(&ctx, a),
+        Command::Gc(a) => cmd::run::gc(&ctx, a),
+        Command::Internal(c) => cmd::run::internal(&ctx, c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("portroot: error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Install the one tracing subscriber: `RUST_LOG` if set, else `-v` levels.
+fn init_logging(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,7 @@
+//! The one integration-test binary: real git repositories, real tarballs, real
+//! FUSE mounts, real overlays and namespaces, driven through the real `portroot`
+//! binary where a user would drive it.
+
+mod util;
+
+mod cli;

@@ -1,0 +1,104 @@
+//! Shared test helpers: running the binary, temporary stores, the root/FUSE gate.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `portroot` binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_portroot"))
+}
+
+/// A `portroot` command with `--store STORE` set and the host's
+/// `PORTROOT_STORE` and `RUST_LOG` cleared.
+pub fn portroot(store: &Path) -> Command {
+    let mut c = Command::new(bin());
+    c.env_remove("PORTROOT_STORE")
+        .env_remove("RUST_LOG")
+        .arg("--store")
+        .arg(store);
+    c
+}
+
+/// Run a command and return its output, with stdout/stderr printed on failure
+/// of the caller's assertions (via the returned strings).
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("spawning the portroot binary")
+}
+
+/// Run and assert success, returning stdout as a string.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "command {:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
+        cmd,
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run and assert failure with the given exit code, returning stderr.
+pub fn fails(cmd: &mut Command, code: i32) -> String {
+    let out = run(cmd);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "command {:?}: expected exit {code}\nstdout:\n{}\nstderr:\n{}",
+        cmd,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Whether tests that need root and `/dev/fuse` may run. Without them, a test
+/// prints `skipped: ...` and returns early, unless `PORTROOT_TEST_MUST_RUN=1`
+/// (set by `.ci/run`), which turns the skip into a failure so CI never skips
+/// silently.
+pub fn require_root() -> bool {
+    let why = if !nix_is_root() {
+        Some("needs root")
+    } else if !Path::new("/dev/fuse").exists() {
+        Some("needs /dev/fuse")
+    } else {
+        None
+    };
+    match why {
+        None => true,
+        Some(why) => {
+            if std::env::var_os("PORTROOT_TEST_MUST_RUN").is_some_and(|v| v == "1") {
+                panic!("PORTROOT_TEST_MUST_RUN=1 but this test {why}");
+            }
+            eprintln!("skipped: {why}");
+            false
+        }
+    }
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The mount points listed in /proc/self/mountinfo, for leak checks.
+pub fn mountpoints() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("reading /proc/self/mountinfo")
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .collect()
+}
+
+/// Assert that no mount point lies under `dir`.
+pub fn assert_no_mounts_under(dir: &Path) {
+    let dir = dir.to_string_lossy().into_owned();
+    let leaked: Vec<_> = mountpoints()
+        .into_iter()
+        .filter(|m| m.starts_with(&dir))
+        .collect();
+    assert!(leaked.is_empty(), "mounts left under {dir}: {leaked:?}");
+}
