@@ -6,4 +6,5 @@
 //! lives in `portroot-fs`, the chroots and the job pool in `portroot-runner`.
 #![warn(missing_docs)]
 
+pub mod fixture;
 pub mod store;
