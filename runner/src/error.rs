@@ -53,6 +53,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The (decompressed) tarball does not start with a tar header.
+    #[error("{path} is not a tar archive")]
+    NotTar {
+        /// The tarball.
+        path: PathBuf,
+    },
     /// The tarball ends early: inside an entry's data, or without the
     /// end-of-archive blocks.
     #[error("tarball {path} is truncated ({detail})")]
@@ -64,8 +70,10 @@ pub enum Error {
     },
     /// One entry of the tarball is refused: it would land outside the root, or
     /// it cannot be unpacked faithfully.
-    #[error("refusing tar entry {entry}: {reason}")]
+    #[error("refusing tar entry {entry} in {tarball}: {reason}")]
     Entry {
+        /// The tarball.
+        tarball: PathBuf,
         /// The entry's name as written in the archive.
         entry: String,
         /// Why it is refused.

@@ -152,6 +152,9 @@ impl StageStore {
                 tarball.display()
             )));
         }
+        if meta.len() == 0 {
+            return Err(Error::Invalid(format!("{} is empty", tarball.display())));
+        }
         let key = file_key(&meta);
         if let Some(digest) = self.cached_digest(&key) {
             if self.stage_dir(&digest).is_dir() {

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use portroot_runner::stage::{Stage, StageStore};
@@ -103,9 +102,8 @@ fn add(ctx: &Ctx, stages: &StageStore, a: AddArgs) -> anyhow::Result<ExitCode> {
             bar.set_position(read);
         }
     };
-    let added = stages
-        .add_tarball(&a.file, a.name.as_deref(), &progress)
-        .with_context(|| format!("adding stage from {}", a.file.display()));
+    // Every error of the stage store names the tarball or the path concerned.
+    let added = stages.add_tarball(&a.file, a.name.as_deref(), &progress);
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }

@@ -65,21 +65,30 @@ pub(crate) fn unpack(
 ) -> Result<Unpacked> {
     let archive_err = |source: io::Error| Error::Archive {
         path: tarball.to_owned(),
-        source,
+        source: printable(source),
     };
     let consumed = Rc::new(Cell::new(0u64));
     let counting = Counting {
         inner: BufReader::with_capacity(256 * 1024, stream),
         count: Rc::clone(&consumed),
     };
-    let mut u = Unpacker::new(root)?;
+    let mut u = Unpacker::new(root, tarball)?;
     let mut archive = tar::Archive::new(counting);
     let mut data_end = 0u64;
     let mut entries_seen = 0u64;
     {
         let entries = archive.entries().map_err(archive_err)?;
         for entry in entries {
-            let mut entry = entry.map_err(archive_err)?;
+            let mut entry = entry.map_err(|e| {
+                if entries_seen == 0 {
+                    // The very first header is bad: this was never a tar.
+                    Error::NotTar {
+                        path: tarball.to_owned(),
+                    }
+                } else {
+                    archive_err(e)
+                }
+            })?;
             u.entry(&mut entry, tarball, tick)?;
             entries_seen += 1;
             data_end = consumed.get();
@@ -107,6 +116,16 @@ pub(crate) fn unpack(
     io::copy(&mut rest, &mut io::sink()).map_err(archive_err)?;
     u.finish()?;
     Ok(u.stats)
+}
+
+/// The tar crate quotes raw header bytes in some messages; keep the error to one
+/// printable line.
+fn printable(e: io::Error) -> io::Error {
+    let text = e.to_string();
+    if text.chars().all(|c| !c.is_control()) {
+        return e;
+    }
+    io::Error::new(e.kind(), text.escape_debug().to_string())
 }
 
 /// A reader that counts the bytes handed to the tar parser.
@@ -189,6 +208,8 @@ fn join(comps: &[&[u8]]) -> Vec<u8> {
 /// The unpacking state for one root.
 struct Unpacker<'a> {
     root: &'a Path,
+    /// The tarball, for messages.
+    tarball: &'a Path,
     /// `O_PATH` descriptor of the root; every lookup starts here.
     root_fd: OwnedFd,
     /// The last parent opened (joined path, descriptor): entries come grouped
@@ -204,7 +225,7 @@ struct Unpacker<'a> {
 }
 
 impl<'a> Unpacker<'a> {
-    fn new(root: &'a Path) -> Result<Unpacker<'a>> {
+    fn new(root: &'a Path, tarball: &'a Path) -> Result<Unpacker<'a>> {
         let root_fd = nix::fcntl::open(
             root,
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -213,6 +234,7 @@ impl<'a> Unpacker<'a> {
         .map_err(sys("opening", root))?;
         Ok(Unpacker {
             root,
+            tarball,
             root_fd,
             parent_cache: None,
             dir_times: BTreeMap::new(),
@@ -244,7 +266,7 @@ impl<'a> Unpacker<'a> {
 
     /// The refusal for `entry` when resolving a parent failed with `errno`,
     /// or `None` when it is an ordinary system error.
-    fn refusal(entry: &str, errno: Errno) -> Option<Error> {
+    fn refusal(&self, entry: &str, errno: Errno) -> Option<Error> {
         let reason = match errno {
             Errno::EXDEV => "path goes through a symlink that leaves the root",
             Errno::ELOOP => "path goes through a symlink loop",
@@ -253,6 +275,7 @@ impl<'a> Unpacker<'a> {
             _ => return None,
         };
         Some(Error::Entry {
+            tarball: self.tarball.to_owned(),
             entry: entry.to_owned(),
             reason: reason.into(),
         })
@@ -272,9 +295,9 @@ impl<'a> Unpacker<'a> {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => self.make_dirs(dirs, entry)?,
             Err(e) => {
-                return Err(
-                    Self::refusal(entry, e).unwrap_or_else(|| sys("opening", self.path(&key))(e))
-                )
+                return Err(self
+                    .refusal(entry, e)
+                    .unwrap_or_else(|| sys("opening", self.path(&key))(e)))
             }
         };
         let fd = Rc::new(fd);
@@ -296,7 +319,7 @@ impl<'a> Unpacker<'a> {
                 Err(Errno::ENOENT) => {
                     let name = OsStr::from_bytes(dirs[i]);
                     mkdirat(&fd, name, Mode::from_bits_truncate(0o755)).map_err(|e| {
-                        Self::refusal(entry, e)
+                        self.refusal(entry, e)
                             .unwrap_or_else(|| sys("creating directory", self.path(&prefix))(e))
                     })?;
                     // mkdir's mode is filtered by the umask; say exactly 0755.
@@ -313,7 +336,8 @@ impl<'a> Unpacker<'a> {
                         .map_err(sys("opening", self.path(&prefix)))?
                 }
                 Err(e) => {
-                    return Err(Self::refusal(entry, e)
+                    return Err(self
+                        .refusal(entry, e)
                         .unwrap_or_else(|| sys("opening", self.path(&prefix))(e)))
                 }
             };
@@ -335,6 +359,7 @@ impl<'a> Unpacker<'a> {
                     Ok((parent, true))
                 } else {
                     Err(Error::Entry {
+                        tarball: self.tarball.to_owned(),
                         entry: entry.to_owned(),
                         reason: "would replace a directory".into(),
                     })
@@ -362,6 +387,7 @@ impl<'a> Unpacker<'a> {
         let raw = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw).into_owned();
         let refuse = |reason: String| Error::Entry {
+            tarball: tarball.to_owned(),
             entry: shown.clone(),
             reason,
         };
@@ -417,9 +443,9 @@ impl<'a> Unpacker<'a> {
                 let expected = entry.size();
                 let mut written = 0u64;
                 loop {
-                    let n = entry.read(&mut self.buf).map_err(|source| Error::Archive {
+                    let n = entry.read(&mut self.buf).map_err(|e| Error::Archive {
                         path: tarball.to_owned(),
-                        source,
+                        source: printable(e),
                     })?;
                     if n == 0 {
                         break;
