@@ -18,25 +18,23 @@
 //! rootfs; [`StageStore::remove`] needs the exclusive lock without waiting, so a
 //! leased stage cannot be removed under a run.
 
+mod pipe;
 mod unpack;
 
-use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tracing::{debug, info};
 
-use crate::archive;
+use self::pipe::{Finished, Pipe};
 use crate::error::{io, Error, Result};
 
 /// Directory of the name symlinks inside `stages/`.
@@ -188,34 +186,20 @@ impl StageStore {
         fs::create_dir(&rootfs).map_err(io("creating", &rootfs))?;
 
         let file = File::open(tarball).map_err(io("opening", tarball))?;
-        let mut rest = file.try_clone().map_err(io("opening", tarball))?;
-        let hasher = Rc::new(RefCell::new(Sha256::new()));
-        let read = Rc::new(Cell::new(0u64));
-        let hashing = Hashing {
-            inner: file,
-            hasher: Rc::clone(&hasher),
-            read: Rc::clone(&read),
-        };
-        let (stream, compression) =
-            archive::decompress(hashing).map_err(|source| Error::Archive {
-                path: tarball.to_owned(),
-                source,
-            })?;
-        debug!(%compression, tarball = %tarball.display(), "unpacking");
-        let stats = unpack::unpack(stream, tarball, &rootfs, &mut || progress(read.get()))?;
-        // The decompressor may stop short of the file's end (trailing padding
-        // after the last stream): hash the rest through the shared file offset.
-        io::copy(
-            &mut Hashing {
-                inner: &mut rest,
-                hasher: Rc::clone(&hasher),
-                read: Rc::clone(&read),
-            },
-            &mut io::sink(),
-        )
-        .map_err(io("reading", tarball))?;
-        progress(read.get());
-        let digest = hex(&hasher.borrow_mut().finalize_reset());
+        let (pipe, stream) = Pipe::start(file).map_err(io("reading", tarball))?;
+        let read = pipe.bytes_read();
+        let unpacked = unpack::unpack(Box::new(stream), tarball, &rootfs, &mut || {
+            progress(read.load(Ordering::Relaxed))
+        });
+        // The stream is consumed (or dropped on error): the thread ends either way.
+        let finished = pipe.finish();
+        let stats = unpacked?;
+        let Finished {
+            compression,
+            digest,
+        } = finished.map_err(io("reading", tarball))?;
+        progress(read.load(Ordering::Relaxed));
+        debug!(%compression, %digest, "unpacked");
 
         let dest = self.stage_dir(&digest);
         let unpacked = if dest.is_dir() {
@@ -527,22 +511,6 @@ impl StageStore {
     }
 }
 
-/// Reads through to `inner`, hashing every byte and counting them.
-struct Hashing<R> {
-    inner: R,
-    hasher: Rc<RefCell<Sha256>>,
-    read: Rc<Cell<u64>>,
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.borrow_mut().update(&buf[..n]);
-        self.read.set(self.read.get() + n as u64);
-        Ok(n)
-    }
-}
-
 /// The digest a `../<digest>` symlink points at.
 fn link_digest(link: &Path) -> Option<String> {
     let target = fs::read_link(link).ok()?;
@@ -630,10 +598,6 @@ fn default_name_for(tarball: &Path) -> Result<String> {
             tarball.display()
         ))
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn now() -> u64 {
