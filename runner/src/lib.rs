@@ -8,3 +8,10 @@
 #![warn(missing_docs)]
 
 pub mod archive;
+pub mod conf;
+pub mod error_run;
+pub mod job;
+pub mod plan;
+pub mod pool;
+pub mod run;
+pub mod sandbox;
