@@ -300,6 +300,10 @@ pub fn apply(plan: &MountPlan) -> Result<()> {
                 }
                 mount(Some(source), &at, None::<&str>, flags, None::<&str>)
                     .map_err(sys("binding", plan.root.join(rel(target))))?;
+                // `dir` still names the directory *under* the new mount;
+                // propagation and remount must act on the mount itself.
+                let top = open_dir_in_root(root, target, &plan.root)?;
+                let at = fd_path(&top);
                 if *slave {
                     mount(
                         None::<&str>,
