@@ -537,6 +537,25 @@ mod tests {
     }
 
     #[test]
+    fn targets_resolve_inside_the_root_and_are_created() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        // Absolute and relative symlinks that would leave the root on the host.
+        std::os::unix::fs::symlink(outside.path(), root.path().join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../../../..", root.path().join("up")).unwrap();
+        let fd = nix::fcntl::open(root.path(), OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        let inside_abs = outside.path().strip_prefix("/").unwrap();
+        std::fs::create_dir_all(root.path().join(inside_abs)).unwrap();
+        open_dir_in_root(&fd, Path::new("/abs/x/y"), root.path()).unwrap();
+        open_dir_in_root(&fd, Path::new("/up/z"), root.path()).unwrap();
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+        assert!(root.path().join(inside_abs).join("x/y").is_dir());
+        assert!(root.path().join("z").is_dir());
+        let err = open_dir_in_root(&fd, Path::new("/a/../b"), root.path()).unwrap_err();
+        assert!(err.to_string().contains("not a plain absolute path"), "{err}");
+    }
+
+    #[test]
     fn error_chain_joins_sources() {
         let err = Error::Sys {
             what: "binding",
