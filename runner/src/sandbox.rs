@@ -543,7 +543,12 @@ mod tests {
         // Absolute and relative symlinks that would leave the root on the host.
         std::os::unix::fs::symlink(outside.path(), root.path().join("abs")).unwrap();
         std::os::unix::fs::symlink("../../../../..", root.path().join("up")).unwrap();
-        let fd = nix::fcntl::open(root.path(), OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        let fd = nix::fcntl::open(
+            root.path(),
+            OFlag::O_PATH | OFlag::O_DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap();
         let inside_abs = outside.path().strip_prefix("/").unwrap();
         std::fs::create_dir_all(root.path().join(inside_abs)).unwrap();
         open_dir_in_root(&fd, Path::new("/abs/x/y"), root.path()).unwrap();
@@ -552,7 +557,10 @@ mod tests {
         assert!(root.path().join(inside_abs).join("x/y").is_dir());
         assert!(root.path().join("z").is_dir());
         let err = open_dir_in_root(&fd, Path::new("/a/../b"), root.path()).unwrap_err();
-        assert!(err.to_string().contains("not a plain absolute path"), "{err}");
+        assert!(
+            err.to_string().contains("not a plain absolute path"),
+            "{err}"
+        );
     }
 
     #[test]

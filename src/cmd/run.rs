@@ -8,8 +8,9 @@
 //! 2. while still single-threaded, `unshare(CLONE_NEWNS)` and make `/`
 //!    recursively private: every mount the run makes lives in this namespace
 //!    and dies with the process, even on SIGKILL;
-//! 3. create `runs/<id>/` (locked), mount each tree once with the fs crate,
-//!    block SIGINT/SIGTERM and hand them to one thread that kills the jobs;
+//! 3. block SIGINT/SIGTERM before any thread exists and hand them to one
+//!    thread that kills the jobs; create `runs/<id>/` (locked) and mount each
+//!    tree once with the fs crate;
 //! 4. run the pool: each worker starts `/proc/self/exe internal sandbox SPEC`
 //!    per job (see `portroot_runner::sandbox`);
 //! 5. unmount, remove the chroots (unless `--keep`), record the outcomes,
@@ -417,6 +418,12 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
         jobs: jobs.iter().map(|j| j.name.clone()).collect(),
         outcomes: None,
     };
+    // Before any thread exists (the FUSE sessions start some), so that every
+    // thread inherits the blocked mask and only ours sees the signals.
+    let cancel = Arc::new(AtomicBool::new(false));
+    let signal = Arc::new(AtomicI32::new(0));
+    let children = Arc::new(Children::default());
+    handle_signals(cancel.clone(), signal.clone(), children.clone())?;
     let run_dir = RunDir::create(&runs_dir, &record)?;
     let mounts = match mount_trees(&record.trees) {
         Ok(m) => m,
@@ -426,11 +433,6 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     info!(run = %id, jobs = jobs.len(), workers, "run started");
-
-    let cancel = Arc::new(AtomicBool::new(false));
-    let signal = Arc::new(AtomicI32::new(0));
-    let children = Arc::new(Children::default());
-    handle_signals(cancel.clone(), signal.clone(), children.clone())?;
 
     let term = std::env::var("TERM").ok();
     let helper = helper();
@@ -599,6 +601,14 @@ pub fn shell(ctx: &Ctx, args: ShellArgs) -> anyhow::Result<ExitCode> {
             )
         };
     let result = (|| -> anyhow::Result<i32> {
+        // Like system(3): the terminal's Ctrl-C and Ctrl-\ are for the shell
+        // inside, not for us. Blocked before the FUSE threads start, so they
+        // inherit it; the helper resets its mask.
+        use nix::sys::signal::{SigSet, Signal};
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGINT);
+        set.add(Signal::SIGQUIT);
+        set.thread_block().context("blocking SIGINT and SIGQUIT")?;
         let _mounts = mount_trees(&record.trees)?;
         let dir = run_dir.job(&job);
         for d in [dir.0.clone(), dir.upper(), dir.work(), dir.root()] {
