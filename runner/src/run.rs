@@ -473,14 +473,17 @@ pub fn execute_job(
     job: &Job,
     term: Option<String>,
 ) -> JobOutcome {
+    let _span = tracing::info_span!("job", id = %job.name).entered();
     let dir = run.job(&job.name);
     let start = Instant::now();
+    tracing::debug!("starting");
     let status = match spawn_job(&dir, record, helper, children, job, term) {
         Ok(code) if code == SETUP_FAILED => JobStatus::SetupFailed,
         Ok(code) => JobStatus::Exited(code),
         Err(e) => JobStatus::Error(e.to_string()),
     };
     let duration = start.elapsed();
+    tracing::debug!(%status, secs = duration.as_secs_f64(), "finished");
     let _ = fs::write(dir.status(), format!("{status}\n"));
     JobOutcome {
         name: job.name.clone(),
