@@ -648,7 +648,7 @@ fn read_entries(
         move |source| Error::Tar {
             path,
             entries,
-            source,
+            source: one_line(source),
         }
     };
     let (stream, compression) = decompress(reader).map_err(tar_err(0))?;
@@ -765,4 +765,23 @@ fn read_entries(
         compression,
         entries,
     }))
+}
+
+/// The tar reader quotes raw header bytes in some errors: keep the message to
+/// one printable line of reasonable length.
+fn one_line(err: io::Error) -> io::Error {
+    let msg = err.to_string();
+    if msg.len() <= 200 && !msg.contains(|c: char| c.is_control()) {
+        return err;
+    }
+    let mut clean: String = msg.escape_debug().collect();
+    if clean.len() > 200 {
+        let cut = (0..=200)
+            .rev()
+            .find(|i| clean.is_char_boundary(*i))
+            .unwrap_or(0);
+        clean.truncate(cut);
+        clean.push_str("...");
+    }
+    io::Error::new(err.kind(), clean)
 }

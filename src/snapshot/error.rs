@@ -31,9 +31,11 @@ pub enum Error {
         source: io::Error,
     },
     /// A tar entry that has no place in a portage snapshot.
-    #[error("entry {entry:?}: {problem}")]
+    #[error("entry \"{entry}\": {problem}")]
     BadEntry {
-        /// The entry's path as written in the tarball (lossily decoded).
+        /// The entry's path as written in the tarball, escaped: control
+        /// characters and quotes as in Rust strings, bytes that are not UTF-8
+        /// as `\xNN`.
         entry: String,
         /// What is wrong with it.
         problem: String,
@@ -158,7 +160,10 @@ impl Error {
     /// An [`Error::BadEntry`] for the raw entry path `entry`.
     pub(crate) fn entry(entry: &[u8], problem: impl Into<String>) -> Error {
         Error::BadEntry {
-            entry: String::from_utf8_lossy(entry).into_owned(),
+            entry: match std::str::from_utf8(entry) {
+                Ok(text) => text.escape_debug().to_string(),
+                Err(_) => entry.escape_ascii().to_string(),
+            },
             problem: problem.into(),
         }
     }
