@@ -8,3 +8,5 @@
 #![warn(missing_docs)]
 
 pub mod archive;
+pub mod error;
+pub mod stage;
