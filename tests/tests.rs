@@ -5,4 +5,6 @@
 mod util;
 
 mod cli;
+mod import;
 mod runner;
+mod stage;

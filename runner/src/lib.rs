@@ -9,9 +9,11 @@
 
 pub mod archive;
 pub mod conf;
+pub mod error;
 pub mod error_run;
 pub mod job;
 pub mod plan;
 pub mod pool;
 pub mod run;
 pub mod sandbox;
+pub mod stage;

@@ -1,21 +1,252 @@
 //! `portroot stage ...`: stage tarballs unpacked once into the store.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use portroot_runner::stage::{Stage, StageStore};
 
 use super::Ctx;
 
 /// Stage subcommands.
 #[derive(Debug, Subcommand)]
 pub enum StageCmd {
+    /// Unpack a stage3/stage4 tarball once into the store.
+    #[command(after_help = "\
+The tarball (.tar.xz, .tar.bz2/.tbz2, .tar.gz, .tar.zst or .tar, recognised by
+content) is unpacked into stages/<sha256>/rootfs keeping numeric owners, modes
+(setuid/setgid), xattrs (file capabilities), hardlinks, device nodes, fifos and
+mtimes. Adding the same file again is instant. Entries that would land outside
+the stage root are refused and nothing is left behind.
+
+Examples:
+  portroot stage add stage4-amd64-2026.tar.xz          # named stage4-amd64-2026
+  portroot stage add --name stage4 stage4-amd64-2026.tar.xz")]
+    Add(AddArgs),
     /// List the stages in the store.
+    #[command(after_help = "Example:\n  portroot stage list")]
     List,
+    /// Remove a stage (refused while a run uses it).
+    #[command(after_help = "\
+NAME is a stage name or a digest (prefix). Every name pointing at the stage
+goes with it.
+
+Example:
+  portroot stage rm stage4")]
+    Rm(RmArgs),
+}
+
+/// `stage add` arguments.
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// The stage tarball.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// The name to give it (default: the file name without .tar.xz etc.).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+}
+
+/// `stage rm` arguments.
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// The stage's name or digest (prefix).
+    #[arg(value_name = "NAME")]
+    name: String,
 }
 
 /// Run a stage subcommand.
-pub fn run(_ctx: &Ctx, cmd: StageCmd) -> anyhow::Result<ExitCode> {
+pub fn run(ctx: &Ctx, cmd: StageCmd) -> anyhow::Result<ExitCode> {
+    let stages = StageStore::new(ctx.store.stages_dir(), ctx.store.tmp_dir());
     match cmd {
-        StageCmd::List => anyhow::bail!("stage list: not built yet (see issue 4)"),
+        StageCmd::Add(a) => add(ctx, &stages, a),
+        StageCmd::List => list(&stages),
+        StageCmd::Rm(a) => {
+            let stage = stages.resolve(&a.name)?;
+            stages.remove(&a.name)?;
+            println!(
+                "removed {} (sha256 {})",
+                label(&stage),
+                stage.short_digest()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn add(ctx: &Ctx, stages: &StageStore, a: AddArgs) -> anyhow::Result<ExitCode> {
+    let start = Instant::now();
+    let bar = if ctx.progress() {
+        let len = std::fs::metadata(&a.file).map(|m| m.len()).unwrap_or(0);
+        let bar = ProgressBar::new(len).with_style(
+            ProgressStyle::with_template(
+                "{spinner} unpacking {msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} ({eta})",
+            )
+            .expect("invariant: the progress template is valid")
+            .progress_chars("=> "),
+        );
+        bar.set_message(
+            a.file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let progress = |read: u64| {
+        if let Some(bar) = &bar {
+            bar.set_position(read);
+        }
+    };
+    // Every error of the stage store names the tarball or the path concerned.
+    let added = stages.add_tarball(&a.file, a.name.as_deref(), &progress);
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let added = added?;
+    let s = &added.stage;
+    if added.unpacked {
+        println!(
+            "added {} (sha256 {}…): {} files, {} in {:.1} s",
+            label(s),
+            s.short_digest(),
+            s.files,
+            human_bytes(s.bytes),
+            start.elapsed().as_secs_f64()
+        );
+    } else if let Some(name) = &added.named {
+        println!(
+            "{} already present (sha256 {}…): now also named {name}",
+            s.source,
+            s.short_digest()
+        );
+    } else {
+        println!(
+            "{} already present (sha256 {}…): nothing to do",
+            label(s),
+            s.short_digest()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(stages: &StageStore) -> anyhow::Result<ExitCode> {
+    let all = stages.list()?;
+    if all.is_empty() {
+        println!("no stages (add one with `portroot stage add FILE`)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<[String; 5]> = all
+        .iter()
+        .map(|s| {
+            [
+                if s.names.is_empty() {
+                    "-".to_owned()
+                } else {
+                    s.names.join(",")
+                },
+                s.short_digest().to_owned(),
+                s.files.to_string(),
+                human_bytes(s.bytes),
+                utc_date(s.added),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "DIGEST", "FILES", "SIZE", "ADDED (UTC)"];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; 5]| {
+        format!(
+            "{:<w0$}  {:<w1$}  {:>w2$}  {:>w3$}  {}",
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3],
+        )
+    };
+    println!("{}", line(header));
+    for row in &rows {
+        println!("{}", line(row.each_ref().map(String::as_str)));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// How a stage is called in messages: its names, else its source file.
+fn label(s: &Stage) -> String {
+    if s.names.is_empty() {
+        s.source.clone()
+    } else {
+        s.names.join(",")
+    }
+}
+
+/// Decimal units, one decimal: `1.2 GB`, `512 B`.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["kB", "MB", "GB", "TB", "PB"];
+    if n < 1000 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1000.0;
+    let mut unit = 0;
+    while v >= 999.95 && unit + 1 < UNITS.len() {
+        v /= 1000.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// `YYYY-MM-DD HH:MM` in UTC, from seconds since the epoch (the civil-from-days
+/// algorithm of H. Hinnant's "chrono-compatible low-level date algorithms").
+fn utc_date(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_in_decimal_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(1_200), "1.2 kB");
+        assert_eq!(human_bytes(1_234_567_890), "1.2 GB");
+        assert_eq!(human_bytes(999_999), "1.0 MB");
+    }
+
+    #[test]
+    fn dates_are_utc_calendar_dates() {
+        assert_eq!(utc_date(0), "1970-01-01 00:00");
+        // `date -u -d @1787359500`: Sat Aug 22 00:45:00 UTC 2026.
+        assert_eq!(utc_date(1_787_359_500), "2026-08-22 00:45");
+        assert_eq!(utc_date(951_782_400), "2000-02-29 00:00");
     }
 }

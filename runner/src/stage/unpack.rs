@@ -1,0 +1,755 @@
+//! Unpacking one tar stream into a directory without ever leaving it.
+//!
+//! The `tar` crate parses (headers, GNU long names, PAX records, sparse maps);
+//! everything that touches the filesystem happens here, relative to an open
+//! directory descriptor of the root:
+//!
+//! * names are split into components; an absolute name or a `..` component is
+//!   refused (only `./` and empty components are dropped);
+//! * parents are opened with `openat2(RESOLVE_BENEATH)`, so a path through a
+//!   symlink that leaves the root (`a -> /etc`, then `a/passwd`) fails with
+//!   `EXDEV` instead of writing to the host; symlinks that stay inside are
+//!   followed as tar would;
+//! * the last component is created with `O_CREAT|O_EXCL|O_NOFOLLOW`, `mkdirat`,
+//!   `symlinkat`, `mknodat` or `linkat`, none of which follow a symlink there;
+//! * a hardlink must point at a non-directory entry unpacked earlier from the
+//!   same archive;
+//! * metadata goes on in the order the kernel needs: owner first (chown clears
+//!   setuid/setgid and `security.capability`), then mode, then xattrs, then mtime;
+//!   directory mtimes last, once nothing more is created inside them;
+//! * a regular file whose data ends early, or an archive without its
+//!   end-of-archive blocks, is an error rather than a short file.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use nix::errno::Errno;
+use nix::fcntl::{openat, openat2, AtFlags, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{
+    fchmod, fchmodat, fstatat, futimens, mkdirat, mknodat, utimensat, FchmodatFlags, Mode, SFlag,
+    UtimensatFlags,
+};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
+use tar::EntryType;
+use tracing::{debug, warn};
+use xattr::FileExt;
+
+use crate::error::{io, sys, Error, Result};
+
+/// What an unpack produced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Unpacked {
+    /// Entries created: directories, files, links, nodes (the root excluded).
+    pub files: u64,
+    /// Bytes of regular file data written.
+    pub bytes: u64,
+}
+
+/// Unpack the tar `stream` (already decompressed) read from `tarball` into the
+/// existing, empty directory `root`. `tick` is called after every entry and
+/// every chunk of file data, for progress. On error, `root` holds a partial tree
+/// the caller removes.
+pub(crate) fn unpack(
+    stream: Box<dyn Read>,
+    tarball: &Path,
+    root: &Path,
+    tick: &mut dyn FnMut(),
+) -> Result<Unpacked> {
+    let archive_err = |source: io::Error| Error::Archive {
+        path: tarball.to_owned(),
+        source: printable(source),
+    };
+    let consumed = Rc::new(Cell::new(0u64));
+    let counting = Counting {
+        inner: BufReader::with_capacity(256 * 1024, stream),
+        count: Rc::clone(&consumed),
+    };
+    let mut u = Unpacker::new(root, tarball)?;
+    let mut archive = tar::Archive::new(counting);
+    let mut data_end = 0u64;
+    let mut entries_seen = 0u64;
+    {
+        let entries = archive.entries().map_err(archive_err)?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| {
+                if entries_seen == 0 {
+                    // The very first header is bad: this was never a tar.
+                    Error::NotTar {
+                        path: tarball.to_owned(),
+                    }
+                } else {
+                    archive_err(e)
+                }
+            })?;
+            u.entry(&mut entry, tarball, tick)?;
+            entries_seen += 1;
+            data_end = consumed.get();
+            tick();
+        }
+    }
+    // The tar reader stops at the first zero block or at end of input; only the
+    // former is a complete archive. A zero block was read iff more than the last
+    // entry's data (rounded up to a block) was consumed.
+    if entries_seen == 0 {
+        return Err(Error::Truncated {
+            path: tarball.to_owned(),
+            detail: "no entries".into(),
+        });
+    }
+    if consumed.get() <= data_end.div_ceil(512) * 512 {
+        return Err(Error::Truncated {
+            path: tarball.to_owned(),
+            detail: "no end-of-archive blocks".into(),
+        });
+    }
+    // Read the rest of the stream so the decompressor checks its end (a stream
+    // cut inside the trailing zero records is still a truncated file).
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(archive_err)?;
+    u.finish()?;
+    Ok(u.stats)
+}
+
+/// The tar crate quotes raw header bytes in some messages; keep the error to one
+/// printable line.
+fn printable(e: io::Error) -> io::Error {
+    let text = e.to_string();
+    if text.chars().all(|c| !c.is_control()) {
+        return e;
+    }
+    io::Error::new(e.kind(), text.escape_debug().to_string())
+}
+
+/// A reader that counts the bytes handed to the tar parser.
+struct Counting<R> {
+    inner: R,
+    count: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.set(self.count.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// Owner, mode, time and xattrs of one entry.
+struct Meta {
+    uid: u32,
+    gid: u32,
+    /// Permission bits including setuid, setgid and sticky.
+    mode: u32,
+    mtime: TimeSpec,
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+/// What an entry is, from its type flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    File,
+    Hardlink,
+    Symlink,
+    Char,
+    Block,
+    Dir,
+    Fifo,
+    /// Carries nothing to unpack (PAX global header, GNU volume label).
+    Skip,
+}
+
+impl Kind {
+    fn of(ty: EntryType) -> Option<Kind> {
+        Some(match ty.as_byte() {
+            b'0' | b'\0' | b'7' | b'S' => Kind::File,
+            b'1' => Kind::Hardlink,
+            b'2' => Kind::Symlink,
+            b'3' => Kind::Char,
+            b'4' => Kind::Block,
+            b'5' => Kind::Dir,
+            b'6' => Kind::Fifo,
+            b'g' | b'V' => Kind::Skip,
+            _ => return None,
+        })
+    }
+}
+
+/// Split an archive name into the components below the root. The root itself
+/// (`./`, `.`) is the empty list.
+pub(crate) fn components(name: &[u8]) -> std::result::Result<Vec<&[u8]>, &'static str> {
+    if name.is_empty() {
+        return Err("empty name");
+    }
+    if name[0] == b'/' {
+        return Err("absolute path");
+    }
+    let comps: Vec<&[u8]> = name
+        .split(|b| *b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+        .collect();
+    if comps.iter().any(|c| *c == b"..") {
+        return Err("path leaves the root through ..");
+    }
+    Ok(comps)
+}
+
+fn join(comps: &[&[u8]]) -> Vec<u8> {
+    comps.join(&b'/')
+}
+
+/// The unpacking state for one root.
+struct Unpacker<'a> {
+    root: &'a Path,
+    /// The tarball, for messages.
+    tarball: &'a Path,
+    /// `O_PATH` descriptor of the root; every lookup starts here.
+    root_fd: OwnedFd,
+    /// The last parent opened (joined path, descriptor): entries come grouped
+    /// by directory. Dropped whenever a non-directory is replaced or a symlink
+    /// created, since either can change what a path resolves to.
+    parent_cache: Option<(Vec<u8>, Rc<OwnedFd>)>,
+    /// Directory mtimes, applied at the end (key: joined path, `""` = root).
+    dir_times: BTreeMap<Vec<u8>, TimeSpec>,
+    /// Non-directory entries unpacked so far: the only valid hardlink targets.
+    unpacked: HashSet<Vec<u8>>,
+    buf: Vec<u8>,
+    stats: Unpacked,
+}
+
+impl<'a> Unpacker<'a> {
+    fn new(root: &'a Path, tarball: &'a Path) -> Result<Unpacker<'a>> {
+        let root_fd = nix::fcntl::open(
+            root,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(sys("opening", root))?;
+        Ok(Unpacker {
+            root,
+            tarball,
+            root_fd,
+            parent_cache: None,
+            dir_times: BTreeMap::new(),
+            unpacked: HashSet::new(),
+            buf: vec![0; 256 * 1024],
+            stats: Unpacked::default(),
+        })
+    }
+
+    fn path(&self, rel: &[u8]) -> PathBuf {
+        self.root.join(OsStr::from_bytes(rel))
+    }
+
+    /// Open `rel` (a directory) below the root, following only symlinks that
+    /// stay below it.
+    fn open_beneath(&self, rel: &[u8], flags: OFlag) -> nix::Result<OwnedFd> {
+        let rel: &[u8] = if rel.is_empty() { b"." } else { rel };
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        loop {
+            // EAGAIN: a concurrent rename somewhere; openat2(2) asks to retry.
+            match openat2(self.root_fd.as_fd(), OsStr::from_bytes(rel), how) {
+                Err(Errno::EAGAIN) => continue,
+                r => return r,
+            }
+        }
+    }
+
+    /// The refusal for `entry` when resolving a parent failed with `errno`,
+    /// or `None` when it is an ordinary system error.
+    fn refusal(&self, entry: &str, errno: Errno) -> Option<Error> {
+        let reason = match errno {
+            Errno::EXDEV => "path goes through a symlink that leaves the root",
+            Errno::ELOOP => "path goes through a symlink loop",
+            Errno::ENOTDIR => "a parent in its path is not a directory",
+            Errno::EEXIST => "a parent in its path is a dangling symlink",
+            _ => return None,
+        };
+        Some(Error::Entry {
+            tarball: self.tarball.to_owned(),
+            entry: entry.to_owned(),
+            reason: reason.into(),
+        })
+    }
+
+    /// The directory that will hold `comps.last()`, created (0755, root) with
+    /// its missing ancestors if needed.
+    fn parent(&mut self, comps: &[&[u8]], entry: &str) -> Result<Rc<OwnedFd>> {
+        let dirs = &comps[..comps.len() - 1];
+        let key = join(dirs);
+        if let Some((cached, fd)) = &self.parent_cache {
+            if *cached == key {
+                return Ok(Rc::clone(fd));
+            }
+        }
+        let fd = match self.open_beneath(&key, OFlag::O_PATH | OFlag::O_DIRECTORY) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => self.make_dirs(dirs, entry)?,
+            Err(e) => {
+                return Err(self
+                    .refusal(entry, e)
+                    .unwrap_or_else(|| sys("opening", self.path(&key))(e)))
+            }
+        };
+        let fd = Rc::new(fd);
+        self.parent_cache = Some((key, Rc::clone(&fd)));
+        Ok(fd)
+    }
+
+    /// Create the missing directories of `dirs`, one component at a time, each
+    /// under a parent opened beneath the root.
+    fn make_dirs(&mut self, dirs: &[&[u8]], entry: &str) -> Result<OwnedFd> {
+        let mut fd = self
+            .open_beneath(b"", OFlag::O_PATH | OFlag::O_DIRECTORY)
+            .map_err(sys("opening", self.root))?;
+        for i in 0..dirs.len() {
+            let prefix = join(&dirs[..=i]);
+            let flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
+            fd = match self.open_beneath(&prefix, flags) {
+                Ok(next) => next,
+                Err(Errno::ENOENT) => {
+                    let name = OsStr::from_bytes(dirs[i]);
+                    mkdirat(&fd, name, Mode::from_bits_truncate(0o755)).map_err(|e| {
+                        self.refusal(entry, e)
+                            .unwrap_or_else(|| sys("creating directory", self.path(&prefix))(e))
+                    })?;
+                    // mkdir's mode is filtered by the umask; say exactly 0755.
+                    fchmodat(
+                        &fd,
+                        name,
+                        Mode::from_bits_truncate(0o755),
+                        FchmodatFlags::FollowSymlink,
+                    )
+                    .map_err(sys("changing mode of", self.path(&prefix)))?;
+                    debug!(dir = %self.path(&prefix).display(), "created implicit parent");
+                    self.stats.files += 1;
+                    self.open_beneath(&prefix, flags)
+                        .map_err(sys("opening", self.path(&prefix)))?
+                }
+                Err(e) => {
+                    return Err(self
+                        .refusal(entry, e)
+                        .unwrap_or_else(|| sys("opening", self.path(&prefix))(e)))
+                }
+            };
+        }
+        Ok(fd)
+    }
+
+    /// Make room for a new entry at `comps`: an existing non-directory is
+    /// replaced (as tar does), an existing directory is kept for a directory
+    /// entry and refused otherwise. Returns the parent and whether a directory
+    /// is already there.
+    fn place(&mut self, comps: &[&[u8]], entry: &str, dir: bool) -> Result<(Rc<OwnedFd>, bool)> {
+        let parent = self.parent(comps, entry)?;
+        let leaf = OsStr::from_bytes(comps[comps.len() - 1]);
+        match fstatat(&*parent, leaf, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Err(Errno::ENOENT) => Ok((parent, false)),
+            Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR => {
+                if dir {
+                    Ok((parent, true))
+                } else {
+                    Err(Error::Entry {
+                        tarball: self.tarball.to_owned(),
+                        entry: entry.to_owned(),
+                        reason: "would replace a directory".into(),
+                    })
+                }
+            }
+            Ok(_) => {
+                let rel = join(comps);
+                debug!(entry, "replacing an earlier entry");
+                unlinkat(&*parent, leaf, UnlinkatFlags::NoRemoveDir)
+                    .map_err(sys("removing", self.path(&rel)))?;
+                self.unpacked.remove(&rel);
+                self.parent_cache = None;
+                Ok((parent, false))
+            }
+            Err(e) => Err(sys("inspecting", self.path(&join(comps)))(e)),
+        }
+    }
+
+    fn entry(
+        &mut self,
+        entry: &mut tar::Entry<'_, impl Read>,
+        tarball: &Path,
+        tick: &mut dyn FnMut(),
+    ) -> Result<()> {
+        let raw = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw).into_owned();
+        let refuse = |reason: String| Error::Entry {
+            tarball: tarball.to_owned(),
+            entry: shown.clone(),
+            reason,
+        };
+        let ty = entry.header().entry_type();
+        let kind = Kind::of(ty)
+            .ok_or_else(|| refuse(format!("unsupported entry type {:?}", ty.as_byte() as char)))?;
+        if kind == Kind::Skip {
+            return Ok(());
+        }
+        let comps = components(&raw).map_err(|r| refuse(r.into()))?;
+        let meta = meta(entry).map_err(|e| refuse(format!("bad header: {e}")))?;
+        let rel = join(&comps);
+        if comps.is_empty() {
+            return match kind {
+                Kind::Dir => self.root_dir(&meta),
+                _ => Err(refuse("only a directory can be the root".into())),
+            };
+        }
+        let leaf = OsStr::from_bytes(comps[comps.len() - 1]);
+        let path = self.path(&rel);
+        match kind {
+            Kind::Dir => {
+                let (parent, exists) = self.place(&comps, &shown, true)?;
+                if !exists {
+                    mkdirat(&*parent, leaf, Mode::from_bits_truncate(0o700))
+                        .map_err(sys("creating directory", &path))?;
+                    self.stats.files += 1;
+                }
+                let fd = openat(
+                    &*parent,
+                    leaf,
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(sys("opening", &path))?;
+                apply_fd(&File::from(fd), &meta, &path, false)?;
+                self.dir_times.insert(rel, meta.mtime);
+            }
+            Kind::File => {
+                let (parent, _) = self.place(&comps, &shown, false)?;
+                let fd = openat(
+                    &*parent,
+                    leaf,
+                    OFlag::O_WRONLY
+                        | OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o600),
+                )
+                .map_err(sys("creating", &path))?;
+                let mut file = File::from(fd);
+                let expected = entry.size();
+                let mut written = 0u64;
+                loop {
+                    let n = entry.read(&mut self.buf).map_err(|e| Error::Archive {
+                        path: tarball.to_owned(),
+                        source: printable(e),
+                    })?;
+                    if n == 0 {
+                        break;
+                    }
+                    file.write_all(&self.buf[..n])
+                        .map_err(io("writing", &path))?;
+                    written += n as u64;
+                    tick();
+                }
+                if written != expected {
+                    return Err(Error::Truncated {
+                        path: tarball.to_owned(),
+                        detail: format!("entry {shown} has {written} of {expected} bytes"),
+                    });
+                }
+                apply_fd(&file, &meta, &path, true)?;
+                self.stats.files += 1;
+                self.stats.bytes += written;
+                self.unpacked.insert(rel);
+            }
+            Kind::Hardlink => {
+                let target_raw = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| refuse("hardlink without a target".into()))?
+                    .into_owned();
+                let target_shown = String::from_utf8_lossy(&target_raw).into_owned();
+                let target = components(&target_raw)
+                    .map_err(|r| refuse(format!("hardlink target {target_shown}: {r}")))?;
+                let target_rel = join(&target);
+                if target.is_empty() || !self.unpacked.contains(&target_rel) {
+                    return Err(refuse(format!(
+                        "hardlink target {target_shown} is not an earlier file of the archive"
+                    )));
+                }
+                let (parent, _) = self.place(&comps, &shown, false)?;
+                let target_parent = self.parent(&target, &target_shown)?;
+                linkat(
+                    &*target_parent,
+                    OsStr::from_bytes(target[target.len() - 1]),
+                    &*parent,
+                    leaf,
+                    AtFlags::empty(),
+                )
+                .map_err(sys("creating hardlink", &path))?;
+                self.stats.files += 1;
+                self.unpacked.insert(rel);
+            }
+            Kind::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| refuse("symlink without a target".into()))?
+                    .into_owned();
+                let (parent, _) = self.place(&comps, &shown, false)?;
+                symlinkat(OsStr::from_bytes(&target), &*parent, leaf)
+                    .map_err(sys("creating symlink", &path))?;
+                self.parent_cache = None;
+                self.apply_at(&parent, leaf, &meta, &path, false)?;
+                self.stats.files += 1;
+                self.unpacked.insert(rel);
+            }
+            Kind::Char | Kind::Block | Kind::Fifo => {
+                let (sflag, dev) = match kind {
+                    Kind::Fifo => (SFlag::S_IFIFO, 0),
+                    _ => {
+                        let h = entry.header();
+                        let major = h.device_major().ok().flatten();
+                        let minor = h.device_minor().ok().flatten();
+                        let (Some(major), Some(minor)) = (major, minor) else {
+                            return Err(refuse("device node without a valid number".into()));
+                        };
+                        let sflag = if kind == Kind::Char {
+                            SFlag::S_IFCHR
+                        } else {
+                            SFlag::S_IFBLK
+                        };
+                        (sflag, libc::makedev(major, minor))
+                    }
+                };
+                let (parent, _) = self.place(&comps, &shown, false)?;
+                mknodat(&*parent, leaf, sflag, Mode::from_bits_truncate(0o600), dev)
+                    .map_err(sys("creating node", &path))?;
+                self.apply_at(&parent, leaf, &meta, &path, true)?;
+                self.stats.files += 1;
+                self.unpacked.insert(rel);
+            }
+            Kind::Skip => {}
+        }
+        Ok(())
+    }
+
+    /// The archive's entry for the root itself (`./`): its owner, mode and
+    /// xattrs go on the root directory.
+    fn root_dir(&mut self, meta: &Meta) -> Result<()> {
+        let fd = self
+            .open_beneath(b"", OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+            .map_err(sys("opening", self.root))?;
+        apply_fd(&File::from(fd), meta, self.root, false)?;
+        self.dir_times.insert(Vec::new(), meta.mtime);
+        Ok(())
+    }
+
+    /// Owner, mode, xattrs and mtime for something that cannot be opened
+    /// without side effects (symlink, device, fifo), by name in its parent.
+    fn apply_at(
+        &self,
+        parent: &OwnedFd,
+        leaf: &OsStr,
+        meta: &Meta,
+        path: &Path,
+        chmod: bool,
+    ) -> Result<()> {
+        fchownat(
+            parent,
+            leaf,
+            Some(Uid::from_raw(meta.uid)),
+            Some(Gid::from_raw(meta.gid)),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(sys("changing owner of", path))?;
+        if chmod {
+            // Not a symlink (we just made the node), so following is moot;
+            // Linux has no lchmod.
+            fchmodat(
+                parent,
+                leaf,
+                Mode::from_bits_truncate(meta.mode),
+                FchmodatFlags::FollowSymlink,
+            )
+            .map_err(sys("changing mode of", path))?;
+        }
+        if !meta.xattrs.is_empty() {
+            // lsetxattr(2) by a path through our parent descriptor: the final
+            // component is not followed.
+            use std::os::fd::AsRawFd;
+            let via = PathBuf::from(format!("/proc/self/fd/{}", parent.as_raw_fd())).join(leaf);
+            for (name, value) in &meta.xattrs {
+                set_xattr(|| xattr::set(&via, name, value), name, path)?;
+            }
+        }
+        utimensat(
+            parent,
+            leaf,
+            &meta.mtime,
+            &meta.mtime,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(sys("setting mtime of", path))
+    }
+
+    /// Apply the directory mtimes, now that nothing more is created inside.
+    fn finish(&mut self) -> Result<()> {
+        let times = std::mem::take(&mut self.dir_times);
+        for (rel, mtime) in times {
+            let path = self.path(&rel);
+            let fd = self
+                .open_beneath(&rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+                .map_err(sys("opening", &path))?;
+            futimens(&fd, &mtime, &mtime).map_err(sys("setting mtime of", &path))?;
+        }
+        Ok(())
+    }
+}
+
+/// Owner, then mode, then xattrs, then (unless a directory) mtime, on an open
+/// file or directory.
+fn apply_fd(file: &File, meta: &Meta, path: &Path, mtime: bool) -> Result<()> {
+    fchown(
+        file,
+        Some(Uid::from_raw(meta.uid)),
+        Some(Gid::from_raw(meta.gid)),
+    )
+    .map_err(sys("changing owner of", path))?;
+    fchmod(file, Mode::from_bits_truncate(meta.mode)).map_err(sys("changing mode of", path))?;
+    for (name, value) in &meta.xattrs {
+        set_xattr(|| file.set_xattr(name, value), name, path)?;
+    }
+    if mtime {
+        futimens(file, &meta.mtime, &meta.mtime).map_err(sys("setting mtime of", path))?;
+    }
+    Ok(())
+}
+
+/// Set one xattr. A filesystem without support for a non-security namespace
+/// (`user.*` on some) degrades with a warning; anything else is an error, and
+/// `security.*` (file capabilities) always is.
+fn set_xattr(set: impl FnOnce() -> io::Result<()>, name: &str, path: &Path) -> Result<()> {
+    match set() {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) && !name.starts_with("security.") => {
+            warn!(path = %path.display(), xattr = name, "filesystem does not keep this xattr");
+            Ok(())
+        }
+        Err(source) => Err(Error::Io {
+            what: "setting xattr on",
+            path: path.join(format!("@{name}")),
+            source,
+        }),
+    }
+}
+
+/// The owner, mode, time and xattrs of `entry`, PAX records included (the tar
+/// crate already applies PAX `uid`, `gid`, `size` and `path`).
+fn meta(entry: &mut tar::Entry<'_, impl Read>) -> io::Result<Meta> {
+    let h = entry.header();
+    let uid = u32::try_from(h.uid()?).map_err(|_| io::Error::other("uid out of range"))?;
+    let gid = u32::try_from(h.gid()?).map_err(|_| io::Error::other("gid out of range"))?;
+    let mode = h.mode()? & 0o7777;
+    let secs = i64::try_from(h.mtime()?).map_err(|_| io::Error::other("mtime out of range"))?;
+    let mut mtime = TimeSpec::new(secs, 0);
+    let mut xattrs = Vec::new();
+    if let Some(pax) = entry.pax_extensions()? {
+        for ext in pax {
+            let ext = ext?;
+            let Ok(key) = ext.key() else { continue };
+            if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                xattrs.push((name.to_owned(), ext.value_bytes().to_vec()));
+            } else if key == "mtime" {
+                if let Some(t) = ext.value().ok().and_then(parse_pax_time) {
+                    mtime = t;
+                }
+            }
+        }
+    }
+    Ok(Meta {
+        uid,
+        gid,
+        mode,
+        mtime,
+        xattrs,
+    })
+}
+
+/// A PAX time, `secs[.fraction]` (possibly negative), as a `TimeSpec`.
+fn parse_pax_time(s: &str) -> Option<TimeSpec> {
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    let secs: i64 = whole.parse().ok()?;
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
+    let mut nanos: i64 = digits.parse().ok()?;
+    let mut secs = secs;
+    if whole.starts_with('-') && nanos > 0 {
+        // -1.25 is 1.25 s before the epoch: -2 s + 0.75 s.
+        secs -= 1;
+        nanos = 1_000_000_000 - nanos;
+    }
+    Some(TimeSpec::new(secs, nanos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_below_the_root_split_into_components() {
+        assert_eq!(
+            components(b"./usr/bin/ls").unwrap(),
+            vec![&b"usr"[..], b"bin", b"ls"]
+        );
+        assert_eq!(
+            components(b"usr//lib/./x/").unwrap(),
+            vec![&b"usr"[..], b"lib", b"x"]
+        );
+        assert!(components(b"./").unwrap().is_empty());
+        assert!(components(b".").unwrap().is_empty());
+    }
+
+    #[test]
+    fn names_that_leave_the_root_are_refused() {
+        assert_eq!(components(b"/etc/passwd"), Err("absolute path"));
+        assert_eq!(components(b"../x"), Err("path leaves the root through .."));
+        assert_eq!(
+            components(b"./a/../../x"),
+            Err("path leaves the root through ..")
+        );
+        assert_eq!(components(b""), Err("empty name"));
+        // `..` as part of a longer name is just a name.
+        assert_eq!(components(b"a/..b").unwrap(), vec![&b"a"[..], b"..b"]);
+    }
+
+    #[test]
+    fn pax_times_keep_fractions_and_signs() {
+        assert_eq!(
+            parse_pax_time("1787000000"),
+            Some(TimeSpec::new(1_787_000_000, 0))
+        );
+        assert_eq!(
+            parse_pax_time("1787000000.5"),
+            Some(TimeSpec::new(1_787_000_000, 500_000_000))
+        );
+        assert_eq!(
+            parse_pax_time("-1.25"),
+            Some(TimeSpec::new(-2, 750_000_000))
+        );
+        assert_eq!(parse_pax_time("12.x"), None);
+    }
+
+    #[test]
+    fn entry_types_map_to_kinds() {
+        assert_eq!(Kind::of(EntryType::new(b'0')), Some(Kind::File));
+        assert_eq!(Kind::of(EntryType::new(b'\0')), Some(Kind::File));
+        assert_eq!(Kind::of(EntryType::new(b'5')), Some(Kind::Dir));
+        assert_eq!(Kind::of(EntryType::new(b'g')), Some(Kind::Skip));
+        assert_eq!(Kind::of(EntryType::new(b'D')), None);
+    }
+}
