@@ -59,6 +59,8 @@ pub struct RunRecord {
     pub start: u64,
     /// Stage name as given.
     pub stage: String,
+    /// The stage's digest, which `shell --run` leases again.
+    pub stage_digest: String,
     /// The stage layers, top first (the last is the stage rootfs).
     pub layers: Vec<PathBuf>,
     /// The trees every job sees.
@@ -555,6 +557,7 @@ mod tests {
             args: vec!["portroot".into(), "run".into()],
             start: 0,
             stage: "s".into(),
+            stage_digest: "0".repeat(64),
             layers: vec!["/stage/rootfs".into()],
             trees: vec![],
             caches: vec![],

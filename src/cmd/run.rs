@@ -31,6 +31,7 @@ use portroot_runner::plan::Bind;
 use portroot_runner::pool::{self, Event};
 use portroot_runner::run::{self as runs, Children, Helper, RunDir, RunRecord, TreeRecord};
 use portroot_runner::sandbox::{self, Network, SandboxSpec};
+use portroot_runner::stage::{StageLease, StageStore};
 use tracing::info;
 
 use super::Ctx;
@@ -158,7 +159,7 @@ pub enum InternalCmd {
 /// Everything resolved from [`ChrootArgs`] before the store is touched.
 struct Resolved {
     stage_name: String,
-    stage: StageHandle,
+    stage: StageLease,
     trees: Vec<TreeRecord>,
     caches: Vec<Bind>,
     conf: ChrootConf,
@@ -179,7 +180,7 @@ fn resolve(ctx: &Ctx, args: &ChrootArgs, run_dir: &Path) -> anyhow::Result<Resol
         bail!("--tag is required");
     };
     let stage = lease_stage(ctx, &stage_name)?;
-    sandbox::check_shell(&stage.rootfs).with_context(|| format!("stage {stage_name}"))?;
+    sandbox::check_shell(&stage.stage.rootfs).with_context(|| format!("stage {stage_name}"))?;
 
     let main_target = match args.layout {
         Layout::Modern => PathBuf::from("/var/db/repos/gentoo"),
@@ -284,6 +285,14 @@ fn private_mount_namespace() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The shared DISTDIR and PKGDIR of the store, created on first use.
+fn ensure_caches(ctx: &Ctx) -> anyhow::Result<()> {
+    for dir in [ctx.store.distfiles_dir(), ctx.store.binpkgs_dir()] {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// Mount every tree of the run (in this process, in its private namespace).
 fn mount_trees(trees: &[TreeRecord]) -> anyhow::Result<Vec<TreeMount>> {
     let mut mounted = Vec::new();
@@ -295,18 +304,10 @@ fn mount_trees(trees: &[TreeRecord]) -> anyhow::Result<Vec<TreeMount>> {
     Ok(mounted)
 }
 
-/// The stage the chroots are layered over, leased for the run's lifetime.
-struct StageHandle {
-    rootfs: PathBuf,
-    _lease: StageLeaseGuard,
-}
-
-// TODO: replace with portroot_runner::stage::StageLease once the stage store
-// lands on main (see issue 4).
-struct StageLeaseGuard;
-
-fn lease_stage(_ctx: &Ctx, name: &str) -> anyhow::Result<StageHandle> {
-    bail!("no stage {name} (the stage store is not merged yet)")
+/// Lease the stage the chroots are layered over for as long as the value
+/// lives, so `stage rm` cannot pull it from under the overlays.
+fn lease_stage(ctx: &Ctx, name_or_digest: &str) -> anyhow::Result<StageLease> {
+    Ok(StageStore::new(ctx.store.stages_dir(), ctx.store.tmp_dir()).lease(name_or_digest)?)
 }
 
 // TODO: replace with portroot_fs::MountedFs once the fs crate lands on main
@@ -398,9 +399,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 
     private_mount_namespace()?;
-    for dir in [ctx.store.distfiles_dir(), ctx.store.binpkgs_dir()] {
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    ensure_caches(ctx)?;
     let mut record = RunRecord {
         id: id.clone(),
         pid: std::process::id(),
@@ -409,7 +408,8 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         stage: resolved.stage_name.clone(),
-        layers: vec![resolved.stage.rootfs.clone()],
+        layers: vec![resolved.stage.stage.rootfs.clone()],
+        stage_digest: resolved.stage.stage.digest.clone(),
         trees: resolved.trees.clone(),
         caches: resolved.caches.clone(),
         conf: resolved.conf.clone(),
@@ -568,13 +568,14 @@ pub fn shell(ctx: &Ctx, args: ShellArgs) -> anyhow::Result<ExitCode> {
             if !run_dir.job(job).upper().is_dir() {
                 bail!("run {id} did not keep job {job} (run it with --keep)");
             }
-            let stage = lease_stage(ctx, &record.stage)?;
+            let stage = lease_stage(ctx, &record.stage_digest)?;
             private_mount_namespace()?;
             (run_dir, record, job.clone(), false, stage)
         } else {
             let id = runs::new_run_id(SystemTime::now());
             let resolved = resolve(ctx, &args.chroot, &runs_dir.join(&id))?;
             private_mount_namespace()?;
+            ensure_caches(ctx)?;
             let record = RunRecord {
                 id: id.clone(),
                 pid: std::process::id(),
@@ -583,7 +584,8 @@ pub fn shell(ctx: &Ctx, args: ShellArgs) -> anyhow::Result<ExitCode> {
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
                 stage: resolved.stage_name.clone(),
-                layers: vec![resolved.stage.rootfs.clone()],
+                layers: vec![resolved.stage.stage.rootfs.clone()],
+                stage_digest: resolved.stage.stage.digest.clone(),
                 trees: resolved.trees.clone(),
                 caches: resolved.caches.clone(),
                 conf: resolved.conf.clone(),
