@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error_run::{io, Result};
+use crate::error::{io, Result};
 
 /// FEATURES every job gets on top of the stage's own, as in the seed.
 pub const FEATURES: &str = "buildpkg cgroup ipc-sandbox network-sandbox parallel-fetch";

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error_run::{Error, Result};
+use crate::error::{Error, Result};
 
 /// One unit of work: a script run in its own chroot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

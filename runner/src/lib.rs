@@ -10,7 +10,6 @@
 pub mod archive;
 pub mod conf;
 pub mod error;
-pub mod error_run;
 pub mod job;
 pub mod plan;
 pub mod pool;

@@ -26,7 +26,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::conf::ChrootConf;
-use crate::error_run::{io, Error, Result};
+use crate::error::{io, Error, Result};
 use crate::job::{Job, JobOutcome, JobStatus};
 use crate::plan::{Bind, ChrootLayout};
 use crate::sandbox::{Command, Network, SandboxSpec, SETUP_FAILED};

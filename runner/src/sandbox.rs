@@ -36,7 +36,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 use serde::{Deserialize, Serialize};
 
 use crate::conf::ChrootConf;
-use crate::error_run::{io, sys, Error, Result};
+use crate::error::{io, sys, Error, Result};
 use crate::plan::{ChrootLayout, MountOp, MountPlan};
 
 /// Exit status of the helper when the sandbox could not be set up (the job
