@@ -110,6 +110,11 @@ impl MountedFs {
             return Ok(());
         };
         let started = Instant::now();
+        // Unmount ourselves rather than leave it to fusermount3: in auto-unmount
+        // mode fuser only closes the helper's socket and the helper's unmount
+        // races with our join. A busy mount is detached lazily and the join
+        // waits for its last user.
+        unmount_path(&self.mountpoint);
         session.umount_and_join().map_err(|source| FsError::Io {
             what: "unmounting",
             path: self.mountpoint.clone(),
@@ -126,6 +131,36 @@ impl Drop for MountedFs {
             warn!(error = %e, "unmount on drop failed");
         }
     }
+}
+
+/// umount2(2) `path`, lazily if it is busy; errors (not mounted, no
+/// permission) are left for fuser's own unmount to handle.
+fn unmount_path(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    let rc = unsafe { libc::umount2(c.as_ptr(), libc::UMOUNT_NOFOLLOW) };
+    if rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY) {
+        warn!(mountpoint = %path.display(), "mount busy, detaching lazily");
+        // SAFETY: as above.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) };
+    }
+}
+
+/// The repository's name for the fsname: `repos/gentoo.git` → `gentoo`,
+/// `overlay/.git` → `overlay`.
+fn repo_name(git_dir: &Path) -> String {
+    let git_dir = git_dir
+        .canonicalize()
+        .unwrap_or_else(|_| git_dir.to_owned());
+    let name = match git_dir.file_name() {
+        Some(n) if n == ".git" => git_dir.parent().and_then(Path::file_name),
+        n => n,
+    };
+    name.map(|n| n.to_string_lossy().trim_end_matches(".git").to_owned())
+        .unwrap_or_default()
 }
 
 /// Check that `mountpoint` is an existing, empty directory with nothing mounted
@@ -211,10 +246,7 @@ pub fn mount(
     let fs = GitFs::new(store, &view, opts.cache_bytes)?;
     let mountpoint = check_mountpoint(mountpoint)?;
     let fsname = if opts.fsname.is_empty() {
-        let repo = git_dir
-            .file_name()
-            .map(|n| n.to_string_lossy().trim_end_matches(".git").to_owned())
-            .unwrap_or_default();
+        let repo = repo_name(git_dir);
         match &view {
             View::Ref(r) => format!("portroot:{repo}@{r}"),
             View::AllTags => format!("portroot:{repo}"),
