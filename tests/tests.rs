@@ -7,3 +7,4 @@ mod util;
 mod cli;
 mod import;
 mod stage;
+mod fs_mount;
