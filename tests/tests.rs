@@ -8,3 +8,4 @@ mod cli;
 mod import;
 mod runner;
 mod stage;
+mod fs_mount;
