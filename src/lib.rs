@@ -7,4 +7,5 @@
 #![warn(missing_docs)]
 
 pub mod fixture;
+pub mod snapshot;
 pub mod store;

@@ -65,6 +65,19 @@ enum Command {
     Ps(cmd::run::PsArgs),
     /// Remove what killed runs left behind in the store.
     Gc(cmd::run::GcArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
+    #[command(
+        after_help = "Example:\n  portroot completions bash > /usr/share/bash-completion/completions/portroot"
+    )]
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout.
+    #[command(
+        after_help = "Example:\n  portroot man > /usr/share/man/man1/portroot.1 && man portroot"
+    )]
+    Man,
     /// Internal: the single-threaded helper that sets up one sandbox.
     #[command(hide = true, subcommand)]
     Internal(cmd::run::InternalCmd),
@@ -87,6 +100,8 @@ fn main() -> ExitCode {
         Command::Ps(a) => cmd::run::ps(&ctx, a),
         Command::Gc(a) => cmd::run::gc(&ctx, a),
         Command::Internal(c) => cmd::run::internal(&ctx, c),
+        Command::Completions { shell } => print_completions(shell),
+        Command::Man => print_man(),
     };
     match result {
         Ok(code) => code,
@@ -95,6 +110,25 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `portroot completions SHELL`: generated from the clap definition, so they
+/// never drift from the real flags.
+fn print_completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory;
+    let mut command = Cli::command();
+    clap_complete::generate(shell, &mut command, "portroot", &mut std::io::stdout());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `portroot man`: the man page, generated from the clap definition.
+fn print_man() -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    use clap::CommandFactory;
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut std::io::stdout())
+        .context("writing the man page to stdout")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Install the one tracing subscriber: `RUST_LOG` if set, else `-v` levels.

@@ -18,3 +18,15 @@ fn unknown_subcommand_is_a_usage_error() {
     let err = util::fails(std::process::Command::new(util::bin()).arg("frobnicate"), 2);
     assert!(err.contains("frobnicate"), "{err}");
 }
+
+#[test]
+fn completions_and_man_page_are_generated() {
+    let bash = util::ok(std::process::Command::new(util::bin()).args(["completions", "bash"]));
+    assert!(
+        bash.contains("portroot") && bash.contains("snapshot"),
+        "{bash}"
+    );
+    let man = util::ok(std::process::Command::new(util::bin()).arg("man"));
+    assert!(man.starts_with(".ie") || man.contains(".TH"), "{man}");
+    assert!(man.contains("portroot"));
+}

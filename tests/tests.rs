@@ -5,4 +5,7 @@
 mod util;
 
 mod cli;
+mod import;
+mod runner;
 mod stage;
+mod fs_mount;

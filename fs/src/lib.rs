@@ -5,4 +5,335 @@
 //! versioned overlay) becomes a directory tree without a clone or a checkout. The
 //! runner binds it into every build chroot; people browse history through the
 //! all-tags view. It never depends on the runner crate or on clap.
+//!
+//! Flow: [`mount`] resolves the ref ([`store::GitStore`]), builds the
+//! [`filesystem::GitFs`] (inode table over an [`cache::ObjectCache`]) and hands it
+//! to fuser; the returned [`MountedFs`] unmounts on drop.
 #![warn(missing_docs)]
+
+pub mod attr;
+pub mod cache;
+pub mod error;
+pub mod filesystem;
+pub mod inode;
+pub mod store;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use fuser::{BackgroundSession, Config, INodeNo, MountOption, SessionACL};
+use tracing::{debug, info, warn};
+
+pub use error::{FsError, Result};
+pub use filesystem::GitFs;
+pub use store::GitStore;
+
+/// What a mount shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum View {
+    /// One tree: a tag, a branch or a commit id.
+    Ref(String),
+    /// Every tag side by side, plus `latest`.
+    AllTags,
+}
+
+/// How to mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountOptions {
+    /// The object cache budget in bytes.
+    pub cache_bytes: u64,
+    /// FUSE worker threads (at least 1).
+    pub threads: usize,
+    /// Let every user read the mount (`allow_other`); needed for uid 250.
+    pub allow_other: bool,
+    /// Have fusermount3 remove the mount if the daemon dies (falls back to a
+    /// plain mount, with a warning, when fusermount3 is missing).
+    pub auto_unmount: bool,
+    /// The source shown in /proc/mounts; empty means `portroot:<repo>@<ref>`.
+    pub fsname: String,
+}
+
+/// The default cache budget: 256 MiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            threads: 2,
+            allow_other: true,
+            auto_unmount: true,
+            fsname: String::new(),
+        }
+    }
+}
+
+/// A live mount. Dropping it unmounts and joins the FUSE thread.
+#[derive(Debug)]
+pub struct MountedFs {
+    session: Option<BackgroundSession>,
+    mountpoint: PathBuf,
+    tree_id: Option<git2::Oid>,
+    watcher: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+}
+
+impl MountedFs {
+    /// Where it is mounted (canonical).
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// The served tree in the single-ref view.
+    pub fn tree_id(&self) -> Option<git2::Oid> {
+        self.tree_id
+    }
+
+    /// Whether the FUSE session has ended (someone unmounted it from outside).
+    pub fn is_finished(&self) -> bool {
+        self.session.as_ref().is_none_or(|s| s.guard.is_finished())
+    }
+
+    /// Unmount and wait for the FUSE thread to finish.
+    pub fn unmount(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        if let Some((stop, handle)) = self.watcher.take() {
+            drop(stop);
+            let _ = handle.join();
+        }
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        // Unmount ourselves rather than leave it to fusermount3: in auto-unmount
+        // mode fuser only closes the helper's socket and the helper's unmount
+        // races with our join. A busy mount is detached lazily and the join
+        // waits for its last user.
+        unmount_path(&self.mountpoint);
+        session.umount_and_join().map_err(|source| FsError::Io {
+            what: "unmounting",
+            path: self.mountpoint.clone(),
+            source,
+        })?;
+        info!(mountpoint = %self.mountpoint.display(), elapsed_ms = started.elapsed().as_millis() as u64, "unmounted");
+        Ok(())
+    }
+}
+
+impl Drop for MountedFs {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            warn!(error = %e, "unmount on drop failed");
+        }
+    }
+}
+
+/// umount2(2) `path`, lazily if it is busy; errors (not mounted, no
+/// permission) are left for fuser's own unmount to handle.
+fn unmount_path(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    let rc = unsafe { libc::umount2(c.as_ptr(), libc::UMOUNT_NOFOLLOW) };
+    if rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY) {
+        warn!(mountpoint = %path.display(), "mount busy, detaching lazily");
+        // SAFETY: as above.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) };
+    }
+}
+
+/// The repository's name for the fsname: `repos/gentoo.git` → `gentoo`,
+/// `overlay/.git` → `overlay`.
+fn repo_name(git_dir: &Path) -> String {
+    let git_dir = git_dir
+        .canonicalize()
+        .unwrap_or_else(|_| git_dir.to_owned());
+    let name = match git_dir.file_name() {
+        Some(n) if n == ".git" => git_dir.parent().and_then(Path::file_name),
+        n => n,
+    };
+    name.map(|n| n.to_string_lossy().trim_end_matches(".git").to_owned())
+        .unwrap_or_default()
+}
+
+/// Check that `mountpoint` is an existing, empty directory with nothing mounted
+/// on it, and return its canonical path.
+pub fn check_mountpoint(mountpoint: &Path) -> Result<PathBuf> {
+    let bad = |why| FsError::BadMountpoint {
+        path: mountpoint.to_owned(),
+        why,
+    };
+    let meta = std::fs::metadata(mountpoint).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => bad("does not exist"),
+        _ => FsError::Io {
+            what: "checking mount point",
+            path: mountpoint.to_owned(),
+            source: e,
+        },
+    })?;
+    if !meta.is_dir() {
+        return Err(bad("not a directory"));
+    }
+    let canonical = mountpoint.canonicalize().map_err(|source| FsError::Io {
+        what: "resolving mount point",
+        path: mountpoint.to_owned(),
+        source,
+    })?;
+    if is_mountpoint(&canonical) {
+        return Err(bad("already mounted"));
+    }
+    let mut entries = std::fs::read_dir(&canonical).map_err(|source| FsError::Io {
+        what: "listing mount point",
+        path: mountpoint.to_owned(),
+        source,
+    })?;
+    if entries.next().is_some() {
+        return Err(bad("not empty"));
+    }
+    Ok(canonical)
+}
+
+/// Whether `path` (canonical) is a mount point in this mount namespace.
+pub fn is_mountpoint(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = escape_mountinfo(path);
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| m == want)
+}
+
+/// /proc/self/mountinfo escapes space, tab, newline and backslash as octal.
+fn escape_mountinfo(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        match c {
+            ' ' | '\t' | '\n' | '\\' => out.push_str(&format!("\\{:03o}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn have_fusermount() -> bool {
+    if std::env::var_os("FUSERMOUNT_PATH").is_some() {
+        return true;
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .any(|d| d.join("fusermount3").is_file() || d.join("fusermount").is_file())
+}
+
+/// Mount `view` of the repository at `git_dir` on `mountpoint`. The ref is
+/// resolved and the mount point checked first; returns once the kernel has
+/// completed the FUSE handshake, so the tree is readable.
+pub fn mount(
+    git_dir: &Path,
+    view: View,
+    mountpoint: &Path,
+    opts: &MountOptions,
+) -> Result<MountedFs> {
+    let started = Instant::now();
+    let store = GitStore::open(git_dir)?;
+    let fs = GitFs::new(store, &view, opts.cache_bytes)?;
+    let mountpoint = check_mountpoint(mountpoint)?;
+    let fsname = if opts.fsname.is_empty() {
+        let repo = repo_name(git_dir);
+        match &view {
+            View::Ref(r) => format!("portroot:{repo}@{r}"),
+            View::AllTags => format!("portroot:{repo}"),
+        }
+    } else {
+        opts.fsname.clone()
+    };
+    let mut options = vec![
+        MountOption::FSName(fsname.clone()),
+        MountOption::Subtype("portroot".into()),
+        MountOption::RO,
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoAtime,
+    ];
+    if opts.auto_unmount {
+        if have_fusermount() {
+            options.push(MountOption::AutoUnmount);
+        } else {
+            warn!("fusermount3 not found: a killed daemon will leave a dead mount behind");
+        }
+    }
+    let mut config = Config::default();
+    config.mount_options = options;
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else if opts.auto_unmount {
+        // auto_unmount needs an allow_* option; root-and-owner is the narrowest.
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(opts.threads.max(1));
+    let tree_id = fs.resolved().map(|r| r.tree);
+    let tags = fs.tag_source();
+    let session = fuser::Session::new(fs, &mountpoint, &config)
+        .and_then(fuser::Session::spawn)
+        .map_err(|source| FsError::Io {
+            what: "mounting fuse on",
+            path: mountpoint.clone(),
+            source,
+        })?;
+    let watcher = tags.map(|t| spawn_tag_watcher(t, session.notifier()));
+    info!(
+        mountpoint = %mountpoint.display(),
+        %fsname,
+        tree = ?tree_id,
+        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "mounted"
+    );
+    Ok(MountedFs {
+        session: Some(session),
+        mountpoint,
+        tree_id,
+        watcher,
+    })
+}
+
+/// Poll the refs every half second; when the tag list changes, tell the kernel
+/// to drop its cached root listing so `ls MNT` shows the new tags.
+fn spawn_tag_watcher(
+    tags: Arc<filesystem::TagSource>,
+    notifier: fuser::Notifier,
+) -> (mpsc::Sender<()>, JoinHandle<()>) {
+    let (stop, stopped) = mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name("portroot-tags".into())
+        .spawn(move || {
+            let mut seen = tags.generation();
+            while let Err(mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(Duration::from_millis(500))
+            {
+                if let Err(e) = tags.current() {
+                    warn!(error = %e, "re-reading tags failed");
+                    continue;
+                }
+                let now = tags.generation();
+                if now != seen {
+                    seen = now;
+                    debug!("tags changed, invalidating the root listing");
+                    if let Err(e) = notifier.inval_inode(INodeNo::ROOT, 0, 0) {
+                        debug!(error = %e, "root invalidation not delivered");
+                    }
+                }
+            }
+        })
+        .expect("invariant: spawning a thread only fails when out of resources");
+    (stop, handle)
+}

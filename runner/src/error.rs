@@ -6,8 +6,7 @@
 
 use std::path::PathBuf;
 
-/// Everything that can go wrong in the stage store (and, once folded in, the
-/// chroot runner).
+/// Everything that can go wrong in the stage store and the chroot runner.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A filesystem call on `path` failed.
@@ -98,7 +97,26 @@ pub enum Error {
         /// "in use by a run" or "being removed".
         why: &'static str,
     },
-    /// Input the caller must fix: a bad stage name, ...
+    /// A process-wide system call (unshare, fork, sethostname) failed.
+    #[error("{what}")]
+    Proc {
+        /// What we were doing.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: nix::Error,
+    },
+    /// A job file line is malformed.
+    #[error("{path}:{line}: {reason}")]
+    JobFile {
+        /// The job file (`-` for standard input).
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Input the caller must fix: a bad stage name, a stage without a shell, ...
     #[error("{0}")]
     Invalid(String),
 }

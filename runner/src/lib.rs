@@ -8,5 +8,11 @@
 #![warn(missing_docs)]
 
 pub mod archive;
+pub mod conf;
 pub mod error;
+pub mod job;
+pub mod plan;
+pub mod pool;
+pub mod run;
+pub mod sandbox;
 pub mod stage;

@@ -1,52 +1,710 @@
 //! `portroot run`, `shell`, `ps`, `gc` and the hidden sandbox helper.
+//!
+//! `run` works in this order, so that a bad argument leaves nothing behind and
+//! a killed runner leaves no mount:
+//!
+//! 1. check everything the user gave (stage and its `/bin/bash`, tag, repos,
+//!    job file) before touching the store;
+//! 2. while still single-threaded, `unshare(CLONE_NEWNS)` and make `/`
+//!    recursively private: every mount the run makes lives in this namespace
+//!    and dies with the process, even on SIGKILL;
+//! 3. block SIGINT/SIGTERM before any thread exists and hand them to one
+//!    thread that kills the jobs; create `runs/<id>/` (locked) and mount each
+//!    tree once with the fs crate;
+//! 4. run the pool: each worker starts `/proc/self/exe internal sandbox SPEC`
+//!    per job (see `portroot_runner::sandbox`);
+//! 5. unmount, remove the chroots (unless `--keep`), record the outcomes,
+//!    print the table.
 
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use clap::{Args, Subcommand};
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use portroot_runner::conf::{ChrootConf, RepoConf};
+use portroot_runner::job::{self, Job, JobOutcome, JobStatus};
+use portroot_runner::plan::Bind;
+use portroot_runner::pool::{self, Event};
+use portroot_runner::run::{self as runs, Children, Helper, RunDir, RunRecord, TreeRecord};
+use portroot_runner::sandbox::{self, Network, SandboxSpec};
+use portroot_runner::stage::{StageLease, StageStore};
+use tracing::info;
 
 use super::Ctx;
 
+/// Where the portage tree and the caches appear inside the chroot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Layout {
+    /// `/var/db/repos/gentoo` (current Gentoo default).
+    Modern,
+    /// `/usr/portage`, as older stages and the seed expect.
+    UsrPortage,
+}
+
+/// `--network`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetworkArg {
+    /// Share the host's network.
+    Host,
+    /// Only loopback (no route out).
+    None,
+}
+
+/// What every chroot of a run or shell is made of.
+#[derive(Debug, Args)]
+pub struct ChrootArgs {
+    /// The stage (name or digest) the chroots are layered over.
+    #[arg(long, value_name = "STAGE")]
+    stage: Option<String>,
+    /// The snapshot tag served at the portage tree location.
+    #[arg(long, value_name = "TAG")]
+    tag: Option<String>,
+    /// A further git repository of the store and the ref to serve, mounted
+    /// read-only at /var/db/repos/NAME with its own repos.conf section.
+    #[arg(long = "repo-ref", value_name = "NAME=REF")]
+    repo_refs: Vec<String>,
+    /// Where the tree goes: /var/db/repos/gentoo or /usr/portage.
+    #[arg(long, value_enum, default_value = "modern")]
+    layout: Layout,
+    /// `none`: a network namespace with only loopback.
+    #[arg(long, value_enum, default_value = "host")]
+    network: NetworkArg,
+    /// URL written as the `local` mirror (fetch-restricted files).
+    #[arg(long, value_name = "URL")]
+    local_mirror: Option<String>,
+}
+
 /// Arguments of `portroot run`.
 #[derive(Debug, Args)]
-pub struct RunArgs {}
+#[command(after_help = "\
+Each job runs `bash --login -c SCRIPT` with only HOME and TERM set, in its own
+overlay chroot over the stage, with the tree at TAG read-only and the store's
+distfiles/ and binpkgs/ shared read-write (DISTDIR, PKGDIR).
+
+Examples:
+  portroot run --stage stage4 --tag 2026-08-20 -- emerge -e world
+  portroot run --stage stage4 --tag 2026-08-20 -- 'emerge -e world && eclean-pkg'
+  printf 'bash\\temerge -1 app-shells/bash\\n' | portroot run --stage stage4 --tag 2026-08-20 --job-file -
+  portroot run --stage stage4 --tag 2026-08-20 --repeat 8 --network none --keep -- make check")]
+pub struct RunArgs {
+    #[command(flatten)]
+    chroot: ChrootArgs,
+    /// How many chroots run at once (default: the number of CPUs).
+    #[arg(long, short = 'j', value_name = "N")]
+    jobs: Option<usize>,
+    /// Run the command as N jobs named 1..N.
+    #[arg(long, value_name = "N", conflicts_with = "job_file")]
+    repeat: Option<usize>,
+    /// One job per line, `NAME<TAB>COMMAND`; `-` reads standard input.
+    #[arg(long, value_name = "FILE")]
+    job_file: Option<PathBuf>,
+    /// Keep each job's chroot for `portroot shell --run ID --job NAME`.
+    #[arg(long)]
+    keep: bool,
+    /// The command: one word is a shell line, several are quoted and joined.
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
+}
 
 /// Arguments of `portroot shell`.
 #[derive(Debug, Args)]
-pub struct ShellArgs {}
+#[command(after_help = "\
+Examples:
+  portroot shell --stage stage4 --tag 2026-08-20
+  portroot shell --run 20261124-123456-ab12 --job 3")]
+pub struct ShellArgs {
+    #[command(flatten)]
+    chroot: ChrootArgs,
+    /// Re-enter a job kept by `portroot run --keep`.
+    #[arg(long, value_name = "RUN-ID", requires = "job", conflicts_with_all = ["stage", "tag"])]
+    run: Option<String>,
+    /// The job of `--run` to enter.
+    #[arg(long, value_name = "NAME", requires = "run")]
+    job: Option<String>,
+}
 
 /// Arguments of `portroot ps`.
 #[derive(Debug, Args)]
+#[command(after_help = "Example:\n  portroot ps")]
 pub struct PsArgs {}
 
 /// Arguments of `portroot gc`.
 #[derive(Debug, Args)]
-pub struct GcArgs {}
+#[command(after_help = "\
+Removes runs whose runner died (SIGKILL, power loss). Finished runs keep their
+logs (and --keep chroots) until `gc --all`.
+
+Example:
+  portroot gc --all")]
+pub struct GcArgs {
+    /// Also remove finished runs (their logs and kept chroots).
+    #[arg(long)]
+    all: bool,
+}
 
 /// Hidden helpers re-executed by the runner.
 #[derive(Debug, Subcommand)]
-pub enum InternalCmd {}
+pub enum InternalCmd {
+    /// Set up one chroot from SPEC and run its shell (single-threaded).
+    Sandbox {
+        /// The JSON spec written by the runner.
+        spec: PathBuf,
+    },
+}
+
+/// Everything resolved from [`ChrootArgs`] before the store is touched.
+struct Resolved {
+    stage_name: String,
+    stage: StageLease,
+    trees: Vec<TreeRecord>,
+    caches: Vec<Bind>,
+    conf: ChrootConf,
+    network: Network,
+}
+
+/// DISTDIR and PKGDIR inside the chroot. They stay under /var/cache with the
+/// usr-portage layout too: /usr/portage is the read-only tree, so nothing can
+/// be bound below it.
+const DISTDIR: &str = "/var/cache/distfiles";
+const PKGDIR: &str = "/var/cache/binpkgs";
+
+fn resolve(ctx: &Ctx, args: &ChrootArgs, run_dir: &Path) -> anyhow::Result<Resolved> {
+    let Some(stage_name) = args.stage.clone() else {
+        bail!("--stage is required");
+    };
+    let Some(tag) = args.tag.clone() else {
+        bail!("--tag is required");
+    };
+    let stage = lease_stage(ctx, &stage_name)?;
+    sandbox::check_shell(&stage.stage.rootfs).with_context(|| format!("stage {stage_name}"))?;
+
+    let main_target = match args.layout {
+        Layout::Modern => PathBuf::from("/var/db/repos/gentoo"),
+        Layout::UsrPortage => PathBuf::from("/usr/portage"),
+    };
+    let mut wanted = vec![("gentoo".to_owned(), tag, main_target)];
+    for spec in &args.repo_refs {
+        let Some((name, reference)) = spec.split_once('=') else {
+            bail!("--repo-ref {spec}: expected NAME=REF");
+        };
+        if name == "gentoo" || !portroot::store::is_valid_name(name) || reference.is_empty() {
+            bail!("--repo-ref {spec}: expected NAME=REF with a repository name other than gentoo");
+        }
+        if wanted.iter().any(|(n, _, _)| n == name) {
+            bail!("--repo-ref {spec}: repository {name} given twice");
+        }
+        wanted.push((
+            name.to_owned(),
+            reference.to_owned(),
+            PathBuf::from("/var/db/repos").join(name),
+        ));
+    }
+    let mut trees = Vec::new();
+    for (name, reference, target) in wanted {
+        let git_dir = ctx.store.repo_path(&name);
+        check_ref(&git_dir, &name, &reference)?;
+        trees.push(TreeRecord {
+            mountpoint: run_dir.join("repos").join(&name),
+            name,
+            git_dir,
+            reference,
+            target,
+        });
+    }
+    let conf = ChrootConf {
+        repos: trees
+            .iter()
+            .map(|t| RepoConf {
+                name: t.name.clone(),
+                location: t.target.clone(),
+            })
+            .collect(),
+        distdir: DISTDIR.into(),
+        pkgdir: PKGDIR.into(),
+        local_mirror: args.local_mirror.clone(),
+        resolv_conf: None,
+    };
+    let caches = vec![
+        Bind {
+            source: ctx.store.distfiles_dir(),
+            target: DISTDIR.into(),
+            writable: true,
+        },
+        Bind {
+            source: ctx.store.binpkgs_dir(),
+            target: PKGDIR.into(),
+            writable: true,
+        },
+    ];
+    Ok(Resolved {
+        stage_name,
+        stage,
+        trees,
+        caches,
+        conf,
+        network: match args.network {
+            NetworkArg::Host => Network::Host,
+            NetworkArg::None => Network::None,
+        },
+    })
+}
+
+/// Fail early, with one line, if `reference` does not exist in the repository.
+fn check_ref(git_dir: &Path, name: &str, reference: &str) -> anyhow::Result<()> {
+    let repo = git2::Repository::open_bare(git_dir).map_err(|_| {
+        anyhow::anyhow!("no repository {name} in the store ({})", git_dir.display())
+    })?;
+    let found = repo
+        .revparse_single(&format!("refs/tags/{reference}"))
+        .or_else(|_| repo.revparse_single(reference))
+        .and_then(|o| o.peel_to_tree());
+    if found.is_err() {
+        bail!("no tag or ref {reference} in repository {name}");
+    }
+    Ok(())
+}
+
+/// Make every mount of this process private to it: called first, while the
+/// process is still single-threaded (unshare(CLONE_NEWNS) requires it).
+fn private_mount_namespace() -> anyhow::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .context("creating the run's mount namespace (are you root?)")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("making / private in the run's mount namespace")?;
+    Ok(())
+}
+
+/// The shared DISTDIR and PKGDIR of the store, created on first use.
+fn ensure_caches(ctx: &Ctx) -> anyhow::Result<()> {
+    for dir in [ctx.store.distfiles_dir(), ctx.store.binpkgs_dir()] {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Mount every tree of the run (in this process, in its private namespace).
+fn mount_trees(trees: &[TreeRecord]) -> anyhow::Result<Vec<TreeMount>> {
+    let mut mounted = Vec::new();
+    for t in trees {
+        std::fs::create_dir_all(&t.mountpoint)
+            .with_context(|| format!("creating {}", t.mountpoint.display()))?;
+        mounted.push(mount_tree(t)?);
+    }
+    Ok(mounted)
+}
+
+/// Lease the stage the chroots are layered over for as long as the value
+/// lives, so `stage rm` cannot pull it from under the overlays.
+fn lease_stage(ctx: &Ctx, name_or_digest: &str) -> anyhow::Result<StageLease> {
+    Ok(StageStore::new(ctx.store.stages_dir(), ctx.store.tmp_dir()).lease(name_or_digest)?)
+}
+
+// TODO: replace with portroot_fs::MountedFs once the fs crate lands on main
+// (see issue 4).
+struct TreeMount;
+
+fn mount_tree(t: &TreeRecord) -> anyhow::Result<TreeMount> {
+    bail!(
+        "mounting {}: the fs crate is not merged yet",
+        t.mountpoint.display()
+    )
+}
+
+fn helper() -> Helper {
+    Helper {
+        program: PathBuf::from("/proc/self/exe"),
+        args: vec!["internal".into(), "sandbox".into()],
+    }
+}
+
+fn read_jobs(args: &RunArgs) -> anyhow::Result<Vec<Job>> {
+    if let Some(file) = &args.job_file {
+        if !args.command.is_empty() {
+            bail!("give either --job-file or a command after --, not both");
+        }
+        let text = if file == Path::new("-") {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading jobs from standard input")?;
+            s
+        } else {
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+        };
+        return Ok(job::parse_job_file(&text, file)?);
+    }
+    let script = job::script_from_words(&args.command)?;
+    match args.repeat {
+        Some(0) => bail!("--repeat must be at least 1"),
+        Some(n) => Ok(job::repeated(&script, n)),
+        None => Ok(vec![Job {
+            name: "1".into(),
+            script,
+        }]),
+    }
+}
+
+/// Block SIGINT and SIGTERM in every thread (call before spawning any) and
+/// let one thread handle them: mark the run cancelled and kill every helper,
+/// repeatedly, so a job started in the meantime dies too.
+fn handle_signals(
+    cancel: Arc<AtomicBool>,
+    signal: Arc<AtomicI32>,
+    children: Arc<Children>,
+) -> anyhow::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block().context("blocking SIGINT and SIGTERM")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Ok(sig) = set.wait() {
+                signal.store(sig as i32, Ordering::SeqCst);
+                cancel.store(true, Ordering::SeqCst);
+                loop {
+                    children.kill_all();
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
 
 /// `portroot run`.
-pub fn run(_ctx: &Ctx, _args: RunArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("run: not built yet (see issue 4)")
+pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let jobs = read_jobs(&args)?;
+    let id = runs::new_run_id(SystemTime::now());
+    let runs_dir = ctx.store.runs_dir();
+    let resolved = resolve(ctx, &args.chroot, &runs_dir.join(&id))?;
+    let workers = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if workers == 0 {
+        bail!("--jobs must be at least 1");
+    }
+
+    private_mount_namespace()?;
+    ensure_caches(ctx)?;
+    let mut record = RunRecord {
+        id: id.clone(),
+        pid: std::process::id(),
+        args: std::env::args().collect(),
+        start: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        stage: resolved.stage_name.clone(),
+        layers: vec![resolved.stage.stage.rootfs.clone()],
+        stage_digest: resolved.stage.stage.digest.clone(),
+        trees: resolved.trees.clone(),
+        caches: resolved.caches.clone(),
+        conf: resolved.conf.clone(),
+        network: resolved.network,
+        keep: args.keep,
+        jobs: jobs.iter().map(|j| j.name.clone()).collect(),
+        outcomes: None,
+    };
+    // Before any thread exists (the FUSE sessions start some), so that every
+    // thread inherits the blocked mask and only ours sees the signals.
+    let cancel = Arc::new(AtomicBool::new(false));
+    let signal = Arc::new(AtomicI32::new(0));
+    let children = Arc::new(Children::default());
+    handle_signals(cancel.clone(), signal.clone(), children.clone())?;
+    let run_dir = RunDir::create(&runs_dir, &record)?;
+    let mounts = match mount_trees(&record.trees) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&run_dir.path);
+            return Err(e);
+        }
+    };
+    info!(run = %id, jobs = jobs.len(), workers, "run started");
+
+    let term = std::env::var("TERM").ok();
+    let helper = helper();
+    let total = jobs.len();
+    let bar = progress_bar(ctx, total);
+    let (mut running, mut failed) = (0usize, 0usize);
+    let outcomes = pool::run(
+        jobs,
+        workers,
+        &cancel,
+        |job| runs::execute_job(&run_dir, &record, &helper, &children, job, term.clone()),
+        |ev| {
+            match ev {
+                Event::Started(_) => running += 1,
+                Event::Finished(o) => {
+                    if o.status != JobStatus::Cancelled {
+                        running = running.saturating_sub(1);
+                    }
+                    if !o.status.success() {
+                        failed += 1;
+                    }
+                    if let Some(bar) = &bar {
+                        bar.inc(1);
+                    }
+                }
+            }
+            if let Some(bar) = &bar {
+                bar.set_message(format!("running {running}, failed {failed}"));
+            }
+        },
+    );
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+
+    drop(mounts);
+    let mut cleanup_err = None;
+    if let Err(e) = std::fs::remove_dir_all(run_dir.path.join("repos")) {
+        cleanup_err.get_or_insert(anyhow::Error::from(e).context("removing the tree mount points"));
+    }
+    let keep = args.keep && signal.load(Ordering::SeqCst) == 0;
+    for o in &outcomes {
+        let dir = run_dir.job(&o.name);
+        if !keep {
+            if let Err(e) = runs::remove_chroot(&dir) {
+                cleanup_err.get_or_insert(e.into());
+            }
+        }
+    }
+    record.outcomes = Some(outcomes.clone());
+    run_dir.save(&record)?;
+    print_table(&outcomes, &run_dir.path);
+    let nfailed = outcomes.iter().filter(|o| !o.status.success()).count();
+    info!(run = %id, jobs = total, failed = nfailed, secs = started.elapsed().as_secs_f64(), "run finished");
+    if let Some(e) = cleanup_err {
+        return Err(e);
+    }
+    let sig = signal.load(Ordering::SeqCst);
+    if sig != 0 {
+        eprintln!("portroot: interrupted: run {id} stopped");
+        return Ok(ExitCode::from(u8::try_from(128 + sig).unwrap_or(1)));
+    }
+    if nfailed > 0 {
+        eprintln!("portroot: {nfailed} of {total} jobs failed");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn progress_bar(ctx: &Ctx, total: usize) -> Option<indicatif::ProgressBar> {
+    if !ctx.progress() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(total as u64);
+    let style = indicatif::ProgressStyle::with_template(
+        "{elapsed_precise} [{bar:30}] {pos}/{len} done, {msg}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    Some(bar)
+}
+
+fn print_table(outcomes: &[JobOutcome], run_path: &Path) {
+    let rows: Vec<[String; 4]> = outcomes
+        .iter()
+        .map(|o| {
+            let log = if o.log.as_os_str().is_empty() {
+                "-".to_owned()
+            } else {
+                o.log.display().to_string()
+            };
+            [
+                o.name.clone(),
+                o.status.to_string(),
+                runs::seconds(o.duration),
+                log,
+            ]
+        })
+        .collect();
+    let header = ["JOB", "STATUS", "SECONDS", "LOG"].map(String::from);
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        println!(
+            "{:<w0$}  {:<w1$}  {:>w2$}  {}",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        );
+    }
+    println!("run {}", run_path.display());
 }
 
 /// `portroot shell`.
-pub fn shell(_ctx: &Ctx, _args: ShellArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("shell: not built yet (see issue 4)")
+pub fn shell(ctx: &Ctx, args: ShellArgs) -> anyhow::Result<ExitCode> {
+    let runs_dir = ctx.store.runs_dir();
+    let term = std::env::var("TERM").ok();
+    let (run_dir, record, job, remove_after, _stage) =
+        if let (Some(id), Some(job)) = (&args.run, &args.job) {
+            let (run_dir, record) = RunDir::reopen(&runs_dir, id)?;
+            if !record.jobs.contains(job) {
+                bail!("run {id} has no job {job}");
+            }
+            if !run_dir.job(job).upper().is_dir() {
+                bail!("run {id} did not keep job {job} (run it with --keep)");
+            }
+            let stage = lease_stage(ctx, &record.stage_digest)?;
+            private_mount_namespace()?;
+            (run_dir, record, job.clone(), false, stage)
+        } else {
+            let id = runs::new_run_id(SystemTime::now());
+            let resolved = resolve(ctx, &args.chroot, &runs_dir.join(&id))?;
+            private_mount_namespace()?;
+            ensure_caches(ctx)?;
+            let record = RunRecord {
+                id: id.clone(),
+                pid: std::process::id(),
+                args: std::env::args().collect(),
+                start: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                stage: resolved.stage_name.clone(),
+                layers: vec![resolved.stage.stage.rootfs.clone()],
+                stage_digest: resolved.stage.stage.digest.clone(),
+                trees: resolved.trees.clone(),
+                caches: resolved.caches.clone(),
+                conf: resolved.conf.clone(),
+                network: resolved.network,
+                keep: false,
+                jobs: vec!["shell".into()],
+                outcomes: None,
+            };
+            (
+                RunDir::create(&runs_dir, &record)?,
+                record,
+                "shell".to_owned(),
+                true,
+                resolved.stage,
+            )
+        };
+    let result = (|| -> anyhow::Result<i32> {
+        // Like system(3): the terminal's Ctrl-C and Ctrl-\ are for the shell
+        // inside, not for us. Blocked before the FUSE threads start, so they
+        // inherit it; the helper resets its mask.
+        use nix::sys::signal::{SigSet, Signal};
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGINT);
+        set.add(Signal::SIGQUIT);
+        set.thread_block().context("blocking SIGINT and SIGQUIT")?;
+        let _mounts = mount_trees(&record.trees)?;
+        let dir = run_dir.job(&job);
+        for d in [dir.0.clone(), dir.upper(), dir.work(), dir.root()] {
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        let spec = record.spec(&dir, &job, sandbox::Command::Interactive, term);
+        let spec_path = dir.0.join("shell.json");
+        spec.save(&spec_path)?;
+        if !std::io::stdin().is_terminal() {
+            tracing::debug!("standard input is not a terminal: the shell reads it as a script");
+        }
+        let status = helper()
+            .command(&spec_path)
+            .status()
+            .context("starting the sandbox helper")?;
+        let _ = std::fs::remove_file(&spec_path);
+        use std::os::unix::process::ExitStatusExt;
+        Ok(status
+            .code()
+            .or_else(|| status.signal().map(|s| 128 + s))
+            .unwrap_or(1))
+    })();
+    if remove_after {
+        std::fs::remove_dir_all(&run_dir.path)
+            .with_context(|| format!("removing {}", run_dir.path.display()))?;
+    } else {
+        let _ = std::fs::remove_dir_all(run_dir.path.join("repos"));
+    }
+    let code = result?;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
 /// `portroot ps`.
-pub fn ps(_ctx: &Ctx, _args: PsArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("ps: not built yet (see issue 4)")
+pub fn ps(ctx: &Ctx, _args: PsArgs) -> anyhow::Result<ExitCode> {
+    let live: Vec<_> = runs::list_runs(&ctx.store.runs_dir())?
+        .into_iter()
+        .filter(|r| r.live)
+        .collect();
+    if live.is_empty() {
+        if !ctx.quiet {
+            eprintln!("no live runs");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<22}  {:>8}  {:>5}  {:<16}  STAGE",
+        "RUN", "PID", "JOBS", "STARTED"
+    );
+    for r in live {
+        let (pid, jobs, start, stage) = match &r.record {
+            Some(rec) => (
+                rec.pid.to_string(),
+                rec.jobs.len().to_string(),
+                runs::utc_stamp(rec.start),
+                rec.stage.clone(),
+            ),
+            None => ("?".into(), "?".into(), "?".into(), "?".into()),
+        };
+        println!("{:<22}  {pid:>8}  {jobs:>5}  {start:<16}  {stage}", r.id);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `portroot gc`.
-pub fn gc(_ctx: &Ctx, _args: GcArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("gc: not built yet (see issue 4)")
+pub fn gc(ctx: &Ctx, args: GcArgs) -> anyhow::Result<ExitCode> {
+    let report = runs::gc(&ctx.store.runs_dir(), args.all)?;
+    for id in &report.removed {
+        info!(run = %id, "removed");
+    }
+    if !ctx.quiet {
+        eprintln!(
+            "removed {} run(s); {} live, {} finished kept",
+            report.removed.len(),
+            report.live,
+            report.kept
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Hidden helpers.
 pub fn internal(_ctx: &Ctx, cmd: InternalCmd) -> anyhow::Result<ExitCode> {
-    match cmd {}
+    match cmd {
+        InternalCmd::Sandbox { spec } => {
+            let spec = SandboxSpec::load(&spec)?;
+            match sandbox::run(&spec) {
+                Ok(code) => Ok(ExitCode::from(u8::try_from(code).unwrap_or(1))),
+                Err(e) => {
+                    // The runner tells "could not set up" from a job's own
+                    // failure by this status; the reason goes to the job's log.
+                    eprintln!("portroot sandbox: {:#}", anyhow::Error::from(e));
+                    Ok(ExitCode::from(sandbox::SETUP_FAILED as u8))
+                }
+            }
+        }
+    }
 }

@@ -245,8 +245,8 @@ mod tests {
     #[test]
     fn dates_are_utc_calendar_dates() {
         assert_eq!(utc_date(0), "1970-01-01 00:00");
-        // `date -u -d @1787359500`: Fri Aug 21 00:45:00 UTC 2026.
-        assert_eq!(utc_date(1_787_359_500), "2026-08-21 00:45");
+        // `date -u -d @1787359500`: Sat Aug 22 00:45:00 UTC 2026.
+        assert_eq!(utc_date(1_787_359_500), "2026-08-22 00:45");
         assert_eq!(utc_date(951_782_400), "2000-02-29 00:00");
     }
 }

@@ -1,0 +1,201 @@
+//! Portage configuration written into a chroot before the job starts, as the
+//! seed does by hand: `make.conf` additions (FEATURES, DISTDIR, PKGDIR),
+//! `repos.conf/gentoo.conf`, the `local` mirror and the host's `resolv.conf`.
+//!
+//! The texts are built by pure functions (unit-tested); [`ChrootConf::write`]
+//! runs inside the chroot after `pivot_root`, so every path resolves within it
+//! and every write lands in the job's overlay upper directory, never in the
+//! stage.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{io, Result};
+
+/// FEATURES every job gets on top of the stage's own, as in the seed.
+pub const FEATURES: &str = "buildpkg cgroup ipc-sandbox network-sandbox parallel-fetch";
+
+/// One repository known to portage inside the chroot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoConf {
+    /// Repository name (`gentoo` for the main tree).
+    pub name: String,
+    /// Its location inside the chroot.
+    pub location: PathBuf,
+}
+
+/// The configuration written into one chroot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChrootConf {
+    /// The main tree first, then each `--repo-ref`.
+    pub repos: Vec<RepoConf>,
+    /// DISTDIR inside the chroot.
+    pub distdir: PathBuf,
+    /// PKGDIR inside the chroot.
+    pub pkgdir: PathBuf,
+    /// `--local-mirror URL`: the `local` mirror for fetch-restricted files.
+    pub local_mirror: Option<String>,
+    /// The host's `/etc/resolv.conf`, read before entering the chroot.
+    pub resolv_conf: Option<Vec<u8>>,
+}
+
+impl ChrootConf {
+    /// The lines appended to `make.conf`.
+    pub fn make_conf(&self) -> String {
+        format!(
+            "\n# added by portroot\nFEATURES=\"${{FEATURES}} {FEATURES}\"\nDISTDIR=\"{}\"\nPKGDIR=\"{}\"\n",
+            self.distdir.display(),
+            self.pkgdir.display()
+        )
+    }
+
+    /// The whole of `repos.conf/gentoo.conf`.
+    pub fn repos_conf(&self) -> String {
+        let mut out = String::from("# written by portroot\n[DEFAULT]\nmain-repo = gentoo\n");
+        for repo in &self.repos {
+            out.push_str(&format!(
+                "\n[{}]\nlocation = {}\nsync-type = git\nauto-sync = no\n",
+                repo.name,
+                repo.location.display()
+            ));
+        }
+        out
+    }
+
+    /// The line of `/etc/portage/mirrors`, if a local mirror was given.
+    pub fn mirrors(&self) -> Option<String> {
+        self.local_mirror
+            .as_ref()
+            .map(|url| format!("local {url}\n"))
+    }
+
+    /// Write everything below `root` (`/` once inside the chroot).
+    pub fn write(&self, root: &Path) -> Result<()> {
+        let portage = root.join("etc/portage");
+        fs::create_dir_all(&portage).map_err(io("creating", &portage))?;
+
+        // make.conf may be a directory of fragments (portage reads them in
+        // order): add one of ours last rather than guessing which to edit.
+        let make_conf = portage.join("make.conf");
+        let target = if make_conf.is_dir() {
+            make_conf.join("zz-portroot.conf")
+        } else {
+            make_conf
+        };
+        append(&target, self.make_conf().as_bytes())?;
+
+        let repos_dir = portage.join("repos.conf");
+        fs::create_dir_all(&repos_dir).map_err(io("creating", &repos_dir))?;
+        let gentoo_conf = repos_dir.join("gentoo.conf");
+        fs::write(&gentoo_conf, self.repos_conf()).map_err(io("writing", &gentoo_conf))?;
+
+        if let Some(mirrors) = self.mirrors() {
+            append(&portage.join("mirrors"), mirrors.as_bytes())?;
+        }
+        if let Some(resolv) = &self.resolv_conf {
+            let path = root.join("etc/resolv.conf");
+            // A stage may ship resolv.conf as a symlink (systemd-resolved):
+            // replace the link rather than write through it.
+            if path.is_symlink() {
+                fs::remove_file(&path).map_err(io("removing", &path))?;
+            }
+            fs::write(&path, resolv).map_err(io("writing", &path))?;
+        }
+        Ok(())
+    }
+}
+
+fn append(path: &Path, text: &[u8]) -> Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io("opening", path))?;
+    f.write_all(text).map_err(io("writing", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf() -> ChrootConf {
+        ChrootConf {
+            repos: vec![
+                RepoConf {
+                    name: "gentoo".into(),
+                    location: "/var/db/repos/gentoo".into(),
+                },
+                RepoConf {
+                    name: "extra".into(),
+                    location: "/var/db/repos/extra".into(),
+                },
+            ],
+            distdir: "/var/cache/distfiles".into(),
+            pkgdir: "/var/cache/binpkgs".into(),
+            local_mirror: Some("http://mirror.lan/gentoo".into()),
+            resolv_conf: Some(b"nameserver 10.0.0.1\n".to_vec()),
+        }
+    }
+
+    #[test]
+    fn make_conf_keeps_stage_features_and_sets_dirs() {
+        let text = conf().make_conf();
+        assert!(text.contains(
+            "FEATURES=\"${FEATURES} buildpkg cgroup ipc-sandbox network-sandbox parallel-fetch\"\n"
+        ));
+        assert!(text.contains("DISTDIR=\"/var/cache/distfiles\"\n"));
+        assert!(text.contains("PKGDIR=\"/var/cache/binpkgs\"\n"));
+    }
+
+    #[test]
+    fn repos_conf_has_main_repo_and_a_section_per_repo() {
+        let text = conf().repos_conf();
+        assert!(text.starts_with("# written by portroot\n[DEFAULT]\nmain-repo = gentoo\n"));
+        assert!(text.contains("[gentoo]\nlocation = /var/db/repos/gentoo\nsync-type = git\n"));
+        assert!(text.contains("[extra]\nlocation = /var/db/repos/extra\nsync-type = git\n"));
+    }
+
+    #[test]
+    fn write_appends_to_make_conf_file_and_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("etc/portage")).unwrap();
+        fs::write(root.join("etc/portage/make.conf"), "COMMON_FLAGS=\"-O2\"\n").unwrap();
+        fs::write(root.join("etc/portage/mirrors"), "# stage mirrors\n").unwrap();
+        conf().write(root).unwrap();
+        let make = fs::read_to_string(root.join("etc/portage/make.conf")).unwrap();
+        assert!(make.starts_with("COMMON_FLAGS=\"-O2\"\n"), "{make}");
+        assert!(make.contains("PKGDIR=\"/var/cache/binpkgs\""), "{make}");
+        assert_eq!(
+            fs::read_to_string(root.join("etc/portage/mirrors")).unwrap(),
+            "# stage mirrors\nlocal http://mirror.lan/gentoo\n"
+        );
+        assert_eq!(
+            fs::read(root.join("etc/resolv.conf")).unwrap(),
+            b"nameserver 10.0.0.1\n"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("etc/portage/make.conf")).unwrap();
+        conf().write(root).unwrap();
+        let frag = fs::read_to_string(root.join("etc/portage/make.conf/zz-portroot.conf")).unwrap();
+        assert!(frag.contains("DISTDIR=\"/var/cache/distfiles\""), "{frag}");
+        assert!(root.join("etc/portage/repos.conf/gentoo.conf").is_file());
+    }
+
+    #[test]
+    fn resolv_conf_symlink_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("etc")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.join("etc/resolv.conf")).unwrap();
+        conf().write(root).unwrap();
+        assert_eq!(fs::read(outside.path()).unwrap(), b"");
+        assert!(!root.join("etc/resolv.conf").is_symlink());
+    }
+}

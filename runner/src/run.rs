@@ -1,0 +1,644 @@
+//! Run directories and the per-job driver.
+//!
+//! A run lives in `runs/<run-id>/` (`run-id` like `20261124-123456-ab12`):
+//!
+//! ```text
+//! run.json        who started it (pid, args, start), what it runs, and at the end
+//!                 how every job went
+//! lock            flock'ed exclusively by the live runner: `ps` and `gc` tell live
+//!                 runs from dead ones by trying to take it
+//! repos/<name>/   mount points of the run's trees (inside its mount namespace)
+//! <job>/          upper/ work/ root/ spec.json log status
+//! ```
+//!
+//! The directory is built as `runs/.new-<id>` with its lock already held, then
+//! renamed into place, so `gc` never sees a half-made run without a live owner.
+//! After the run, each job keeps only `log` and `status` unless `--keep`.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::conf::ChrootConf;
+use crate::error::{io, Error, Result};
+use crate::job::{Job, JobOutcome, JobStatus};
+use crate::plan::{Bind, ChrootLayout};
+use crate::sandbox::{Command, Network, SandboxSpec, SETUP_FAILED};
+
+/// One tree mounted for the run: a git repository at a ref.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeRecord {
+    /// Repository name (`gentoo` for the main tree).
+    pub name: String,
+    /// The bare git repository.
+    pub git_dir: PathBuf,
+    /// Tag or ref served.
+    pub reference: String,
+    /// Where it is mounted on the host (inside the run's namespace).
+    pub mountpoint: PathBuf,
+    /// Where jobs see it.
+    pub target: PathBuf,
+}
+
+/// What `run.json` records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The run id (the directory name).
+    pub id: String,
+    /// The runner's pid.
+    pub pid: u32,
+    /// The command line.
+    pub args: Vec<String>,
+    /// Start, seconds since the epoch.
+    pub start: u64,
+    /// Stage name as given.
+    pub stage: String,
+    /// The stage's digest, which `shell --run` leases again.
+    pub stage_digest: String,
+    /// The stage layers, top first (the last is the stage rootfs).
+    pub layers: Vec<PathBuf>,
+    /// The trees every job sees.
+    pub trees: Vec<TreeRecord>,
+    /// Read-write caches bound into every job (DISTDIR, PKGDIR).
+    pub caches: Vec<Bind>,
+    /// Configuration written into every job.
+    pub conf: ChrootConf,
+    /// Network choice.
+    pub network: Network,
+    /// `--keep`: chroots stay for `portroot shell --run`.
+    pub keep: bool,
+    /// The job names, in order.
+    pub jobs: Vec<String>,
+    /// Set when the run ended (not when it was killed).
+    pub outcomes: Option<Vec<JobOutcome>>,
+}
+
+impl RunRecord {
+    /// The sandbox spec of `job` in this run.
+    pub fn spec(
+        &self,
+        dir: &JobDir,
+        hostname: &str,
+        command: Command,
+        term: Option<String>,
+    ) -> SandboxSpec {
+        let mut binds: Vec<Bind> = self
+            .trees
+            .iter()
+            .map(|t| Bind {
+                source: t.mountpoint.clone(),
+                target: t.target.clone(),
+                writable: false,
+            })
+            .collect();
+        binds.extend(self.caches.iter().cloned());
+        SandboxSpec {
+            hostname: hostname.to_owned(),
+            layout: ChrootLayout {
+                layers: self.layers.clone(),
+                upper: dir.upper(),
+                work: dir.work(),
+                root: dir.root(),
+                binds,
+            },
+            conf: self.conf.clone(),
+            network: self.network,
+            command,
+            term,
+        }
+    }
+}
+
+/// A fresh run id: `YYYYMMDD-HHMMSS-xxxx` (UTC, 4 random hex digits).
+pub fn new_run_id(now: SystemTime) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let secs = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        now.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    format!("{}-{:04x}", utc_stamp(secs), h.finish() & 0xffff)
+}
+
+/// `YYYYMMDD-HHMMSS` for `secs` since the epoch (UTC).
+pub fn utc_stamp(secs: u64) -> String {
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // Howard Hinnant's days_from_civil inverse.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The paths of one job inside its run.
+#[derive(Debug, Clone)]
+pub struct JobDir(pub PathBuf);
+
+impl JobDir {
+    /// Overlay upper directory.
+    pub fn upper(&self) -> PathBuf {
+        self.0.join("upper")
+    }
+    /// Overlay work directory.
+    pub fn work(&self) -> PathBuf {
+        self.0.join("work")
+    }
+    /// The chroot's mount point.
+    pub fn root(&self) -> PathBuf {
+        self.0.join("root")
+    }
+    /// Stdout and stderr of the job.
+    pub fn log(&self) -> PathBuf {
+        self.0.join("log")
+    }
+    /// One line: how the job ended.
+    pub fn status(&self) -> PathBuf {
+        self.0.join("status")
+    }
+    /// The helper's input.
+    pub fn spec(&self) -> PathBuf {
+        self.0.join("spec.json")
+    }
+}
+
+/// A live run directory, locked for as long as this value lives.
+#[derive(Debug)]
+pub struct RunDir {
+    /// The run id.
+    pub id: String,
+    /// `runs/<id>`.
+    pub path: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl RunDir {
+    /// Create `runs/<id>/` with its lock held and `run.json` written.
+    pub fn create(runs_dir: &Path, record: &RunRecord) -> Result<RunDir> {
+        fs::create_dir_all(runs_dir).map_err(io("creating", runs_dir))?;
+        let tmp = runs_dir.join(format!(".new-{}", record.id));
+        fs::create_dir(&tmp).map_err(io("creating", &tmp))?;
+        let built = (|| {
+            let lock = lock_file(&tmp.join("lock"), true)?;
+            write_record(&tmp, record)?;
+            Ok(lock)
+        })();
+        let lock = match built {
+            Ok(lock) => lock,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        };
+        let path = runs_dir.join(&record.id);
+        fs::rename(&tmp, &path).map_err(io("renaming into place", &path))?;
+        Ok(RunDir {
+            id: record.id.clone(),
+            path,
+            _lock: lock,
+        })
+    }
+
+    /// Re-lock an existing run (for `shell --run`); fails if its runner lives.
+    pub fn reopen(runs_dir: &Path, id: &str) -> Result<(RunDir, RunRecord)> {
+        let path = runs_dir.join(id);
+        if !path.join("run.json").is_file() {
+            return Err(Error::Invalid(format!(
+                "no run {id} in {}",
+                runs_dir.display()
+            )));
+        }
+        let lock = lock_file(&path.join("lock"), false)?;
+        let record = read_record(&path)?;
+        Ok((
+            RunDir {
+                id: id.to_owned(),
+                path,
+                _lock: lock,
+            },
+            record,
+        ))
+    }
+
+    /// The directory of job `name`.
+    pub fn job(&self, name: &str) -> JobDir {
+        JobDir(self.path.join(name))
+    }
+
+    /// Rewrite `run.json`.
+    pub fn save(&self, record: &RunRecord) -> Result<()> {
+        write_record(&self.path, record)
+    }
+}
+
+fn lock_file(path: &Path, create: bool) -> Result<Flock<File>> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(path)
+        .map_err(io("opening", path))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        if errno == nix::errno::Errno::EWOULDBLOCK {
+            Error::Invalid(format!(
+                "run {} is still live",
+                path.parent().unwrap_or(path).display()
+            ))
+        } else {
+            Error::Sys {
+                what: "locking",
+                path: path.to_owned(),
+                source: errno,
+            }
+        }
+    })
+}
+
+fn write_record(dir: &Path, record: &RunRecord) -> Result<()> {
+    let path = dir.join("run.json");
+    let tmp = dir.join(".run.json.tmp");
+    let text = serde_json::to_vec_pretty(record).map_err(|source| Error::Json {
+        what: "encoding",
+        path: path.clone(),
+        source,
+    })?;
+    fs::write(&tmp, text).map_err(io("writing", &tmp))?;
+    fs::rename(&tmp, &path).map_err(io("renaming into place", &path))
+}
+
+/// Read `run.json` of the run in `dir`.
+pub fn read_record(dir: &Path) -> Result<RunRecord> {
+    let path = dir.join("run.json");
+    let text = fs::read(&path).map_err(io("reading", &path))?;
+    serde_json::from_slice(&text).map_err(|source| Error::Json {
+        what: "parsing",
+        path,
+        source,
+    })
+}
+
+/// A run directory as `ps` and `gc` see it.
+#[derive(Debug)]
+pub struct RunInfo {
+    /// Directory name (`.new-*` for one that never got renamed).
+    pub id: String,
+    /// Its path.
+    pub path: PathBuf,
+    /// Whether a runner holds its lock.
+    pub live: bool,
+    /// `run.json`, if readable.
+    pub record: Option<RunRecord>,
+}
+
+/// Every run directory under `runs_dir` (none if it does not exist), by id.
+pub fn list_runs(runs_dir: &Path) -> Result<Vec<RunInfo>> {
+    let entries = match fs::read_dir(runs_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io("listing", runs_dir)(e)),
+    };
+    let mut runs = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io("listing", runs_dir))?;
+        if !entry.file_type().map_err(io("listing", runs_dir))?.is_dir() {
+            continue;
+        }
+        let path = entry.path();
+        let live = is_live(&path.join("lock"))?;
+        runs.push(RunInfo {
+            id: entry.file_name().to_string_lossy().into_owned(),
+            record: read_record(&path).ok(),
+            path,
+            live,
+        });
+    }
+    runs.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(runs)
+}
+
+fn is_live(lock: &Path) -> Result<bool> {
+    let file = match File::open(lock) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io("opening", lock)(e)),
+    };
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(_) => Ok(false),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(true),
+        Err((_, errno)) => Err(Error::Sys {
+            what: "locking",
+            path: lock.to_owned(),
+            source: errno,
+        }),
+    }
+}
+
+/// What `gc` did.
+#[derive(Debug, Default)]
+pub struct GcReport {
+    /// Run directories removed.
+    pub removed: Vec<String>,
+    /// Live runs left alone.
+    pub live: usize,
+    /// Finished runs kept (logs, `--keep` chroots); `gc --all` removes them.
+    pub kept: usize,
+}
+
+/// Remove what dead runs left: every run whose runner is gone without
+/// finishing (killed), and with `all` also finished runs (logs, kept chroots).
+pub fn gc(runs_dir: &Path, all: bool) -> Result<GcReport> {
+    let mut report = GcReport::default();
+    for run in list_runs(runs_dir)? {
+        if run.live {
+            report.live += 1;
+            continue;
+        }
+        let finished = run.record.as_ref().is_some_and(|r| r.outcomes.is_some());
+        if finished && !all {
+            report.kept += 1;
+            continue;
+        }
+        // Take the lock ourselves so a runner starting `shell --run` on it
+        // meanwhile is not pulled from under its feet.
+        let _lock = match lock_file(&run.path.join("lock"), true) {
+            Ok(l) => l,
+            Err(Error::Invalid(_)) => {
+                report.live += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        fs::remove_dir_all(&run.path).map_err(io("removing", &run.path))?;
+        tracing::debug!(run = %run.id, "removed dead run");
+        report.removed.push(run.id);
+    }
+    Ok(report)
+}
+
+/// Pids of the helpers currently running, so a signal can kill them all.
+#[derive(Debug, Default)]
+pub struct Children(Mutex<HashSet<u32>>);
+
+impl Children {
+    /// SIGKILL every running helper (their namespaces and jobs die with them).
+    pub fn kill_all(&self) {
+        let pids: Vec<u32> = match self.0.lock() {
+            Ok(set) => set.iter().copied().collect(),
+            Err(p) => p.into_inner().iter().copied().collect(),
+        };
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    fn insert(&self, pid: u32) {
+        if let Ok(mut set) = self.0.lock() {
+            set.insert(pid);
+        }
+    }
+    fn remove(&self, pid: u32) {
+        if let Ok(mut set) = self.0.lock() {
+            set.remove(&pid);
+        }
+    }
+}
+
+/// How to start the sandbox helper: the program and the arguments before the
+/// spec path (the binary passes `/proc/self/exe internal sandbox`).
+#[derive(Debug, Clone)]
+pub struct Helper {
+    /// Program to run.
+    pub program: PathBuf,
+    /// Arguments before the spec path.
+    pub args: Vec<String>,
+}
+
+impl Helper {
+    /// A `std::process::Command` for `spec`, dying with the calling thread.
+    pub fn command(&self, spec: &Path) -> std::process::Command {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new(&self.program);
+        cmd.args(&self.args).arg(spec);
+        // SAFETY: the closure runs between fork and exec and only makes
+        // async-signal-safe calls (prctl, sigprocmask); it allocates nothing.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The runner blocks SIGINT/SIGTERM to handle them on one
+                // thread; the helper must start with a clean mask.
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+                Ok(())
+            });
+        }
+        cmd
+    }
+}
+
+/// Set up, run and record one job of `record`: its directory, its spec, the
+/// helper (output to the log), and the status file. Never fails: problems
+/// become the outcome's status.
+pub fn execute_job(
+    run: &RunDir,
+    record: &RunRecord,
+    helper: &Helper,
+    children: &Children,
+    job: &Job,
+    term: Option<String>,
+) -> JobOutcome {
+    let _span = tracing::info_span!("job", id = %job.name).entered();
+    let dir = run.job(&job.name);
+    let start = Instant::now();
+    tracing::debug!("starting");
+    let status = match spawn_job(&dir, record, helper, children, job, term) {
+        Ok(code) if code == SETUP_FAILED => JobStatus::SetupFailed,
+        Ok(code) => JobStatus::Exited(code),
+        Err(e) => JobStatus::Error(e.to_string()),
+    };
+    let duration = start.elapsed();
+    tracing::debug!(%status, secs = duration.as_secs_f64(), "finished");
+    let _ = fs::write(dir.status(), format!("{status}\n"));
+    JobOutcome {
+        name: job.name.clone(),
+        status,
+        duration,
+        log: dir.log(),
+    }
+}
+
+fn spawn_job(
+    dir: &JobDir,
+    record: &RunRecord,
+    helper: &Helper,
+    children: &Children,
+    job: &Job,
+    term: Option<String>,
+) -> Result<i32> {
+    for d in [dir.0.clone(), dir.upper(), dir.work(), dir.root()] {
+        fs::create_dir_all(&d).map_err(io("creating", &d))?;
+    }
+    let spec = record.spec(dir, &job.name, Command::Script(job.script.clone()), term);
+    spec.save(&dir.spec())?;
+    let log = File::create(dir.log()).map_err(io("creating", dir.log()))?;
+    let log2 = log.try_clone().map_err(io("duplicating", dir.log()))?;
+    let mut child = helper
+        .command(&dir.spec())
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .spawn()
+        .map_err(io("starting sandbox helper", &helper.program))?;
+    children.insert(child.id());
+    let waited = child.wait();
+    children.remove(child.id());
+    let status = waited.map_err(io("waiting for sandbox helper", &helper.program))?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(SETUP_FAILED))
+}
+
+/// Remove a finished job's chroot (upper, work, root), keeping log and status.
+pub fn remove_chroot(dir: &JobDir) -> Result<()> {
+    for d in [dir.upper(), dir.work(), dir.root()] {
+        match fs::remove_dir_all(&d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("removing", &d)(e)),
+        }
+    }
+    let _ = fs::remove_file(dir.spec());
+    Ok(())
+}
+
+/// Seconds as shown in the final table.
+pub fn seconds(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> RunRecord {
+        RunRecord {
+            id: id.into(),
+            pid: std::process::id(),
+            args: vec!["portroot".into(), "run".into()],
+            start: 0,
+            stage: "s".into(),
+            stage_digest: "0".repeat(64),
+            layers: vec!["/stage/rootfs".into()],
+            trees: vec![],
+            caches: vec![],
+            conf: ChrootConf {
+                repos: vec![],
+                distdir: "/d".into(),
+                pkgdir: "/p".into(),
+                local_mirror: None,
+                resolv_conf: None,
+            },
+            network: Network::Host,
+            keep: false,
+            jobs: vec!["1".into()],
+            outcomes: None,
+        }
+    }
+
+    #[test]
+    fn run_ids_are_utc_stamps_with_a_suffix() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_523_096); // 2026-11-24 12:24:56
+        let id = new_run_id(t);
+        assert!(id.starts_with("20261124-122456-"), "{id}");
+        assert_eq!(id.len(), "20261124-090456-ab12".len());
+        assert_eq!(utc_stamp(0), "19700101-000000");
+        assert_eq!(utc_stamp(951_782_400), "20000229-000000");
+    }
+
+    #[test]
+    fn live_run_is_listed_live_and_survives_gc() {
+        let store = tempfile::tempdir().unwrap();
+        let runs = store.path().join("runs");
+        let run = RunDir::create(&runs, &record("r1")).unwrap();
+        let listed = list_runs(&runs).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].live);
+        assert_eq!(listed[0].record.as_ref().unwrap().id, "r1");
+        let report = gc(&runs, true).unwrap();
+        assert_eq!(report.live, 1);
+        assert!(run.path.is_dir());
+        assert!(RunDir::reopen(&runs, "r1").is_err());
+        drop(run);
+        assert!(!list_runs(&runs).unwrap()[0].live);
+    }
+
+    #[test]
+    fn gc_removes_dead_unfinished_runs_and_keeps_finished_ones() {
+        let store = tempfile::tempdir().unwrap();
+        let runs = store.path().join("runs");
+        drop(RunDir::create(&runs, &record("killed")).unwrap());
+        let done = RunDir::create(&runs, &record("done")).unwrap();
+        let mut rec = record("done");
+        rec.outcomes = Some(vec![]);
+        done.save(&rec).unwrap();
+        drop(done);
+        fs::create_dir_all(runs.join(".new-half")).unwrap();
+
+        let report = gc(&runs, false).unwrap();
+        let mut removed = report.removed.clone();
+        removed.sort();
+        assert_eq!(removed, [".new-half", "killed"]);
+        assert_eq!(report.kept, 1);
+        assert!(runs.join("done").is_dir());
+        assert_eq!(gc(&runs, true).unwrap().removed, ["done"]);
+        assert_eq!(fs::read_dir(&runs).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn remove_chroot_keeps_log_and_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = JobDir(dir.path().to_owned());
+        for d in [job.upper().join("etc"), job.work(), job.root()] {
+            fs::create_dir_all(d).unwrap();
+        }
+        fs::write(job.log(), "hi").unwrap();
+        fs::write(job.status(), "ok\n").unwrap();
+        remove_chroot(&job).unwrap();
+        let mut left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["log", "status"]);
+    }
+}

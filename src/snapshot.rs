@@ -1,0 +1,787 @@
+//! Importing portage snapshot tarballs into git, and reading them back.
+//!
+//! ```text
+//! FILE --(gpgv)--> read: md5 + progress --> decompress --> tar entries   [reader thread]
+//!      --bounded channel--> blob ids, dedup, deflate into one pack        [calling thread]
+//!      --> trees bottom-up into the same pack --> checks --> install pack
+//!      --> commit + annotated tag --> refs/heads/main + refs/tags/DATE in one transaction
+//! ```
+//!
+//! Nothing is extracted: each entry's content is in memory only while it is
+//! hashed and deflated, and the bounded channel caps how many are in flight.
+//! All objects go into one pack in the store's `tmp/` (see [`pack`]), and the
+//! pack only enters the repository once the whole tarball has been read,
+//! verified and judged newer, so bad input leaves the repository untouched.
+//! Refs move last, together, in one libgit2 reference transaction, under an
+//! exclusive `flock` held for the whole import ([`ImportLock`]).
+
+pub mod diff;
+pub mod error;
+pub mod pack;
+pub mod tag;
+pub mod tree;
+pub mod verify;
+
+use std::cell::RefCell;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::time::{Duration, Instant};
+
+use git2::{Oid, Repository, RepositoryInitOptions, Signature};
+use md5::{Digest, Md5};
+use tracing::{debug, info, info_span};
+
+pub use self::error::{Error, Result};
+use self::pack::{object_id, FinishedPack, ObjectKind, PackWriter};
+use self::tag::{CommitFacts, SnapshotDate, SnapshotTag, MAIN_REF};
+use self::tree::{check_symlink, FileMode, PathSplitter, SnapshotPath, TreeBuilder};
+use crate::store::Store;
+use portroot_runner::archive::{decompress, Compression};
+
+/// The largest single file accepted. Portage trees hold nothing near it (their
+/// biggest files are a few MB); the cap keeps memory bounded on hostile input.
+pub const MAX_FILE_SIZE: u64 = 64 << 20;
+
+/// Entries in flight between the reader thread and the packer.
+const CHANNEL_DEPTH: usize = 256;
+
+/// What to import and how.
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    /// The snapshot tarball.
+    pub file: PathBuf,
+    /// The repository name in the store (`repos/<repo>.git`).
+    pub repo: String,
+    /// The md5 sum file; `None` uses `FILE.md5sum` when it exists.
+    pub md5sum: Option<PathBuf>,
+    /// The keyring to check `FILE.gpgsig` against; `None` skips the signature.
+    pub keyring: Option<PathBuf>,
+    /// `false` skips both md5 and signature checks.
+    pub verify: bool,
+    /// Import even if older than the newest snapshot.
+    pub allow_older: bool,
+    /// Replace a tag that exists with a different tree.
+    pub force: bool,
+    /// The snapshot date when the tarball has no `metadata/timestamp.x`
+    /// (it also overrides one that is there).
+    pub date: Option<SnapshotDate>,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+}
+
+impl ImportOptions {
+    /// Defaults for importing `file` into the `gentoo` repository, verified.
+    pub fn new(file: impl Into<PathBuf>) -> ImportOptions {
+        ImportOptions {
+            file: file.into(),
+            repo: crate::store::DEFAULT_REPO.to_owned(),
+            md5sum: None,
+            keyring: None,
+            verify: true,
+            allow_older: false,
+            force: false,
+            date: None,
+            progress: false,
+        }
+    }
+}
+
+/// How an import ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new commit and tag were written.
+    Imported(Imported),
+    /// The snapshot is already there: same timestamp as the newest tag, or
+    /// its tag exists with the same tree. Nothing changed.
+    NoNewer {
+        /// The snapshot's date.
+        date: SnapshotDate,
+        /// The existing commit it matches.
+        commit: Oid,
+    },
+}
+
+/// What a successful import wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imported {
+    /// The tag date.
+    pub date: SnapshotDate,
+    /// The new commit.
+    pub commit: Oid,
+    /// Its tree.
+    pub tree: Oid,
+    /// Files (and symlinks) in the tree.
+    pub files: u64,
+    /// Bytes of file content.
+    pub bytes: u64,
+    /// Objects written into the new pack (those already in the repository are not).
+    pub new_objects: usize,
+    /// Whether an existing tag was replaced (`--force`).
+    pub replaced: bool,
+    /// Whether `main` moved (not for an older snapshot imported with `--allow-older`).
+    pub moved_main: bool,
+    /// Wall time of the import.
+    pub elapsed: Duration,
+}
+
+/// The exclusive lock an import holds on a repository, for as long as it lives.
+///
+/// It lives in the store's `tmp/` rather than in the repository so that it
+/// exists before the first import creates the repository, and a refused first
+/// import leaves no repository behind.
+#[derive(Debug)]
+pub struct ImportLock {
+    _lock: nix::fcntl::Flock<File>,
+}
+
+impl ImportLock {
+    /// Lock repository `repo` of `store`. If another import holds it: with
+    /// `wait`, call `on_wait` once and block until it is free; without,
+    /// fail with [`Error::Locked`].
+    pub fn acquire(
+        store: &Store,
+        repo: &str,
+        wait: bool,
+        on_wait: impl FnOnce(&Path),
+    ) -> Result<ImportLock> {
+        use nix::fcntl::{Flock, FlockArg};
+        let dir = store.tmp_dir();
+        fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
+        let path = dir.join(format!("{repo}.git.lock"));
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(Error::io("opening", &path))?;
+        let locked = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
+                if !wait {
+                    return Err(Error::Locked {
+                        repo: repo.to_owned(),
+                        lock: path,
+                    });
+                }
+                on_wait(&path);
+                Flock::lock(file, FlockArg::LockExclusive)
+                    .map_err(|(_, e)| Error::io("locking", &path)(e.into()))?
+            }
+            Err((_, e)) => return Err(Error::io("locking", &path)(e.into())),
+        };
+        Ok(ImportLock { _lock: locked })
+    }
+}
+
+/// Open the existing repository `name` of `store`.
+pub fn open_repo(store: &Store, name: &str) -> Result<Repository> {
+    let path = store.repo_path(name);
+    if !path.is_dir() {
+        return Err(Error::NoRepo { path });
+    }
+    Repository::open_bare(&path)
+        .map_err(Error::git(format!("opening repository {}", path.display())))
+}
+
+/// The snapshot tags of repository `name`, oldest first.
+pub fn list_snapshots(store: &Store, name: &str) -> Result<Vec<SnapshotTag>> {
+    tag::list_tags(&open_repo(store, name)?)
+}
+
+/// Import a snapshot tarball (the caller holds the repository's [`ImportLock`]).
+pub fn import_snapshot(store: &Store, opts: &ImportOptions, _lock: &ImportLock) -> Result<Outcome> {
+    let span = info_span!("import", snapshot = %opts.file.display());
+    let _enter = span.enter();
+    let started = Instant::now();
+
+    let expected_md5 = if opts.verify {
+        if let Some(keyring) = &opts.keyring {
+            verify::verify_signature(&opts.file, keyring)?;
+            debug!(keyring = %keyring.display(), "signature verified");
+        }
+        match opts
+            .md5sum
+            .clone()
+            .or_else(|| verify::default_md5_file(&opts.file))
+        {
+            Some(f) => Some(verify::read_md5sum(&f, &opts.file)?),
+            None => {
+                debug!("no md5 sum file, md5 not checked");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let repo_path = store.repo_path(&opts.repo);
+    let existing = if repo_path.is_dir() {
+        Some(open_repo(store, &opts.repo)?)
+    } else {
+        None
+    };
+
+    let tmp_root = store.tmp_dir();
+    fs::create_dir_all(&tmp_root).map_err(Error::io("creating", &tmp_root))?;
+    let work = tempfile::Builder::new()
+        .prefix("import-")
+        .tempdir_in(&tmp_root)
+        .map_err(Error::io("creating a directory in", &tmp_root))?;
+    let mut pack = PackWriter::create(work.path())?;
+
+    // Reader thread: decompression and tar parsing. This thread: hashing,
+    // deflating and writing. The two halves cost about the same on a Gentoo
+    // tree, so the import takes about as long as the slower one.
+    let (tx, rx) = sync_channel::<Item>(CHANNEL_DEPTH);
+    let file = opts.file.clone();
+    let progress = opts.progress;
+    let want_md5 = expected_md5.is_some();
+    let (consumed, streamed) = std::thread::scope(|s| {
+        let reader = s.spawn(move || read_entries(&file, tx, progress, want_md5));
+        let consumed = consume(rx, &mut pack, existing.as_ref());
+        let streamed = match reader.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        (consumed, streamed)
+    });
+    // The packer's error first: it is why the reader stopped, if it did.
+    let consumed = consumed?;
+    let streamed = streamed?.expect("invariant: the packer only hangs up after an error");
+    debug!(
+        compression = %streamed.compression,
+        compressed = streamed.compressed,
+        entries = streamed.entries,
+        "tarball read"
+    );
+
+    if let (Some(expected), Some(actual)) = (&expected_md5, &streamed.md5) {
+        if expected != actual {
+            return Err(Error::Md5Mismatch {
+                path: opts.file.clone(),
+                expected: expected.clone(),
+                actual: actual.clone(),
+            });
+        }
+        debug!(md5 = %actual, "md5 verified");
+    }
+    if consumed.tree.files() == 0 {
+        return Err(Error::Empty {
+            path: opts.file.clone(),
+        });
+    }
+    let timestamp = match (opts.date, &consumed.timestamp_x) {
+        (Some(date), _) => date.to_timestamp(),
+        (None, Some(content)) => tag::parse_timestamp_x(content)?,
+        (None, None) => {
+            return Err(Error::NoTimestamp {
+                path: opts.file.clone(),
+            })
+        }
+    };
+    let date = SnapshotDate::from_timestamp(timestamp);
+    let tag_name = date.to_string();
+
+    let odb = existing
+        .as_ref()
+        .map(|r| r.odb().map_err(Error::git("opening the object database")))
+        .transpose()?;
+    let root = consumed.tree.write(|bytes| {
+        let oid = object_id(ObjectKind::Tree, bytes);
+        if !pack.contains(&oid) && !odb.as_ref().is_some_and(|o| o.exists(oid)) {
+            pack.add(ObjectKind::Tree, oid, bytes)?;
+        }
+        Ok(oid)
+    })?;
+    drop(odb);
+    let new_objects = pack.len();
+    let finished = pack.finish()?;
+
+    // Judge the snapshot against what the repository has.
+    let tags = match &existing {
+        Some(r) => tag::list_tags(r)?,
+        None => Vec::new(),
+    };
+    let same_name = tags.iter().find(|t| t.name == tag_name);
+    let newest = tags.iter().max_by_key(|t| t.time);
+    if let Some(t) = same_name {
+        if t.tree == root {
+            info!(tag = %tag_name, "snapshot already imported");
+            return Ok(Outcome::NoNewer {
+                date,
+                commit: t.commit,
+            });
+        }
+        if !opts.force {
+            return Err(Error::TagExists { tag: tag_name });
+        }
+    } else if let Some(n) = newest {
+        if n.time == timestamp {
+            info!(tag = %n.name, "no newer snapshot");
+            return Ok(Outcome::NoNewer {
+                date,
+                commit: n.commit,
+            });
+        }
+        if n.time > timestamp && !opts.allow_older {
+            return Err(Error::Older {
+                date: tag_name,
+                newest: n.name.clone(),
+            });
+        }
+    }
+    drop(existing);
+
+    let facts = CommitFacts {
+        date,
+        upstream: consumed
+            .timestamp_commit
+            .as_deref()
+            .and_then(tag::parse_timestamp_commit),
+        files: consumed.tree.files(),
+        bytes: consumed.bytes,
+    };
+    let repo = ensure_repo(store, &opts.repo)?;
+    let written = write_snapshot(&repo, finished, root, timestamp, &facts, &tag_name)?;
+    let elapsed = started.elapsed();
+    info!(
+        tag = %tag_name,
+        commit = %written.commit,
+        files = facts.files,
+        bytes = facts.bytes,
+        new_objects,
+        secs = elapsed.as_secs_f64(),
+        "imported"
+    );
+    Ok(Outcome::Imported(Imported {
+        date,
+        commit: written.commit,
+        tree: root,
+        files: facts.files,
+        bytes: facts.bytes,
+        new_objects,
+        replaced: same_name.is_some(),
+        moved_main: written.moved_main,
+        elapsed,
+    }))
+}
+
+struct Written {
+    commit: Oid,
+    moved_main: bool,
+}
+
+/// Install the pack, write the commit and tag, and move the refs together.
+fn write_snapshot(
+    repo: &Repository,
+    pack: Option<FinishedPack>,
+    root: Oid,
+    timestamp: i64,
+    facts: &CommitFacts,
+    tag_name: &str,
+) -> Result<Written> {
+    if let Some(pack) = pack {
+        pack.install(&repo.path().join("objects/pack"))?;
+        repo.odb()
+            .and_then(|o| o.refresh())
+            .map_err(Error::git("rescanning the object database"))?;
+    }
+    let tree = repo
+        .find_tree(root)
+        .map_err(Error::git(format!("reading tree {root}")))?;
+    let sig = Signature::new(
+        tag::IDENTITY.0,
+        tag::IDENTITY.1,
+        &git2::Time::new(timestamp, 0),
+    )
+    .map_err(Error::git("making the signature"))?;
+
+    // Parent: the newest snapshot before this one: `main`, unless this one
+    // is older than main (imported with --allow-older) or replaces main's own
+    // tag (--force), then the newest earlier tag.
+    let main = repo
+        .find_reference(MAIN_REF)
+        .ok()
+        .and_then(|r| r.peel_to_commit().ok());
+    let main_time = main.as_ref().map(|c| c.time().seconds());
+    let parent = match &main {
+        Some(c) if c.time().seconds() < timestamp => Some(c.clone()),
+        _ => {
+            let tags = tag::list_tags(repo)?;
+            tags.iter()
+                .filter(|t| t.time < timestamp && t.name != tag_name)
+                .max_by_key(|t| t.time)
+                .map(|t| repo.find_commit(t.commit))
+                .transpose()
+                .map_err(Error::git("reading the parent commit"))?
+        }
+    };
+    let parents: Vec<&git2::Commit> = parent.iter().collect();
+    let commit = repo
+        .commit(None, &sig, &sig, &facts.message(), &tree, &parents)
+        .map_err(Error::git("writing the commit"))?;
+    let commit_obj = repo
+        .find_object(commit, Some(git2::ObjectType::Commit))
+        .map_err(Error::git("reading the new commit"))?;
+    let tag = repo
+        .tag_annotation_create(tag_name, &commit_obj, &sig, &tag::tag_message(facts.date))
+        .map_err(Error::git("writing the tag"))?;
+
+    let moved_main = main_time.is_none_or(|t| t <= timestamp);
+    let tag_ref = format!("refs/tags/{tag_name}");
+    let refs = || -> std::result::Result<(), git2::Error> {
+        let mut tx = repo.transaction()?;
+        tx.lock_ref(&tag_ref)?;
+        if moved_main {
+            tx.lock_ref(MAIN_REF)?;
+            tx.set_target(
+                MAIN_REF,
+                commit,
+                None,
+                &format!("portroot: import {tag_name}"),
+            )?;
+        }
+        tx.set_target(&tag_ref, tag, None, &format!("portroot: tag {tag_name}"))?;
+        tx.commit()
+    };
+    refs().map_err(Error::git(format!("updating {tag_ref} and {MAIN_REF}")))?;
+    Ok(Written { commit, moved_main })
+}
+
+/// Open repository `name`, creating it (bare, HEAD on `main`) if missing. A
+/// new one is made under a temporary name and renamed into place.
+fn ensure_repo(store: &Store, name: &str) -> Result<Repository> {
+    let path = store.repo_path(name);
+    if !path.exists() {
+        let dir = store.repos_dir();
+        fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".new-")
+            .tempdir_in(&dir)
+            .map_err(Error::io("creating a directory in", &dir))?;
+        Repository::init_opts(
+            tmp.path(),
+            RepositoryInitOptions::new().bare(true).initial_head("main"),
+        )
+        .map_err(Error::git(format!(
+            "creating a repository in {}",
+            tmp.path().display()
+        )))?;
+        fs::rename(tmp.path(), &path).map_err(Error::io("creating", &path))?;
+        info!(repo = %path.display(), "created snapshot repository");
+    }
+    open_repo(store, name)
+}
+
+/// One tar entry on its way from the reader thread to the packer.
+enum Item {
+    File {
+        raw: Vec<u8>,
+        path: String,
+        exec: bool,
+        data: Vec<u8>,
+    },
+    Symlink {
+        raw: Vec<u8>,
+        path: String,
+        target: String,
+    },
+    Hardlink {
+        raw: Vec<u8>,
+        path: String,
+        target: String,
+    },
+}
+
+/// What the packer gathered.
+struct Consumed {
+    tree: TreeBuilder,
+    bytes: u64,
+    timestamp_x: Option<Vec<u8>>,
+    timestamp_commit: Option<Vec<u8>>,
+}
+
+/// The packer: blob ids, duplicate and hardlink checks, pack writes.
+fn consume(
+    rx: Receiver<Item>,
+    pack: &mut PackWriter,
+    existing: Option<&Repository>,
+) -> Result<Consumed> {
+    let odb = existing
+        .map(|r| r.odb().map_err(Error::git("opening the object database")))
+        .transpose()?;
+    let blob = |pack: &mut PackWriter, data: &[u8]| -> Result<Oid> {
+        let oid = object_id(ObjectKind::Blob, data);
+        if !pack.contains(&oid) && !odb.as_ref().is_some_and(|o| o.exists(oid)) {
+            pack.add(ObjectKind::Blob, oid, data)?;
+        }
+        Ok(oid)
+    };
+    let mut out = Consumed {
+        tree: TreeBuilder::new(),
+        bytes: 0,
+        timestamp_x: None,
+        timestamp_commit: None,
+    };
+    for item in rx {
+        match item {
+            Item::File {
+                raw,
+                path,
+                exec,
+                data,
+            } => {
+                let oid = blob(pack, &data)?;
+                let mode = if exec {
+                    FileMode::Executable
+                } else {
+                    FileMode::Regular
+                };
+                out.tree.insert(&raw, &path, mode, oid)?;
+                out.bytes += data.len() as u64;
+                match path.as_str() {
+                    "metadata/timestamp.x" => out.timestamp_x = Some(data),
+                    "metadata/timestamp.commit" => out.timestamp_commit = Some(data),
+                    _ => {}
+                }
+            }
+            Item::Symlink { raw, path, target } => {
+                let oid = blob(pack, target.as_bytes())?;
+                out.tree.insert(&raw, &path, FileMode::Symlink, oid)?;
+            }
+            Item::Hardlink { raw, path, target } => {
+                let (mode, oid) = match out.tree.get(&target) {
+                    Some((FileMode::Symlink, _)) | None => {
+                        return Err(Error::entry(
+                            &raw,
+                            format!("hardlink to {target:?}, which is not an earlier regular file"),
+                        ))
+                    }
+                    Some(found) => found,
+                };
+                out.tree.insert(&raw, &path, mode, oid)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What the reader thread learnt about the stream itself.
+struct Streamed {
+    md5: Option<String>,
+    compressed: u64,
+    compression: Compression,
+    entries: u64,
+}
+
+/// Counts and (optionally) md5-hashes the compressed bytes as they are read.
+struct TallyReader {
+    file: File,
+    tally: Rc<RefCell<Tally>>,
+}
+
+struct Tally {
+    md5: Option<Md5>,
+    bytes: u64,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Tally {
+    fn add(&mut self, buf: &[u8]) {
+        if let Some(h) = &mut self.md5 {
+            h.update(buf);
+        }
+        self.bytes += buf.len() as u64;
+        if let Some(bar) = &self.bar {
+            bar.set_position(self.bytes);
+        }
+    }
+}
+
+impl Read for TallyReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.tally.borrow_mut().add(&buf[..n]);
+        Ok(n)
+    }
+}
+
+fn progress_bar(len: u64) -> indicatif::ProgressBar {
+    let style = indicatif::ProgressStyle::with_template(
+        "{spinner} importing [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    indicatif::ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::stderr())
+        .with_style(style)
+}
+
+/// The reader thread: decompress, walk the tar, check every entry, send the
+/// ones that belong in the tree. Returns `None` early if the packer hung up,
+/// which it only does after an error of its own.
+fn read_entries(
+    path: &Path,
+    tx: SyncSender<Item>,
+    progress: bool,
+    want_md5: bool,
+) -> Result<Option<Streamed>> {
+    let file = File::open(path).map_err(Error::io("opening", path))?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    // A second handle on the same open file (same offset), to read whatever the
+    // decompressor leaves behind into the md5.
+    let mut tail = file.try_clone().map_err(Error::io("opening", path))?;
+    let tally = Rc::new(RefCell::new(Tally {
+        md5: want_md5.then(Md5::new),
+        bytes: 0,
+        bar: progress.then(|| progress_bar(len)),
+    }));
+    let reader = TallyReader {
+        file,
+        tally: Rc::clone(&tally),
+    };
+    let mut entries = 0u64;
+    let tar_err = |entries: u64| {
+        let path = path.to_owned();
+        move |source| Error::Tar {
+            path,
+            entries,
+            source: one_line(source),
+        }
+    };
+    let (stream, compression) = decompress(reader).map_err(tar_err(0))?;
+    let mut archive = tar::Archive::new(stream);
+    let mut splitter = PathSplitter::default();
+    for entry in archive.entries().map_err(tar_err(0))? {
+        let mut entry = entry.map_err(tar_err(entries))?;
+        entries += 1;
+        let kind = entry.header().entry_type();
+        if kind.is_pax_global_extensions() {
+            continue;
+        }
+        let raw = entry.path_bytes().into_owned();
+        let place = splitter.split(&raw)?;
+        let path = match place {
+            SnapshotPath::Excluded => continue,
+            SnapshotPath::Top if kind.is_dir() => continue,
+            SnapshotPath::Top => {
+                return Err(Error::entry(
+                    &raw,
+                    "a file at the top level: a snapshot has one top directory",
+                ))
+            }
+            SnapshotPath::Inside(_) if kind.is_dir() => continue,
+            SnapshotPath::Inside(p) => p,
+        };
+        let item = match kind {
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let size = entry.size();
+                if size > MAX_FILE_SIZE {
+                    return Err(Error::entry(
+                        &raw,
+                        format!("{size} bytes is too large for a portage tree file"),
+                    ));
+                }
+                let exec = entry.header().mode().map_err(tar_err(entries))? & 0o100 != 0;
+                let mut data = Vec::with_capacity(size as usize);
+                entry.read_to_end(&mut data).map_err(tar_err(entries))?;
+                Item::File {
+                    raw,
+                    path,
+                    exec,
+                    data,
+                }
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                check_symlink(&raw, &path, &target)?;
+                let target =
+                    String::from_utf8(target).expect("invariant: check_symlink accepts only UTF-8");
+                Item::Symlink { raw, path, target }
+            }
+            tar::EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                let target = match splitter.split(&target) {
+                    Ok(SnapshotPath::Inside(t)) => t,
+                    _ => {
+                        let t = String::from_utf8_lossy(&target).into_owned();
+                        return Err(Error::entry(
+                            &raw,
+                            format!("hardlink to {t:?}, outside the snapshot tree"),
+                        ));
+                    }
+                };
+                Item::Hardlink { raw, path, target }
+            }
+            tar::EntryType::Char | tar::EntryType::Block => {
+                return Err(Error::entry(
+                    &raw,
+                    "device node (not allowed in a portage snapshot)",
+                ))
+            }
+            tar::EntryType::Fifo => {
+                return Err(Error::entry(
+                    &raw,
+                    "fifo (not allowed in a portage snapshot)",
+                ))
+            }
+            other => {
+                return Err(Error::entry(
+                    &raw,
+                    format!("unsupported tar entry type {other:?}"),
+                ))
+            }
+        };
+        if tx.send(item).is_err() {
+            return Ok(None);
+        }
+    }
+    drop(tx);
+    // Read the compressed stream to its very end: only there does the
+    // decompressor check its trailer (xz's CRC, gzip's length), so a stream
+    // cut after the tar's last entry is still caught.
+    let mut stream = archive.into_inner();
+    io::copy(&mut stream, &mut io::sink()).map_err(tar_err(entries))?;
+    drop(stream);
+    let mut rest = Vec::new();
+    tail.read_to_end(&mut rest)
+        .map_err(Error::io("reading", path))?;
+    let mut tally = tally.borrow_mut();
+    tally.add(&rest);
+    if let Some(bar) = tally.bar.take() {
+        bar.finish_and_clear();
+    }
+    Ok(Some(Streamed {
+        md5: tally.md5.take().map(|h| pack::hex(&h.finalize())),
+        compressed: tally.bytes,
+        compression,
+        entries,
+    }))
+}
+
+/// The tar reader quotes raw header bytes in some errors: keep the message to
+/// one printable line of reasonable length.
+fn one_line(err: io::Error) -> io::Error {
+    let msg = err.to_string();
+    if msg.len() <= 200 && !msg.contains(|c: char| c.is_control()) {
+        return err;
+    }
+    let mut clean: String = msg.escape_debug().collect();
+    if clean.len() > 200 {
+        let cut = (0..=200)
+            .rev()
+            .find(|i| clean.is_char_boundary(*i))
+            .unwrap_or(0);
+        clean.truncate(cut);
+        clean.push_str("...");
+    }
+    io::Error::new(err.kind(), clean)
+}

@@ -1,0 +1,725 @@
+//! The git-tree FUSE filesystem, mounted for real: trees compared with
+//! `git archive | tar -x`, the all-tags view, non-root readers, EROFS for every
+//! write, parallel readers, huge directories, and the CLI's mount lifecycle
+//! (umount, Ctrl-C of `--foreground`, SIGKILL of the daemon, bad input).
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirEntryExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use portroot_fs::{MountOptions, MountedFs, View};
+
+use crate::util;
+
+const TAG1: &str = "2026-08-20";
+const TAG2: &str = "2026-08-21";
+const TAG3: &str = "2026-08-22";
+const TIME1: i64 = 1787270400;
+const TIME2: i64 = 1787356800;
+const TIME3: i64 = 1787443200;
+const MANY: usize = 5000;
+
+/// Run git in `dir` with a fixed identity and the given commit date.
+fn git(dir: &Path, args: &[&str], time: i64) -> String {
+    let date = format!("{time} +0000");
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+        .env("GIT_AUTHOR_DATE", &date)
+        .env("GIT_COMMITTER_DATE", &date)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .expect("running git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn write(path: &Path, data: impl AsRef<[u8]>) {
+    if let Some(p) = path.parent() {
+        fs::create_dir_all(p).expect("mkdir");
+    }
+    fs::write(path, data).expect("write");
+}
+
+fn chmod(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// A repository with two tags (annotated `TAG1`, lightweight `TAG2`) holding
+/// nested dirs, exec files, symlinks (relative, absolute, dangling), empty
+/// files, a 3 MiB file, a directory of `MANY` entries, a submodule entry and
+/// odd names. The work tree is the repo; tests use its `.git`.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        git(d, &["init", "-q", "-b", "main"], 0);
+        write(&d.join("a/b/c/deep.txt"), "deep\n");
+        write(&d.join("a/readme"), "readme\n");
+        write(&d.join("empty"), "");
+        write(&d.join("bin/run.sh"), "#!/bin/sh\necho hi\n");
+        chmod(&d.join("bin/run.sh"), 0o755);
+        write(&d.join("name with spaces"), "spaces\n");
+        write(&d.join("ünïcødé"), "utf8\n");
+        let big: Vec<u8> = (0..3 * 1024 * 1024u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        write(&d.join("big.bin"), &big);
+        for i in 0..MANY {
+            write(
+                &d.join(format!("many/entry-{i:05}.ebuild")),
+                format!("{i}\n"),
+            );
+        }
+        std::os::unix::fs::symlink("a/b/c/deep.txt", d.join("rel-link")).expect("symlink");
+        std::os::unix::fs::symlink("/etc/hostname", d.join("abs-link")).expect("symlink");
+        std::os::unix::fs::symlink("nowhere", d.join("a/dangling")).expect("symlink");
+        std::os::unix::fs::symlink("b", d.join("a/dir-link")).expect("symlink");
+        git(d, &["add", "-A"], 0);
+        // A submodule entry: a gitlink pointing at some commit id.
+        git(
+            d,
+            &[
+                "update-index",
+                "--add",
+                "--cacheinfo",
+                "160000,1234567890123456789012345678901234567890,vendor/sub",
+            ],
+            0,
+        );
+        git(d, &["commit", "-q", "-m", "first"], TIME1);
+        git(d, &["tag", "-a", "-m", "first", TAG1], TIME1);
+        // Second tag: changed content, an exec bit flipped, a file turned into a
+        // symlink, a file removed, a file added.
+        write(&d.join("a/readme"), "readme, second edition\n");
+        chmod(&d.join("a/readme"), 0o755);
+        fs::remove_file(d.join("empty")).expect("rm");
+        std::os::unix::fs::symlink("a/readme", d.join("empty")).expect("symlink");
+        fs::remove_file(d.join("many/entry-00007.ebuild")).expect("rm");
+        write(&d.join("new/file"), "new\n");
+        git(d, &["add", "-A"], 0);
+        // `add -A` dropped the gitlink (no such directory in the work tree).
+        git(
+            d,
+            &[
+                "update-index",
+                "--add",
+                "--cacheinfo",
+                "160000,1234567890123456789012345678901234567890,vendor/sub",
+            ],
+            0,
+        );
+        git(d, &["commit", "-q", "-m", "second"], TIME2);
+        git(d, &["tag", TAG2], TIME2);
+        Fixture { dir }
+    }
+
+    fn work(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn git_dir(&self) -> PathBuf {
+        self.dir.path().join(".git")
+    }
+
+    /// `git archive TAG | tar -x` into a fresh directory.
+    fn archive(&self, tag: &str) -> tempfile::TempDir {
+        let out = tempfile::tempdir().expect("tempdir");
+        let mut archive = Command::new("git")
+            .arg("--git-dir")
+            .arg(self.git_dir())
+            .args(["archive", "--format=tar", tag])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("git archive");
+        let stdout = archive.stdout.take().expect("piped stdout");
+        let tar = Command::new("tar")
+            .arg("-x")
+            .arg("-C")
+            .arg(out.path())
+            .stdin(stdout)
+            .status()
+            .expect("tar");
+        assert!(tar.success(), "tar -x failed");
+        assert!(
+            archive.wait().expect("wait").success(),
+            "git archive failed"
+        );
+        out
+    }
+
+    /// A third tag, newer than the others, made while something may be mounted.
+    fn add_third_tag(&self) {
+        write(&self.work().join("third"), "third\n");
+        git(self.work(), &["add", "third"], 0);
+        git(self.work(), &["commit", "-q", "-m", "third"], TIME3);
+        git(self.work(), &["tag", "-a", "-m", "third", TAG3], TIME3);
+    }
+}
+
+/// An empty directory every user can reach, to mount on.
+fn mountpoint() -> tempfile::TempDir {
+    let d = tempfile::tempdir().expect("tempdir");
+    chmod(d.path(), 0o755);
+    d
+}
+
+fn mount(fx: &Fixture, view: View, at: &Path) -> MountedFs {
+    portroot_fs::mount(&fx.git_dir(), view, at, &MountOptions::default()).expect("mount")
+}
+
+/// What one path looks like: type, exec bit, size, content, link target.
+#[derive(Debug, PartialEq, Eq)]
+enum Node {
+    Dir,
+    File { exec: bool, content: Vec<u8> },
+    Link(PathBuf),
+}
+
+/// Every path under `root` with what it is. File content is read through
+/// the filesystem, so this also checks `read`.
+fn walk(root: &Path) -> BTreeMap<PathBuf, Node> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).expect("read_dir") {
+            let e = e.expect("entry");
+            let path = e.path();
+            let meta = fs::symlink_metadata(&path).expect("lstat");
+            let rel = path.strip_prefix(root).expect("under root").to_owned();
+            let node = if meta.file_type().is_symlink() {
+                Node::Link(fs::read_link(&path).expect("readlink"))
+            } else if meta.is_dir() {
+                stack.push(path);
+                Node::Dir
+            } else {
+                let content = fs::read(&path).expect("read");
+                assert_eq!(content.len() as u64, meta.len(), "size of {rel:?}");
+                Node::File {
+                    exec: meta.mode() & 0o111 != 0,
+                    content,
+                }
+            };
+            out.insert(rel, node);
+        }
+    }
+    out
+}
+
+/// Compare the mounted tree with the extracted archive, then check what only
+/// the mount promises: root ownership, exact modes and the commit time.
+fn assert_same_tree(expected: &Path, mounted: &Path, time: i64) {
+    let want = walk(expected);
+    let got = walk(mounted);
+    let want_paths: Vec<_> = want.keys().collect();
+    let got_paths: Vec<_> = got.keys().collect();
+    assert_eq!(got_paths, want_paths, "paths differ");
+    for (path, node) in &want {
+        assert_eq!(got.get(path), Some(node), "{path:?} differs");
+    }
+    for (path, node) in &got {
+        let meta = fs::symlink_metadata(mounted.join(path)).expect("lstat");
+        assert_eq!((meta.uid(), meta.gid()), (0, 0), "owner of {path:?}");
+        assert_eq!(meta.mtime(), time, "mtime of {path:?}");
+        assert_eq!(meta.ctime(), time, "ctime of {path:?}");
+        let perm = meta.mode() & 0o7777;
+        match node {
+            Node::Dir => assert_eq!(perm, 0o755, "mode of {path:?}"),
+            Node::File { exec: true, .. } => assert_eq!(perm, 0o755, "mode of {path:?}"),
+            Node::File { exec: false, .. } => assert_eq!(perm, 0o644, "mode of {path:?}"),
+            Node::Link(_) => {}
+        }
+    }
+}
+
+#[test]
+fn fs_mount_two_tags_match_git_archive() {
+    if !util::require_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    for (tag, time) in [(TAG1, TIME1), (TAG2, TIME2)] {
+        let expected = fx.archive(tag);
+        let at = mountpoint();
+        let m = mount(&fx, View::Ref(tag.into()), at.path());
+        assert_same_tree(expected.path(), at.path(), time);
+        assert!(
+            at.path().join("vendor/sub").is_dir(),
+            "submodule as empty dir"
+        );
+        assert_eq!(
+            fs::read_dir(at.path().join("vendor/sub"))
+                .expect("ls")
+                .count(),
+            0
+        );
+        m.unmount().expect("unmount");
+        util::assert_no_mounts_under(at.path());
+    }
+}
+
+#[test]
+fn fs_mount_all_tags_view_has_latest_and_new_tags() {
+    if !util::require_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let at = mountpoint();
+    let m = mount(&fx, View::AllTags, at.path());
+    let mnt = at.path();
+    let list = |p: &Path| {
+        let mut v: Vec<String> = fs::read_dir(p)
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(list(mnt), [TAG1, TAG2, "latest"]);
+    assert_eq!(
+        fs::read_link(mnt.join("latest")).expect("latest"),
+        Path::new(TAG2)
+    );
+    for (tag, time) in [(TAG1, TIME1), (TAG2, TIME2)] {
+        assert_same_tree(fx.archive(tag).path(), &mnt.join(tag), time);
+    }
+    assert_eq!(
+        fs::read(mnt.join("latest/new/file")).expect("via latest"),
+        b"new\n"
+    );
+
+    fx.add_third_tag();
+    // The new tag is reachable by name at once (lookups are never cached
+    // negatively) and appears in the listing once the refs watcher notices.
+    assert_same_tree(fx.archive(TAG3).path(), &mnt.join(TAG3), TIME3);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while list(mnt).len() < 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(list(mnt), [TAG1, TAG2, TAG3, "latest"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::read_link(mnt.join("latest")).expect("latest") != Path::new(TAG3)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        fs::read_link(mnt.join("latest")).expect("latest"),
+        Path::new(TAG3)
+    );
+    m.unmount().expect("unmount");
+    util::assert_no_mounts_under(at.path());
+}
+
+/// `setpriv` as uid/gid 250 (portage), no supplementary groups.
+fn as_portage(args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args(["--reuid", "250", "--regid", "250", "--clear-groups", "--"])
+        .args(args)
+        .output()
+        .expect("setpriv")
+}
+
+#[test]
+fn fs_mount_uid_250_reads_and_every_write_is_erofs() {
+    if !util::require_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let at = mountpoint();
+    let m = mount(&fx, View::Ref(TAG1.into()), at.path());
+    let mnt = at.path();
+
+    let deep = mnt.join("a/b/c/deep.txt");
+    let out = as_portage(&["cat", deep.to_str().expect("utf8")]);
+    assert!(
+        out.status.success(),
+        "uid 250 cat: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"deep\n");
+    let out = as_portage(&[
+        "sh",
+        "-c",
+        &format!("echo x > '{}'", mnt.join("a/x").display()),
+    ]);
+    assert!(!out.status.success(), "uid 250 must not create files");
+
+    let erofs = |what: &str, r: std::io::Result<()>| {
+        let err = r.expect_err(what);
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{what}: {err}");
+    };
+    let file = mnt.join("a/readme");
+    erofs("create", fs::File::create(mnt.join("newfile")).map(drop));
+    erofs(
+        "open for write",
+        fs::OpenOptions::new().write(true).open(&file).map(drop),
+    );
+    erofs(
+        "append",
+        fs::OpenOptions::new().append(true).open(&file).map(drop),
+    );
+    erofs("mkdir", fs::create_dir(mnt.join("newdir")));
+    erofs("unlink", fs::remove_file(&file));
+    erofs("rmdir", fs::remove_dir(mnt.join("vendor/sub")));
+    erofs("rename", fs::rename(&file, mnt.join("a/renamed")));
+    erofs("link", fs::hard_link(&file, mnt.join("a/hard")));
+    erofs(
+        "symlink",
+        std::os::unix::fs::symlink("x", mnt.join("a/sym")),
+    );
+    erofs(
+        "chmod",
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o600)),
+    );
+    erofs("chown", std::os::unix::fs::chown(&file, Some(1), Some(1)));
+    let c = CString::new(file.as_os_str().as_bytes()).expect("cstring");
+    let name = CString::new("user.test").expect("cstring");
+    let libc_result = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: valid NUL-terminated strings and a 1-byte buffer for the call.
+    erofs(
+        "setxattr",
+        libc_result(unsafe {
+            libc::setxattr(c.as_ptr(), name.as_ptr(), b"x".as_ptr().cast(), 1, 0)
+        }),
+    );
+    // SAFETY: valid NUL-terminated strings.
+    erofs(
+        "removexattr",
+        libc_result(unsafe { libc::removexattr(c.as_ptr(), name.as_ptr()) }),
+    );
+    // SAFETY: a valid NUL-terminated path.
+    erofs(
+        "truncate",
+        libc_result(unsafe { libc::truncate(c.as_ptr(), 0) }),
+    );
+    // SAFETY: a valid path; a null times pointer means "now".
+    erofs(
+        "utimes",
+        libc_result(unsafe { libc::utimes(c.as_ptr(), std::ptr::null()) }),
+    );
+    let node = CString::new(mnt.join("fifo").as_os_str().as_bytes()).expect("cstring");
+    // SAFETY: a valid NUL-terminated path.
+    erofs(
+        "mknod",
+        libc_result(unsafe { libc::mkfifo(node.as_ptr(), 0o644) }),
+    );
+
+    // Reading xattrs: there are none.
+    let mut buf = [0u8; 64];
+    // SAFETY: valid strings and a buffer of the given length.
+    let n = unsafe {
+        libc::getxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert_eq!(n, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::ENODATA)
+    );
+    // SAFETY: a valid path and a buffer of the given length.
+    let n = unsafe { libc::listxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert_eq!(n, 0, "no attribute names");
+
+    // Nothing changed.
+    assert_eq!(fs::read(&file).expect("read"), b"readme\n");
+    m.unmount().expect("unmount");
+    util::assert_no_mounts_under(at.path());
+}
+
+#[test]
+fn fs_mount_parallel_readers_get_correct_contents() {
+    if !util::require_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let expected = fx.archive(TAG2);
+    let want = walk(expected.path());
+    let at = mountpoint();
+    let m = mount(&fx, View::Ref(TAG2.into()), at.path());
+    let files: Vec<(PathBuf, Vec<u8>)> = want
+        .iter()
+        .filter_map(|(p, n)| match n {
+            Node::File { content, .. } => Some((p.clone(), content.clone())),
+            _ => None,
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for t in 0..8usize {
+            let files = &files;
+            let mnt = at.path();
+            s.spawn(move || {
+                // Each reader starts somewhere else and reads in small chunks,
+                // so requests for the same blobs interleave.
+                let n = files.len();
+                for i in 0..n {
+                    let (path, content) = &files[(i * 7 + t * n / 8) % n];
+                    let mut f = fs::File::open(mnt.join(path)).expect("open");
+                    let mut got = Vec::new();
+                    let mut chunk = [0u8; 4096 + 17];
+                    loop {
+                        let k = f.read(&mut chunk).expect("read");
+                        if k == 0 {
+                            break;
+                        }
+                        got.extend_from_slice(&chunk[..k]);
+                    }
+                    assert_eq!(&got, content, "{path:?} in reader {t}");
+                }
+            });
+        }
+    });
+    m.unmount().expect("unmount");
+    util::assert_no_mounts_under(at.path());
+}
+
+#[test]
+fn fs_mount_readdir_of_5000_entries_is_complete_and_stable() {
+    if !util::require_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let at = mountpoint();
+    let m = mount(&fx, View::Ref(TAG1.into()), at.path());
+    let list = || {
+        fs::read_dir(at.path().join("many"))
+            .expect("ls")
+            .map(|e| {
+                let e = e.expect("entry");
+                (e.file_name().to_string_lossy().into_owned(), e.ino())
+            })
+            .collect::<Vec<_>>()
+    };
+    let first = list();
+    assert_eq!(first.len(), MANY);
+    let mut names: Vec<_> = first.iter().map(|(n, _)| n.clone()).collect();
+    names.sort();
+    let want: Vec<_> = (0..MANY).map(|i| format!("entry-{i:05}.ebuild")).collect();
+    assert_eq!(names, want);
+    assert_eq!(
+        list(),
+        first,
+        "a second listing is identical, inodes included"
+    );
+    // readdir's inode numbers agree with stat's.
+    for (name, ino) in first.iter().step_by(499) {
+        let meta = fs::metadata(at.path().join("many").join(name)).expect("stat");
+        assert_eq!(meta.ino(), *ino, "{name}");
+    }
+    m.unmount().expect("unmount");
+    util::assert_no_mounts_under(at.path());
+}
+
+fn mounted_at(path: &Path) -> bool {
+    let p = path.canonicalize().expect("canonical");
+    util::mountpoints().iter().any(|m| Path::new(m) == p)
+}
+
+/// Wait (bounded) until `cond` holds.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn foreground(store: &Path, fx: &Fixture, at: &Path) -> Child {
+    let child = util::portroot(store)
+        .args(["mount", "--foreground", "--tag", TAG1, "--git-dir"])
+        .arg(fx.git_dir())
+        .arg(at)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn portroot mount --foreground");
+    child
+}
+
+#[test]
+fn fs_mount_cli_background_mount_then_umount() {
+    if !util::require_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let store = tempfile::tempdir().expect("store");
+    let at = mountpoint();
+    let expected = fx.archive(TAG1);
+    util::ok(
+        util::portroot(store.path())
+            .args(["mount", "--tag", TAG1, "--git-dir"])
+            .arg(fx.git_dir())
+            .arg(at.path()),
+    );
+    // Ready on return: no waiting needed.
+    assert_same_tree(expected.path(), at.path(), TIME1);
+    let info = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let line = info
+        .lines()
+        .find(|l| l.contains(&*at.path().to_string_lossy()))
+        .expect("our mount in mountinfo");
+    assert!(line.contains("fuse.portroot"), "{line}");
+    assert!(
+        line.contains(&format!("@{TAG1}")),
+        "fsname names the tag: {line}"
+    );
+    assert!(
+        line.contains("allow_other") && line.contains("default_permissions"),
+        "{line}"
+    );
+    util::ok(util::portroot(store.path()).arg("umount").arg(at.path()));
+    util::assert_no_mounts_under(at.path());
+    let err = util::fails(util::portroot(store.path()).arg("umount").arg(at.path()), 1);
+    assert!(err.contains("not mounted"), "{err}");
+}
+
+#[test]
+fn fs_mount_cli_busy_umount_says_so() {
+    if !util::require_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let store = tempfile::tempdir().expect("store");
+    let at = mountpoint();
+    util::ok(
+        util::portroot(store.path())
+            .args(["mount", "--tag", TAG1, "--git-dir"])
+            .arg(fx.git_dir())
+            .arg(at.path()),
+    );
+    let holder = fs::File::open(at.path().join("a/readme")).expect("open");
+    let err = util::fails(util::portroot(store.path()).arg("umount").arg(at.path()), 1);
+    assert!(err.contains("busy"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    drop(holder);
+    util::ok(util::portroot(store.path()).arg("umount").arg(at.path()));
+    util::assert_no_mounts_under(at.path());
+}
+
+#[test]
+fn fs_mount_sigint_of_foreground_unmounts() {
+    if !util::require_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let store = tempfile::tempdir().expect("store");
+    let at = mountpoint();
+    let mut child = foreground(store.path(), &fx, at.path());
+    wait_for("the foreground mount", || mounted_at(at.path()));
+    assert_eq!(
+        fs::read(at.path().join("a/readme")).expect("read"),
+        b"readme\n"
+    );
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "clean exit after Ctrl-C: {status}");
+    util::assert_no_mounts_under(at.path());
+}
+
+#[test]
+fn fs_mount_sigkill_of_daemon_leaves_no_dead_mount() {
+    if !util::require_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let store = tempfile::tempdir().expect("store");
+    let at = mountpoint();
+    let mut child = foreground(store.path(), &fx, at.path());
+    wait_for("the foreground mount", || mounted_at(at.path()));
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    // fusermount3's auto-unmount removes it once it sees the daemon gone.
+    wait_for("auto-unmount after SIGKILL", || !mounted_at(at.path()));
+    util::assert_no_mounts_under(at.path());
+    assert!(fs::read_dir(at.path()).is_ok(), "no dead endpoint left");
+}
+
+#[test]
+fn fs_mount_bad_input_fails_with_one_line() {
+    if !util::require_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let store = tempfile::tempdir().expect("store");
+    let at = mountpoint();
+    let one_line = |args: &[&str], mp: &Path, expect: &str| {
+        let err = util::fails(
+            util::portroot(store.path()).arg("mount").args(args).arg(mp),
+            1,
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(err.contains(expect), "{expect:?} in {err}");
+        if expect != "already mounted" {
+            util::assert_no_mounts_under(mp);
+        }
+    };
+    let gd = fx.git_dir();
+    let gd = gd.to_str().expect("utf8");
+    one_line(
+        &["--git-dir", gd, "--tag", "1999-01-01"],
+        at.path(),
+        "unknown ref \"1999-01-01\"",
+    );
+    one_line(&["--tag", TAG1], at.path(), "no git repository at");
+    one_line(&["--repo", "nope", "--all"], at.path(), "repos/nope.git");
+    one_line(
+        &["--git-dir", "/nonexistent/x.git", "--tag", TAG1],
+        at.path(),
+        "/nonexistent/x.git",
+    );
+    one_line(
+        &["--git-dir", gd, "--tag", TAG1],
+        &at.path().join("missing"),
+        "does not exist",
+    );
+    let file = store.path().join("a-file");
+    write(&file, "x");
+    one_line(&["--git-dir", gd, "--tag", TAG1], &file, "not a directory");
+    one_line(&["--git-dir", gd, "--tag", TAG1], fx.work(), "not empty");
+    let m = mount(&fx, View::Ref(TAG1.into()), at.path());
+    one_line(
+        &["--git-dir", gd, "--tag", TAG1],
+        at.path(),
+        "already mounted",
+    );
+    m.unmount().expect("unmount");
+    // Usage errors are clap's: exit 2.
+    util::fails(
+        util::portroot(store.path())
+            .args(["mount", "--tag", TAG1, "--all"])
+            .arg(at.path()),
+        2,
+    );
+    util::fails(util::portroot(store.path()).arg("mount").arg(at.path()), 2);
+    util::assert_no_mounts_under(at.path());
+}
