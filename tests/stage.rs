@@ -772,3 +772,49 @@ fn garbage_collection_removes_only_what_dead_operations_left() {
     drop(held);
     assert_eq!(s.stages().collect_garbage().unwrap(), 1);
 }
+
+#[test]
+fn long_names_and_link_targets_survive() {
+    if !util::require_root() {
+        return;
+    }
+    let s = Scratch::new();
+    // Longer than ustar's 100-byte name field: the tar crate writes GNU
+    // long-name records, as GNU tar does for deep /usr/share paths.
+    let deep = format!("usr/share/{}/{}", "d".repeat(90), "f".repeat(80));
+    let target = format!("../../{}", "t".repeat(150));
+    let tarball = s.path().join("long.tar.gz");
+    {
+        let gz = flate2::write::GzEncoder::new(
+            fs::File::create(&tarball).unwrap(),
+            flate2::Compression::fast(),
+        );
+        let mut b = tar::Builder::new(gz);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o640);
+        h.set_uid(250);
+        h.set_gid(250);
+        h.set_mtime(fixture::BASE_MTIME);
+        h.set_size(4);
+        b.append_data(&mut h, &deep, &b"deep"[..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_mode(0o777);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(fixture::BASE_MTIME);
+        h.set_size(0);
+        b.append_link(&mut h, "usr/share/long-link", &target)
+            .unwrap();
+        b.into_inner().unwrap().finish().unwrap();
+    }
+    let rootfs = s.add(&tarball, None);
+    let m = fs::metadata(rootfs.join(&deep)).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (250, 250, 0o640));
+    assert_eq!(fs::read(rootfs.join(&deep)).unwrap(), b"deep");
+    assert_eq!(
+        fs::read_link(rootfs.join("usr/share/long-link")).unwrap(),
+        PathBuf::from(&target)
+    );
+}
