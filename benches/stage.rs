@@ -12,7 +12,8 @@
 //!
 //! Each is run `PORTROOT_BENCH_RUNS` times (default 3), alternating, with the
 //! page cache warm for the tarball; the median is reported. Run as root:
-//! `cargo bench --bench stage`.
+//! `cargo bench --bench stage`. `PORTROOT_BENCH_KEEP=FILE` also copies the
+//! generated stage tarball to FILE, for profiling by hand.
 
 use std::path::Path;
 use std::process::Command;
@@ -115,7 +116,8 @@ fn main() {
         };
         bytes += len;
         entries.push(Entry {
-            path: format!("usr/share/bench/d{:03}/f{i:06}", i % dirs),
+            // Grouped by directory, as tar of a real tree is.
+            path: format!("usr/share/bench/d{:03}/f{i:06}", i * dirs / files),
             kind: Kind::File(content(i, len)),
             mode: 0o644,
             uid: if i % 7 == 0 { 250 } else { 0 },
@@ -126,6 +128,10 @@ fn main() {
     }
     let tarball = work.path().join("stage4-bench.tar.xz");
     fixture::write_tarball(&tarball, Compression::Xz, &entries).expect("writing the bench stage");
+    if let Some(keep) = std::env::var_os("PORTROOT_BENCH_KEEP") {
+        // For profiling by hand: `strace -c portroot stage add KEEP`.
+        std::fs::copy(&tarball, &keep).expect("copying the bench stage out");
+    }
     let size = std::fs::metadata(&tarball).expect("stat").len();
     println!(
         "stage bench: {} entries, {:.1} MB of file data, {:.1} MB xz (built in {:.1} s), {runs} runs each",
