@@ -355,8 +355,8 @@ fn re_adding_the_same_tarball_changes_nothing() {
     assert!(out.contains("already present"), "{out}");
     assert_same(&before, &snapshot(&s.store()), "re-add touched the store");
 
-    // A copy is another file (not in the digest cache): hashed again, found
-    // present, and the unpacked copy dropped.
+    // A copy is another file (not in the digest cache): as big as a stored
+    // stage, so it is hashed first, found present, and nothing is unpacked.
     let copy = s.path().join("copy-of-stage.tar.gz");
     fs::copy(&tarball, &copy).unwrap();
     let out = util::ok(

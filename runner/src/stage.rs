@@ -167,6 +167,24 @@ impl StageStore {
                 });
             }
         }
+        // A copy of a tarball already in the store (same size as one of them):
+        // hashing first costs one read at memory speed and can save the whole
+        // unpack.
+        if self.list()?.iter().any(|s| s.tarball_bytes == meta.len()) {
+            let digest = hash_file(tarball, progress)?;
+            if self.stage_dir(&digest).is_dir() {
+                debug!(%digest, "same content as a stage in the store");
+                if let Some(name) = name {
+                    self.set_name(name, &digest)?;
+                }
+                self.cache_digest(&key, &digest);
+                return Ok(Added {
+                    stage: self.load(&digest)?,
+                    unpacked: false,
+                    named: name.map(str::to_owned),
+                });
+            }
+        }
         let explicit = name;
         let default_name;
         let name = match name {
@@ -566,6 +584,30 @@ fn link_digest(link: &Path) -> Option<String> {
     let target = fs::read_link(link).ok()?;
     let digest = target.file_name()?.to_string_lossy().into_owned();
     is_digest(&digest).then_some(digest)
+}
+
+/// Hex sha256 of the file at `path`, reporting bytes read to `progress`.
+fn hash_file(path: &Path, progress: &dyn Fn(u64)) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = File::open(path).map_err(io("opening", path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(io("reading", path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+        progress(total);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// Lock directory `path` exclusively, waiting if need be.
