@@ -818,3 +818,36 @@ fn long_names_and_link_targets_survive() {
         PathBuf::from(&target)
     );
 }
+
+#[test]
+fn concurrent_adds_of_one_tarball_make_one_stage() {
+    if !util::require_root() {
+        return;
+    }
+    let s = Scratch::new();
+    let tarball = s.fixture(Compression::Gzip);
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            s.portroot()
+                .args(["stage", "add"])
+                .arg(&tarball)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stages = s.stages().list().unwrap();
+    assert_eq!(stages.len(), 1);
+    assert_eq!(stages[0].names, vec!["stage4-fixture"]);
+    assert_matches_headers(&stages[0].rootfs, &tarball);
+    assert_eq!(fs::read_dir(s.store().join("tmp")).unwrap().count(), 0);
+}
