@@ -201,6 +201,21 @@ pub(crate) fn components(name: &[u8]) -> std::result::Result<Vec<&[u8]>, &'stati
     Ok(comps)
 }
 
+/// An archive name as messages show it: lossy UTF-8 with control characters
+/// escaped, so a hostile name cannot break the one-line error.
+fn shown_name(raw: &[u8]) -> String {
+    String::from_utf8_lossy(raw)
+        .chars()
+        .flat_map(|c| {
+            let escaped = c.is_control().then(|| c.escape_default());
+            escaped
+                .into_iter()
+                .flatten()
+                .chain((!c.is_control()).then_some(c))
+        })
+        .collect()
+}
+
 fn join(comps: &[&[u8]]) -> Vec<u8> {
     comps.join(&b'/')
 }
@@ -398,7 +413,7 @@ impl<'a> Unpacker<'a> {
         tick: &mut dyn FnMut(),
     ) -> Result<()> {
         let raw = entry.path_bytes().into_owned();
-        let shown = String::from_utf8_lossy(&raw).into_owned();
+        let shown = shown_name(&raw);
         let refuse = |reason: String| Error::Entry {
             tarball: tarball.to_owned(),
             entry: shown.clone(),
@@ -486,7 +501,7 @@ impl<'a> Unpacker<'a> {
                     .link_name_bytes()
                     .ok_or_else(|| refuse("hardlink without a target".into()))?
                     .into_owned();
-                let target_shown = String::from_utf8_lossy(&target_raw).into_owned();
+                let target_shown = shown_name(&target_raw);
                 let target = components(&target_raw)
                     .map_err(|r| refuse(format!("hardlink target {target_shown}: {r}")))?;
                 let target_rel = join(&target);
@@ -736,6 +751,13 @@ mod tests {
         assert_eq!(components(b""), Err("empty name"));
         // `..` as part of a longer name is just a name.
         assert_eq!(components(b"a/..b").unwrap(), vec![&b"a"[..], b"..b"]);
+    }
+
+    #[test]
+    fn shown_names_stay_on_one_line() {
+        assert_eq!(shown_name(b"./usr/bin/ls"), "./usr/bin/ls");
+        assert_eq!(shown_name(b"a\nb\x1b[2J"), "a\\nb\\u{1b}[2J");
+        assert_eq!(shown_name(b"caf\xc3\xa9"), "caf\u{e9}");
     }
 
     #[test]
