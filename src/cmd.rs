@@ -10,8 +10,6 @@ pub mod stage;
 use portroot::store::Store;
 
 /// What every subcommand gets from the global options.
-// TODO: drop once the subcommands read it (see issues 2-4).
-#[allow(dead_code)]
 #[derive(Debug)]
 pub struct Ctx {
     /// The store all commands read and write.
@@ -20,7 +18,6 @@ pub struct Ctx {
     pub quiet: bool,
 }
 
-#[allow(dead_code)]
 impl Ctx {
     /// Whether to draw progress bars: on a terminal, unless `--quiet`.
     pub fn progress(&self) -> bool {
