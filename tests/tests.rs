@@ -5,7 +5,7 @@
 mod util;
 
 mod cli;
+mod fs_mount;
 mod import;
 mod runner;
 mod stage;
-mod fs_mount;

@@ -310,15 +310,24 @@ fn lease_stage(ctx: &Ctx, name_or_digest: &str) -> anyhow::Result<StageLease> {
     Ok(StageStore::new(ctx.store.stages_dir(), ctx.store.tmp_dir()).lease(name_or_digest)?)
 }
 
-// TODO: replace with portroot_fs::MountedFs once the fs crate lands on main
-// (see issue 4).
-struct TreeMount;
+/// A tree mounted for the run; dropping it unmounts.
+type TreeMount = portroot_fs::MountedFs;
 
 fn mount_tree(t: &TreeRecord) -> anyhow::Result<TreeMount> {
-    bail!(
-        "mounting {}: the fs crate is not merged yet",
-        t.mountpoint.display()
+    let opts = portroot_fs::MountOptions {
+        // The run's private mount namespace removes the mount if we die; no
+        // fusermount3 watchdog needed.
+        auto_unmount: false,
+        allow_other: true,
+        ..Default::default()
+    };
+    portroot_fs::mount(
+        &t.git_dir,
+        portroot_fs::View::Ref(t.reference.clone()),
+        &t.mountpoint,
+        &opts,
     )
+    .with_context(|| format!("mounting {} at {}", t.name, t.reference))
 }
 
 fn helper() -> Helper {
