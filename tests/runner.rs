@@ -434,7 +434,8 @@ fn sandbox_binds_never_follow_symlinks_out_of_the_chroot() {
 // `portroot run` end to end: a stage added through the CLI, trees served by
 // the fs crate from real git repositories.
 
-/// A store with a stage `test` (from [`make_rootfs`]), a `gentoo` repository
+/// A store with a stage `test` (the library's stage fixture: setuid,
+/// capabilities, hardlinks, devices, a portage user), a `gentoo` repository
 /// with tags `2026-08-20` and `2026-08-21`, and an `extra` repository whose
 /// branch `main` holds one file.
 pub struct RunStore {
@@ -445,20 +446,11 @@ impl RunStore {
     pub fn new() -> RunStore {
         let tmp = tempfile::tempdir().unwrap();
         let store = tmp.path().join("store");
-        let rootfs = tmp.path().join("rootfs");
-        make_rootfs(&rootfs);
-        let tarball = tmp.path().join("stage.tar");
-        let st = Command::new("tar")
-            .arg("--numeric-owner")
-            .arg("-C")
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&tarball)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(st.success());
-        fs::remove_dir_all(&rootfs).unwrap();
+        let tarball = portroot::fixture::stage::StageTarball::build(
+            tmp.path(),
+            portroot::fixture::stage::Compression::None,
+        )
+        .unwrap();
         util::ok(
             util::portroot(&store)
                 .args(["-q", "stage", "add", "--name", "test"])
@@ -603,6 +595,9 @@ fn run_eight_parallel_jobs_isolated_and_collected() {
             "job {i}: {log}"
         );
         assert!(!log.contains("host-secret"), "job {i}: {log}");
+        // A login shell: the stage's /etc/profile ran.
+        let marker = portroot::fixture::stage::PROFILE_MARKER;
+        assert!(log.contains(&format!("{marker}=")), "job {i}: {log}");
         assert!(
             log.contains("buildpkg cgroup ipc-sandbox network-sandbox parallel-fetch"),
             "{log}"
