@@ -314,13 +314,10 @@ fn lease_stage(ctx: &Ctx, name_or_digest: &str) -> anyhow::Result<StageLease> {
 type TreeMount = portroot_fs::MountedFs;
 
 fn mount_tree(t: &TreeRecord) -> anyhow::Result<TreeMount> {
-    let opts = portroot_fs::MountOptions {
-        // The run's private mount namespace removes the mount if we die; no
-        // fusermount3 watchdog needed.
-        auto_unmount: false,
-        allow_other: true,
-        ..Default::default()
-    };
+    // The defaults: allow_other (portage reads as uid 250) and auto_unmount.
+    // The run's private namespace already takes the mount along if we die;
+    // the fs crate's own teardown is written for auto_unmount mode.
+    let opts = portroot_fs::MountOptions::default();
     portroot_fs::mount(
         &t.git_dir,
         portroot_fs::View::Ref(t.reference.clone()),
