@@ -738,6 +738,24 @@ fn run_bad_input_leaves_nothing_behind() {
         assert!(err.contains(what), "{args:?}: {err}");
     }
     assert_same_listing(&listing(&rs.store()), &before);
+    // A busy stage (being removed: `stage rm` holds its lock exclusively).
+    let lock = fs::File::open(rs.rootfs().parent().unwrap().join("lock")).unwrap();
+    let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+    let err = util::fails(
+        util::portroot(&rs.store()).args([
+            "run",
+            "--stage",
+            "test",
+            "--tag",
+            "2026-08-20",
+            "--",
+            "true",
+        ]),
+        1,
+    );
+    assert!(err.contains("busy"), "{err}");
+    drop(held);
+    assert_same_listing(&listing(&rs.store()), &before);
     // A stage without /bin/bash.
     fs::remove_file(rs.rootfs().join("bin/bash")).unwrap();
     let before = listing(&rs.store());
