@@ -918,3 +918,49 @@ fn sigterm_stops_the_run_and_tears_down() {
     }
     util::assert_no_mounts_under(rs.tmp.path());
 }
+
+#[test]
+fn run_reads_a_job_file_from_stdin_and_quotes_words() {
+    if !util::require_root() {
+        return;
+    }
+    let rs = RunStore::new();
+    let mut child = rs
+        .run()
+        .args(["--job-file", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"zlib\techo building zlib\nbash-5\techo building $(hostname)\n")
+        .unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let run = run_dirs(&rs.store()).remove(0);
+    assert_eq!(
+        fs::read_to_string(run.join("zlib/log")).unwrap(),
+        "building zlib\n"
+    );
+    assert_eq!(
+        fs::read_to_string(run.join("bash-5/log")).unwrap(),
+        "building bash-5\n"
+    );
+
+    // Several words after `--` stay separate arguments, nothing expands.
+    util::ok(
+        rs.run()
+            .args(["--", "printf", "[%s]", "a b", "$HOME", "it's"]),
+    );
+    let run = run_dirs(&rs.store())
+        .into_iter()
+        .find(|r| r.join("1").is_dir())
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(run.join("1/log")).unwrap(),
+        "[a b][$HOME][it's]"
+    );
+}
