@@ -175,13 +175,15 @@ fn run_demo(store: &Path, args: &DemoArgs) -> anyhow::Result<()> {
     step("added the stage", t.elapsed(), &file_name(&stage));
 
     // 5. N jobs in parallel chroots at the older tag, binary packages collected.
+    // Bash builtins only, so the job runs in a stage holding nothing but bash.
     let script = format!(
         "set -e; tree=/var/db/repos/gentoo; \
-         echo \"job $(hostname) sees the tree of $(cat $tree/metadata/timestamp.chk)\"; \
+         echo \"job $HOSTNAME sees the tree of $(< $tree/metadata/timestamp.chk)\"; \
          n=0; for e in $tree/*/*/*.ebuild; do n=$((n+1)); done; echo \"$n ebuilds\"; \
-         mkdir -p /var/cache/binpkgs/demo; \
-         echo \"built by job $(hostname) at tag {oldest}\" > /var/cache/binpkgs/demo/pkg-$(hostname)-1.0.gpkg.tar"
+         echo \"built by job $HOSTNAME at tag {oldest}\" > /var/cache/binpkgs/demo/pkg-$HOSTNAME-1.0.gpkg.tar"
     );
+    let pkgdir = store.join("binpkgs/demo");
+    fs::create_dir_all(&pkgdir).with_context(|| format!("creating {}", pkgdir.display()))?;
     let t = Instant::now();
     portroot(store, ["run", "--stage", "demo", "--tag", &oldest])
         .args(["--jobs", &args.jobs.to_string()])
@@ -194,7 +196,6 @@ fn run_demo(store: &Path, args: &DemoArgs) -> anyhow::Result<()> {
         t.elapsed(),
         &format!("at tag {oldest}"),
     );
-    let pkgdir = store.join("binpkgs/demo");
     let mut packages: Vec<String> = fs::read_dir(&pkgdir)
         .with_context(|| format!("reading {}", pkgdir.display()))?
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
@@ -212,6 +213,13 @@ fn run_demo(store: &Path, args: &DemoArgs) -> anyhow::Result<()> {
     for p in &packages {
         println!("  {p}");
     }
+    if let Some(log) = first_job_log(store) {
+        println!("\nWhat job 1 printed ({}):", log.display());
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        for line in text.lines() {
+            println!("  {line}");
+        }
+    }
 
     println!(
         "\nDone in {:.1} s. Job logs are under {}/runs/*/*/log.",
@@ -219,6 +227,15 @@ fn run_demo(store: &Path, args: &DemoArgs) -> anyhow::Result<()> {
         store.display()
     );
     Ok(())
+}
+
+/// The log of job `1` of the (only) run in the demo store.
+fn first_job_log(store: &Path) -> Option<PathBuf> {
+    fs::read_dir(store.join("runs"))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|run| run.path().join("1/log"))
+        .find(|log| log.is_file())
 }
 
 /// List the all-tags view the way a person would look at it.
