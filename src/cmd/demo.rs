@@ -166,7 +166,7 @@ fn run_demo(store: &Path, args: &DemoArgs) -> anyhow::Result<()> {
 
     // 4. The stage, unpacked once.
     let t = Instant::now();
-    let stage = StageTarball::build(&work, Compression::Xz).context(
+    let stage = StageTarball::build_from_host(&work, Compression::Xz).context(
         "building the demo stage tarball from the host's bash (and busybox, if installed)",
     )?;
     portroot(store, ["stage", "add", "--name", "demo"])
