@@ -62,14 +62,19 @@ fn chmod(path: &Path, mode: u32) {
 
 /// A repository with two tags (annotated `TAG1`, lightweight `TAG2`) holding
 /// nested dirs, exec files, symlinks (relative, absolute, dangling), empty
-/// files, a 3 MiB file, a directory of `MANY` entries, a submodule entry and
+/// files, a 3 MiB file, a directory of `many` entries, a submodule entry and
 /// odd names. The work tree is the repo; tests use its `.git`.
 struct Fixture {
     dir: tempfile::TempDir,
 }
 
 impl Fixture {
+    /// The usual fixture, with a small `many/` directory.
     fn new() -> Fixture {
+        Fixture::with_many(64)
+    }
+
+    fn with_many(many: usize) -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         git(d, &["init", "-q", "-b", "main"], 0);
@@ -84,7 +89,7 @@ impl Fixture {
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
             .collect();
         write(&d.join("big.bin"), &big);
-        for i in 0..MANY {
+        for i in 0..many {
             write(
                 &d.join(format!("many/entry-{i:05}.ebuild")),
                 format!("{i}\n"),
@@ -507,7 +512,7 @@ fn fs_mount_readdir_of_5000_entries_is_complete_and_stable() {
     if !util::require_root() {
         return;
     }
-    let fx = Fixture::new();
+    let fx = Fixture::with_many(MANY);
     let at = mountpoint();
     let m = mount(&fx, View::Ref(TAG1.into()), at.path());
     let list = || {
