@@ -558,6 +558,28 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Live `portroot mount` daemons whose command line ends with `mountpoint`.
+fn daemons_for(mountpoint: &Path) -> Vec<i32> {
+    let want = mountpoint.canonicalize().expect("canonical");
+    fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline
+                .split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .collect();
+            let stat = fs::read_to_string(e.path().join("stat")).ok()?;
+            let zombie = stat.rsplit(')').next()?.trim_start().starts_with('Z');
+            let ours = args.iter().any(|a| *a == b"--foreground")
+                && args.last() == Some(&want.as_os_str().as_bytes());
+            (ours && !zombie).then_some(pid)
+        })
+        .collect()
+}
+
 fn foreground(store: &Path, fx: &Fixture, at: &Path) -> Child {
     let child = util::portroot(store)
         .args(["mount", "--foreground", "--tag", TAG1, "--git-dir"])
@@ -601,8 +623,17 @@ fn fs_mount_cli_background_mount_then_umount() {
         line.contains("allow_other") && line.contains("default_permissions"),
         "{line}"
     );
+    assert_eq!(
+        daemons_for(at.path()).len(),
+        1,
+        "one daemon serves the mount"
+    );
     util::ok(util::portroot(store.path()).arg("umount").arg(at.path()));
     util::assert_no_mounts_under(at.path());
+    assert!(
+        daemons_for(at.path()).is_empty(),
+        "umount waits for the daemon to exit"
+    );
     let err = util::fails(util::portroot(store.path()).arg("umount").arg(at.path()), 1);
     assert!(err.contains("not mounted"), "{err}");
 }
