@@ -303,7 +303,21 @@ pub fn mount(
             path: mountpoint.clone(),
             source,
         })?;
-    let watcher = tags.map(|t| spawn_tag_watcher(t, session.notifier()));
+    let watcher = match tags {
+        Some(t) => match spawn_tag_watcher(t, session.notifier()) {
+            Ok(w) => Some(w),
+            Err(source) => {
+                // Dropping the session unmounts what we just mounted.
+                let _ = session.umount_and_join();
+                return Err(FsError::Io {
+                    what: "starting the tag watcher for",
+                    path: mountpoint,
+                    source,
+                });
+            }
+        },
+        None => None,
+    };
     info!(
         mountpoint = %mountpoint.display(),
         %fsname,
@@ -324,7 +338,7 @@ pub fn mount(
 fn spawn_tag_watcher(
     tags: Arc<filesystem::TagSource>,
     notifier: fuser::Notifier,
-) -> (mpsc::Sender<()>, JoinHandle<()>) {
+) -> std::io::Result<(mpsc::Sender<()>, JoinHandle<()>)> {
     let (stop, stopped) = mpsc::channel::<()>();
     let handle = std::thread::Builder::new()
         .name("portroot-tags".into())
@@ -346,7 +360,6 @@ fn spawn_tag_watcher(
                     }
                 }
             }
-        })
-        .expect("invariant: spawning a thread only fails when out of resources");
-    (stop, handle)
+        })?;
+    Ok((stop, handle))
 }
