@@ -345,18 +345,31 @@ impl<'a> Unpacker<'a> {
         Ok(fd)
     }
 
-    /// Make room for a new entry at `comps`: an existing non-directory is
-    /// replaced (as tar does), an existing directory is kept for a directory
-    /// entry and refused otherwise. Returns the parent and whether a directory
-    /// is already there.
-    fn place(&mut self, comps: &[&[u8]], entry: &str, dir: bool) -> Result<(Rc<OwnedFd>, bool)> {
+    /// Create the entry at `comps` with `make` (which must fail with `EEXIST`
+    /// rather than follow or overwrite anything there). If something is in
+    /// the way: a non-directory is replaced (as tar does), a directory is kept
+    /// for a directory entry (`None`: nothing made) and refused otherwise.
+    /// Trying first saves a `stat` per entry in the common case.
+    fn create<T>(
+        &mut self,
+        comps: &[&[u8]],
+        entry: &str,
+        dir: bool,
+        what: &'static str,
+        make: impl Fn(&OwnedFd, &OsStr) -> nix::Result<T>,
+    ) -> Result<(Rc<OwnedFd>, Option<T>)> {
         let parent = self.parent(comps, entry)?;
         let leaf = OsStr::from_bytes(comps[comps.len() - 1]);
+        match make(&parent, leaf) {
+            Ok(t) => return Ok((parent, Some(t))),
+            Err(Errno::EEXIST) => {}
+            Err(e) => return Err(sys(what, self.path(&join(comps)))(e)),
+        }
+        let rel = join(comps);
         match fstatat(&*parent, leaf, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Err(Errno::ENOENT) => Ok((parent, false)),
             Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR => {
                 if dir {
-                    Ok((parent, true))
+                    Ok((parent, None))
                 } else {
                     Err(Error::Entry {
                         tarball: self.tarball.to_owned(),
@@ -366,15 +379,15 @@ impl<'a> Unpacker<'a> {
                 }
             }
             Ok(_) => {
-                let rel = join(comps);
                 debug!(entry, "replacing an earlier entry");
                 unlinkat(&*parent, leaf, UnlinkatFlags::NoRemoveDir)
                     .map_err(sys("removing", self.path(&rel)))?;
                 self.unpacked.remove(&rel);
                 self.parent_cache = None;
-                Ok((parent, false))
+                let made = make(&parent, leaf).map_err(sys(what, self.path(&rel)))?;
+                Ok((parent, Some(made)))
             }
-            Err(e) => Err(sys("inspecting", self.path(&join(comps)))(e)),
+            Err(e) => Err(sys("inspecting", self.path(&rel))(e)),
         }
     }
 
@@ -410,10 +423,11 @@ impl<'a> Unpacker<'a> {
         let path = self.path(&rel);
         match kind {
             Kind::Dir => {
-                let (parent, exists) = self.place(&comps, &shown, true)?;
-                if !exists {
-                    mkdirat(&*parent, leaf, Mode::from_bits_truncate(0o700))
-                        .map_err(sys("creating directory", &path))?;
+                let (parent, made) =
+                    self.create(&comps, &shown, true, "creating directory", |p, l| {
+                        mkdirat(p, l, Mode::from_bits_truncate(0o700))
+                    })?;
+                if made.is_some() {
                     self.stats.files += 1;
                 }
                 let fd = openat(
@@ -427,18 +441,19 @@ impl<'a> Unpacker<'a> {
                 self.dir_times.insert(rel, meta.mtime);
             }
             Kind::File => {
-                let (parent, _) = self.place(&comps, &shown, false)?;
-                let fd = openat(
-                    &*parent,
-                    leaf,
-                    OFlag::O_WRONLY
-                        | OFlag::O_CREAT
-                        | OFlag::O_EXCL
-                        | OFlag::O_NOFOLLOW
-                        | OFlag::O_CLOEXEC,
-                    Mode::from_bits_truncate(0o600),
-                )
-                .map_err(sys("creating", &path))?;
+                let (_, fd) = self.create(&comps, &shown, false, "creating", |p, l| {
+                    openat(
+                        p,
+                        l,
+                        OFlag::O_WRONLY
+                            | OFlag::O_CREAT
+                            | OFlag::O_EXCL
+                            | OFlag::O_NOFOLLOW
+                            | OFlag::O_CLOEXEC,
+                        Mode::from_bits_truncate(0o600),
+                    )
+                })?;
+                let fd = fd.expect("invariant: create makes every non-directory");
                 let mut file = File::from(fd);
                 let expected = entry.size();
                 let mut written = 0u64;
@@ -480,16 +495,11 @@ impl<'a> Unpacker<'a> {
                         "hardlink target {target_shown} is not an earlier file of the archive"
                     )));
                 }
-                let (parent, _) = self.place(&comps, &shown, false)?;
                 let target_parent = self.parent(&target, &target_shown)?;
-                linkat(
-                    &*target_parent,
-                    OsStr::from_bytes(target[target.len() - 1]),
-                    &*parent,
-                    leaf,
-                    AtFlags::empty(),
-                )
-                .map_err(sys("creating hardlink", &path))?;
+                let target_leaf = OsStr::from_bytes(target[target.len() - 1]);
+                self.create(&comps, &shown, false, "creating hardlink", |p, l| {
+                    linkat(&*target_parent, target_leaf, p, l, AtFlags::empty())
+                })?;
                 self.stats.files += 1;
                 self.unpacked.insert(rel);
             }
@@ -498,9 +508,10 @@ impl<'a> Unpacker<'a> {
                     .link_name_bytes()
                     .ok_or_else(|| refuse("symlink without a target".into()))?
                     .into_owned();
-                let (parent, _) = self.place(&comps, &shown, false)?;
-                symlinkat(OsStr::from_bytes(&target), &*parent, leaf)
-                    .map_err(sys("creating symlink", &path))?;
+                let (parent, _) =
+                    self.create(&comps, &shown, false, "creating symlink", |p, l| {
+                        symlinkat(OsStr::from_bytes(&target), p, l)
+                    })?;
                 self.parent_cache = None;
                 self.apply_at(&parent, leaf, &meta, &path, false)?;
                 self.stats.files += 1;
@@ -524,9 +535,9 @@ impl<'a> Unpacker<'a> {
                         (sflag, libc::makedev(major, minor))
                     }
                 };
-                let (parent, _) = self.place(&comps, &shown, false)?;
-                mknodat(&*parent, leaf, sflag, Mode::from_bits_truncate(0o600), dev)
-                    .map_err(sys("creating node", &path))?;
+                let (parent, _) = self.create(&comps, &shown, false, "creating node", |p, l| {
+                    mknodat(p, l, sflag, Mode::from_bits_truncate(0o600), dev)
+                })?;
                 self.apply_at(&parent, leaf, &meta, &path, true)?;
                 self.stats.files += 1;
                 self.unpacked.insert(rel);
