@@ -377,6 +377,12 @@ pub fn gc(runs_dir: &Path, all: bool) -> Result<GcReport> {
             report.live += 1;
             continue;
         }
+        // A run being created has its directory a moment before its lock:
+        // leave fresh half-made ones to their creator.
+        if run.id.starts_with(".new-") && is_recent(&run.path) {
+            report.live += 1;
+            continue;
+        }
         let finished = run.record.as_ref().is_some_and(|r| r.outcomes.is_some());
         if finished && !all {
             report.kept += 1;
@@ -397,6 +403,15 @@ pub fn gc(runs_dir: &Path, all: bool) -> Result<GcReport> {
         report.removed.push(run.id);
     }
     Ok(report)
+}
+
+/// Whether `path` changed in the last minute.
+fn is_recent(path: &Path) -> bool {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < Duration::from_secs(60))
 }
 
 /// Pids of the helpers currently running, so a signal can kill them all.
@@ -613,15 +628,23 @@ mod tests {
         done.save(&rec).unwrap();
         drop(done);
         fs::create_dir_all(runs.join(".new-half")).unwrap();
+        fs::create_dir_all(runs.join(".new-fresh")).unwrap();
+        // An hour old: its creator is long gone.
+        let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+        fs::File::open(runs.join(".new-half"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
 
         let report = gc(&runs, false).unwrap();
         let mut removed = report.removed.clone();
         removed.sort();
         assert_eq!(removed, [".new-half", "killed"]);
         assert_eq!(report.kept, 1);
+        assert_eq!(report.live, 1, "the fresh half-made run is left alone");
         assert!(runs.join("done").is_dir());
         assert_eq!(gc(&runs, true).unwrap().removed, ["done"]);
-        assert_eq!(fs::read_dir(&runs).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(&runs).unwrap().count(), 1);
     }
 
     #[test]
