@@ -639,6 +639,36 @@ fn fs_mount_cli_background_mount_then_umount() {
 }
 
 #[test]
+fn fs_mount_cli_without_fusermount3_mounts_and_unmounts() {
+    if !util::require_root() {
+        return;
+    }
+    // A host without fuse3: the daemon mounts through mount(2) itself (fstype
+    // plain `fuse`, no subtype) and umount must still know the mount as ours.
+    let fx = Fixture::new();
+    let store = tempfile::tempdir().expect("store");
+    let at = mountpoint();
+    let no_tools = tempfile::tempdir().expect("empty PATH dir");
+    let out = util::run(
+        util::portroot(store.path())
+            .env("PATH", no_tools.path())
+            .args(["mount", "--tag", TAG1, "--git-dir"])
+            .arg(fx.git_dir())
+            .arg(at.path()),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_same_tree(fx.archive(TAG1).path(), at.path(), TIME1);
+    util::ok(
+        util::portroot(store.path())
+            .env("PATH", no_tools.path())
+            .arg("umount")
+            .arg(at.path()),
+    );
+    util::assert_no_mounts_under(at.path());
+    assert!(daemons_for(at.path()).is_empty(), "the daemon exited");
+}
+
+#[test]
 fn fs_mount_cli_busy_umount_says_so() {
     if !util::require_root() {
         return;
