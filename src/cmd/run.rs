@@ -702,9 +702,12 @@ pub fn gc(ctx: &Ctx, args: GcArgs) -> anyhow::Result<ExitCode> {
     for id in &report.removed {
         info!(run = %id, "removed");
     }
+    // A killed `stage add` or `stage rm` leaves its scratch directory in tmp/.
+    let stage_leftovers =
+        StageStore::new(ctx.store.stages_dir(), ctx.store.tmp_dir()).collect_garbage()?;
     if !ctx.quiet {
         eprintln!(
-            "removed {} run(s); {} live, {} finished kept",
+            "removed {} run(s) and {stage_leftovers} stage leftover(s); {} live, {} finished kept",
             report.removed.len(),
             report.live,
             report.kept
