@@ -419,24 +419,12 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
 
     private_mount_namespace()?;
     ensure_caches(ctx)?;
-    let mut record = RunRecord {
-        id: id.clone(),
-        pid: std::process::id(),
-        args: std::env::args().collect(),
-        start: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        stage: resolved.stage_name.clone(),
-        layers: vec![resolved.stage.stage.rootfs.clone()],
-        stage_digest: resolved.stage.stage.digest.clone(),
-        trees: resolved.trees.clone(),
-        caches: resolved.caches.clone(),
-        conf: resolved.conf.clone(),
-        network: resolved.network,
-        keep: args.keep,
-        jobs: jobs.iter().map(|j| j.name.clone()).collect(),
-        outcomes: None,
-    };
+    let mut record = run_record(
+        &id,
+        &resolved,
+        args.keep,
+        jobs.iter().map(|j| j.name.clone()).collect(),
+    );
     // Before any thread exists (the FUSE sessions start some), so that every
     // thread inherits the blocked mask and only ours sees the signals.
     let cancel = Arc::new(AtomicBool::new(false));
@@ -574,6 +562,28 @@ fn print_table(outcomes: &[JobOutcome], run_path: &Path) {
     println!("run {}", run_path.display());
 }
 
+/// What `run.json` records of a run about to start.
+fn run_record(id: &str, resolved: &Resolved, keep: bool, jobs: Vec<String>) -> RunRecord {
+    RunRecord {
+        id: id.to_owned(),
+        pid: std::process::id(),
+        args: std::env::args().collect(),
+        start: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        stage: resolved.stage_name.clone(),
+        layers: vec![resolved.stage.stage.rootfs.clone()],
+        stage_digest: resolved.stage.stage.digest.clone(),
+        trees: resolved.trees.clone(),
+        caches: resolved.caches.clone(),
+        conf: resolved.conf.clone(),
+        network: resolved.network,
+        keep,
+        jobs,
+        outcomes: None,
+    }
+}
+
 /// `portroot shell`.
 pub fn shell(ctx: &Ctx, args: ShellArgs) -> anyhow::Result<ExitCode> {
     let runs_dir = ctx.store.runs_dir();
@@ -598,24 +608,7 @@ pub fn shell(ctx: &Ctx, args: ShellArgs) -> anyhow::Result<ExitCode> {
             let resolved = resolve(ctx, stage, tag, &args.chroot, &runs_dir.join(&id))?;
             private_mount_namespace()?;
             ensure_caches(ctx)?;
-            let record = RunRecord {
-                id: id.clone(),
-                pid: std::process::id(),
-                args: std::env::args().collect(),
-                start: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
-                stage: resolved.stage_name.clone(),
-                layers: vec![resolved.stage.stage.rootfs.clone()],
-                stage_digest: resolved.stage.stage.digest.clone(),
-                trees: resolved.trees.clone(),
-                caches: resolved.caches.clone(),
-                conf: resolved.conf.clone(),
-                network: resolved.network,
-                keep: false,
-                jobs: vec!["shell".into()],
-                outcomes: None,
-            };
+            let record = run_record(&id, &resolved, false, vec!["shell".into()]);
             (
                 RunDir::create(&runs_dir, &record)?,
                 record,
