@@ -97,6 +97,25 @@ pub enum Error {
         /// "in use by a run" or "being removed".
         why: &'static str,
     },
+    /// No layer has this name.
+    #[error("no layer {0} (see `portroot layer list`)")]
+    UnknownLayer(String),
+    /// The layer cannot be removed (or used) now.
+    #[error("layer {layer} is busy: {why}")]
+    LayerBusy {
+        /// The layer's name.
+        layer: String,
+        /// Why: who uses it.
+        why: String,
+    },
+    /// A layer is used over another stage or other parents than it was built over.
+    #[error("layer {layer} cannot be used here: {why}")]
+    LayerChain {
+        /// The layer's name.
+        layer: String,
+        /// What differs.
+        why: String,
+    },
     /// A process-wide system call (unshare, fork, sethostname) failed.
     #[error("{what}")]
     Proc {

@@ -11,6 +11,7 @@ pub mod archive;
 pub mod conf;
 pub mod error;
 pub mod job;
+pub mod layer;
 pub mod plan;
 pub mod pool;
 pub mod run;

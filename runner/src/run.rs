@@ -63,6 +63,10 @@ pub struct RunRecord {
     pub stage_digest: String,
     /// The stage layers, top first (the last is the stage rootfs).
     pub layers: Vec<PathBuf>,
+    /// The named layers (`--layer`) in `layers`, bottom first, which
+    /// `shell --run` leases again.
+    #[serde(default)]
+    pub layer_names: Vec<String>,
     /// The trees every job sees.
     pub trees: Vec<TreeRecord>,
     /// Read-write caches bound into every job (DISTDIR, PKGDIR).
@@ -392,6 +396,26 @@ pub fn gc(runs_dir: &Path, all: bool) -> Result<GcReport> {
     Ok(report)
 }
 
+/// The runs that use `lower` (a lower directory) now: live ones, and finished
+/// ones that kept a chroot over it (`--keep`), by id.
+pub fn runs_using(runs_dir: &Path, lower: &Path) -> Result<Vec<String>> {
+    let mut ids = Vec::new();
+    for run in list_runs(runs_dir)? {
+        let Some(record) = &run.record else { continue };
+        if !record.layers.iter().any(|l| l == lower) {
+            continue;
+        }
+        let kept = record
+            .jobs
+            .iter()
+            .any(|j| JobDir(run.path.join(j)).upper().is_dir());
+        if run.live || kept {
+            ids.push(run.id);
+        }
+    }
+    Ok(ids)
+}
+
 /// Whether `path` changed in the last minute.
 fn is_recent(path: &Path) -> bool {
     fs::metadata(path)
@@ -561,6 +585,7 @@ mod tests {
             stage: "s".into(),
             stage_digest: "0".repeat(64),
             layers: vec!["/stage/rootfs".into()],
+            layer_names: vec![],
             trees: vec![],
             caches: vec![],
             conf: ChrootConf {

@@ -18,6 +18,7 @@
 //! rootfs; [`StageStore::remove`] needs the exclusive lock without waiting, so a
 //! leased stage cannot be removed under a run.
 
+pub mod export;
 mod pipe;
 mod unpack;
 
