@@ -3,6 +3,7 @@
 //! real binary instead.
 
 pub mod demo;
+pub mod layer;
 pub mod mount;
 pub mod run;
 pub mod snapshot;

@@ -57,6 +57,9 @@ enum Command {
     /// Add, list and remove stage tarballs unpacked once into the store.
     #[command(subcommand)]
     Stage(cmd::stage::StageCmd),
+    /// Keep a job's changes as a named layer that later chroots stack over the stage.
+    #[command(subcommand)]
+    Layer(cmd::layer::LayerCmd),
     /// Run build jobs in parallel chroots over a stage and a snapshot tag.
     Run(cmd::run::RunArgs),
     /// Open an interactive shell in a chroot set up like a run's.
@@ -106,6 +109,7 @@ fn main() -> ExitCode {
         Command::Mount(a) => cmd::mount::mount(&ctx, a),
         Command::Umount(a) => cmd::mount::umount(&ctx, a),
         Command::Stage(c) => cmd::stage::run(&ctx, c),
+        Command::Layer(c) => cmd::layer::run(&ctx, c),
         Command::Run(a) => cmd::run::run(&ctx, a),
         Command::Shell(a) => cmd::run::shell(&ctx, a),
         Command::Ps(a) => cmd::run::ps(&ctx, a),

@@ -7,5 +7,6 @@ mod util;
 mod cli;
 mod fs_mount;
 mod import;
+mod layer;
 mod runner;
 mod stage;

@@ -315,13 +315,25 @@ impl LayerStore {
                 sys("locking", &lock_path)(errno)
             }
         })?;
+        // The lock file is removed when a create ends: if ours was removed
+        // between open and lock, another create holds a newer one.
+        let locked = nix::sys::stat::fstat(&*lock).map_err(sys("reading", &lock_path))?;
+        let current = fs::metadata(&lock_path).ok();
+        if current.is_none_or(|m| m.ino() != locked.st_ino) {
+            return Err(Error::LayerBusy {
+                layer: name.to_owned(),
+                why: "another `layer create` of this name is running".into(),
+            });
+        }
         // Checked again under the lock: a create that just finished.
         if self.layers.join(name).exists() {
+            let _ = fs::remove_file(&lock_path);
             return Err(exists());
         }
         Ok(PendingLayer {
             store: self.clone(),
             name: name.to_owned(),
+            lock_path,
             _lock: lock,
         })
     }
@@ -415,7 +427,15 @@ impl LayerStore {
 pub struct PendingLayer {
     store: LayerStore,
     name: String,
+    lock_path: PathBuf,
     _lock: Flock<File>,
+}
+
+impl Drop for PendingLayer {
+    fn drop(&mut self) {
+        // Still locked here (fields drop after this): see `begin`.
+        let _ = fs::remove_file(&self.lock_path);
+    }
 }
 
 /// What [`PendingLayer::commit`] records besides the upper directory itself.

@@ -27,6 +27,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use portroot_runner::conf::{ChrootConf, RepoConf};
 use portroot_runner::job::{self, Job, JobOutcome, JobStatus};
+use portroot_runner::layer::{LayerLease, LayerStore};
 use portroot_runner::plan::Bind;
 use portroot_runner::pool::{self, Event};
 use portroot_runner::run::{self as runs, Children, Helper, RunDir, RunRecord, TreeRecord};
@@ -70,6 +71,10 @@ pub struct ChrootArgs {
     /// URL written as the `local` mirror (fetch-restricted files).
     #[arg(long, value_name = "URL")]
     local_mirror: Option<String>,
+    /// A layer (`portroot layer list`) stacked over the stage; repeat in the
+    /// order they were built, bottom first: the last one named is on top.
+    #[arg(long = "layer", value_name = "LAYER")]
+    pub(super) layers: Vec<String>,
 }
 
 /// Arguments of `portroot run`.
@@ -166,6 +171,8 @@ pub enum InternalCmd {
 struct Resolved {
     stage_name: String,
     stage: StageLease,
+    /// The `--layer`s, held so `layer rm` refuses them meanwhile.
+    layers: LayerLease,
     trees: Vec<TreeRecord>,
     caches: Vec<Bind>,
     conf: ChrootConf,
@@ -188,6 +195,7 @@ fn resolve(
     let (stage_name, tag) = (stage_name.to_owned(), tag.to_owned());
     let stage = lease_stage(ctx, &stage_name)?;
     sandbox::check_shell(&stage.stage.rootfs).with_context(|| format!("stage {stage_name}"))?;
+    let layers = lease_layers(ctx, &stage.stage.digest, &args.layers)?;
 
     let main_target = match args.layout {
         Layout::Modern => PathBuf::from("/var/db/repos/gentoo"),
@@ -250,6 +258,7 @@ fn resolve(
     Ok(Resolved {
         stage_name,
         stage,
+        layers,
         trees,
         caches,
         conf,
@@ -277,7 +286,7 @@ fn check_ref(git_dir: &Path, name: &str, reference: &str) -> anyhow::Result<()> 
 
 /// Make every mount of this process private to it: called first, while the
 /// process is still single-threaded (unshare(CLONE_NEWNS) requires it).
-fn private_mount_namespace() -> anyhow::Result<()> {
+pub(super) fn private_mount_namespace() -> anyhow::Result<()> {
     use nix::mount::{mount, MsFlags};
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
         .context("creating the run's mount namespace (are you root?)")?;
@@ -315,6 +324,12 @@ fn mount_trees(trees: &[TreeRecord]) -> anyhow::Result<Vec<TreeMount>> {
 /// lives, so `stage rm` cannot pull it from under the overlays.
 fn lease_stage(ctx: &Ctx, name_or_digest: &str) -> anyhow::Result<StageLease> {
     Ok(StageStore::new(ctx.store.stages_dir(), ctx.store.tmp_dir()).lease(name_or_digest)?)
+}
+
+/// Lease the `--layer`s (bottom first) over the stage `digest`, checking
+/// that they were built over it in this order.
+fn lease_layers(ctx: &Ctx, digest: &str, names: &[String]) -> anyhow::Result<LayerLease> {
+    Ok(LayerStore::new(ctx.store.layers_dir(), ctx.store.tmp_dir()).lease(digest, names)?)
 }
 
 /// A tree mounted for the run; dropping it unmounts.
@@ -399,20 +414,73 @@ fn handle_signals(
 
 /// `portroot run`.
 pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
-    let started = Instant::now();
     let jobs = read_jobs(&args)?;
+    let workers = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let batch = Batch {
+        stage: &args.stage,
+        tag: &args.tag,
+        chroot: &args.chroot,
+        jobs,
+        workers,
+        keep: args.keep,
+    };
+    run_batch(ctx, batch, &mut |_| Ok(()))
+}
+
+/// The jobs of one run, from `run`'s command line or made up by `layer create`.
+pub(super) struct Batch<'a> {
+    /// The stage as the user named it.
+    pub stage: &'a str,
+    /// The main tree's tag.
+    pub tag: &'a str,
+    /// Everything else the chroots are made of.
+    pub chroot: &'a ChrootArgs,
+    /// The jobs.
+    pub jobs: Vec<Job>,
+    /// How many run at once.
+    pub workers: usize,
+    /// `--keep`.
+    pub keep: bool,
+}
+
+/// What [`run_batch`] hands its caller once every job ended and the trees are
+/// unmounted, before the chroots are removed.
+pub(super) struct Finished<'a> {
+    /// The run directory (still locked).
+    pub run_dir: &'a RunDir,
+    /// Its record.
+    pub record: &'a RunRecord,
+    /// How each job went.
+    pub outcomes: &'a [JobOutcome],
+    /// Whether SIGINT or SIGTERM stopped the run.
+    pub interrupted: bool,
+}
+
+/// Run `batch` as `portroot run` does; `finish` sees the jobs' chroots before
+/// they are removed (`layer create` takes the upper directory from there).
+pub(super) fn run_batch(
+    ctx: &Ctx,
+    batch: Batch<'_>,
+    finish: &mut dyn FnMut(Finished<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let Batch {
+        jobs,
+        workers,
+        keep,
+        ..
+    } = batch;
     let id = runs::new_run_id(SystemTime::now());
     let runs_dir = ctx.store.runs_dir();
     let resolved = resolve(
         ctx,
-        &args.stage,
-        &args.tag,
-        &args.chroot,
+        batch.stage,
+        batch.tag,
+        batch.chroot,
         &runs_dir.join(&id),
     )?;
-    let workers = args
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if workers == 0 {
         bail!("--jobs must be at least 1");
     }
@@ -422,7 +490,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut record = run_record(
         &id,
         &resolved,
-        args.keep,
+        keep,
         jobs.iter().map(|j| j.name.clone()).collect(),
     );
     // Before any thread exists (the FUSE sessions start some), so that every
@@ -480,7 +548,14 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Err(e) = std::fs::remove_dir_all(run_dir.path.join("repos")) {
         cleanup_err.get_or_insert(anyhow::Error::from(e).context("removing the tree mount points"));
     }
-    let keep = args.keep && signal.load(Ordering::SeqCst) == 0;
+    let finish_err = finish(Finished {
+        run_dir: &run_dir,
+        record: &record,
+        outcomes: &outcomes,
+        interrupted: signal.load(Ordering::SeqCst) != 0,
+    })
+    .err();
+    let keep = keep && signal.load(Ordering::SeqCst) == 0;
     for o in &outcomes {
         let dir = run_dir.job(&o.name);
         if !keep {
@@ -494,7 +569,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     print_table(&outcomes, &run_dir.path);
     let nfailed = outcomes.iter().filter(|o| !o.status.success()).count();
     info!(run = %id, jobs = total, failed = nfailed, secs = started.elapsed().as_secs_f64(), "run finished");
-    if let Some(e) = cleanup_err {
+    if let Some(e) = finish_err.or(cleanup_err) {
         return Err(e);
     }
     let sig = signal.load(Ordering::SeqCst);
@@ -572,7 +647,18 @@ fn run_record(id: &str, resolved: &Resolved, keep: bool, jobs: Vec<String>) -> R
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         stage: resolved.stage_name.clone(),
-        layers: vec![resolved.stage.stage.rootfs.clone()],
+        layers: resolved
+            .layers
+            .lowers_top_first()
+            .into_iter()
+            .chain([resolved.stage.stage.rootfs.clone()])
+            .collect(),
+        layer_names: resolved
+            .layers
+            .layers
+            .iter()
+            .map(|l| l.record.name.clone())
+            .collect(),
         stage_digest: resolved.stage.stage.digest.clone(),
         trees: resolved.trees.clone(),
         caches: resolved.caches.clone(),
@@ -588,7 +674,7 @@ fn run_record(id: &str, resolved: &Resolved, keep: bool, jobs: Vec<String>) -> R
 pub fn shell(ctx: &Ctx, args: ShellArgs) -> anyhow::Result<ExitCode> {
     let runs_dir = ctx.store.runs_dir();
     let term = std::env::var("TERM").ok();
-    let (run_dir, record, job, remove_after, _stage) =
+    let (run_dir, record, job, remove_after, _leases) =
         if let (Some(id), Some(job)) = (&args.run, &args.job) {
             let (run_dir, record) = RunDir::reopen(&runs_dir, id)?;
             if !record.jobs.contains(job) {
@@ -598,8 +684,9 @@ pub fn shell(ctx: &Ctx, args: ShellArgs) -> anyhow::Result<ExitCode> {
                 bail!("run {id} did not keep job {job} (run it with --keep)");
             }
             let stage = lease_stage(ctx, &record.stage_digest)?;
+            let layers = lease_layers(ctx, &record.stage_digest, &record.layer_names)?;
             private_mount_namespace()?;
-            (run_dir, record, job.clone(), false, stage)
+            (run_dir, record, job.clone(), false, (stage, layers))
         } else {
             let id = runs::new_run_id(SystemTime::now());
             let (Some(stage), Some(tag)) = (&args.stage, &args.tag) else {
@@ -614,7 +701,7 @@ pub fn shell(ctx: &Ctx, args: ShellArgs) -> anyhow::Result<ExitCode> {
                 record,
                 "shell".to_owned(),
                 true,
-                resolved.stage,
+                (resolved.stage, resolved.layers),
             )
         };
     let result = (|| -> anyhow::Result<i32> {
@@ -698,9 +785,12 @@ pub fn gc(ctx: &Ctx, args: GcArgs) -> anyhow::Result<ExitCode> {
     // A killed `stage add` or `stage rm` leaves its scratch directory in tmp/.
     let stage_leftovers =
         StageStore::new(ctx.store.stages_dir(), ctx.store.tmp_dir()).collect_garbage()?;
+    // Likewise a killed `layer create` (while committing) or `layer rm`.
+    let layer_leftovers =
+        LayerStore::new(ctx.store.layers_dir(), ctx.store.tmp_dir()).collect_garbage()?;
     if !ctx.quiet {
         eprintln!(
-            "removed {} run(s) and {stage_leftovers} stage leftover(s); {} live, {} finished kept",
+            "removed {} run(s), {stage_leftovers} stage and {layer_leftovers} layer leftover(s); {} live, {} finished kept",
             report.removed.len(),
             report.live,
             report.kept
