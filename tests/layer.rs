@@ -208,6 +208,23 @@ fn stacked_layers_need_their_chain() {
         ),
     );
     assert_eq!(log, "1\none-gone\n");
+    // shell stacks them the same way.
+    let mut shell = util::portroot(&rs.store());
+    shell
+        .args(["shell", "--stage", "test", "--tag", TAG, "--layer", "one"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = shell.spawn().unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"cat /etc/one\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n");
     let json: serde_json::Value =
         serde_json::from_slice(&fs::read(layer_dir(&rs, "two").join("layer.json")).unwrap())
             .unwrap();
@@ -325,6 +342,15 @@ fn failed_or_interrupted_create_leaves_no_layer() {
     // The name is free again.
     util::ok(&mut create(&rs, "killed", &[], "true"));
     assert!(layer_dir(&rs, "killed").join("upper").is_dir());
+
+    // What a SIGKILL while committing leaves in tmp/ goes with `gc`.
+    let orphan = rs.store().join("tmp/layer-new-orphan-x1");
+    fs::create_dir_all(orphan.join("upper/etc")).unwrap();
+    let gc = util::run(util::portroot(&rs.store()).arg("gc"));
+    assert!(gc.status.success());
+    assert!(stderr(&gc).contains("1 layer leftover"), "{}", stderr(&gc));
+    assert!(!orphan.exists());
+    assert_no_leftovers(&rs);
 }
 
 #[test]
@@ -379,6 +405,9 @@ fn a_used_layer_is_shared_and_cannot_be_removed() {
     util::ok(rs.run().args(["--keep", "--layer", "base", "--", "true"]));
     let err = util::fails(util::portroot(&rs.store()).args(["layer", "rm", "base"]), 1);
     assert!(err.contains("layer base is busy: run "), "{err}");
+    // And so does the stage below it.
+    let err = util::fails(util::portroot(&rs.store()).args(["stage", "rm", "test"]), 1);
+    assert!(err.contains("stage test is busy: run "), "{err}");
     util::ok(util::portroot(&rs.store()).args(["gc", "--all"]));
     util::ok(util::portroot(&rs.store()).args(["layer", "rm", "base"]));
     assert!(!layer_dir(&rs, "base").exists());
@@ -510,6 +539,8 @@ fn export_of_stage_and_layers_reads_back_identically() {
         return;
     }
     let rs = RunStore::new();
+    // `rs.rootfs()` picks any stage; there will be three.
+    let stage_root = rs.rootfs();
     // Copy-ups keep xattrs (the capability, the user.* one) under new modes
     // and owners; a hardlink made in the layer; a deletion; a new subtree.
     util::ok(&mut create(
@@ -539,6 +570,7 @@ fn export_of_stage_and_layers_reads_back_identically() {
             .arg(&out_file),
     );
     assert!(printed.contains("exported test to"), "{printed}");
+
     assert_no_leftovers(&rs);
     util::ok(
         util::portroot(&rs.store())
@@ -555,7 +587,7 @@ fn export_of_stage_and_layers_reads_back_identically() {
         let lowers = [
             layer_dir(&rs, "two").join("upper"),
             layer_dir(&rs, "one").join("upper"),
-            rs.rootfs(),
+            stage_root.clone(),
         ];
         let _view = View::mount(&lowers, &rs.tmp.path().join("view"));
         tree(&rs.tmp.path().join("view"))
@@ -604,7 +636,7 @@ fn export_of_stage_and_layers_reads_back_identically() {
             .resolve("plain")
             .unwrap()
             .rootfs;
-    assert_same_tree(&tree(&plain_root), &tree(&rs.rootfs()));
+    assert_same_tree(&tree(&plain_root), &tree(&stage_root));
 
     // Bad input: one line, nothing written.
     let bad = rs.tmp.path().join("bad.tar.xz");

@@ -484,12 +484,16 @@ impl PendingLayer {
     /// them as written: they are written again by every run, and appending
     /// `make.conf` lines per layer would pile them up. The job's own changes
     /// to those files are kept.
+    ///
+    /// `cancelled` is asked last, before the layer is renamed into place: an
+    /// interrupt up to then leaves no layer.
     pub fn commit(
         self,
         upper: &Path,
         lowers: &[PathBuf],
         writes: &RunnerWrites,
         prov: Provenance,
+        cancelled: &dyn Fn() -> bool,
     ) -> Result<Layer> {
         let tmp = &self.store.tmp;
         fs::create_dir_all(tmp).map_err(io("creating", tmp))?;
@@ -534,6 +538,12 @@ impl PendingLayer {
         fs::set_permissions(staging.path(), fs::Permissions::from_mode(0o755))
             .map_err(io("changing mode of", staging.path()))?;
         let dest = self.store.layers.join(&self.name);
+        if cancelled() {
+            return Err(Error::Invalid(format!(
+                "interrupted: layer {} not created",
+                self.name
+            )));
+        }
         nix::fcntl::renameat2(
             nix::fcntl::AT_FDCWD,
             staging.path(),

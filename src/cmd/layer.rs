@@ -144,7 +144,7 @@ fn create(ctx: &Ctx, layers: &LayerStore, a: CreateArgs) -> anyhow::Result<ExitC
         let Some(outcome) = done.outcomes.first() else {
             return Ok(());
         };
-        if done.interrupted || !outcome.status.success() {
+        if (done.interrupted)() || !outcome.status.success() {
             return Ok(());
         }
         let Some(pending) = pending.take() else {
@@ -193,10 +193,12 @@ fn create(ctx: &Ctx, layers: &LayerStore, a: CreateArgs) -> anyhow::Result<ExitC
             exit_status: 0,
         };
         let upper = done.run_dir.job(&outcome.name).upper();
-        let layer = pending
-            .commit(&upper, &record.layers, &writes, prov)
-            .with_context(|| format!("creating layer {}", a.name))?;
-        created = Some(layer);
+        match pending.commit(&upper, &record.layers, &writes, prov, done.interrupted) {
+            Ok(layer) => created = Some(layer),
+            // The run reports the signal; nothing was kept.
+            Err(_) if (done.interrupted)() => {}
+            Err(e) => return Err(e).with_context(|| format!("creating layer {}", a.name)),
+        }
         Ok(())
     })?;
     if let Some(layer) = created {

@@ -454,8 +454,9 @@ pub(super) struct Finished<'a> {
     pub record: &'a RunRecord,
     /// How each job went.
     pub outcomes: &'a [JobOutcome],
-    /// Whether SIGINT or SIGTERM stopped the run.
-    pub interrupted: bool,
+    /// Whether SIGINT or SIGTERM stopped the run (so far: a signal may still
+    /// come while the caller works).
+    pub interrupted: &'a dyn Fn() -> bool,
 }
 
 /// Run `batch` as `portroot run` does; `finish` sees the jobs' chroots before
@@ -552,7 +553,7 @@ pub(super) fn run_batch(
         run_dir: &run_dir,
         record: &record,
         outcomes: &outcomes,
-        interrupted: signal.load(Ordering::SeqCst) != 0,
+        interrupted: &|| signal.load(Ordering::SeqCst) != 0,
     })
     .err();
     let keep = keep && signal.load(Ordering::SeqCst) == 0;

@@ -94,6 +94,15 @@ pub fn run(ctx: &Ctx, cmd: StageCmd) -> anyhow::Result<ExitCode> {
         StageCmd::Export(a) => export(ctx, &stages, a),
         StageCmd::Rm(a) => {
             let stage = stages.resolve(&a.name)?;
+            // Live runs hold the stage's lock; finished runs that kept their
+            // chroots (`--keep`) hold nothing but still sit on it.
+            let users = portroot_runner::run::runs_using(&ctx.store.runs_dir(), &stage.rootfs)?;
+            if let Some(run) = users.first() {
+                anyhow::bail!(
+                    "stage {} is busy: run {run} uses it (`portroot gc --all` removes finished runs)",
+                    a.name
+                );
+            }
             stages.remove(&a.name)?;
             println!(
                 "removed {} (sha256 {})",
