@@ -183,6 +183,11 @@ fn layer_changes_show_in_runs_and_nothing_else_does() {
     let list = util::ok(util::portroot(&rs.store()).args(["layer", "list"]));
     assert!(list.starts_with("NAME"), "{list}");
     assert!(list.contains("base") && list.contains("stage "), "{list}");
+    let listed: serde_json::Value = serde_json::from_str(&util::ok(
+        util::portroot(&rs.store()).args(["layer", "list", "--json"]),
+    ))
+    .unwrap();
+    assert_eq!(listed, serde_json::json!([json]));
     assert_no_leftovers(&rs);
 }
 

@@ -11,6 +11,7 @@
 //! layers/.<name>.create      flock'ed while `layer create NAME` runs
 //! tmp/layer-new-*            a layer being committed (flock'ed while live)
 //! tmp/layer-rm-*             a layer being deleted
+//! tmp/export-*               `stage export`'s mount point for the merged view
 //! ```
 //!
 //! A layer is only usable over exactly the stage and parent layers it was
@@ -390,8 +391,8 @@ impl LayerStore {
         Ok(())
     }
 
-    /// Remove what interrupted creates and removals left in `tmp/` (those not
-    /// locked by a live process). Returns how many went.
+    /// Remove what interrupted creates, removals and `stage export`s left in
+    /// `tmp/` (those not locked by a live process). Returns how many went.
     pub fn collect_garbage(&self) -> Result<usize> {
         let rd = match fs::read_dir(&self.tmp) {
             Ok(rd) => rd,
@@ -403,8 +404,8 @@ impl LayerStore {
             let entry = entry.map_err(io("reading", &self.tmp))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
-            if !(name.starts_with("layer-new-") || name.starts_with("layer-rm-")) || !path.is_dir()
-            {
+            let ours = ["layer-new-", "layer-rm-", "export-"];
+            if !ours.iter().any(|p| name.starts_with(p)) || !path.is_dir() {
                 continue;
             }
             let dir = File::open(&path).map_err(io("opening", &path))?;

@@ -88,7 +88,8 @@ Examples:
   portroot run --stage stage4 --tag 2026-08-20 -- emerge -e world
   portroot run --stage stage4 --tag 2026-08-20 -- 'emerge -e world && eclean-pkg'
   printf 'bash\\temerge -1 app-shells/bash\\n' | portroot run --stage stage4 --tag 2026-08-20 --job-file -
-  portroot run --stage stage4 --tag 2026-08-20 --repeat 8 --network none --keep -- make check")]
+  portroot run --stage stage4 --tag 2026-08-20 --repeat 8 --network none --keep -- make check
+  portroot run --stage stage4 --layer python --layer sci --tag 2026-08-20 -- emerge -1 numpy")]
 pub struct RunArgs {
     /// The stage (name or digest) the chroots are layered over.
     #[arg(long, value_name = "STAGE")]

@@ -189,18 +189,25 @@ fn export(ctx: &Ctx, stages: &StageStore, a: ExportArgs) -> anyhow::Result<ExitC
         super::run::private_mount_namespace()?;
         let tmp = ctx.store.tmp_dir();
         std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        Some(
-            tempfile::Builder::new()
-                .prefix("export-")
-                .tempdir_in(&tmp)
-                .with_context(|| format!("creating a directory in {}", tmp.display()))?,
+        let dir = tempfile::Builder::new()
+            .prefix("export-")
+            .tempdir_in(&tmp)
+            .with_context(|| format!("creating a directory in {}", tmp.display()))?;
+        // Held while we export, so `gc` leaves the scratch directory alone.
+        let lock = nix::fcntl::Flock::lock(
+            std::fs::File::open(dir.path())
+                .with_context(|| format!("opening {}", dir.path().display()))?,
+            nix::fcntl::FlockArg::LockExclusive,
         )
+        .map_err(|(_, e)| e)
+        .with_context(|| format!("locking {}", dir.path().display()))?;
+        Some((dir, lock))
     } else {
         None
     };
     let view_dir = scratch
         .as_ref()
-        .map(|d| d.path().join("view"))
+        .map(|(d, _)| d.path().join("view"))
         .unwrap_or_default();
     let view = LowerView::mount(&lowers, &view_dir)?;
     let bar = ctx.progress().then(|| {
