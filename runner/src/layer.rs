@@ -626,7 +626,9 @@ impl Drop for LowerView {
 /// as the runner left them; `lower` is the view the job started from.
 fn strip_runner_writes(upper: &Path, lower: &Path, w: &RunnerWrites) -> Result<()> {
     let portage = Path::new("etc/portage");
-    let make_conf = if lower.join(portage).join("make.conf").is_dir() {
+    let make_conf = if plain_path(lower, &portage.join("make.conf"))
+        && fs::symlink_metadata(lower.join(portage).join("make.conf")).is_ok_and(|m| m.is_dir())
+    {
         portage.join("make.conf/zz-portroot.conf")
     } else {
         portage.join("make.conf")
@@ -636,7 +638,11 @@ fn strip_runner_writes(upper: &Path, lower: &Path, w: &RunnerWrites) -> Result<(
         appended.push((portage.join("mirrors"), m.into_bytes()));
     }
     for (rel, ours) in appended {
-        let before = read_regular(&lower.join(&rel))?.unwrap_or_default();
+        let before = if plain_path(lower, &rel) {
+            read_regular(&lower.join(&rel))?.unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let mut want = before;
         want.extend_from_slice(&ours);
         unwrite(upper, &rel, &want, Some(&ours))?;
@@ -668,6 +674,9 @@ fn strip_runner_writes(upper: &Path, lower: &Path, w: &RunnerWrites) -> Result<(
 /// made of the lower file), drop it so the lower file shows again. If it only
 /// ends with `appended`, the job edited it too: keep its edits, cut ours.
 fn unwrite(upper: &Path, rel: &Path, want: &[u8], appended: Option<&[u8]>) -> Result<()> {
+    if !plain_path(upper, rel) {
+        return Ok(());
+    }
     let path = upper.join(rel);
     let Some(have) = read_regular(&path)? else {
         return Ok(());
@@ -694,6 +703,9 @@ fn unwrite(upper: &Path, rel: &Path, want: &[u8], appended: Option<&[u8]>) -> Re
 /// view: absent below (a mount point the runner made) or present with the same
 /// mode and owner and not opaque.
 fn prune_dir(upper: &Path, lower: &Path, rel: &Path) -> Result<()> {
+    if !plain_path(upper, rel) || !plain_path(lower, rel) {
+        return Ok(());
+    }
     let path = upper.join(rel);
     let Ok(md) = fs::symlink_metadata(&path) else {
         return Ok(());
@@ -727,7 +739,25 @@ fn prune_dir(upper: &Path, lower: &Path, rel: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether every directory on the way from `root` to `rel` that exists is a
+/// real directory, not a symlink: the job wrote the upper directory and could have made
+/// `etc` a link to a host path, which we must never act on.
+fn plain_path(root: &Path, rel: &Path) -> bool {
+    let mut dir = root.to_owned();
+    for comp in rel.parent().into_iter().flat_map(Path::components) {
+        dir.push(comp);
+        match fs::symlink_metadata(&dir) {
+            Ok(md) if md.is_dir() => {}
+            // Nothing there: nothing to follow either.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return true,
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// The content of `path` if it is a regular file (not following symlinks).
+/// Callers check the directories on the way with [`plain_path`].
 fn read_regular(path: &Path) -> Result<Option<Vec<u8>>> {
     match fs::symlink_metadata(path) {
         Ok(md) if md.is_file() => fs::read(path).map(Some).map_err(io("reading", path)),
@@ -852,6 +882,20 @@ mod tests {
         unwrite(&upper, Path::new("etc/c"), b"base\nours\n", Some(b"ours\n")).unwrap();
         assert_eq!(fs::read(upper.join("etc/c")).unwrap(), b"base\njob\n");
         unwrite(&upper, Path::new("etc/missing"), b"x", None).unwrap();
+    }
+
+    #[test]
+    fn symlinked_directories_are_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (upper, outside) = (dir.path().join("u"), dir.path().join("host"));
+        fs::create_dir_all(outside.join("portage")).unwrap();
+        fs::create_dir_all(&upper).unwrap();
+        fs::write(outside.join("portage/make.conf"), "ours\n").unwrap();
+        std::os::unix::fs::symlink(&outside, upper.join("etc")).unwrap();
+        unwrite(&upper, Path::new("etc/portage/make.conf"), b"ours\n", None).unwrap();
+        assert!(outside.join("portage/make.conf").exists());
+        assert!(plain_path(&outside, Path::new("portage/make.conf")));
+        assert!(!plain_path(&upper, Path::new("etc/portage/make.conf")));
     }
 
     #[test]

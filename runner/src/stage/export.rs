@@ -67,7 +67,9 @@ pub fn export_tree(root: &Path, out: &Path, progress: &dyn Fn(u64, u64)) -> Resu
         .map_err(io("opening", tmp.path()))?;
     let xz = xz2::write::XzEncoder::new_stream(BufWriter::with_capacity(1 << 20, file), stream);
     let mut writer = Writer {
-        tar: tar::Builder::new(xz),
+        // tar writes 512-byte headers one by one: batch them, or every one
+        // is a call into the multi-threaded encoder.
+        tar: tar::Builder::new(BufWriter::with_capacity(1 << 20, xz)),
         root: root.to_owned(),
         out: out.to_owned(),
         links: HashMap::new(),
@@ -77,7 +79,12 @@ pub fn export_tree(root: &Path, out: &Path, progress: &dyn Fn(u64, u64)) -> Resu
     writer.entry(Path::new(""))?;
     writer.dir(Path::new(""))?;
     let stats = writer.stats;
-    let xz = writer.tar.into_inner().map_err(io("writing", out))?;
+    let xz = writer
+        .tar
+        .into_inner()
+        .map_err(io("writing", out))?
+        .into_inner()
+        .map_err(|e| io("writing", out)(e.into_error()))?;
     let mut buf = xz.finish().map_err(io("writing", out))?;
     buf.flush().map_err(io("writing", out))?;
     let file = buf
