@@ -28,7 +28,7 @@ use tracing_subscriber::EnvFilter;
     name = "portroot",
     version,
     propagate_version = true,
-    after_help = "Examples:\n  portroot snapshot import gentoo-20260820.tar.xz\n  portroot mount --tag 2026-08-20 /mnt/gentoo\n  portroot run --stage stage4 --tag 2026-08-20 --jobs 8 -- emerge -e world"
+    after_help = "Examples:\n  portroot snapshot import gentoo-20260820.tar.xz\n  portroot mount --tag 2026-08-20 /mnt/gentoo\n  portroot run --stage stage4 --tag 2026-08-20 --jobs 8 -- emerge -e world\n\nDefaults come from /etc/portroot/portroot.toml (or --config) and STORE/config.toml;\nsee `portroot config example` and `portroot config show`."
 )]
 struct Cli {
     /// The store directory (repositories, stages, layers, runs, binpkgs).
@@ -48,12 +48,13 @@ struct Cli {
     #[arg(long, global = true, env = "PORTROOT_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// Read no configuration file: built-in defaults and flags only.
+    /// Read no configuration file (not even --config's): built-in defaults
+    /// and flags only.
     #[arg(
         long,
         global = true,
         env = "PORTROOT_NO_CONFIG",
-        conflicts_with = "config"
+        value_parser = clap::builder::BoolishValueParser::new()
     )]
     no_config: bool,
 

@@ -121,8 +121,12 @@ fn show_merges_the_given_file_and_the_stores_key_by_key() {
             .args(["config", "show"]),
     );
     assert_eq!(out, out2);
-    // --no-config reads neither file.
-    let out = util::ok(env.portroot().args(["--no-config", "config", "show"]));
+    // --no-config reads neither file, even with PORTROOT_CONFIG set.
+    let out = util::ok(env.portroot().env("PORTROOT_CONFIG", &site).args([
+        "--no-config",
+        "config",
+        "show",
+    ]));
     assert!(
         out.starts_with("# no configuration file: built-in defaults\n"),
         "{out}"
