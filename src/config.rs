@@ -49,7 +49,7 @@ pub enum ConfigError {
         path: PathBuf,
     },
     /// The file exists but cannot be read (permissions, not UTF-8, ...).
-    #[error("{path}: reading the configuration: {source}", path = path.display())]
+    #[error("{path}: reading the configuration", path = path.display())]
     Read {
         /// The file.
         path: PathBuf,

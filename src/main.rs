@@ -131,7 +131,7 @@ fn main() -> ExitCode {
         ) {
             Ok(loaded) => loaded,
             Err(err) => {
-                eprintln!("portroot: {err}");
+                eprintln!("portroot: {:#}", anyhow::Error::from(err));
                 return ExitCode::from(2);
             }
         }

@@ -224,6 +224,21 @@ fn missing_explicit_config_is_an_error_missing_default_is_not() {
         2,
     );
     assert!(err.contains("no such configuration file"), "{err}");
+    // Unreadable: the reason follows the file's name, still on one line.
+    let err = util::fails(
+        env.portroot()
+            .arg("--config")
+            .arg(env.tmp.path())
+            .args(["stage", "list"]),
+        2,
+    );
+    assert!(
+        err.starts_with(&format!(
+            "portroot: {}: reading the configuration: ",
+            env.tmp.path().display()
+        )) && err.lines().count() == 1,
+        "{err}"
+    );
     // No store config.toml and (on a test machine) no site file: fine.
     util::ok(env.portroot().args(["stage", "list"]));
 }
