@@ -565,3 +565,36 @@ fn mount_takes_cache_size_and_threads_from_config_and_flags_override() {
     check(&["--cache-size", "1M", "--threads", "1"], "1048576", "1");
     util::assert_no_mounts_under(env.tmp.path());
 }
+
+#[test]
+fn shell_serves_the_configured_repo_in_the_configured_layout() {
+    if !util::require_root() {
+        return;
+    }
+    let rs = crate::runner::RunStore::new();
+    let store = rs.store();
+    // The store's `extra` repository (branch main) as the gentoo tree.
+    fs::write(
+        store.join("config.toml"),
+        "repo = \"extra\"\n[run]\nlayout = \"usr-portage\"\nnetwork = \"none\"\n",
+    )
+    .unwrap();
+    let mut shell = util::portroot(&store);
+    shell
+        .args(["shell", "--stage", "test", "--tag", "main"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = shell.spawn().unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"cat /usr/portage/profiles/repo_name; wc -l < /proc/net/dev\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // Two header lines and loopback: no other device without the network.
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "extra\n3\n");
+    util::assert_no_mounts_under(rs.tmp.path());
+}
