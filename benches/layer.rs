@@ -119,6 +119,8 @@ fn main() {
             pkgdir: "/var/cache/binpkgs".into(),
             local_mirror: None,
             resolv_conf: None,
+            features: Vec::new(),
+            make_conf_lines: Vec::new(),
         },
         resolv_conf: None,
         mount_targets: vec![PathBuf::from("/proc")],

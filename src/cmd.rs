@@ -2,6 +2,7 @@
 //! into the library crates; nothing here is reused by tests, which drive the
 //! real binary instead.
 
+pub mod config;
 pub mod demo;
 pub mod layer;
 pub mod mount;
@@ -21,6 +22,9 @@ pub struct Ctx {
     /// Whether the store was named (`--store` or `PORTROOT_STORE`) rather
     /// than left at its default.
     pub store_given: bool,
+    /// The configuration files' defaults, loaded once in `main`; each command
+    /// takes a default as `flag.or(config).unwrap_or(built-in)`.
+    pub config: crate::config::Loaded,
 }
 
 impl Ctx {

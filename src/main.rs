@@ -4,9 +4,11 @@
 //!
 //! * `0`: done (including "no newer snapshot");
 //! * `1`: the command failed; one line on stderr says what and where;
-//! * `2`: the command line itself was wrong (clap's usage errors).
+//! * `2`: the command line itself was wrong (clap's usage errors), or a
+//!   configuration file is (one line: `FILE:LINE:COLUMN: what`).
 
 mod cmd;
+mod config;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,7 +28,7 @@ use tracing_subscriber::EnvFilter;
     name = "portroot",
     version,
     propagate_version = true,
-    after_help = "Examples:\n  portroot snapshot import gentoo-20260820.tar.xz\n  portroot mount --tag 2026-08-20 /mnt/gentoo\n  portroot run --stage stage4 --tag 2026-08-20 --jobs 8 -- emerge -e world"
+    after_help = "Examples:\n  portroot snapshot import gentoo-20260820.tar.xz\n  portroot mount --tag 2026-08-20 /mnt/gentoo\n  portroot run --stage stage4 --tag 2026-08-20 --jobs 8 -- emerge -e world\n\nDefaults come from /etc/portroot/portroot.toml (or --config) and STORE/config.toml;\nsee `portroot config example` and `portroot config show`."
 )]
 struct Cli {
     /// The store directory (repositories, stages, layers, runs, binpkgs).
@@ -40,6 +42,21 @@ struct Cli {
     /// Less output: no progress bars, only errors and final summaries.
     #[arg(short, long, global = true)]
     quiet: bool,
+
+    /// The configuration file [default: /etc/portroot/portroot.toml if it
+    /// exists]; STORE/config.toml overrides it key by key, flags override both.
+    #[arg(long, global = true, env = "PORTROOT_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Read no configuration file (not even --config's): built-in defaults
+    /// and flags only.
+    #[arg(
+        long,
+        global = true,
+        env = "PORTROOT_NO_CONFIG",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    no_config: bool,
 
     #[command(subcommand)]
     command: Command,
@@ -68,6 +85,9 @@ enum Command {
     Ps(cmd::run::PsArgs),
     /// Remove what killed runs left behind in the store.
     Gc(cmd::run::GcArgs),
+    /// Show the effective configuration, or print an example file.
+    #[command(subcommand)]
+    Config(cmd::config::ConfigCmd),
     /// Run the whole workflow on built-in demo data, offline (as root).
     Demo(cmd::demo::DemoArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
@@ -99,10 +119,33 @@ fn main() -> ExitCode {
         Err(err) => err.exit(),
     };
     init_logging(cli.verbose, cli.quiet);
+    // Commands that take no defaults must work whatever the files say: the
+    // sandbox helper and the shell's generated completions above all.
+    let needs_config = !cli.no_config
+        && !matches!(
+            cli.command,
+            Command::Internal(_) | Command::Completions { .. } | Command::Man
+        );
+    let config = if needs_config {
+        match config::Loaded::load(
+            cli.config.as_deref(),
+            std::path::Path::new(config::SITE_CONFIG),
+            &cli.store,
+        ) {
+            Ok(loaded) => loaded,
+            Err(err) => {
+                eprintln!("portroot: {:#}", anyhow::Error::from(err));
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        config::Loaded::default()
+    };
     let ctx = cmd::Ctx {
         store: Store::new(&cli.store),
         quiet: cli.quiet,
         store_given,
+        config,
     };
     let result = match cli.command {
         Command::Snapshot(c) => cmd::snapshot::run(&ctx, c),
@@ -115,6 +158,7 @@ fn main() -> ExitCode {
         Command::Ps(a) => cmd::run::ps(&ctx, a),
         Command::Gc(a) => cmd::run::gc(&ctx, a),
         Command::Internal(c) => cmd::run::internal(&ctx, c),
+        Command::Config(c) => cmd::config::run(&ctx, c),
         Command::Demo(a) => cmd::demo::demo(&ctx, a),
         Command::Completions { shell } => print_completions(shell),
         Command::Man => print_man(),

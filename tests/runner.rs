@@ -226,6 +226,8 @@ impl Sandbox {
                 pkgdir: "/var/cache/binpkgs".into(),
                 local_mirror: Some("http://mirror.invalid/gentoo".into()),
                 resolv_conf: Some(b"nameserver 192.0.2.53\n".to_vec()),
+                features: Vec::new(),
+                make_conf_lines: Vec::new(),
             },
             network: Network::Host,
             command: sandbox::Command::Script(script.into()),

@@ -5,6 +5,7 @@
 mod util;
 
 mod cli;
+mod config;
 mod fs_mount;
 mod import;
 mod layer;

@@ -11,10 +11,13 @@ pub fn bin() -> PathBuf {
 }
 
 /// A `portroot` command with `--store STORE` set and the host's
-/// `PORTROOT_STORE` and `RUST_LOG` cleared.
+/// `PORTROOT_STORE`, `PORTROOT_CONFIG` and `RUST_LOG` cleared. (A site
+/// /etc/portroot/portroot.toml still applies, as it would for a user.)
 pub fn portroot(store: &Path) -> Command {
     let mut c = Command::new(bin());
     c.env_remove("PORTROOT_STORE")
+        .env_remove("PORTROOT_CONFIG")
+        .env_remove("PORTROOT_NO_CONFIG")
         .env_remove("RUST_LOG")
         .arg("--store")
         .arg(store);

@@ -40,16 +40,33 @@ pub struct ChrootConf {
     pub local_mirror: Option<String>,
     /// The host's `/etc/resolv.conf`, read before entering the chroot.
     pub resolv_conf: Option<Vec<u8>>,
+    /// FEATURES words added after [`FEATURES`] (the caller checks that each
+    /// is one word without quotes). Absent in records written before it.
+    #[serde(default)]
+    pub features: Vec<String>,
+    /// Lines appended to `make.conf` after portroot's own, verbatim.
+    #[serde(default)]
+    pub make_conf_lines: Vec<String>,
 }
 
 impl ChrootConf {
     /// The lines appended to `make.conf`.
     pub fn make_conf(&self) -> String {
-        format!(
-            "\n# added by portroot\nFEATURES=\"${{FEATURES}} {FEATURES}\"\nDISTDIR=\"{}\"\nPKGDIR=\"{}\"\n",
+        let mut features = String::from(FEATURES);
+        for word in &self.features {
+            features.push(' ');
+            features.push_str(word);
+        }
+        let mut out = format!(
+            "\n# added by portroot\nFEATURES=\"${{FEATURES}} {features}\"\nDISTDIR=\"{}\"\nPKGDIR=\"{}\"\n",
             self.distdir.display(),
             self.pkgdir.display()
-        )
+        );
+        for line in &self.make_conf_lines {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
     }
 
     /// The whole of `repos.conf/gentoo.conf`.
@@ -137,7 +154,37 @@ mod tests {
             pkgdir: "/var/cache/binpkgs".into(),
             local_mirror: Some("http://mirror.lan/gentoo".into()),
             resolv_conf: Some(b"nameserver 10.0.0.1\n".to_vec()),
+            features: Vec::new(),
+            make_conf_lines: Vec::new(),
         }
+    }
+
+    #[test]
+    fn make_conf_adds_extra_features_and_lines_after_ours() {
+        let mut c = conf();
+        c.features = vec!["getbinpkg".into(), "-ipc-sandbox".into()];
+        c.make_conf_lines = vec!["MAKEOPTS=\"-j8\"".into(), "# note".into()];
+        let text = c.make_conf();
+        assert!(
+            text.contains(&format!(
+                "FEATURES=\"${{FEATURES}} {FEATURES} getbinpkg -ipc-sandbox\"\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("PKGDIR=\"/var/cache/binpkgs\"\nMAKEOPTS=\"-j8\"\n# note\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn records_without_the_extra_fields_still_load() {
+        let mut json = serde_json::to_value(conf()).unwrap();
+        let obj = json.as_object_mut().unwrap();
+        obj.remove("features");
+        obj.remove("make_conf_lines");
+        let back: ChrootConf = serde_json::from_value(json).unwrap();
+        assert_eq!(back, conf());
     }
 
     #[test]

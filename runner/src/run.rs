@@ -594,6 +594,8 @@ mod tests {
                 pkgdir: "/p".into(),
                 local_mirror: None,
                 resolv_conf: None,
+                features: Vec::new(),
+                make_conf_lines: Vec::new(),
             },
             network: Network::Host,
             keep: false,

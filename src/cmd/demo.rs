@@ -300,7 +300,11 @@ where
         .arg(store)
         .args(args)
         .stdin(Stdio::null())
-        .env_remove("PORTROOT_STORE");
+        .env_remove("PORTROOT_STORE")
+        // The demo shows built-in behaviour: a site keyring or layout must
+        // not change (or break) it.
+        .env_remove("PORTROOT_CONFIG")
+        .env("PORTROOT_NO_CONFIG", "1");
     cmd
 }
 

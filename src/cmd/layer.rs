@@ -23,7 +23,7 @@ use super::Ctx;
 pub enum LayerCmd {
     /// Run one job over a stage (and layers); if it exits 0, keep its changes
     /// as a named read-only layer.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List the layers in the store.
     List(ListArgs),
     /// Remove a layer (refused while a run uses it or a layer builds on it).
@@ -96,7 +96,7 @@ pub struct RmArgs {
 pub fn run(ctx: &Ctx, cmd: LayerCmd) -> anyhow::Result<ExitCode> {
     let layers = LayerStore::new(ctx.store.layers_dir(), ctx.store.tmp_dir());
     match cmd {
-        LayerCmd::Create(a) => create(ctx, &layers, a),
+        LayerCmd::Create(a) => create(ctx, &layers, *a),
         LayerCmd::List(a) => list(&layers, &a),
         LayerCmd::Rm(a) => {
             layers.remove(&a.name, &ctx.store.runs_dir())?;

@@ -39,14 +39,10 @@ const READY: &str = "ready";
     portroot mount --tag 2026-08-20 --foreground /mnt/gentoo   # Ctrl-C unmounts\n  \
     portroot umount /mnt/gentoo")]
 pub struct MountArgs {
-    /// A repository of the store (`repos/NAME.git`).
-    #[arg(
-        long,
-        value_name = "NAME",
-        default_value = "gentoo",
-        conflicts_with = "git_dir"
-    )]
-    pub repo: String,
+    /// A repository of the store (`repos/NAME.git`) [default: the config's
+    /// `repo`, else gentoo].
+    #[arg(long, value_name = "NAME", conflicts_with = "git_dir")]
+    pub repo: Option<String>,
 
     /// Any git repository instead: a bare repo or a `.git` directory.
     #[arg(long, value_name = "PATH")]
@@ -70,13 +66,14 @@ pub struct MountArgs {
     #[arg(long)]
     pub foreground: bool,
 
-    /// Object cache budget (bytes, or with a K, M or G suffix).
-    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
-    pub cache_size: u64,
+    /// Object cache budget (bytes, or with a K, M or G suffix) [default: the
+    /// config's `mount.cache_size`, else 256M].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub cache_size: Option<u64>,
 
-    /// FUSE worker threads.
-    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub threads: u16,
+    /// FUSE worker threads [default: the config's `mount.threads`, else 2].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub threads: Option<u16>,
 
     /// Internal: report readiness (or the error) on this inherited fd.
     #[arg(long, hide = true, value_name = "FD")]
@@ -95,7 +92,7 @@ pub struct UmountArgs {
 }
 
 /// Parse `1048576`, `512K`, `256M`, `1G` (also `MiB`, `GiB`, binary units).
-fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let lower = t.to_ascii_lowercase();
     let digits_end = lower
@@ -115,14 +112,32 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// `portroot mount`.
-pub fn mount(ctx: &Ctx, args: MountArgs) -> anyhow::Result<ExitCode> {
+pub fn mount(ctx: &Ctx, mut args: MountArgs) -> anyhow::Result<ExitCode> {
+    // Flags first, then the config, then the built-in defaults; resolved here
+    // so the daemon gets them as explicit flags.
+    let conf = &ctx.config.merged;
+    args.cache_size = Some(
+        args.cache_size
+            .or(conf.mount.cache_size)
+            .unwrap_or(crate::config::DEFAULT_CACHE_SIZE),
+    );
+    args.threads = Some(
+        args.threads
+            .or(conf.mount.threads)
+            .unwrap_or(crate::config::DEFAULT_THREADS),
+    );
     let git_dir = match &args.git_dir {
         Some(p) => p.clone(),
         None => {
-            if !portroot::store::is_valid_name(&args.repo) {
-                bail!("invalid repository name {:?}", args.repo);
+            let repo = args
+                .repo
+                .as_deref()
+                .or(conf.repo.as_deref())
+                .unwrap_or(portroot::store::DEFAULT_REPO);
+            if !portroot::store::is_valid_name(repo) {
+                bail!("invalid repository name {repo:?}");
             }
-            ctx.store.repo_path(&args.repo)
+            ctx.store.repo_path(repo)
         }
     };
     if !git_dir.exists() {
@@ -159,10 +174,11 @@ fn run_daemon(git_dir: &Path, args: &MountArgs) -> anyhow::Result<ExitCode> {
         signals()
             .thread_block()
             .context("blocking SIGINT/SIGTERM/SIGHUP")?;
+        let defaults = MountOptions::default();
         let opts = MountOptions {
-            cache_bytes: args.cache_size,
-            threads: usize::from(args.threads),
-            ..MountOptions::default()
+            cache_bytes: args.cache_size.unwrap_or(defaults.cache_bytes),
+            threads: args.threads.map_or(defaults.threads, usize::from),
+            ..defaults
         };
         portroot_fs::mount(git_dir, view(args), &args.mountpoint, &opts).with_context(
             || match &args.tag {
@@ -240,16 +256,21 @@ fn spawn_daemon(ctx: &Ctx, git_dir: &Path, args: &MountArgs) -> anyhow::Result<E
         .with_context(|| format!("resolving {}", args.mountpoint.display()))?;
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("creating a pipe")?;
     let mut cmd = Command::new(exe);
+    // Every default is resolved and passed as a flag: the daemon reads no
+    // configuration file.
     cmd.arg("--store")
         .arg(ctx.store.root())
+        .arg("--no-config")
         .args(["mount", "--foreground", "--ready-fd"])
         .arg(READY_FD.to_string())
         .arg("--git-dir")
-        .arg(&git_dir)
-        .arg("--cache-size")
-        .arg(args.cache_size.to_string())
-        .arg("--threads")
-        .arg(args.threads.to_string());
+        .arg(&git_dir);
+    if let Some(size) = args.cache_size {
+        cmd.arg("--cache-size").arg(size.to_string());
+    }
+    if let Some(threads) = args.threads {
+        cmd.arg("--threads").arg(threads.to_string());
+    }
     match &args.tag {
         Some(t) => cmd.arg("--tag").arg(t),
         None => cmd.arg("--all"),

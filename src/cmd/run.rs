@@ -38,7 +38,8 @@ use tracing::info;
 use super::Ctx;
 
 /// Where the portage tree and the caches appear inside the chroot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Layout {
     /// `/var/db/repos/gentoo` (current Gentoo default).
     Modern,
@@ -47,7 +48,8 @@ pub enum Layout {
 }
 
 /// `--network`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum NetworkArg {
     /// Share the host's network.
     Host,
@@ -62,15 +64,34 @@ pub struct ChrootArgs {
     /// read-only at /var/db/repos/NAME with its own repos.conf section.
     #[arg(long = "repo-ref", value_name = "NAME=REF")]
     repo_refs: Vec<String>,
-    /// Where the tree goes: /var/db/repos/gentoo or /usr/portage.
-    #[arg(long, value_enum, default_value = "modern")]
-    layout: Layout,
-    /// `none`: a network namespace with only loopback.
-    #[arg(long, value_enum, default_value = "host")]
-    network: NetworkArg,
-    /// URL written as the `local` mirror (fetch-restricted files).
+    /// Where the tree goes: /var/db/repos/gentoo or /usr/portage [default:
+    /// the config's `run.layout`, else modern].
+    #[arg(long, value_enum)]
+    layout: Option<Layout>,
+    /// `none`: a network namespace with only loopback [default: the config's
+    /// `run.network`, else host].
+    #[arg(long, value_enum)]
+    network: Option<NetworkArg>,
+    /// URL written as the `local` mirror (fetch-restricted files) [default:
+    /// the config's `run.local_mirror`].
     #[arg(long, value_name = "URL")]
     local_mirror: Option<String>,
+    /// FEATURES words added after portroot's own, e.g. "getbinpkg -sandbox"
+    /// [default: the config's `run.features`].
+    #[arg(long, value_name = "WORDS", allow_hyphen_values = true)]
+    features: Option<String>,
+    /// A line appended to make.conf; repeat for more. Replaces the config's
+    /// `run.make_conf_lines`.
+    #[arg(long = "make-conf", value_name = "LINE", allow_hyphen_values = true)]
+    make_conf_lines: Vec<String>,
+    /// The host directory shared as DISTDIR [default: the config's
+    /// `run.distfiles`, else STORE/distfiles].
+    #[arg(long, value_name = "DIR")]
+    distfiles: Option<PathBuf>,
+    /// The host directory shared as PKGDIR, where binary packages land
+    /// [default: the config's `run.binpkgs`, else STORE/binpkgs].
+    #[arg(long, value_name = "DIR")]
+    binpkgs: Option<PathBuf>,
     /// A layer (`portroot layer list`) stacked over the stage; repeat in the
     /// order they were built, bottom first: the last one named is on top.
     #[arg(long = "layer", value_name = "LAYER")]
@@ -99,7 +120,8 @@ pub struct RunArgs {
     tag: String,
     #[command(flatten)]
     chroot: ChrootArgs,
-    /// How many chroots run at once (default: the number of CPUs).
+    /// How many chroots run at once [default: the config's `run.jobs`, else
+    /// the number of CPUs].
     #[arg(long, short = 'j', value_name = "N")]
     jobs: Option<usize>,
     /// Run the command as N jobs named 1..N.
@@ -194,11 +216,12 @@ fn resolve(
     run_dir: &Path,
 ) -> anyhow::Result<Resolved> {
     let (stage_name, tag) = (stage_name.to_owned(), tag.to_owned());
+    let defaults = chroot_defaults(ctx, args)?;
     let stage = lease_stage(ctx, &stage_name)?;
     sandbox::check_shell(&stage.stage.rootfs).with_context(|| format!("stage {stage_name}"))?;
     let layers = lease_layers(ctx, &stage.stage.digest, &args.layers)?;
 
-    let main_target = match args.layout {
+    let main_target = match defaults.layout {
         Layout::Modern => PathBuf::from("/var/db/repos/gentoo"),
         Layout::UsrPortage => PathBuf::from("/usr/portage"),
     };
@@ -221,7 +244,12 @@ fn resolve(
     }
     let mut trees = Vec::new();
     for (name, reference, target) in wanted {
-        let git_dir = ctx.store.repo_path(&name);
+        // The main tree is `gentoo` inside the chroot whichever store
+        // repository (the config's `repo`) holds it.
+        let git_dir = match name.as_str() {
+            "gentoo" => ctx.store.repo_path(&defaults.main_repo),
+            _ => ctx.store.repo_path(&name),
+        };
         check_ref(&git_dir, &name, &reference)?;
         trees.push(TreeRecord {
             mountpoint: run_dir.join("repos").join(&name),
@@ -241,17 +269,19 @@ fn resolve(
             .collect(),
         distdir: DISTDIR.into(),
         pkgdir: PKGDIR.into(),
-        local_mirror: args.local_mirror.clone(),
+        local_mirror: defaults.local_mirror,
         resolv_conf: None,
+        features: defaults.features,
+        make_conf_lines: defaults.make_conf_lines,
     };
     let caches = vec![
         Bind {
-            source: ctx.store.distfiles_dir(),
+            source: defaults.distfiles,
             target: DISTDIR.into(),
             writable: true,
         },
         Bind {
-            source: ctx.store.binpkgs_dir(),
+            source: defaults.binpkgs,
             target: PKGDIR.into(),
             writable: true,
         },
@@ -263,10 +293,75 @@ fn resolve(
         trees,
         caches,
         conf,
-        network: match args.network {
+        network: match defaults.network {
             NetworkArg::Host => Network::Host,
             NetworkArg::None => Network::None,
         },
+    })
+}
+
+/// The chroot settings a flag, else the configuration, else the built-in
+/// default decides.
+struct ChrootDefaults {
+    layout: Layout,
+    network: NetworkArg,
+    local_mirror: Option<String>,
+    features: Vec<String>,
+    make_conf_lines: Vec<String>,
+    distfiles: PathBuf,
+    binpkgs: PathBuf,
+    /// The store repository served as the gentoo tree.
+    main_repo: String,
+}
+
+fn chroot_defaults(ctx: &Ctx, args: &ChrootArgs) -> anyhow::Result<ChrootDefaults> {
+    let conf = &ctx.config.merged.run;
+    let features = match &args.features {
+        Some(words) => {
+            let words: Vec<String> = words.split_whitespace().map(str::to_owned).collect();
+            for w in &words {
+                crate::config::check_feature(w).map_err(|e| anyhow::anyhow!("--features: {e}"))?;
+            }
+            words
+        }
+        None => conf.features.clone().unwrap_or_default(),
+    };
+    if let Some(url) = &args.local_mirror {
+        crate::config::check_url(url).map_err(|e| anyhow::anyhow!("--local-mirror: {e}"))?;
+    }
+    // Relative directories are taken from where the command runs; the
+    // config's are absolute by construction.
+    let dir = |flag: &Option<PathBuf>, what: &str| -> anyhow::Result<Option<PathBuf>> {
+        flag.as_deref()
+            .map(std::path::absolute)
+            .transpose()
+            .with_context(|| format!("resolving --{what}"))
+    };
+    Ok(ChrootDefaults {
+        layout: args.layout.or(conf.layout).unwrap_or(Layout::Modern),
+        network: args.network.or(conf.network).unwrap_or(NetworkArg::Host),
+        local_mirror: args
+            .local_mirror
+            .clone()
+            .or_else(|| conf.local_mirror.clone()),
+        features,
+        make_conf_lines: if args.make_conf_lines.is_empty() {
+            conf.make_conf_lines.clone().unwrap_or_default()
+        } else {
+            args.make_conf_lines.clone()
+        },
+        distfiles: dir(&args.distfiles, "distfiles")?
+            .or_else(|| conf.distfiles.clone())
+            .unwrap_or_else(|| ctx.store.distfiles_dir()),
+        binpkgs: dir(&args.binpkgs, "binpkgs")?
+            .or_else(|| conf.binpkgs.clone())
+            .unwrap_or_else(|| ctx.store.binpkgs_dir()),
+        main_repo: ctx
+            .config
+            .merged
+            .repo
+            .clone()
+            .unwrap_or_else(|| portroot::store::DEFAULT_REPO.to_owned()),
     })
 }
 
@@ -302,10 +397,12 @@ pub(super) fn private_mount_namespace() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The shared DISTDIR and PKGDIR of the store, created on first use.
-fn ensure_caches(ctx: &Ctx) -> anyhow::Result<()> {
-    for dir in [ctx.store.distfiles_dir(), ctx.store.binpkgs_dir()] {
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+/// The shared DISTDIR and PKGDIR (the store's unless configured), created
+/// on first use.
+fn ensure_caches(resolved: &Resolved) -> anyhow::Result<()> {
+    for bind in &resolved.caches {
+        let dir = &bind.source;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     Ok(())
 }
@@ -418,6 +515,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     let jobs = read_jobs(&args)?;
     let workers = args
         .jobs
+        .or(ctx.config.merged.run.jobs.map(std::num::NonZeroUsize::get))
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let batch = Batch {
         stage: &args.stage,
@@ -488,7 +586,7 @@ pub(super) fn run_batch(
     }
 
     private_mount_namespace()?;
-    ensure_caches(ctx)?;
+    ensure_caches(&resolved)?;
     let mut record = run_record(
         &id,
         &resolved,
@@ -696,7 +794,7 @@ pub fn shell(ctx: &Ctx, args: ShellArgs) -> anyhow::Result<ExitCode> {
             };
             let resolved = resolve(ctx, stage, tag, &args.chroot, &runs_dir.join(&id))?;
             private_mount_namespace()?;
-            ensure_caches(ctx)?;
+            ensure_caches(&resolved)?;
             let record = run_record(&id, &resolved, false, vec!["shell".into()]);
             (
                 RunDir::create(&runs_dir, &record)?,

@@ -54,9 +54,23 @@ Example:
 /// `--repo NAME`.
 #[derive(Debug, Args)]
 pub struct RepoArg {
-    /// The snapshot repository in the store (repos/NAME.git).
-    #[arg(long, default_value = DEFAULT_REPO, value_name = "NAME")]
-    repo: String,
+    /// The snapshot repository in the store (repos/NAME.git) [default: the
+    /// config's `repo`, else gentoo].
+    #[arg(long, value_name = "NAME")]
+    repo: Option<String>,
+}
+
+impl RepoArg {
+    /// The repository name: the flag, else the config's, else gentoo.
+    fn name(&self, ctx: &Ctx) -> anyhow::Result<String> {
+        let name = self
+            .repo
+            .as_deref()
+            .or(ctx.config.merged.repo.as_deref())
+            .unwrap_or(DEFAULT_REPO);
+        check_repo_name(name)?;
+        Ok(name.to_owned())
+    }
 }
 
 /// Arguments of `snapshot import`.
@@ -69,7 +83,8 @@ pub struct ImportArgs {
     /// The md5 sum file to check against (default: FILE.md5sum if it exists).
     #[arg(long, value_name = "FILE")]
     md5sum: Option<PathBuf>,
-    /// Check the detached signature FILE.gpgsig with gpgv against this keyring.
+    /// Check the detached signature FILE.gpgsig with gpgv against this keyring
+    /// [default: the config's `keyring`; none: no signature check].
     #[arg(long, value_name = "FILE")]
     keyring: Option<PathBuf>,
     /// Skip the md5 and signature checks.
@@ -118,7 +133,7 @@ fn check_repo_name(name: &str) -> anyhow::Result<()> {
 }
 
 fn import(ctx: &Ctx, a: ImportArgs) -> anyhow::Result<ExitCode> {
-    check_repo_name(&a.repo.repo)?;
+    let repo = a.repo.name(ctx)?;
     let date = a
         .date
         .as_deref()
@@ -132,9 +147,14 @@ fn import(ctx: &Ctx, a: ImportArgs) -> anyhow::Result<ExitCode> {
     }
     let opts = ImportOptions {
         file: a.file.clone(),
-        repo: a.repo.repo.clone(),
+        repo,
         md5sum: a.md5sum,
-        keyring: a.keyring,
+        // A configured keyring makes signatures required, as --keyring does;
+        // only --no-verify turns that off.
+        keyring: match a.no_verify {
+            true => None,
+            false => a.keyring.or_else(|| ctx.config.merged.keyring.clone()),
+        },
         verify: !a.no_verify,
         allow_older: a.allow_older,
         force: a.force,
@@ -179,8 +199,8 @@ fn import(ctx: &Ctx, a: ImportArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn list(ctx: &Ctx, a: RepoArg) -> anyhow::Result<ExitCode> {
-    check_repo_name(&a.repo)?;
-    let tags = snapshot::list_snapshots(&ctx.store, &a.repo)?;
+    let repo = a.name(ctx)?;
+    let tags = snapshot::list_snapshots(&ctx.store, &repo)?;
     for t in tags {
         let files = t.files.map_or_else(|| "?".to_owned(), |f| f.to_string());
         println!("{}  {}  {files} files", t.name, short(t.commit));
@@ -189,9 +209,9 @@ fn list(ctx: &Ctx, a: RepoArg) -> anyhow::Result<ExitCode> {
 }
 
 fn diff(ctx: &Ctx, a: DiffArgs) -> anyhow::Result<ExitCode> {
-    check_repo_name(&a.repo.repo)?;
-    let repo = snapshot::open_repo(&ctx.store, &a.repo.repo)?;
-    let d = diff_tags(&repo, &a.repo.repo, &a.old, &a.new)?;
+    let name = a.repo.name(ctx)?;
+    let repo = snapshot::open_repo(&ctx.store, &name)?;
+    let d = diff_tags(&repo, &name, &a.old, &a.new)?;
     print!("{}", render_diff(&d, a.stat));
     Ok(ExitCode::SUCCESS)
 }
