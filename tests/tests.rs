@@ -9,3 +9,4 @@ mod fs_mount;
 mod import;
 mod runner;
 mod stage;
+mod sync;

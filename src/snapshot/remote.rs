@@ -1,0 +1,497 @@
+//! `snapshot push` and `snapshot fetch`: share the snapshot repository with the
+//! team's git server (the seed's Mirror Server), `main` plus every tag.
+//!
+//! ```text
+//! push:  list the remote's refs --> main fast-forward? tags new or equal?
+//!        --> push main + the tags it lacks (forced with --force)
+//! fetch: fetch main and tags into refs/portroot-fetch/* --> fast-forward?
+//!        tags new or equal? --> move main and the tags in one transaction
+//!        --> drop refs/portroot-fetch/* (also on error)
+//! ```
+//!
+//! Both check before anything moves, so a diverged `main` or a tag that names
+//! different objects on the two sides is refused with one line and nothing
+//! changed on either side, unless `--force`.
+//!
+//! **Transport.** Local paths and `file://` URLs go through git2 (libgit2's
+//! local transport). The workspace builds libgit2 without https and ssh (no
+//! OpenSSL, no libssh2 to vendor), so every other URL (`https://`, `ssh://`,
+//! `git@host:path`) runs the `git` command line instead, which brings the
+//! user's own credential helpers and ssh configuration: the same checks, the
+//! same refspecs, only the wire differs.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use git2::{Direction, FetchOptions, Oid, PushOptions, Repository, RepositoryInitOptions};
+use tracing::{debug, info};
+
+use super::error::{Error, Result};
+use super::tag::MAIN_REF;
+use super::{open_repo, ImportLock};
+use crate::store::Store;
+
+/// Where fetched refs wait while they are checked.
+const STAGING: &str = "refs/portroot-fetch/";
+
+/// How to reach a remote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// A local path (or `file://` URL), through libgit2.
+    Local(PathBuf),
+    /// Anything else, through the `git` command line.
+    Cli(String),
+}
+
+impl Transport {
+    /// Classify a remote as given on the command line.
+    pub fn parse(remote: &str) -> Transport {
+        if let Some(path) = remote.strip_prefix("file://") {
+            Transport::Local(PathBuf::from(path))
+        } else if remote.contains("://") || is_scp_like(remote) {
+            Transport::Cli(remote.to_owned())
+        } else {
+            Transport::Local(PathBuf::from(remote))
+        }
+    }
+
+    /// The URL handed to libgit2 or git.
+    fn url(&self) -> String {
+        match self {
+            Transport::Local(p) => p.display().to_string(),
+            Transport::Cli(u) => u.clone(),
+        }
+    }
+}
+
+/// `host:path` or `user@host:path`, as git reads it: a colon before any slash.
+fn is_scp_like(remote: &str) -> bool {
+    match (remote.find(':'), remote.find('/')) {
+        (Some(c), Some(s)) => c < s && c > 0,
+        (Some(c), None) => c > 0,
+        _ => false,
+    }
+}
+
+/// What a push or fetch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Transfer {
+    /// Whether `main` moved on the receiving side.
+    pub moved_main: bool,
+    /// Tags created or replaced on the receiving side.
+    pub tags: Vec<String>,
+}
+
+/// The remote's `main` and tags (ref name → the oid the ref holds).
+fn list_remote(repo: &Repository, remote: &str, t: &Transport) -> Result<BTreeMap<String, Oid>> {
+    let fail = |problem: String| Error::Remote {
+        remote: remote.to_owned(),
+        problem,
+    };
+    let mut refs = BTreeMap::new();
+    match t {
+        Transport::Local(path) => {
+            if !path.exists() {
+                return Err(fail(format!("no git repository at {}", path.display())));
+            }
+            let mut r = repo
+                .remote_anonymous(&t.url())
+                .map_err(Error::git(format!("opening remote {remote}")))?;
+            r.connect(Direction::Fetch)
+                .map_err(Error::git(format!("connecting to {remote}")))?;
+            for h in r
+                .list()
+                .map_err(Error::git(format!("listing the refs of {remote}")))?
+            {
+                refs.insert(h.name().to_owned(), h.oid());
+            }
+        }
+        Transport::Cli(url) => {
+            let out = git_cli(
+                repo,
+                &["ls-remote", "--", url, "refs/heads/main", "refs/tags/*"],
+            )?;
+            for line in out.lines() {
+                let mut it = line.split('\t');
+                if let (Some(oid), Some(name)) = (it.next(), it.next()) {
+                    if let Ok(oid) = Oid::from_str(oid) {
+                        refs.insert(name.to_owned(), oid);
+                    }
+                }
+            }
+        }
+    }
+    refs.retain(|name, _| {
+        (name == MAIN_REF || name.starts_with("refs/tags/")) && !name.ends_with("^{}")
+    });
+    Ok(refs)
+}
+
+/// Run `git --git-dir REPO ARGS`, returning stdout; a failure is one line.
+fn git_cli(repo: &Repository, args: &[&str]) -> Result<String> {
+    let out = Command::new("git")
+        .arg("--git-dir")
+        .arg(repo.path())
+        .args(args)
+        .output()
+        .map_err(Error::io("running git for", repo.path()))?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    Err(Error::Remote {
+        remote: args
+            .iter()
+            .find(|a| a.contains(':'))
+            .unwrap_or(&"")
+            .to_string(),
+        problem: format!("git {}: {last}", args.first().unwrap_or(&"")),
+    })
+}
+
+/// The local repository's `main` and tags.
+fn list_local(repo: &Repository) -> Result<BTreeMap<String, Oid>> {
+    let mut refs = BTreeMap::new();
+    for r in repo
+        .references()
+        .map_err(Error::git("listing references"))?
+        .flatten()
+    {
+        if let (Ok(name), Some(oid)) = (r.name(), r.target()) {
+            if name == MAIN_REF || name.starts_with("refs/tags/") {
+                refs.insert(name.to_owned(), oid);
+            }
+        }
+    }
+    Ok(refs)
+}
+
+/// Whether moving `main` from `from` to `to` is a fast-forward in `repo`
+/// (which must hold both; an unknown `from` is not).
+fn fast_forward(repo: &Repository, from: Oid, to: Oid) -> bool {
+    from == to
+        || (repo.find_commit(from).is_ok() && repo.graph_descendant_of(to, from).unwrap_or(false))
+}
+
+/// Push `main` and every tag of repository `repo_name` to `remote`.
+pub fn push(store: &Store, repo_name: &str, remote: &str, force: bool) -> Result<Transfer> {
+    let repo = open_repo(store, repo_name)?;
+    let t = Transport::parse(remote);
+    let local = list_local(&repo)?;
+    let Some(&main) = local.get(MAIN_REF) else {
+        return Err(Error::Remote {
+            remote: remote.to_owned(),
+            problem: format!("nothing to push: {repo_name} has no main branch"),
+        });
+    };
+    let theirs = list_remote(&repo, remote, &t)?;
+    let refuse = |problem: String| Error::Remote {
+        remote: remote.to_owned(),
+        problem,
+    };
+
+    let mut specs = Vec::new();
+    let mut done = Transfer::default();
+    match theirs.get(MAIN_REF) {
+        Some(&their_main) if their_main == main => {}
+        Some(&their_main) if !fast_forward(&repo, their_main, main) && !force => {
+            return Err(refuse(format!(
+                "its main ({}) has diverged from the local main ({}): not a fast-forward (use --force to overwrite it)",
+                short(their_main),
+                short(main)
+            )));
+        }
+        _ => {
+            specs.push(format!("+{MAIN_REF}:{MAIN_REF}"));
+            done.moved_main = true;
+        }
+    }
+    for (name, &oid) in local.iter().filter(|(n, _)| n.starts_with("refs/tags/")) {
+        match theirs.get(name) {
+            Some(&o) if o == oid => {}
+            Some(_) if !force => {
+                return Err(refuse(format!(
+                    "tag {} names different objects there (use --force to replace it)",
+                    tag_name(name)
+                )));
+            }
+            _ => {
+                specs.push(format!("+{name}:{name}"));
+                done.tags.push(tag_name(name).to_owned());
+            }
+        }
+    }
+    if specs.is_empty() {
+        info!(remote, "remote already up to date");
+        return Ok(done);
+    }
+    debug!(remote, refs = specs.len(), "pushing");
+    match &t {
+        Transport::Local(_) => {
+            let mut r = repo
+                .remote_anonymous(&t.url())
+                .map_err(Error::git(format!("opening remote {remote}")))?;
+            let mut rejected: Vec<String> = Vec::new();
+            let mut cbs = git2::RemoteCallbacks::new();
+            cbs.push_update_reference(|name, status| {
+                if let Some(msg) = status {
+                    rejected.push(format!("{name}: {msg}"));
+                }
+                Ok(())
+            });
+            let mut opts = PushOptions::new();
+            opts.remote_callbacks(cbs);
+            r.push(&specs, Some(&mut opts))
+                .map_err(Error::git(format!("pushing to {remote}")))?;
+            drop(opts);
+            if let Some(first) = rejected.first() {
+                return Err(refuse(format!("rejected {first}")));
+            }
+        }
+        Transport::Cli(url) => {
+            let mut args = vec!["push", "--porcelain", "--", url.as_str()];
+            args.extend(specs.iter().map(String::as_str));
+            git_cli(&repo, &args)?;
+        }
+    }
+    info!(
+        remote,
+        moved_main = done.moved_main,
+        tags = done.tags.len(),
+        "pushed"
+    );
+    Ok(done)
+}
+
+/// Fetch `main` and every tag of `remote` into repository `repo_name`,
+/// creating it if missing (the caller holds its [`ImportLock`]).
+pub fn fetch(
+    store: &Store,
+    repo_name: &str,
+    remote: &str,
+    force: bool,
+    _lock: &ImportLock,
+) -> Result<Transfer> {
+    let t = Transport::parse(remote);
+    let path = store.repo_path(repo_name);
+    // A new repository is made aside and renamed into place only once the
+    // fetch has worked, so a failed first fetch leaves no empty repository.
+    let fresh = if path.is_dir() {
+        None
+    } else {
+        let dir = store.repos_dir();
+        std::fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".new-")
+            .tempdir_in(&dir)
+            .map_err(Error::io("creating a directory in", &dir))?;
+        Repository::init_opts(
+            tmp.path(),
+            RepositoryInitOptions::new().bare(true).initial_head("main"),
+        )
+        .map_err(Error::git(format!(
+            "creating a repository in {}",
+            tmp.path().display()
+        )))?;
+        Some(tmp)
+    };
+    let repo_path = fresh.as_ref().map_or(path.clone(), |t| t.path().to_owned());
+    let repo = Repository::open_bare(&repo_path).map_err(Error::git(format!(
+        "opening repository {}",
+        repo_path.display()
+    )))?;
+
+    let theirs = list_remote(&repo, remote, &t)?;
+    if theirs.is_empty() {
+        return Err(Error::Remote {
+            remote: remote.to_owned(),
+            problem: "has no main branch and no tags".to_owned(),
+        });
+    }
+    let staged = Staged { repo: &repo };
+    let specs = [
+        format!("+{MAIN_REF}:{STAGING}main"),
+        format!("+refs/tags/*:{STAGING}tags/*"),
+    ];
+    match &t {
+        Transport::Local(_) => {
+            let mut r = repo
+                .remote_anonymous(&t.url())
+                .map_err(Error::git(format!("opening remote {remote}")))?;
+            let mut opts = FetchOptions::new();
+            opts.download_tags(git2::AutotagOption::None)
+                .update_fetchhead(false);
+            r.fetch(&specs, Some(&mut opts), None)
+                .map_err(Error::git(format!("fetching from {remote}")))?;
+        }
+        Transport::Cli(url) => {
+            let mut args = vec!["fetch", "--no-tags", "--no-write-fetch-head", "--", url];
+            args.extend(specs.iter().map(String::as_str));
+            git_cli(&repo, &args)?;
+        }
+    }
+
+    let local = list_local(&repo)?;
+    let refuse = |problem: String| Error::Remote {
+        remote: remote.to_owned(),
+        problem,
+    };
+    let mut moves: Vec<(String, Oid)> = Vec::new();
+    let mut done = Transfer::default();
+    if let Some(&their_main) = theirs.get(MAIN_REF) {
+        match local.get(MAIN_REF) {
+            Some(&mine) if mine == their_main => {}
+            Some(&mine) if !fast_forward(&repo, mine, their_main) && !force => {
+                return Err(refuse(format!(
+                    "its main ({}) has diverged from the local main ({}): not a fast-forward (use --force to take it)",
+                    short(their_main),
+                    short(mine)
+                )));
+            }
+            _ => {
+                moves.push((MAIN_REF.to_owned(), their_main));
+                done.moved_main = true;
+            }
+        }
+    }
+    for (name, &oid) in theirs.iter().filter(|(n, _)| n.starts_with("refs/tags/")) {
+        match local.get(name) {
+            Some(&o) if o == oid => {}
+            Some(_) if !force => {
+                return Err(refuse(format!(
+                    "tag {} names different objects here (use --force to replace it)",
+                    tag_name(name)
+                )));
+            }
+            _ => {
+                moves.push((name.clone(), oid));
+                done.tags.push(tag_name(name).to_owned());
+            }
+        }
+    }
+    if !moves.is_empty() {
+        let mut tx = repo
+            .transaction()
+            .map_err(Error::git("starting a reference transaction"))?;
+        for (name, oid) in &moves {
+            tx.lock_ref(name)
+                .map_err(Error::git(format!("locking {name}")))?;
+            tx.set_target(name, *oid, None, &format!("portroot: fetch {remote}"))
+                .map_err(Error::git(format!("setting {name}")))?;
+        }
+        tx.commit()
+            .map_err(Error::git("committing the reference transaction"))?;
+    }
+    drop(staged);
+    drop(repo);
+    if let Some(tmp) = fresh {
+        let tmp = tmp.keep();
+        std::fs::rename(&tmp, &path).map_err(Error::io("creating", &path))?;
+    }
+    info!(
+        remote,
+        moved_main = done.moved_main,
+        tags = done.tags.len(),
+        "fetched"
+    );
+    Ok(done)
+}
+
+/// Drops the staging refs of a fetch however it ends.
+struct Staged<'r> {
+    repo: &'r Repository,
+}
+
+impl Drop for Staged<'_> {
+    fn drop(&mut self) {
+        let Ok(refs) = self.repo.references_glob(&format!("{STAGING}*")) else {
+            return;
+        };
+        for mut r in refs.flatten() {
+            if let Err(e) = r.delete() {
+                debug!(error = %e, "could not drop a staging ref");
+            }
+        }
+    }
+}
+
+fn tag_name(refname: &str) -> &str {
+    refname.strip_prefix("refs/tags/").unwrap_or(refname)
+}
+
+fn short(oid: Oid) -> String {
+    oid.to_string()[..7].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn remotes_pick_their_transport() {
+        assert_eq!(
+            Transport::parse("/srv/git/gentoo.git"),
+            Transport::Local("/srv/git/gentoo.git".into())
+        );
+        assert_eq!(
+            Transport::parse("file:///srv/g.git"),
+            Transport::Local("/srv/g.git".into())
+        );
+        assert_eq!(
+            Transport::parse("rel/g.git"),
+            Transport::Local("rel/g.git".into())
+        );
+        for cli in [
+            "https://git.example/g.git",
+            "ssh://git@host/g.git",
+            "git@host:g.git",
+            "host:path/g.git",
+        ] {
+            assert_eq!(Transport::parse(cli), Transport::Cli(cli.into()), "{cli}");
+        }
+    }
+
+    fn repo_with_commits(dir: &Path, n: usize) -> (Repository, Vec<Oid>) {
+        let repo = Repository::init_bare(dir).unwrap();
+        let sig = git2::Signature::now("t", "t@t").unwrap();
+        let tree = {
+            let tb = repo.treebuilder(None).unwrap();
+            tb.write().unwrap()
+        };
+        let mut ids = Vec::new();
+        {
+            let tree = repo.find_tree(tree).unwrap();
+            let mut parent: Option<git2::Commit> = None;
+            for i in 0..n {
+                let parents: Vec<&git2::Commit> = parent.iter().collect();
+                let id = repo
+                    .commit(None, &sig, &sig, &format!("c{i}"), &tree, &parents)
+                    .unwrap();
+                ids.push(id);
+                parent = Some(repo.find_commit(id).unwrap());
+            }
+        }
+        (repo, ids)
+    }
+
+    #[test]
+    fn fast_forward_needs_the_old_commit_as_ancestor() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (repo, ids) = repo_with_commits(tmp.path(), 3);
+        assert!(fast_forward(&repo, ids[0], ids[2]));
+        assert!(fast_forward(&repo, ids[1], ids[1]));
+        assert!(!fast_forward(&repo, ids[2], ids[0]));
+        // A commit this repository has never seen is not an ancestor.
+        let unknown = Oid::from_str("0123456789abcdef0123456789abcdef01234567").unwrap();
+        assert!(!fast_forward(&repo, unknown, ids[2]));
+    }
+}

@@ -1,0 +1,747 @@
+//! `portroot snapshot sync|push|fetch` through the real binary: a real HTTP
+//! mirror on 127.0.0.1 (and file:// and plain-path mirrors) holding snapshots
+//! made by the portage fixture with dates relative to today, real gpg keys,
+//! real bare git remotes on disk and a real FUSE mount of a fetched tag.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use portroot::fixture::portage::{pack_snapshot, pack_snapshot_with_top, PortageTree};
+use portroot::snapshot::sync::yesterday_utc;
+use portroot::snapshot::tag::SnapshotDate;
+use portroot_runner::archive::Compression;
+
+use crate::util;
+
+const DAY: i64 = 86_400;
+
+/// `days` before `d`.
+fn minus(d: SnapshotDate, days: i64) -> SnapshotDate {
+    SnapshotDate::from_timestamp(d.to_timestamp() - days * DAY)
+}
+
+fn compact(d: SnapshotDate) -> String {
+    format!("{:04}{:02}{:02}", d.year, d.month, d.day)
+}
+
+/// One test's world: a scratch directory, a store, a mirror directory.
+struct Env {
+    tmp: tempfile::TempDir,
+}
+
+/// The snapshots a mirror fixture holds.
+struct Published {
+    /// File date of the newest snapshot (yesterday): `gentoo-D.tar.xz`.
+    newest: SnapshotDate,
+    /// File date of an older one (3 days before): `portage-D.tar.bz2`.
+    older: SnapshotDate,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            tmp: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    fn store(&self) -> PathBuf {
+        self.path("store")
+    }
+
+    fn cmd(&self) -> Command {
+        util::portroot(&self.store())
+    }
+
+    /// A tree whose `timestamp.x` falls on file date `file_date` at 00:45 UTC.
+    fn tree_for(seed: u64, file_date: SnapshotDate) -> PortageTree {
+        PortageTree {
+            base_timestamp: file_date.to_timestamp() - DAY + 2700,
+            ..PortageTree::small(seed)
+        }
+    }
+
+    /// A mirror at `rel` with the newest snapshot yesterday (as
+    /// `gentoo-D.tar.xz`) and an older one three days before (as
+    /// `portage-D.tar.bz2`, top directory `portage/`), each with its `.md5sum`.
+    fn mirror(&self, rel: &str) -> Published {
+        let newest = yesterday_utc();
+        let older = minus(newest, 3);
+        let snaps = self.path(rel).join("snapshots");
+        let old_tree = Env::tree_for(5, older);
+        let old_dir = self.path(&format!("{rel}-tree-old"));
+        old_tree.write_tree(&old_dir).unwrap();
+        pack_snapshot_with_top(
+            &old_dir,
+            &format!("portage-{}", compact(older)),
+            "portage",
+            Compression::Bzip2,
+            &snaps,
+        )
+        .unwrap();
+        // The newest is the older tree three days on, so it shares most objects.
+        let mut new_tree = old_tree.clone();
+        new_tree.day = 3;
+        let new_dir = self.path(&format!("{rel}-tree-new"));
+        new_tree.write_tree(&new_dir).unwrap();
+        assert_eq!(
+            new_tree.snapshot_stem(),
+            format!("gentoo-{}", compact(newest))
+        );
+        pack_snapshot(&new_dir, &new_tree.snapshot_stem(), Compression::Xz, &snaps).unwrap();
+        Published { newest, older }
+    }
+
+    fn tags(&self) -> Vec<String> {
+        let repo = self.store().join("repos/gentoo.git");
+        if !repo.exists() {
+            return Vec::new();
+        }
+        git(&repo, &["tag", "-l"])
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The store's refs and the files of its tmp/: what must not change on refusal.
+    fn state(&self) -> (Vec<String>, String, Vec<String>) {
+        let repo = self.store().join("repos/gentoo.git");
+        let refs = if repo.exists() {
+            git(&repo, &["for-each-ref"])
+        } else {
+            String::new()
+        };
+        let tmp: Vec<String> = fs::read_dir(self.store().join("tmp"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.ends_with(".lock"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (self.tags(), refs, tmp)
+    }
+
+    /// Nothing left in the store's tmp/ but lock files.
+    fn assert_tmp_clean(&self) {
+        let (_, _, tmp) = self.state();
+        assert!(tmp.is_empty(), "left in tmp/: {tmp:?}");
+    }
+}
+
+/// Tag date (YYYY-MM-DD) of a mirror file date.
+fn tag_of(file_date: SnapshotDate) -> String {
+    minus(file_date, 1).to_string()
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("--git-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// How the loopback mirror answers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Serve {
+    /// The files as they are.
+    Files,
+    /// Tarballs with one byte flipped (their `.md5sum` untouched).
+    Corrupt,
+}
+
+/// A tiny HTTP/1.1 server on 127.0.0.1 serving a directory, one thread,
+/// one request per connection. Stops and joins on drop.
+struct HttpMirror {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HttpMirror {
+    fn start(root: &Path, serve: Serve) -> HttpMirror {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let root = root.to_owned();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        let _ = answer(s, &root, serve);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        HttpMirror {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for HttpMirror {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn answer(mut s: TcpStream, root: &Path, serve: Serve) -> std::io::Result<()> {
+    s.set_nonblocking(false)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(s.try_clone()?);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
+            break;
+        }
+    }
+    let path = request.split_whitespace().nth(1).unwrap_or("/");
+    let file = root.join(path.trim_start_matches('/'));
+    let body = if path.contains("..") {
+        None
+    } else {
+        fs::read(&file).ok()
+    };
+    match body {
+        Some(mut body) => {
+            if serve == Serve::Corrupt && path.contains(".tar.") && !path.ends_with(".md5sum") {
+                let mid = body.len() / 2;
+                body[mid] ^= 0xff;
+            }
+            write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )?;
+            s.write_all(&body)?;
+        }
+        None => {
+            s.write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            )?;
+        }
+    }
+    s.flush()
+}
+
+/// A port nothing listens on: bound, read, closed.
+fn closed_port_url() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    format!("http://127.0.0.1:{port}")
+}
+
+#[test]
+fn sync_takes_the_newest_then_says_no_newer_and_revert_takes_an_older() {
+    let env = Env::new();
+    let p = env.mirror("mirror");
+    let http = HttpMirror::start(&env.path("mirror"), Serve::Files);
+
+    let out = util::ok(
+        env.cmd()
+            .args(["snapshot", "sync", "--mirror", &http.url()]),
+    );
+    assert!(
+        out.starts_with(&format!("imported {}", tag_of(p.newest))),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("gentoo-{}.tar.xz", compact(p.newest))),
+        "{out}"
+    );
+    assert_eq!(env.tags(), [tag_of(p.newest)]);
+    env.assert_tmp_clean();
+
+    let before = env.state();
+    let out = util::ok(
+        env.cmd()
+            .args(["snapshot", "sync", "--mirror", &http.url()]),
+    );
+    assert!(out.starts_with("no newer snapshot"), "{out}");
+    assert_eq!(env.state(), before);
+
+    let keep = env.path("kept");
+    let out = util::ok(env.cmd().args([
+        "snapshot",
+        "sync",
+        "--mirror",
+        &http.url(),
+        "--revert",
+        &compact(p.older),
+        "--keep-download",
+        keep.to_str().unwrap(),
+    ]));
+    assert!(
+        out.starts_with(&format!("imported {}", tag_of(p.older))),
+        "{out}"
+    );
+    assert!(out.contains("main unmoved"), "{out}");
+    let mut tags = env.tags();
+    tags.sort();
+    assert_eq!(tags, [tag_of(p.older), tag_of(p.newest)]);
+    let name = format!("portage-{}.tar.bz2", compact(p.older));
+    assert!(keep.join(&name).is_file() && keep.join(format!("{name}.md5sum")).is_file());
+    env.assert_tmp_clean();
+    // main still names the newest snapshot.
+    let repo = env.store().join("repos/gentoo.git");
+    assert_eq!(
+        git(&repo, &["rev-parse", "main"]),
+        git(
+            &repo,
+            &["rev-parse", &format!("{}^{{commit}}", tag_of(p.newest))]
+        )
+    );
+}
+
+#[test]
+fn dead_or_corrupt_first_mirror_fails_over_to_the_second() {
+    let env = Env::new();
+    let p = env.mirror("mirror");
+    let good = HttpMirror::start(&env.path("mirror"), Serve::Files);
+    let corrupt = HttpMirror::start(&env.path("mirror"), Serve::Corrupt);
+
+    let out = util::run(env.cmd().args([
+        "snapshot",
+        "sync",
+        "--timeout",
+        "5",
+        "--mirror",
+        &closed_port_url(),
+        "--mirror",
+        &good.url(),
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("unreachable"),
+        "one warning for the dead mirror: {stderr}"
+    );
+    assert_eq!(stderr.matches("WARN").count(), 1, "{stderr}");
+    assert_eq!(env.tags(), [tag_of(p.newest)]);
+
+    // A fresh store: the corrupt copy is refused, the plain-path mirror serves.
+    let env2 = Env::new();
+    let out = util::run(env2.cmd().args([
+        "snapshot",
+        "sync",
+        "--mirror",
+        &corrupt.url(),
+        "--mirror",
+        env.path("mirror").to_str().unwrap(),
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("md5 mismatch"), "{stderr}");
+    assert_eq!(env2.tags(), [tag_of(p.newest)]);
+    env2.assert_tmp_clean();
+
+    // Corrupt everywhere: refused, nothing changed.
+    let env3 = Env::new();
+    let err = util::fails(
+        env3.cmd()
+            .args(["snapshot", "sync", "--mirror", &corrupt.url()]),
+        1,
+    );
+    assert!(err.contains("no mirror served a verified"), "{err}");
+    assert!(env3.tags().is_empty());
+    env3.assert_tmp_clean();
+    assert!(!env3.store().join("repos/gentoo.git").exists());
+}
+
+#[test]
+fn no_snapshot_within_max_age_is_refused_in_one_line() {
+    let env = Env::new();
+    let snaps = env.path("mirror/snapshots");
+    let old = minus(yesterday_utc(), 10);
+    let tree = Env::tree_for(9, old);
+    tree.write_tree(&env.path("t")).unwrap();
+    pack_snapshot(
+        &env.path("t"),
+        &tree.snapshot_stem(),
+        Compression::Xz,
+        &snaps,
+    )
+    .unwrap();
+    let url = format!("file://{}", env.path("mirror").display());
+    let err = util::fails(
+        env.cmd()
+            .args(["snapshot", "sync", "--max-age-days", "5", "--mirror", &url]),
+        1,
+    );
+    assert!(err.contains("no snapshot dated"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(env.tags().is_empty());
+    // Far enough back, the same mirror serves it.
+    let out =
+        util::ok(
+            env.cmd()
+                .args(["snapshot", "sync", "--max-age-days", "11", "--mirror", &url]),
+        );
+    assert!(
+        out.starts_with(&format!("imported {}", tag_of(old))),
+        "{out}"
+    );
+
+    let err = util::fails(
+        env.cmd().args(["snapshot", "sync", "--mirror", "ftp://x"]),
+        1,
+    );
+    assert!(err.contains("only http, https, file://"), "{err}");
+    util::fails(env.cmd().args(["snapshot", "sync"]), 2);
+}
+
+/// A throwaway OpenPGP key in its own GNUPGHOME.
+struct Gpg {
+    home: tempfile::TempDir,
+}
+
+impl Gpg {
+    fn new() -> Gpg {
+        let home = tempfile::tempdir().unwrap();
+        fs::set_permissions(home.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        let g = Gpg { home };
+        g.run(&[
+            "--quick-gen-key",
+            "--passphrase",
+            "",
+            "Snapshot Signer <snap@example.org>",
+            "ed25519",
+            "sign",
+            "never",
+        ]);
+        g
+    }
+
+    fn run(&self, args: &[&str]) {
+        let out = Command::new("gpg")
+            .arg("--batch")
+            .arg("--pinentry-mode=loopback")
+            .arg("--homedir")
+            .arg(self.home.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Sign `what`, writing the signature to `sig`.
+    fn sign_to(&self, what: &Path, sig: &Path) {
+        self.run(&[
+            "--yes",
+            "--detach-sign",
+            "--output",
+            sig.to_str().unwrap(),
+            what.to_str().unwrap(),
+        ]);
+    }
+
+    fn keyring(&self, dest: &Path) {
+        self.run(&["--yes", "--output", dest.to_str().unwrap(), "--export"]);
+    }
+}
+
+impl Drop for Gpg {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .arg("--homedir")
+            .arg(self.home.path())
+            .args(["--kill", "all"])
+            .status();
+    }
+}
+
+#[test]
+fn signatures_are_required_with_a_keyring_over_file_urls() {
+    let env = Env::new();
+    let p = env.mirror("mirror");
+    let url = format!("file://{}", env.path("mirror").display());
+    let tarball = env
+        .path("mirror/snapshots")
+        .join(format!("gentoo-{}.tar.xz", compact(p.newest)));
+    let sig = PathBuf::from(format!("{}.gpgsig", tarball.display()));
+    let gpg = Gpg::new();
+    let keyring = env.path("gentoo-release.gpg");
+    gpg.keyring(&keyring);
+    let sync = |env: &Env| {
+        let mut c = env.cmd();
+        c.args(["snapshot", "sync", "--mirror", &url, "--keyring"])
+            .arg(&keyring);
+        c
+    };
+
+    let refused = |why: &str| {
+        let before = env.state();
+        let err = util::fails(&mut sync(&env), 1).to_lowercase();
+        assert!(err.contains(why), "expected {why:?}: {err}");
+        assert_eq!(env.state(), before, "nothing changed");
+        assert!(!env.store().join("repos/gentoo.git").exists());
+    };
+    refused("no signature");
+    // A good signature of something else.
+    gpg.sign_to(
+        &PathBuf::from(format!("{}.md5sum", tarball.display())),
+        &sig,
+    );
+    refused("bad signature");
+    // Signed by a key the keyring does not hold.
+    let stranger = Gpg::new();
+    stranger.sign_to(&tarball, &sig);
+    refused("no public key");
+
+    gpg.sign_to(&tarball, &sig);
+    let out = util::ok(&mut sync(&env));
+    assert!(
+        out.starts_with(&format!("imported {}", tag_of(p.newest))),
+        "{out}"
+    );
+    env.assert_tmp_clean();
+}
+
+/// Every file of `tag` in the bare repository `repo`: path -> (mode, content).
+fn git_tree(repo: &Path, tag: &str) -> BTreeMap<String, (u32, Vec<u8>)> {
+    let repo = git2::Repository::open_bare(repo).unwrap();
+    let tree = repo.revparse_single(tag).unwrap().peel_to_tree().unwrap();
+    let mut out = BTreeMap::new();
+    tree.walk(git2::TreeWalkMode::PreOrder, |dir, e| {
+        if e.kind() == Some(git2::ObjectType::Blob) {
+            let blob = repo.find_blob(e.id()).unwrap();
+            let mode = match e.filemode() {
+                0o120000 => 0o120000,
+                m if m & 0o100 != 0 => 0o100755,
+                _ => 0o100644,
+            };
+            out.insert(
+                format!("{dir}{}", e.name().unwrap()),
+                (mode, blob.content().to_vec()),
+            );
+        }
+        git2::TreeWalkResult::Ok
+    })
+    .unwrap();
+    out
+}
+
+/// Every file below `dir`: path -> (mode, content or symlink target).
+fn walk(dir: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
+    fn go(root: &Path, dir: &Path, out: &mut BTreeMap<String, (u32, Vec<u8>)>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            if meta.file_type().is_symlink() {
+                let target = fs::read_link(&path).unwrap();
+                out.insert(
+                    rel,
+                    (0o120000, target.into_os_string().into_encoded_bytes()),
+                );
+            } else if meta.is_dir() {
+                go(root, &path, out);
+            } else {
+                let mode = if meta.permissions().mode() & 0o100 != 0 {
+                    0o100755
+                } else {
+                    0o100644
+                };
+                out.insert(rel, (mode, fs::read(&path).unwrap()));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    go(dir, dir, &mut out);
+    out
+}
+
+#[test]
+fn push_then_fetch_into_a_fresh_store_serves_the_same_tree() {
+    let env = Env::new();
+    let p = env.mirror("mirror");
+    let mirror = env.path("mirror");
+    let m = mirror.to_str().unwrap();
+    util::ok(env.cmd().args([
+        "snapshot",
+        "sync",
+        "--mirror",
+        m,
+        "--revert",
+        &compact(p.older),
+    ]));
+    util::ok(env.cmd().args(["snapshot", "sync", "--mirror", m]));
+    let ours = env.store().join("repos/gentoo.git");
+
+    let remote = env.path("server/gentoo.git");
+    fs::create_dir_all(&remote).unwrap();
+    git(&remote, &["init", "--bare", "-q"]);
+    let r = remote.to_str().unwrap();
+    let out = util::ok(env.cmd().args(["snapshot", "push", r]));
+    assert!(out.starts_with("pushed main and 2 tag(s)"), "{out}");
+    assert_eq!(
+        git(&remote, &["for-each-ref"]),
+        git(&ours, &["for-each-ref"]),
+        "the remote holds exactly our main and tags"
+    );
+    let out = util::ok(env.cmd().args(["snapshot", "push", r]));
+    assert_eq!(out.trim(), "already up to date");
+
+    let other = Env::new();
+    let out = util::ok(
+        other
+            .cmd()
+            .args(["snapshot", "fetch", &format!("file://{r}")]),
+    );
+    assert!(out.starts_with("fetched main and 2 tag(s)"), "{out}");
+    let theirs = other.store().join("repos/gentoo.git");
+    assert_eq!(
+        git(&theirs, &["for-each-ref"]),
+        git(&ours, &["for-each-ref"])
+    );
+    for tag in [tag_of(p.older), tag_of(p.newest)] {
+        assert_eq!(
+            git(&theirs, &["ls-tree", "-r", &tag]),
+            git(&ours, &["ls-tree", "-r", &tag])
+        );
+    }
+    git(&theirs, &["fsck", "--strict", "--no-dangling"]);
+    let listed = util::ok(other.cmd().args(["snapshot", "list"]));
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    let out = util::ok(other.cmd().args(["snapshot", "fetch", r]));
+    assert_eq!(out.trim(), "already up to date");
+
+    if !util::require_root() {
+        return;
+    }
+    let tag = tag_of(p.newest);
+    let at = tempfile::tempdir().unwrap();
+    util::ok(other.cmd().args(["mount", "--tag", &tag]).arg(at.path()));
+    let served = walk(at.path());
+    util::ok(other.cmd().arg("umount").arg(at.path()));
+    util::assert_no_mounts_under(at.path());
+    let expected = git_tree(&ours, &tag);
+    assert!(expected.len() > 100);
+    assert_eq!(served.len(), expected.len());
+    assert!(
+        served == expected,
+        "the mounted tree differs from the pushed tag"
+    );
+}
+
+#[test]
+fn diverged_main_is_refused_without_force() {
+    let env = Env::new();
+    let p = env.mirror("mirror");
+    let m = env.path("mirror");
+    util::ok(
+        env.cmd()
+            .args(["snapshot", "sync", "--mirror", m.to_str().unwrap()]),
+    );
+    let remote = env.path("server.git");
+    fs::create_dir_all(&remote).unwrap();
+    git(&remote, &["init", "--bare", "-q"]);
+    let r = remote.to_str().unwrap();
+    util::ok(env.cmd().args(["snapshot", "push", r]));
+
+    // Another store with a different history: its main is no descendant of ours.
+    let other = Env::new();
+    let tree = Env::tree_for(77, p.newest);
+    tree.write_tree(&other.path("t")).unwrap();
+    let file = pack_snapshot(
+        &other.path("t"),
+        &tree.snapshot_stem(),
+        Compression::Xz,
+        &other.path("out"),
+    )
+    .unwrap();
+    util::ok(other.cmd().args(["snapshot", "import"]).arg(&file));
+    let remote_before = git(&remote, &["for-each-ref"]);
+    let err = util::fails(other.cmd().args(["snapshot", "push", r]), 1);
+    assert!(err.contains("diverged") && err.contains("--force"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(git(&remote, &["for-each-ref"]), remote_before);
+
+    // Fetching the remote's diverged main into the other store: refused too.
+    let other_refs = git(&other.store().join("repos/gentoo.git"), &["for-each-ref"]);
+    let err = util::fails(other.cmd().args(["snapshot", "fetch", r]), 1);
+    assert!(err.contains("diverged"), "{err}");
+    assert_eq!(
+        git(&other.store().join("repos/gentoo.git"), &["for-each-ref"]),
+        other_refs,
+        "no staging refs left, nothing moved"
+    );
+
+    util::ok(other.cmd().args(["snapshot", "push", "--force", r]));
+    assert_eq!(git(&remote, &["for-each-ref"]), other_refs);
+    // Now the first store is the one behind a rewritten remote.
+    let ours = git(&env.store().join("repos/gentoo.git"), &["for-each-ref"]);
+    util::fails(env.cmd().args(["snapshot", "fetch", r]), 1);
+    assert_eq!(
+        git(&env.store().join("repos/gentoo.git"), &["for-each-ref"]),
+        ours
+    );
+    util::ok(env.cmd().args(["snapshot", "fetch", "--force", r]));
+    assert_eq!(
+        git(&env.store().join("repos/gentoo.git"), &["for-each-ref"]),
+        other_refs
+    );
+
+    let err = util::fails(
+        env.cmd().args(["snapshot", "push", "/nonexistent/x.git"]),
+        1,
+    );
+    assert!(
+        err.contains("no git repository at /nonexistent/x.git"),
+        "{err}"
+    );
+}
+
+#[test]
+fn help_explains_sync_push_and_fetch_with_examples() {
+    for sub in ["sync", "push", "fetch"] {
+        let out = util::ok(Command::new(util::bin()).args(["snapshot", sub, "--help"]));
+        assert!(out.contains("Example"), "{sub}: {out}");
+    }
+}
