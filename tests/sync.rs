@@ -387,6 +387,58 @@ fn dead_or_corrupt_first_mirror_fails_over_to_the_second() {
 }
 
 #[test]
+fn stalled_or_empty_first_mirror_fails_over_to_the_second() {
+    let env = Env::new();
+    let p = env.mirror("mirror");
+    let good = HttpMirror::start(&env.path("mirror"), Serve::Files);
+    // Listening but never answering: the kernel accepts the connection, the
+    // request is never read, so only the read timeout can end the wait.
+    let stalled = TcpListener::bind("127.0.0.1:0").unwrap();
+    let stalled_url = format!("http://{}", stalled.local_addr().unwrap());
+    let out = util::run(env.cmd().args([
+        "snapshot",
+        "sync",
+        "--timeout",
+        "1",
+        "--mirror",
+        &stalled_url,
+        "--mirror",
+        &good.url(),
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("unreachable") && stderr.contains("timeout"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("WARN").count(), 1, "{stderr}");
+    assert_eq!(env.tags(), [tag_of(p.newest)]);
+    drop(stalled);
+
+    // A mirror that answers 404 to everything.
+    let empty = env.path("empty");
+    fs::create_dir_all(empty.join("snapshots")).unwrap();
+    let empty_http = HttpMirror::start(&empty, Serve::Files);
+    let env2 = Env::new();
+    let out = util::run(env2.cmd().args([
+        "snapshot",
+        "sync",
+        "--mirror",
+        &empty_http.url(),
+        "--mirror",
+        &good.url(),
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("has no snapshot dated {}", compact(p.newest))),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("WARN").count(), 1, "{stderr}");
+    assert_eq!(env2.tags(), [tag_of(p.newest)]);
+}
+
+#[test]
 fn no_snapshot_within_max_age_is_refused_in_one_line() {
     let env = Env::new();
     let snaps = env.path("mirror/snapshots");

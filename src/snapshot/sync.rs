@@ -408,10 +408,9 @@ pub fn sync_snapshot(store: &Store, opts: &SyncOptions, lock: &ImportLock) -> Re
     }
     if let Some(k) = &opts.keyring {
         if opts.verify && !k.is_file() {
-            return Err(Error::Signature {
-                path: k.clone(),
-                reason: format!("no keyring {}", k.display()),
-            });
+            return Err(Error::io("opening the keyring", k)(
+                io::ErrorKind::NotFound.into(),
+            ));
         }
     }
     let dates = match opts.revert {
@@ -439,12 +438,16 @@ pub fn sync_snapshot(store: &Store, opts: &SyncOptions, lock: &ImportLock) -> Re
     for date in dates {
         let mut found: Option<String> = None;
         let mut last_failure = String::new();
+        // Mirrors that answered but lack this date: worth a warning only if
+        // another mirror has it.
+        let mut lacking: Vec<usize> = Vec::new();
         for (i, mirror) in mirrors.iter().enumerate() {
             if !alive[i] {
                 continue;
             }
             let md5_dest = work.path().join("md5sum");
             let mut hit = None;
+            let mut answered = true;
             for name in candidate_names(date) {
                 let md5_name = format!("{name}.md5sum");
                 match fetcher.fetch(mirror, &md5_name, &md5_dest, false) {
@@ -454,19 +457,26 @@ pub fn sync_snapshot(store: &Store, opts: &SyncOptions, lock: &ImportLock) -> Re
                     }
                     Err(FetchError::NotFound) => continue,
                     Err(FetchError::Unreachable(why)) => {
-                        warn!(mirror = %opts.mirrors[i], "mirror unreachable, skipping it: {why}");
+                        warn!("mirror {} unreachable, skipping it: {why}", opts.mirrors[i]);
                         alive[i] = false;
                         last_unreachable = why;
+                        answered = false;
                         break;
                     }
                     Err(FetchError::Failed(why)) => {
-                        warn!(mirror = %opts.mirrors[i], "mirror failed, trying the next: {why}");
+                        warn!("mirror {} failed, trying the next: {why}", opts.mirrors[i]);
                         last_failure = why;
+                        answered = false;
                         break;
                     }
                 }
             }
-            let Some(name) = hit else { continue };
+            let Some(name) = hit else {
+                if answered {
+                    lacking.push(i);
+                }
+                continue;
+            };
             debug!(mirror = %opts.mirrors[i], file = %name, "snapshot found");
 
             // Decide before downloading: the tag is the file date minus one day.
@@ -488,6 +498,14 @@ pub fn sync_snapshot(store: &Store, opts: &SyncOptions, lock: &ImportLock) -> Re
                     newest: tag_date.to_string(),
                 });
             }
+            for &j in &lacking {
+                warn!(
+                    "mirror {} has no snapshot dated {}, trying the next",
+                    opts.mirrors[j],
+                    compact(date)
+                );
+            }
+            lacking.clear();
             found = Some(name.clone());
 
             match download_verified(&fetcher, mirror, &name, &md5_dest, work.path(), opts) {
@@ -503,17 +521,17 @@ pub fn sync_snapshot(store: &Store, opts: &SyncOptions, lock: &ImportLock) -> Re
                     });
                 }
                 Err(FetchError::Unreachable(why)) => {
-                    warn!(mirror = %opts.mirrors[i], "mirror unreachable, skipping it: {why}");
+                    warn!("mirror {} unreachable, skipping it: {why}", opts.mirrors[i]);
                     alive[i] = false;
                     last_failure = why;
                 }
                 Err(FetchError::NotFound) => {
                     let why = format!("{} has an md5 sum but no tarball", mirror.location(&name));
-                    warn!(mirror = %opts.mirrors[i], "mirror failed, trying the next: {why}");
+                    warn!("mirror {} failed, trying the next: {why}", opts.mirrors[i]);
                     last_failure = why;
                 }
                 Err(FetchError::Failed(why)) => {
-                    warn!(mirror = %opts.mirrors[i], "mirror failed, trying the next: {why}");
+                    warn!("mirror {} failed, trying the next: {why}", opts.mirrors[i]);
                     last_failure = why;
                 }
             }
@@ -563,8 +581,13 @@ fn download_verified(
     if !opts.verify {
         return Ok(tarball);
     }
-    let expected = super::verify::read_md5sum(&md5_path, &tarball)
-        .map_err(|e| FetchError::Failed(format!("{e}")))?;
+    let expected = super::verify::read_md5sum(&md5_path, &tarball).map_err(|e| match e {
+        // Name the mirror's file, not the download's temporary copy.
+        Error::Md5File { problem, .. } => {
+            FetchError::Failed(format!("{}.md5sum: {problem}", mirror.location(name)))
+        }
+        e => FetchError::Failed(e.to_string()),
+    })?;
     if expected != fetched.md5 {
         return Err(FetchError::Failed(format!(
             "md5 mismatch for {}: expected {expected}, got {}",
