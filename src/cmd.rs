@@ -2,6 +2,7 @@
 //! into the library crates; nothing here is reused by tests, which drive the
 //! real binary instead.
 
+pub mod demo;
 pub mod mount;
 pub mod run;
 pub mod snapshot;
@@ -10,17 +11,17 @@ pub mod stage;
 use portroot::store::Store;
 
 /// What every subcommand gets from the global options.
-// TODO: drop once the subcommands read it (see issues 2-4).
-#[allow(dead_code)]
 #[derive(Debug)]
 pub struct Ctx {
     /// The store all commands read and write.
     pub store: Store,
     /// `--quiet`: no progress bars.
     pub quiet: bool,
+    /// Whether the store was named (`--store` or `PORTROOT_STORE`) rather
+    /// than left at its default.
+    pub store_given: bool,
 }
 
-#[allow(dead_code)]
 impl Ctx {
     /// Whether to draw progress bars: on a terminal, unless `--quiet`.
     pub fn progress(&self) -> bool {

@@ -11,7 +11,7 @@ mod cmd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{ArgAction, Parser, Subcommand};
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
 use portroot::store::{Store, DEFAULT_STORE};
 use tracing_subscriber::EnvFilter;
 
@@ -65,6 +65,8 @@ enum Command {
     Ps(cmd::run::PsArgs),
     /// Remove what killed runs left behind in the store.
     Gc(cmd::run::GcArgs),
+    /// Run the whole workflow on built-in demo data, offline (as root).
+    Demo(cmd::demo::DemoArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
     #[command(
         after_help = "Example:\n  portroot completions bash > /usr/share/bash-completion/completions/portroot"
@@ -84,11 +86,20 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let store_given = !matches!(
+        matches.value_source("store"),
+        None | Some(clap::parser::ValueSource::DefaultValue)
+    );
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
     init_logging(cli.verbose, cli.quiet);
     let ctx = cmd::Ctx {
         store: Store::new(&cli.store),
         quiet: cli.quiet,
+        store_given,
     };
     let result = match cli.command {
         Command::Snapshot(c) => cmd::snapshot::run(&ctx, c),
@@ -100,6 +111,7 @@ fn main() -> ExitCode {
         Command::Ps(a) => cmd::run::ps(&ctx, a),
         Command::Gc(a) => cmd::run::gc(&ctx, a),
         Command::Internal(c) => cmd::run::internal(&ctx, c),
+        Command::Demo(a) => cmd::demo::demo(&ctx, a),
         Command::Completions { shell } => print_completions(shell),
         Command::Man => print_man(),
     };
@@ -115,7 +127,6 @@ fn main() -> ExitCode {
 /// `portroot completions SHELL`: generated from the clap definition, so they
 /// never drift from the real flags.
 fn print_completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
-    use clap::CommandFactory;
     let mut command = Cli::command();
     clap_complete::generate(shell, &mut command, "portroot", &mut std::io::stdout());
     Ok(ExitCode::SUCCESS)
@@ -124,7 +135,6 @@ fn print_completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
 /// `portroot man`: the man page, generated from the clap definition.
 fn print_man() -> anyhow::Result<ExitCode> {
     use anyhow::Context;
-    use clap::CommandFactory;
     clap_mangen::Man::new(Cli::command())
         .render(&mut std::io::stdout())
         .context("writing the man page to stdout")?;

@@ -62,14 +62,19 @@ fn chmod(path: &Path, mode: u32) {
 
 /// A repository with two tags (annotated `TAG1`, lightweight `TAG2`) holding
 /// nested dirs, exec files, symlinks (relative, absolute, dangling), empty
-/// files, a 3 MiB file, a directory of `MANY` entries, a submodule entry and
+/// files, a 3 MiB file, a directory of `many` entries, a submodule entry and
 /// odd names. The work tree is the repo; tests use its `.git`.
 struct Fixture {
     dir: tempfile::TempDir,
 }
 
 impl Fixture {
+    /// The usual fixture, with a small `many/` directory.
     fn new() -> Fixture {
+        Fixture::with_many(64)
+    }
+
+    fn with_many(many: usize) -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         git(d, &["init", "-q", "-b", "main"], 0);
@@ -84,7 +89,7 @@ impl Fixture {
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
             .collect();
         write(&d.join("big.bin"), &big);
-        for i in 0..MANY {
+        for i in 0..many {
             write(
                 &d.join(format!("many/entry-{i:05}.ebuild")),
                 format!("{i}\n"),
@@ -507,7 +512,7 @@ fn fs_mount_readdir_of_5000_entries_is_complete_and_stable() {
     if !util::require_root() {
         return;
     }
-    let fx = Fixture::new();
+    let fx = Fixture::with_many(MANY);
     let at = mountpoint();
     let m = mount(&fx, View::Ref(TAG1.into()), at.path());
     let list = || {
@@ -553,6 +558,28 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Live `portroot mount` daemons whose command line ends with `mountpoint`.
+fn daemons_for(mountpoint: &Path) -> Vec<i32> {
+    let want = mountpoint.canonicalize().expect("canonical");
+    fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline
+                .split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .collect();
+            let stat = fs::read_to_string(e.path().join("stat")).ok()?;
+            let zombie = stat.rsplit(')').next()?.trim_start().starts_with('Z');
+            let ours = args.iter().any(|a| *a == b"--foreground")
+                && args.last() == Some(&want.as_os_str().as_bytes());
+            (ours && !zombie).then_some(pid)
+        })
+        .collect()
+}
+
 fn foreground(store: &Path, fx: &Fixture, at: &Path) -> Child {
     let child = util::portroot(store)
         .args(["mount", "--foreground", "--tag", TAG1, "--git-dir"])
@@ -596,10 +623,49 @@ fn fs_mount_cli_background_mount_then_umount() {
         line.contains("allow_other") && line.contains("default_permissions"),
         "{line}"
     );
+    assert_eq!(
+        daemons_for(at.path()).len(),
+        1,
+        "one daemon serves the mount"
+    );
     util::ok(util::portroot(store.path()).arg("umount").arg(at.path()));
     util::assert_no_mounts_under(at.path());
+    assert!(
+        daemons_for(at.path()).is_empty(),
+        "umount waits for the daemon to exit"
+    );
     let err = util::fails(util::portroot(store.path()).arg("umount").arg(at.path()), 1);
     assert!(err.contains("not mounted"), "{err}");
+}
+
+#[test]
+fn fs_mount_cli_without_fusermount3_mounts_and_unmounts() {
+    if !util::require_root() {
+        return;
+    }
+    // A host without fuse3: the daemon mounts through mount(2) itself (fstype
+    // plain `fuse`, no subtype) and umount must still know the mount as ours.
+    let fx = Fixture::new();
+    let store = tempfile::tempdir().expect("store");
+    let at = mountpoint();
+    let no_tools = tempfile::tempdir().expect("empty PATH dir");
+    let out = util::run(
+        util::portroot(store.path())
+            .env("PATH", no_tools.path())
+            .args(["mount", "--tag", TAG1, "--git-dir"])
+            .arg(fx.git_dir())
+            .arg(at.path()),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_same_tree(fx.archive(TAG1).path(), at.path(), TIME1);
+    util::ok(
+        util::portroot(store.path())
+            .env("PATH", no_tools.path())
+            .arg("umount")
+            .arg(at.path()),
+    );
+    util::assert_no_mounts_under(at.path());
+    assert!(daemons_for(at.path()).is_empty(), "the daemon exited");
 }
 
 #[test]

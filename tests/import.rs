@@ -575,7 +575,7 @@ fn bad_entries_are_refused_naming_the_entry() {
             Box::new(|b| raw_entry(b, tar::EntryType::Regular, b"other/file", b"", b"x")),
         ),
         (
-            "\"gentoo-20260822/hl\": hardlink to \"nothing\", which is not an earlier regular file",
+            "\"gentoo-20260822/hl\": hardlink to \"nothing\", which is not a regular file in the snapshot",
             Box::new(|b| {
                 raw_entry(
                     b,

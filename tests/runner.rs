@@ -102,6 +102,55 @@ pub fn listing(root: &Path) -> BTreeMap<PathBuf, String> {
     out
 }
 
+/// `/proc/self/mountinfo`, one line per mount.
+fn mountinfo() -> Vec<String> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The host's mount table is as it was: `/`, `/proc`, `/dev` and `/sys` and
+/// everything below them unchanged (nothing unmounted or remounted by a slave
+/// bind gone wrong), and no mount at all that mentions one of `ours` (overlay
+/// options, FUSE trees, binds). Other tests of this binary mount and unmount
+/// elsewhere concurrently, so the rest of the table is not compared.
+fn assert_mountinfo_unchanged(before: &[String], ours: &[&Path]) {
+    let after = mountinfo();
+    let host = |l: &&String| {
+        let mp = l.split(' ').nth(4).unwrap_or("");
+        mp == "/"
+            || ["/proc", "/dev", "/sys"]
+                .iter()
+                .any(|p| mp == *p || mp.starts_with(&format!("{p}/")))
+    };
+    let host_before: Vec<_> = before.iter().filter(host).collect();
+    let host_after: Vec<_> = after.iter().filter(host).collect();
+    assert_eq!(host_after, host_before, "host mounts changed");
+    for p in ours {
+        let p = p.to_string_lossy();
+        let leaked: Vec<_> = after.iter().filter(|l| l.contains(p.as_ref())).collect();
+        assert!(leaked.is_empty(), "mounts left mentioning {p}: {leaked:?}");
+    }
+}
+
+/// Two listings are equal; on failure, show only the differing entries.
+fn assert_same_listing(after: &BTreeMap<PathBuf, String>, before: &BTreeMap<PathBuf, String>) {
+    let diff: Vec<_> = before
+        .iter()
+        .filter(|(k, v)| after.get(*k) != Some(v))
+        .map(|(k, v)| format!("-{} {v}", k.display()))
+        .chain(
+            after
+                .iter()
+                .filter(|(k, v)| before.get(*k) != Some(v))
+                .map(|(k, v)| format!("+{} {v}", k.display())),
+        )
+        .collect();
+    assert!(diff.is_empty(), "store changed:\n{}", diff.join("\n"));
+}
+
 /// The directories of one sandbox-helper test.
 struct Sandbox {
     _tmp: tempfile::TempDir,
@@ -229,7 +278,7 @@ fn sandbox_runs_script_in_isolated_chroot() {
          ls /proc | grep -c '^[0-9]'",
     );
     let before_rootfs = listing(&sb.base.join("rootfs"));
-    let before_mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let before_mounts = mountinfo();
     let out = stdout(&sb.run());
 
     assert!(
@@ -294,16 +343,9 @@ fn sandbox_runs_script_in_isolated_chroot() {
         fs::read_to_string(sb.base.join("upper/root/file")).unwrap(),
         "mine\n"
     );
-    assert_eq!(
-        listing(&sb.base.join("rootfs")),
-        before_rootfs,
-        "stage rootfs changed"
-    );
+    assert_same_listing(&listing(&sb.base.join("rootfs")), &before_rootfs);
     assert!(fs::read_dir(sb.base.join("tree")).unwrap().count() == 1);
-    assert_eq!(
-        fs::read_to_string("/proc/self/mountinfo").unwrap(),
-        before_mounts
-    );
+    assert_mountinfo_unchanged(&before_mounts, &[&sb.base]);
 }
 
 #[test]
@@ -386,4 +428,545 @@ fn sandbox_binds_never_follow_symlinks_out_of_the_chroot() {
         .join("upper")
         .join(outside.path().strip_prefix("/").unwrap());
     assert!(upper.join("repos/gentoo").is_dir());
+}
+
+// ---------------------------------------------------------------------------
+// `portroot run` end to end: a stage added through the CLI, trees served by
+// the fs crate from real git repositories.
+
+/// A store with a stage `test` (the library's stage fixture: setuid,
+/// capabilities, hardlinks, devices, a portage user), a `gentoo` repository
+/// with tags `2026-08-20` and `2026-08-21`, and an `extra` repository whose
+/// branch `main` holds one file.
+pub struct RunStore {
+    pub tmp: tempfile::TempDir,
+}
+
+impl RunStore {
+    pub fn new() -> RunStore {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("store");
+        let tarball = portroot::fixture::stage::StageTarball::build(
+            tmp.path(),
+            portroot::fixture::stage::Compression::None,
+        )
+        .unwrap();
+        util::ok(
+            util::portroot(&store)
+                .args(["-q", "stage", "add", "--name", "test"])
+                .arg(&tarball),
+        );
+        fs::create_dir_all(store.join("repos")).unwrap();
+        let gentoo = git2::Repository::init_bare(store.join("repos/gentoo.git")).unwrap();
+        for (tag, stamp) in [("2026-08-20", "1787270400"), ("2026-08-21", "1787359500")] {
+            let files = [
+                ("metadata/timestamp.x", format!("{stamp} {tag}\n")),
+                ("app-misc/hello/hello-1.ebuild", "EAPI=8\n".to_owned()),
+            ];
+            commit_and_tag(&gentoo, &files, Some(tag), "refs/heads/main");
+        }
+        let extra = git2::Repository::init_bare(store.join("repos/extra.git")).unwrap();
+        commit_and_tag(
+            &extra,
+            &[("profiles/repo_name", "extra\n".to_owned())],
+            None,
+            "refs/heads/main",
+        );
+        RunStore { tmp }
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.tmp.path().join("store")
+    }
+
+    pub fn rootfs(&self) -> PathBuf {
+        let stages = self.store().join("stages");
+        let digest = fs::read_dir(&stages)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.join("rootfs").is_dir())
+            .expect("a stage directory with a rootfs");
+        digest.join("rootfs")
+    }
+
+    pub fn run(&self) -> Command {
+        let mut c = util::portroot(&self.store());
+        c.args(["run", "--stage", "test", "--tag", "2026-08-20"]);
+        c.env("PORTROOT_TEST_LEAK", "host-secret");
+        c
+    }
+}
+
+fn commit_and_tag(
+    repo: &git2::Repository,
+    files: &[(&str, String)],
+    tag: Option<&str>,
+    branch: &str,
+) {
+    let mut index = git2::Index::new().unwrap();
+    for (path, content) in files {
+        let oid = repo.blob(content.as_bytes()).unwrap();
+        let entry = git2::IndexEntry {
+            ctime: git2::IndexTime::new(0, 0),
+            mtime: git2::IndexTime::new(0, 0),
+            dev: 0,
+            ino: 0,
+            mode: 0o100644,
+            uid: 0,
+            gid: 0,
+            file_size: content.len() as u32,
+            id: oid,
+            flags: 0,
+            flags_extended: 0,
+            path: path.as_bytes().to_vec(),
+        };
+        index.add(&entry).unwrap();
+    }
+    let tree = repo.find_tree(index.write_tree_to(repo).unwrap()).unwrap();
+    let sig = git2::Signature::new(
+        "portroot test",
+        "test@example.invalid",
+        &git2::Time::new(1787270400, 0),
+    )
+    .unwrap();
+    let parent = repo
+        .refname_to_id(branch)
+        .ok()
+        .map(|id| repo.find_commit(id).unwrap());
+    let parents: Vec<&git2::Commit> = parent.iter().collect();
+    let commit = repo
+        .commit(Some(branch), &sig, &sig, "snapshot", &tree, &parents)
+        .unwrap();
+    if let Some(tag) = tag {
+        let obj = repo.find_object(commit, None).unwrap();
+        repo.tag(tag, &obj, &sig, tag, false).unwrap();
+    }
+}
+
+fn run_dirs(store: &Path) -> Vec<PathBuf> {
+    match fs::read_dir(store.join("runs")) {
+        Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[test]
+fn run_eight_parallel_jobs_isolated_and_collected() {
+    if !util::require_root() {
+        return;
+    }
+    let rs = RunStore::new();
+    let before_rootfs = listing(&rs.rootfs());
+    let before_mounts = mountinfo();
+    let script = "set -e; cd /var/db/repos; cat gentoo/metadata/timestamp.x extra/profiles/repo_name;\
+        echo host=$(hostname) pid=$$ init=$(cat /proc/1/cmdline | tr '\\0' ' ');\
+        echo env=$(/usr/bin/env | sort | tr '\\n' ' ');\
+        grep -h -e FEATURES -e PKGDIR -e main-repo -e location /etc/portage/make.conf /etc/portage/repos.conf/gentoo.conf;\
+        echo $(hostname) > /root/mine; echo pkg > /var/cache/binpkgs/$(hostname).gpkg.tar;\
+        ls /root";
+    let out = util::run(
+        rs.run()
+            .args([
+                "--repo-ref",
+                "extra=main",
+                "--repeat",
+                "8",
+                "--jobs",
+                "8",
+                "--",
+            ])
+            .arg(script),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // Not a single warning: the tree's FUSE mount answers flush itself and
+    // unmounts quietly.
+    assert!(stderr.trim().is_empty(), "{stderr}");
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains("JOB") && out.contains("STATUS") && out.contains("SECONDS"),
+        "{out}"
+    );
+    let runs = run_dirs(&rs.store());
+    assert_eq!(runs.len(), 1);
+    let run = &runs[0];
+    for i in 1..=8 {
+        let log = fs::read_to_string(run.join(i.to_string()).join("log")).unwrap();
+        assert!(
+            log.contains("1787270400 2026-08-20\nextra\n"),
+            "job {i}: {log}"
+        );
+        assert!(
+            log.contains(&format!("host={i} pid=2 init=")),
+            "job {i}: {log}"
+        );
+        assert!(!log.contains("host-secret"), "job {i}: {log}");
+        // A login shell: the stage's /etc/profile ran.
+        let marker = portroot::fixture::stage::PROFILE_MARKER;
+        assert!(log.contains(&format!("{marker}=")), "job {i}: {log}");
+        assert!(
+            log.contains("buildpkg cgroup ipc-sandbox network-sandbox parallel-fetch"),
+            "{log}"
+        );
+        assert!(log.contains("PKGDIR=\"/var/cache/binpkgs\""), "{log}");
+        assert!(log.contains("main-repo = gentoo"), "{log}");
+        assert!(log.contains("location = /var/db/repos/extra"), "{log}");
+        // Each job sees only its own writes.
+        assert!(log.ends_with("mine\n"), "job {i}: {log}");
+        assert_eq!(
+            fs::read_to_string(run.join(i.to_string()).join("status")).unwrap(),
+            "ok\n"
+        );
+        assert!(
+            !run.join(i.to_string()).join("upper").exists(),
+            "chroot not removed"
+        );
+        assert_eq!(
+            fs::read_to_string(rs.store().join(format!("binpkgs/{i}.gpkg.tar"))).unwrap(),
+            "pkg\n"
+        );
+    }
+    assert!(!run.join("repos").exists());
+    assert_same_listing(&listing(&rs.rootfs()), &before_rootfs);
+    assert_mountinfo_unchanged(&before_mounts, &[rs.tmp.path()]);
+    assert!(util::ok(util::portroot(&rs.store()).arg("ps")).is_empty());
+}
+
+#[test]
+fn run_reports_a_failing_job_and_the_others_succeed() {
+    if !util::require_root() {
+        return;
+    }
+    let rs = RunStore::new();
+    let jobs = rs.tmp.path().join("jobs");
+    fs::write(&jobs, "good\ttrue\nbad\texit 3\nalso-good\techo fine\n").unwrap();
+    let out = util::run(rs.run().arg("--job-file").arg(&jobs));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr, "portroot: 1 of 3 jobs failed\n");
+    let table = String::from_utf8_lossy(&out.stdout);
+    let status_of = |job: &str| {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(job))
+            .unwrap_or_else(|| panic!("{job} missing: {table}"))
+            .to_owned()
+    };
+    assert!(status_of("bad").contains("exit 3"), "{table}");
+    assert!(status_of("good").contains(" ok "), "{table}");
+    assert!(status_of("also-good").contains(" ok "), "{table}");
+}
+
+#[test]
+fn run_with_usr_portage_layout_and_tag_two() {
+    if !util::require_root() {
+        return;
+    }
+    let rs = RunStore::new();
+    let mut cmd = util::portroot(&rs.store());
+    cmd.args([
+        "run",
+        "--stage",
+        "test",
+        "--tag",
+        "2026-08-21",
+        "--layout",
+        "usr-portage",
+        "--network",
+        "none",
+        "--",
+    ])
+    .arg("cat /usr/portage/metadata/timestamp.x; cat /proc/net/dev");
+    util::ok(&mut cmd);
+    let run = &run_dirs(&rs.store())[0];
+    let log = fs::read_to_string(run.join("1/log")).unwrap();
+    assert!(log.contains("1787359500 2026-08-21\n"), "{log}");
+    assert!(
+        !log.lines().any(|l| l.trim_start().starts_with("eth")),
+        "{log}"
+    );
+}
+
+#[test]
+fn run_bad_input_leaves_nothing_behind() {
+    if !util::require_root() {
+        return;
+    }
+    let rs = RunStore::new();
+    let before = listing(&rs.store());
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[
+                "run",
+                "--stage",
+                "nope",
+                "--tag",
+                "2026-08-20",
+                "--",
+                "true",
+            ],
+            "nope",
+        ),
+        (
+            &[
+                "run",
+                "--stage",
+                "test",
+                "--tag",
+                "1999-01-01",
+                "--",
+                "true",
+            ],
+            "1999-01-01",
+        ),
+        (
+            &[
+                "run",
+                "--stage",
+                "test",
+                "--tag",
+                "2026-08-20",
+                "--repo-ref",
+                "missing=main",
+                "--",
+                "true",
+            ],
+            "missing",
+        ),
+        (
+            &["run", "--stage", "test", "--tag", "2026-08-20"],
+            "command",
+        ),
+    ];
+    for (args, what) in cases {
+        let err = util::fails(util::portroot(&rs.store()).args(args), 1);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(what), "{args:?}: {err}");
+    }
+    assert_same_listing(&listing(&rs.store()), &before);
+    // A busy stage (being removed: `stage rm` holds its lock exclusively).
+    let lock = fs::File::open(rs.rootfs().parent().unwrap().join("lock")).unwrap();
+    let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+    let err = util::fails(
+        util::portroot(&rs.store()).args([
+            "run",
+            "--stage",
+            "test",
+            "--tag",
+            "2026-08-20",
+            "--",
+            "true",
+        ]),
+        1,
+    );
+    assert!(err.contains("busy"), "{err}");
+    drop(held);
+    assert_same_listing(&listing(&rs.store()), &before);
+    // A stage without /bin/bash.
+    fs::remove_file(rs.rootfs().join("bin/bash")).unwrap();
+    let before = listing(&rs.store());
+    let err = util::fails(
+        util::portroot(&rs.store()).args([
+            "run",
+            "--stage",
+            "test",
+            "--tag",
+            "2026-08-20",
+            "--",
+            "true",
+        ]),
+        1,
+    );
+    assert!(err.contains("/bin/bash"), "{err}");
+    assert_same_listing(&listing(&rs.store()), &before);
+    util::assert_no_mounts_under(rs.tmp.path());
+}
+
+#[test]
+fn sigkill_of_the_runner_leaves_no_mount_and_gc_cleans_up() {
+    if !util::require_root() {
+        return;
+    }
+    let rs = RunStore::new();
+    let cookie = rs.store().join("binpkgs");
+    let mut child = rs
+        .run()
+        .args([
+            "--repeat",
+            "2",
+            "--",
+            "touch /var/cache/binpkgs/started-$(hostname); sleep 600",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait (without a time limit on correctness) until both jobs are running.
+    while !(cookie.join("started-1").exists() && cookie.join("started-2").exists()) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(child.try_wait().unwrap().is_none(), "runner exited early");
+    }
+    let ps = util::ok(util::portroot(&rs.store()).arg("ps"));
+    assert!(ps.contains(&child.id().to_string()), "{ps}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    util::assert_no_mounts_under(rs.tmp.path());
+    // The jobs died with the runner: nobody holds files in the run any more.
+    let runs = run_dirs(&rs.store());
+    assert_eq!(runs.len(), 1);
+    assert!(util::ok(util::portroot(&rs.store()).arg("ps")).is_empty());
+    util::ok(util::portroot(&rs.store()).arg("gc"));
+    assert!(run_dirs(&rs.store()).is_empty());
+}
+
+#[test]
+fn keep_then_shell_reenters_the_job_chroot() {
+    if !util::require_root() {
+        return;
+    }
+    let rs = RunStore::new();
+    util::ok(rs.run().args(["--keep", "--", "echo kept > /root/state"]));
+    let run = run_dirs(&rs.store()).remove(0);
+    let id = run.file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(run.join("1/upper/root/state").is_file());
+    let mut shell = util::portroot(&rs.store());
+    shell
+        .args(["shell", "--run", &id, "--job", "1"])
+        .stdin(std::process::Stdio::piped());
+    shell.stdout(std::process::Stdio::piped());
+    let mut child = shell.spawn().unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"cat /root/state; cat /var/db/repos/gentoo/metadata/timestamp.x; hostname\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text, "kept\n1787270400 2026-08-20\n1\n");
+    util::assert_no_mounts_under(rs.tmp.path());
+    // gc leaves finished runs alone unless --all.
+    util::ok(util::portroot(&rs.store()).arg("gc"));
+    assert!(run.is_dir());
+    util::ok(util::portroot(&rs.store()).args(["gc", "--all"]));
+    assert!(!run.exists());
+}
+
+#[test]
+fn shell_on_a_stage_runs_stdin_and_removes_its_chroot() {
+    if !util::require_root() {
+        return;
+    }
+    let rs = RunStore::new();
+    let mut shell = util::portroot(&rs.store());
+    shell
+        .args(["shell", "--stage", "test", "--tag", "2026-08-21"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = shell.spawn().unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"cat /var/db/repos/gentoo/metadata/timestamp.x; exit 4\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1787359500 2026-08-21\n"
+    );
+    assert!(run_dirs(&rs.store()).is_empty());
+    util::assert_no_mounts_under(rs.tmp.path());
+}
+
+#[test]
+fn sigterm_stops_the_run_and_tears_down() {
+    if !util::require_root() {
+        return;
+    }
+    let rs = RunStore::new();
+    let cookie = rs.store().join("binpkgs");
+    let mut child = rs
+        .run()
+        .args(["--repeat", "3", "--jobs", "2", "--keep", "--"])
+        .arg("touch /var/cache/binpkgs/started-$(hostname); sleep 600")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    while !(cookie.join("started-1").exists() && cookie.join("started-2").exists()) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(child.try_wait().unwrap().is_none(), "runner exited early");
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(128 + 15));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(
+        !cookie.join("started-3").exists(),
+        "a queued job started after SIGTERM"
+    );
+    let run = &run_dirs(&rs.store())[0];
+    for job in ["1", "2", "3"] {
+        assert!(
+            !run.join(job).join("upper").exists(),
+            "job {job} chroot left"
+        );
+    }
+    util::assert_no_mounts_under(rs.tmp.path());
+}
+
+#[test]
+fn run_reads_a_job_file_from_stdin_and_quotes_words() {
+    if !util::require_root() {
+        return;
+    }
+    let rs = RunStore::new();
+    let mut child = rs
+        .run()
+        .args(["--job-file", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"zlib\techo building zlib\nbash-5\techo building $(hostname)\n")
+        .unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let run = run_dirs(&rs.store()).remove(0);
+    assert_eq!(
+        fs::read_to_string(run.join("zlib/log")).unwrap(),
+        "building zlib\n"
+    );
+    assert_eq!(
+        fs::read_to_string(run.join("bash-5/log")).unwrap(),
+        "building bash-5\n"
+    );
+
+    // Several words after `--` stay separate arguments, nothing expands.
+    util::ok(
+        rs.run()
+            .args(["--", "printf", "[%s]", "a b", "$HOME", "it's"]),
+    );
+    let run = run_dirs(&rs.store())
+        .into_iter()
+        .find(|r| r.join("1").is_dir())
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(run.join("1/log")).unwrap(),
+        "[a b][$HOME][it's]"
+    );
 }

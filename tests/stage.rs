@@ -355,8 +355,8 @@ fn re_adding_the_same_tarball_changes_nothing() {
     assert!(out.contains("already present"), "{out}");
     assert_same(&before, &snapshot(&s.store()), "re-add touched the store");
 
-    // A copy is another file (not in the digest cache): hashed again, found
-    // present, and the unpacked copy dropped.
+    // A copy is another file (not in the digest cache): as big as a stored
+    // stage, so it is hashed first, found present, and nothing is unpacked.
     let copy = s.path().join("copy-of-stage.tar.gz");
     fs::copy(&tarball, &copy).unwrap();
     let out = util::ok(
@@ -581,6 +581,11 @@ fn hostile_tarballs_are_refused_and_leave_nothing_behind() {
             "refusing tar entry ./h in *: hardlink target ./s/passwd is not an earlier file".into(),
         ),
         (
+            "file-over-directory",
+            vec![dir("."), dir("d"), file("d/keep", b"x"), file("d", b"flat")],
+            "refusing tar entry ./d in *: would replace a directory".into(),
+        ),
+        (
             "hardlink-unknown",
             vec![dir("."), entry("h", Kind::Hardlink("later".into()), 0o644), file("later", b"")],
             "is not an earlier file of the archive".into(),
@@ -684,4 +689,168 @@ fn broken_tarballs_are_refused_and_leave_nothing_behind() {
         assert_refused(&s, &path, expect, &outside);
         fs::remove_file(&path).unwrap();
     }
+}
+
+#[test]
+fn later_entries_replace_earlier_ones_and_inner_symlinks_are_followed() {
+    if !util::require_root() {
+        return;
+    }
+    let s = Scratch::new();
+    let entries = vec![
+        dir("."),
+        dir("usr"),
+        dir("usr/lib"),
+        // Merged-/usr style: a relative symlink that stays inside the root is
+        // followed, as tar follows it.
+        entry("lib", Kind::Symlink("usr/lib".into()), 0o777),
+        file("lib/libx.so", b"via the link"),
+        file("a", b"first"),
+        file("a", b"second"),
+        entry("s", Kind::Symlink("a".into()), 0o777),
+        file("s", b"a file now"),
+        file("n", b"node soon"),
+        entry("n", Kind::Fifo, 0o600),
+        dir("d"),
+        entry("d", Kind::Dir, 0o700),
+    ];
+    let tarball = s.path().join("replace.tar");
+    fixture::write_tarball(&tarball, Compression::None, &entries).unwrap();
+    let rootfs = s.add(&tarball, None);
+    assert_eq!(
+        fs::read(rootfs.join("usr/lib/libx.so")).unwrap(),
+        b"via the link"
+    );
+    assert_eq!(fs::read(rootfs.join("a")).unwrap(), b"second");
+    assert!(fs::symlink_metadata(rootfs.join("s")).unwrap().is_file());
+    assert_eq!(fs::read(rootfs.join("s")).unwrap(), b"a file now");
+    assert!(fs::symlink_metadata(rootfs.join("n"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    assert_eq!(
+        fs::metadata(rootfs.join("d")).unwrap().mode() & 0o7777,
+        0o700
+    );
+}
+
+#[test]
+fn garbage_collection_removes_only_what_dead_operations_left() {
+    // Needs no root: nothing is unpacked.
+    let s = Scratch::new();
+    let tmp = s.store().join("tmp");
+    let stages = s.store().join("stages");
+    let dead = tmp.join("stage-dead");
+    let live = tmp.join("stage-live");
+    let removing = tmp.join("removing-0123-1.2");
+    let other = tmp.join("not-ours");
+    for d in [&dead, &live, &removing, &other] {
+        fs::create_dir_all(d.join("rootfs/usr")).unwrap();
+    }
+    fs::create_dir_all(stages.join("by-name")).unwrap();
+    let gone = "f".repeat(64);
+    std::os::unix::fs::symlink(format!("../{gone}"), stages.join("by-name/old")).unwrap();
+
+    // A live add holds an exclusive flock on its directory.
+    let held = fs::File::open(&live).unwrap();
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) },
+        0
+    );
+
+    let removed = s.stages().collect_garbage().unwrap();
+    assert_eq!(removed, 3, "dead add, dead removal, dangling name");
+    assert!(!dead.exists());
+    assert!(!removing.exists());
+    assert!(
+        live.join("rootfs/usr").is_dir(),
+        "a live unpack was removed"
+    );
+    assert!(other.exists(), "not ours to remove");
+    assert!(fs::symlink_metadata(stages.join("by-name/old")).is_err());
+    drop(held);
+    // `portroot gc` is how a user gets there.
+    let out = util::ok(util::portroot(&s.store()).arg("gc"));
+    assert!(!live.exists(), "gc removes a dead unpack: {out}");
+    assert!(other.exists(), "not ours to remove");
+}
+
+#[test]
+fn long_names_and_link_targets_survive() {
+    if !util::require_root() {
+        return;
+    }
+    let s = Scratch::new();
+    // Longer than ustar's 100-byte name field: the tar crate writes GNU
+    // long-name records, as GNU tar does for deep /usr/share paths.
+    let deep = format!("usr/share/{}/{}", "d".repeat(90), "f".repeat(80));
+    let target = format!("../../{}", "t".repeat(150));
+    let tarball = s.path().join("long.tar.gz");
+    {
+        let gz = flate2::write::GzEncoder::new(
+            fs::File::create(&tarball).unwrap(),
+            flate2::Compression::fast(),
+        );
+        let mut b = tar::Builder::new(gz);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o640);
+        h.set_uid(250);
+        h.set_gid(250);
+        h.set_mtime(fixture::BASE_MTIME);
+        h.set_size(4);
+        b.append_data(&mut h, &deep, &b"deep"[..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_mode(0o777);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(fixture::BASE_MTIME);
+        h.set_size(0);
+        b.append_link(&mut h, "usr/share/long-link", &target)
+            .unwrap();
+        b.into_inner().unwrap().finish().unwrap();
+    }
+    let rootfs = s.add(&tarball, None);
+    let m = fs::metadata(rootfs.join(&deep)).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (250, 250, 0o640));
+    assert_eq!(fs::read(rootfs.join(&deep)).unwrap(), b"deep");
+    assert_eq!(
+        fs::read_link(rootfs.join("usr/share/long-link")).unwrap(),
+        PathBuf::from(&target)
+    );
+}
+
+#[test]
+fn concurrent_adds_of_one_tarball_make_one_stage() {
+    if !util::require_root() {
+        return;
+    }
+    let s = Scratch::new();
+    let tarball = s.fixture(Compression::Gzip);
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            s.portroot()
+                .args(["stage", "add"])
+                .arg(&tarball)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stages = s.stages().list().unwrap();
+    assert_eq!(stages.len(), 1);
+    assert_eq!(stages[0].names, vec!["stage4-fixture"]);
+    assert_matches_headers(&stages[0].rootfs, &tarball);
+    assert_eq!(fs::read_dir(s.store().join("tmp")).unwrap().count(), 0);
 }

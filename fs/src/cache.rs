@@ -125,12 +125,12 @@ impl ObjectCache {
     pub fn blob<E>(
         &self,
         oid: Oid,
-        load: impl FnOnce() -> Result<Vec<u8>, E>,
+        load: impl FnOnce() -> Result<Arc<[u8]>, E>,
     ) -> Result<Arc<[u8]>, E> {
         if let Some(Cached::Blob(b)) = self.get(&oid) {
             return Ok(b);
         }
-        let b: Arc<[u8]> = load()?.into();
+        let b = load()?;
         self.insert(oid, Cached::Blob(b.clone()));
         Ok(b)
     }
@@ -181,7 +181,7 @@ mod tests {
     fn objects_over_budget_are_served_but_not_kept() {
         let cache = ObjectCache::new(100);
         let b = cache
-            .blob(oid(1), || Ok::<_, ()>(vec![1; 1000]))
+            .blob(oid(1), || Ok::<_, ()>(vec![1; 1000].into()))
             .expect("load");
         assert_eq!(b.len(), 1000);
         assert!(cache.is_empty());
@@ -196,7 +196,7 @@ mod tests {
             let b = cache
                 .blob(oid(5), || {
                     loads += 1;
-                    Ok::<_, ()>(b"abc".to_vec())
+                    Ok::<_, ()>(Arc::from(&b"abc"[..]))
                 })
                 .expect("load");
             assert_eq!(&*b, b"abc");
@@ -207,7 +207,10 @@ mod tests {
     #[test]
     fn load_errors_are_returned_and_not_cached() {
         let cache = ObjectCache::new(1 << 20);
-        assert_eq!(cache.blob(oid(2), || Err::<Vec<u8>, _>("bad")), Err("bad"));
+        assert_eq!(
+            cache.blob(oid(2), || Err::<Arc<[u8]>, _>("bad")),
+            Err("bad")
+        );
         assert!(cache.is_empty());
     }
 }

@@ -544,6 +544,21 @@ impl fuser::Filesystem for GitFs {
         reply.error(Errno::ENOSYS);
     }
 
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing is ever written. ENOSYS here, rather than fuser's default
+        // (which also logs a warning), makes the kernel stop sending FLUSH on
+        // every close(2) for the rest of the mount.
+        trace!(ino = ino.0, "flush: ENOSYS");
+        reply.error(Errno::ENOSYS);
+    }
+
     fn read(
         &self,
         _req: &Request,

@@ -7,6 +7,7 @@
 //! zero; numbers are never reused, so a stale number can only miss, never alias.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use git2::Oid;
 
@@ -61,8 +62,8 @@ pub struct Node {
     pub data: NodeData,
     /// The parent directory (the root is its own parent).
     pub parent: Ino,
-    /// Its name in the parent (empty for the root).
-    name: Box<[u8]>,
+    /// Its name in the parent (empty for the root), shared with the name index.
+    name: Arc<[u8]>,
     /// Lookups the kernel holds; the node goes when `forget` brings it to 0.
     lookups: u64,
     /// The blob size once read (files and symlinks).
@@ -73,7 +74,9 @@ pub struct Node {
 #[derive(Debug)]
 pub struct InodeTable {
     nodes: HashMap<Ino, Node>,
-    by_name: HashMap<(Ino, Box<[u8]>), Ino>,
+    /// Per directory, name → inode. Nested so a lookup borrows the name
+    /// instead of allocating a key.
+    by_name: HashMap<Ino, HashMap<Arc<[u8]>, Ino>>,
     next: u64,
 }
 
@@ -86,7 +89,7 @@ impl InodeTable {
             Node {
                 data: root,
                 parent: Ino::ROOT,
-                name: Box::default(),
+                name: Arc::from(&b""[..]),
                 lookups: 1,
                 size: None,
             },
@@ -118,7 +121,7 @@ impl InodeTable {
     /// so listing a directory does not pin its entries. If the name now stands
     /// for different data (a moved tag), it gets a new number.
     pub fn child(&mut self, parent: Ino, name: &[u8], data: NodeData, count: bool) -> Ino {
-        if let Some(&ino) = self.by_name.get(&(parent, Box::from(name))) {
+        if let Some(&ino) = self.by_name.get(&parent).and_then(|d| d.get(name)) {
             if let Some(node) = self.nodes.get_mut(&ino) {
                 if node.data == data {
                     node.lookups += u64::from(count);
@@ -128,17 +131,21 @@ impl InodeTable {
         }
         let ino = Ino(self.next);
         self.next += 1;
+        let name: Arc<[u8]> = Arc::from(name);
+        self.by_name
+            .entry(parent)
+            .or_default()
+            .insert(name.clone(), ino);
         self.nodes.insert(
             ino,
             Node {
                 data,
                 parent,
-                name: name.into(),
+                name,
                 lookups: u64::from(count),
                 size: None,
             },
         );
-        self.by_name.insert((parent, name.into()), ino);
         ino
     }
 
@@ -155,10 +162,14 @@ impl InodeTable {
             return;
         }
         if let Some(node) = self.nodes.remove(&ino) {
-            let key = (node.parent, node.name);
-            // The name may already point at a newer inode (a moved tag).
-            if self.by_name.get(&key) == Some(&ino) {
-                self.by_name.remove(&key);
+            if let Some(dir) = self.by_name.get_mut(&node.parent) {
+                // The name may already point at a newer inode (a moved tag).
+                if dir.get(&node.name) == Some(&ino) {
+                    dir.remove(&node.name);
+                }
+                if dir.is_empty() {
+                    self.by_name.remove(&node.parent);
+                }
             }
         }
     }

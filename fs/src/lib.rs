@@ -114,12 +114,20 @@ impl MountedFs {
         // mode fuser only closes the helper's socket and the helper's unmount
         // races with our join. A busy mount is detached lazily and the join
         // waits for its last user.
-        unmount_path(&self.mountpoint);
-        session.umount_and_join().map_err(|source| FsError::Io {
-            what: "unmounting",
-            path: self.mountpoint.clone(),
-            source,
-        })?;
+        let unmounted = unmount_path(&self.mountpoint);
+        match session.umount_and_join() {
+            Ok(()) => {}
+            // Without fusermount3, fuser unmounts with umount2 itself, which
+            // says EINVAL for the mount we already removed.
+            Err(e) if unmounted && e.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(source) => {
+                return Err(FsError::Io {
+                    what: "unmounting",
+                    path: self.mountpoint.clone(),
+                    source,
+                })
+            }
+        }
         info!(mountpoint = %self.mountpoint.display(), elapsed_ms = started.elapsed().as_millis() as u64, "unmounted");
         Ok(())
     }
@@ -133,20 +141,25 @@ impl Drop for MountedFs {
     }
 }
 
-/// umount2(2) `path`, lazily if it is busy; errors (not mounted, no
-/// permission) are left for fuser's own unmount to handle.
-fn unmount_path(path: &Path) {
+/// umount2(2) `path`, lazily if it is busy, and say whether it was unmounted;
+/// errors (not mounted, no permission) are left for fuser's own unmount to
+/// handle.
+fn unmount_path(path: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return;
+        return false;
     };
     // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
     let rc = unsafe { libc::umount2(c.as_ptr(), libc::UMOUNT_NOFOLLOW) };
-    if rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY) {
+    if rc == 0 {
+        return true;
+    }
+    if std::io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY) {
         warn!(mountpoint = %path.display(), "mount busy, detaching lazily");
         // SAFETY: as above.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) };
+        return unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) } == 0;
     }
+    false
 }
 
 /// The repository's name for the fsname: `repos/gentoo.git` → `gentoo`,
@@ -290,7 +303,21 @@ pub fn mount(
             path: mountpoint.clone(),
             source,
         })?;
-    let watcher = tags.map(|t| spawn_tag_watcher(t, session.notifier()));
+    let watcher = match tags {
+        Some(t) => match spawn_tag_watcher(t, session.notifier()) {
+            Ok(w) => Some(w),
+            Err(source) => {
+                // Dropping the session unmounts what we just mounted.
+                let _ = session.umount_and_join();
+                return Err(FsError::Io {
+                    what: "starting the tag watcher for",
+                    path: mountpoint,
+                    source,
+                });
+            }
+        },
+        None => None,
+    };
     info!(
         mountpoint = %mountpoint.display(),
         %fsname,
@@ -311,7 +338,7 @@ pub fn mount(
 fn spawn_tag_watcher(
     tags: Arc<filesystem::TagSource>,
     notifier: fuser::Notifier,
-) -> (mpsc::Sender<()>, JoinHandle<()>) {
+) -> std::io::Result<(mpsc::Sender<()>, JoinHandle<()>)> {
     let (stop, stopped) = mpsc::channel::<()>();
     let handle = std::thread::Builder::new()
         .name("portroot-tags".into())
@@ -333,7 +360,6 @@ fn spawn_tag_watcher(
                     }
                 }
             }
-        })
-        .expect("invariant: spawning a thread only fails when out of resources");
-    (stop, handle)
+        })?;
+    Ok((stop, handle))
 }

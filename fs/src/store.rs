@@ -195,8 +195,8 @@ impl GitStore {
         Ok(entries)
     }
 
-    /// Read a blob's content.
-    pub fn read_blob(&self, oid: Oid) -> Result<Vec<u8>> {
+    /// Read a blob's content (copied once, straight into its shared buffer).
+    pub fn read_blob(&self, oid: Oid) -> Result<std::sync::Arc<[u8]>> {
         let repo = self.repo();
         let odb = repo
             .odb()
@@ -210,7 +210,7 @@ impl GitStore {
                 expected: "blob",
             });
         }
-        Ok(obj.data().to_vec())
+        Ok(std::sync::Arc::from(obj.data()))
     }
 
     /// A blob's size, from the object header (no full decompression for loose
@@ -332,7 +332,7 @@ pub(crate) mod tests {
             ]
         );
         let link = &entries[2];
-        assert_eq!(store.read_blob(link.oid).expect("blob"), b"a/b/file");
+        assert_eq!(&*store.read_blob(link.oid).expect("blob"), b"a/b/file");
         assert_eq!(store.blob_size(link.oid).expect("size"), 8);
         assert!(store.read_blob(one.tree).is_err(), "a tree is not a blob");
     }

@@ -128,6 +128,9 @@ pub fn parse_job_file(text: &str, path: &Path) -> Result<Vec<Job>> {
     Ok(jobs)
 }
 
+/// Names the run directory uses itself (see `run.rs`).
+const RESERVED: &[&str] = &["repos", "lock", "run.json"];
+
 /// A job name becomes a hostname and a directory: 1-63 of `[A-Za-z0-9._-]`,
 /// not starting with `.` or `-`.
 pub fn check_job_name(name: &str) -> std::result::Result<(), String> {
@@ -137,6 +140,11 @@ pub fn check_job_name(name: &str) -> std::result::Result<(), String> {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if RESERVED.contains(&name) {
+        return Err(format!(
+            "job name {name:?} is reserved (the run directory uses it)"
+        ));
+    }
     if ok {
         Ok(())
     } else {
@@ -198,6 +206,10 @@ mod tests {
             ("../x\ttrue\n", "jobs.txt:1: invalid job name"),
             ("a\ttrue\na\tfalse\n", "jobs.txt:2: job a appears twice"),
             ("a\t  \n", "jobs.txt:1: job a has no command"),
+            (
+                "repos\ttrue\n",
+                "jobs.txt:1: job name \"repos\" is reserved",
+            ),
         ];
         for (text, want) in cases {
             let err = parse_job_file(text, Path::new("jobs.txt"))

@@ -4,8 +4,9 @@
 //!
 //! Workers never touch namespaces or mounts: the work function they call only
 //! spawns and waits for a child process (the sandbox helper). Since
-//! `PR_SET_PDEATHSIG` fires when the *thread* that forked a child exits, the
-//! workers live until the whole pool is done, not just until the queue drains.
+//! `PR_SET_PDEATHSIG` fires when the *thread* that forked a child exits, a
+//! worker must outlive every child it started: it waits for each before it
+//! takes the next job, and only returns once the queue is empty.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;

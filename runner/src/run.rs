@@ -134,24 +134,11 @@ pub fn new_run_id(now: SystemTime) -> String {
 
 /// `YYYYMMDD-HHMMSS` for `secs` since the epoch (UTC).
 pub fn utc_stamp(secs: u64) -> String {
-    let days = (secs / 86400) as i64;
-    let rem = secs % 86400;
-    // Howard Hinnant's days_from_civil inverse.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let secs = i64::try_from(secs).unwrap_or(i64::MAX);
+    chrono::DateTime::from_timestamp(secs, 0)
+        .unwrap_or_default()
+        .format("%Y%m%d-%H%M%S")
+        .to_string()
 }
 
 /// The paths of one job inside its run.
@@ -377,6 +364,12 @@ pub fn gc(runs_dir: &Path, all: bool) -> Result<GcReport> {
             report.live += 1;
             continue;
         }
+        // A run being created has its directory a moment before its lock:
+        // leave fresh half-made ones to their creator.
+        if run.id.starts_with(".new-") && is_recent(&run.path) {
+            report.live += 1;
+            continue;
+        }
         let finished = run.record.as_ref().is_some_and(|r| r.outcomes.is_some());
         if finished && !all {
             report.kept += 1;
@@ -397,6 +390,15 @@ pub fn gc(runs_dir: &Path, all: bool) -> Result<GcReport> {
         report.removed.push(run.id);
     }
     Ok(report)
+}
+
+/// Whether `path` changed in the last minute.
+fn is_recent(path: &Path) -> bool {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < Duration::from_secs(60))
 }
 
 /// Pids of the helpers currently running, so a signal can kill them all.
@@ -613,15 +615,23 @@ mod tests {
         done.save(&rec).unwrap();
         drop(done);
         fs::create_dir_all(runs.join(".new-half")).unwrap();
+        fs::create_dir_all(runs.join(".new-fresh")).unwrap();
+        // An hour old: its creator is long gone.
+        let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+        fs::File::open(runs.join(".new-half"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
 
         let report = gc(&runs, false).unwrap();
         let mut removed = report.removed.clone();
         removed.sort();
         assert_eq!(removed, [".new-half", "killed"]);
         assert_eq!(report.kept, 1);
+        assert_eq!(report.live, 1, "the fresh half-made run is left alone");
         assert!(runs.join("done").is_dir());
         assert_eq!(gc(&runs, true).unwrap().removed, ["done"]);
-        assert_eq!(fs::read_dir(&runs).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(&runs).unwrap().count(), 1);
     }
 
     #[test]

@@ -18,25 +18,23 @@
 //! rootfs; [`StageStore::remove`] needs the exclusive lock without waiting, so a
 //! leased stage cannot be removed under a run.
 
+mod pipe;
 mod unpack;
 
-use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tracing::{debug, info};
 
-use crate::archive;
+use self::pipe::{Finished, Pipe};
 use crate::error::{io, Error, Result};
 
 /// Directory of the name symlinks inside `stages/`.
@@ -169,6 +167,24 @@ impl StageStore {
                 });
             }
         }
+        // A copy of a tarball already in the store (same size as one of them):
+        // hashing first costs one read at memory speed and can save the whole
+        // unpack.
+        if self.list()?.iter().any(|s| s.tarball_bytes == meta.len()) {
+            let digest = hash_file(tarball, progress)?;
+            if self.stage_dir(&digest).is_dir() {
+                debug!(%digest, "same content as a stage in the store");
+                if let Some(name) = name {
+                    self.set_name(name, &digest)?;
+                }
+                self.cache_digest(&key, &digest);
+                return Ok(Added {
+                    stage: self.load(&digest)?,
+                    unpacked: false,
+                    named: name.map(str::to_owned),
+                });
+            }
+        }
         let explicit = name;
         let default_name;
         let name = match name {
@@ -184,38 +200,27 @@ impl StageStore {
             .prefix("stage-")
             .tempdir_in(&self.tmp)
             .map_err(io("creating a directory in", &self.tmp))?;
+        // Held until the directory is renamed into place or deleted, so that
+        // `collect_garbage` can tell a live unpack from one a crash left.
+        let _busy = lock_dir(work.path())?;
         let rootfs = work.path().join("rootfs");
         fs::create_dir(&rootfs).map_err(io("creating", &rootfs))?;
 
         let file = File::open(tarball).map_err(io("opening", tarball))?;
-        let mut rest = file.try_clone().map_err(io("opening", tarball))?;
-        let hasher = Rc::new(RefCell::new(Sha256::new()));
-        let read = Rc::new(Cell::new(0u64));
-        let hashing = Hashing {
-            inner: file,
-            hasher: Rc::clone(&hasher),
-            read: Rc::clone(&read),
-        };
-        let (stream, compression) =
-            archive::decompress(hashing).map_err(|source| Error::Archive {
-                path: tarball.to_owned(),
-                source,
-            })?;
-        debug!(%compression, tarball = %tarball.display(), "unpacking");
-        let stats = unpack::unpack(stream, tarball, &rootfs, &mut || progress(read.get()))?;
-        // The decompressor may stop short of the file's end (trailing padding
-        // after the last stream): hash the rest through the shared file offset.
-        io::copy(
-            &mut Hashing {
-                inner: &mut rest,
-                hasher: Rc::clone(&hasher),
-                read: Rc::clone(&read),
-            },
-            &mut io::sink(),
-        )
-        .map_err(io("reading", tarball))?;
-        progress(read.get());
-        let digest = hex(&hasher.borrow_mut().finalize_reset());
+        let (pipe, stream) = Pipe::start(file).map_err(io("reading", tarball))?;
+        let read = pipe.bytes_read();
+        let unpacked = unpack::unpack(Box::new(stream), tarball, &rootfs, &mut || {
+            progress(read.load(Ordering::Relaxed))
+        });
+        // The stream is consumed (or dropped on error): the thread ends either way.
+        let finished = pipe.finish();
+        let stats = unpacked?;
+        let Finished {
+            compression,
+            digest,
+        } = finished.map_err(io("reading", tarball))?;
+        progress(read.load(Ordering::Relaxed));
+        debug!(%compression, %digest, "unpacked");
 
         let dest = self.stage_dir(&digest);
         let unpacked = if dest.is_dir() {
@@ -383,6 +388,7 @@ impl StageStore {
         // Move it out of sight first, so it vanishes from the store at once;
         // deleting a big tree takes a while.
         fs::create_dir_all(&self.tmp).map_err(io("creating", &self.tmp))?;
+        let _busy = lock_dir(&dir)?;
         let doomed = self
             .tmp
             .join(format!("removing-{}-{}", stage.digest, unique()));
@@ -394,6 +400,52 @@ impl StageStore {
         fs::remove_dir_all(&doomed).map_err(io("removing", &doomed))?;
         info!(digest = %stage.digest, names = ?stage.names, "stage removed");
         Ok(())
+    }
+
+    /// Remove what interrupted `add`s and `remove`s left: unlocked
+    /// `tmp/stage-*` and `tmp/removing-*` directories, and names or cache
+    /// entries pointing at stages that are gone. Live operations hold a lock on
+    /// their directory and are left alone. Returns how many things went.
+    pub fn collect_garbage(&self) -> Result<usize> {
+        let mut removed = 0;
+        let rd = match fs::read_dir(&self.tmp) {
+            Ok(rd) => Some(rd),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io("reading", &self.tmp)(e)),
+        };
+        for entry in rd.into_iter().flatten() {
+            let entry = entry.map_err(io("reading", &self.tmp))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if !(name.starts_with("stage-") || name.starts_with("removing-")) || !path.is_dir() {
+                continue;
+            }
+            match try_lock_dir(&path)? {
+                Some(_lock) => {
+                    fs::remove_dir_all(&path).map_err(io("removing", &path))?;
+                    info!(dir = %path.display(), "removed what an interrupted stage add or rm left");
+                    removed += 1;
+                }
+                None => debug!(dir = %path.display(), "in use; left alone"),
+            }
+        }
+        for sub in [BY_NAME, BY_FILE] {
+            let dir = self.stages.join(sub);
+            let Ok(rd) = fs::read_dir(&dir) else { continue };
+            for entry in rd {
+                let entry = entry.map_err(io("reading", &dir))?;
+                let dangling = match link_digest(&entry.path()) {
+                    Some(digest) => !self.stage_dir(&digest).is_dir(),
+                    None => fs::symlink_metadata(entry.path()).is_ok_and(|m| m.is_symlink()),
+                };
+                if dangling {
+                    fs::remove_file(entry.path()).map_err(io("removing", entry.path()))?;
+                    debug!(link = %entry.path().display(), "removed a dangling stage link");
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     fn stage_dir(&self, digest: &str) -> PathBuf {
@@ -527,27 +579,59 @@ impl StageStore {
     }
 }
 
-/// Reads through to `inner`, hashing every byte and counting them.
-struct Hashing<R> {
-    inner: R,
-    hasher: Rc<RefCell<Sha256>>,
-    read: Rc<Cell<u64>>,
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.borrow_mut().update(&buf[..n]);
-        self.read.set(self.read.get() + n as u64);
-        Ok(n)
-    }
-}
-
 /// The digest a `../<digest>` symlink points at.
 fn link_digest(link: &Path) -> Option<String> {
     let target = fs::read_link(link).ok()?;
     let digest = target.file_name()?.to_string_lossy().into_owned();
     is_digest(&digest).then_some(digest)
+}
+
+/// Hex sha256 of the file at `path`, reporting bytes read to `progress`.
+fn hash_file(path: &Path, progress: &dyn Fn(u64)) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = File::open(path).map_err(io("opening", path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(io("reading", path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+        progress(total);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Lock directory `path` exclusively, waiting if need be.
+fn lock_dir(path: &Path) -> Result<Flock<File>> {
+    let dir = File::open(path).map_err(io("opening", path))?;
+    Flock::lock(dir, FlockArg::LockExclusive).map_err(|(_, source)| Error::Sys {
+        what: "locking",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Lock directory `path` exclusively if no one else holds it.
+fn try_lock_dir(path: &Path) -> Result<Option<Flock<File>>> {
+    let dir = File::open(path).map_err(io("opening", path))?;
+    match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, source)) => Err(Error::Sys {
+            what: "locking",
+            path: path.to_owned(),
+            source,
+        }),
+    }
 }
 
 fn write_record(path: &Path, record: &Record) -> Result<()> {
@@ -630,10 +714,6 @@ fn default_name_for(tarball: &Path) -> Result<String> {
             tarball.display()
         ))
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn now() -> u64 {

@@ -293,8 +293,8 @@ fn spawn_daemon(ctx: &Ctx, git_dir: &Path, args: &MountArgs) -> anyhow::Result<E
     bail!("{report}")
 }
 
-/// The fstype field of the mount at `path` (canonical), if any.
-fn mount_fstype(path: &Path) -> Option<String> {
+/// The fstype and source fields of the mount at `path` (canonical), if any.
+fn mount_fstype(path: &Path) -> Option<(String, String)> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = path.to_string_lossy();
     info.lines().rev().find_map(|l| {
@@ -304,8 +304,17 @@ fn mount_fstype(path: &Path) -> Option<String> {
             return None;
         }
         let mut rest = l.split(" - ").nth(1)?.split(' ');
-        rest.next().map(str::to_owned)
+        let fstype = rest.next()?.to_owned();
+        let source = rest.next().unwrap_or_default().to_owned();
+        Some((fstype, source))
     })
+}
+
+/// Whether a mount is one of ours: `fuse.portroot` when fusermount3 mounted it
+/// with its subtype, plain `fuse` with our `portroot:` source when the kernel
+/// was asked directly (no fusermount3 on the host).
+fn is_portroot_mount(fstype: &str, source: &str) -> bool {
+    fstype == "fuse.portroot" || (fstype == "fuse" && source.starts_with("portroot:"))
 }
 
 /// `portroot umount`.
@@ -314,10 +323,10 @@ pub fn umount(_ctx: &Ctx, args: UmountArgs) -> anyhow::Result<ExitCode> {
         .mountpoint
         .canonicalize()
         .with_context(|| format!("mount point {}", args.mountpoint.display()))?;
-    let Some(fstype) = mount_fstype(&mp) else {
+    let Some((fstype, source)) = mount_fstype(&mp) else {
         bail!("{} is not mounted", mp.display());
     };
-    if fstype != "fuse.portroot" {
+    if !is_portroot_mount(&fstype, &source) {
         bail!(
             "{} is a {fstype} mount, not one of portroot's",
             mp.display()

@@ -57,12 +57,6 @@ pub enum NetworkArg {
 /// What every chroot of a run or shell is made of.
 #[derive(Debug, Args)]
 pub struct ChrootArgs {
-    /// The stage (name or digest) the chroots are layered over.
-    #[arg(long, value_name = "STAGE")]
-    stage: Option<String>,
-    /// The snapshot tag served at the portage tree location.
-    #[arg(long, value_name = "TAG")]
-    tag: Option<String>,
     /// A further git repository of the store and the ref to serve, mounted
     /// read-only at /var/db/repos/NAME with its own repos.conf section.
     #[arg(long = "repo-ref", value_name = "NAME=REF")]
@@ -91,6 +85,12 @@ Examples:
   printf 'bash\\temerge -1 app-shells/bash\\n' | portroot run --stage stage4 --tag 2026-08-20 --job-file -
   portroot run --stage stage4 --tag 2026-08-20 --repeat 8 --network none --keep -- make check")]
 pub struct RunArgs {
+    /// The stage (name or digest) the chroots are layered over.
+    #[arg(long, value_name = "STAGE")]
+    stage: String,
+    /// The snapshot tag served at the portage tree location.
+    #[arg(long, value_name = "TAG")]
+    tag: String,
     #[command(flatten)]
     chroot: ChrootArgs,
     /// How many chroots run at once (default: the number of CPUs).
@@ -117,6 +117,12 @@ Examples:
   portroot shell --stage stage4 --tag 2026-08-20
   portroot shell --run 20261124-123456-ab12 --job 3")]
 pub struct ShellArgs {
+    /// The stage (name or digest) the chroot is layered over.
+    #[arg(long, value_name = "STAGE", required_unless_present = "run")]
+    stage: Option<String>,
+    /// The snapshot tag served at the portage tree location.
+    #[arg(long, value_name = "TAG", required_unless_present = "run")]
+    tag: Option<String>,
     #[command(flatten)]
     chroot: ChrootArgs,
     /// Re-enter a job kept by `portroot run --keep`.
@@ -172,13 +178,14 @@ struct Resolved {
 const DISTDIR: &str = "/var/cache/distfiles";
 const PKGDIR: &str = "/var/cache/binpkgs";
 
-fn resolve(ctx: &Ctx, args: &ChrootArgs, run_dir: &Path) -> anyhow::Result<Resolved> {
-    let Some(stage_name) = args.stage.clone() else {
-        bail!("--stage is required");
-    };
-    let Some(tag) = args.tag.clone() else {
-        bail!("--tag is required");
-    };
+fn resolve(
+    ctx: &Ctx,
+    stage_name: &str,
+    tag: &str,
+    args: &ChrootArgs,
+    run_dir: &Path,
+) -> anyhow::Result<Resolved> {
+    let (stage_name, tag) = (stage_name.to_owned(), tag.to_owned());
     let stage = lease_stage(ctx, &stage_name)?;
     sandbox::check_shell(&stage.stage.rootfs).with_context(|| format!("stage {stage_name}"))?;
 
@@ -310,15 +317,21 @@ fn lease_stage(ctx: &Ctx, name_or_digest: &str) -> anyhow::Result<StageLease> {
     Ok(StageStore::new(ctx.store.stages_dir(), ctx.store.tmp_dir()).lease(name_or_digest)?)
 }
 
-// TODO: replace with portroot_fs::MountedFs once the fs crate lands on main
-// (see issue 4).
-struct TreeMount;
+/// A tree mounted for the run; dropping it unmounts.
+type TreeMount = portroot_fs::MountedFs;
 
 fn mount_tree(t: &TreeRecord) -> anyhow::Result<TreeMount> {
-    bail!(
-        "mounting {}: the fs crate is not merged yet",
-        t.mountpoint.display()
+    // The defaults: allow_other (portage reads as uid 250) and auto_unmount.
+    // The run's private namespace already takes the mount along if we die;
+    // the fs crate's own teardown is written for auto_unmount mode.
+    let opts = portroot_fs::MountOptions::default();
+    portroot_fs::mount(
+        &t.git_dir,
+        portroot_fs::View::Ref(t.reference.clone()),
+        &t.mountpoint,
+        &opts,
     )
+    .with_context(|| format!("mounting {} at {}", t.name, t.reference))
 }
 
 fn helper() -> Helper {
@@ -390,7 +403,13 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     let jobs = read_jobs(&args)?;
     let id = runs::new_run_id(SystemTime::now());
     let runs_dir = ctx.store.runs_dir();
-    let resolved = resolve(ctx, &args.chroot, &runs_dir.join(&id))?;
+    let resolved = resolve(
+        ctx,
+        &args.stage,
+        &args.tag,
+        &args.chroot,
+        &runs_dir.join(&id),
+    )?;
     let workers = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -400,24 +419,12 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
 
     private_mount_namespace()?;
     ensure_caches(ctx)?;
-    let mut record = RunRecord {
-        id: id.clone(),
-        pid: std::process::id(),
-        args: std::env::args().collect(),
-        start: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        stage: resolved.stage_name.clone(),
-        layers: vec![resolved.stage.stage.rootfs.clone()],
-        stage_digest: resolved.stage.stage.digest.clone(),
-        trees: resolved.trees.clone(),
-        caches: resolved.caches.clone(),
-        conf: resolved.conf.clone(),
-        network: resolved.network,
-        keep: args.keep,
-        jobs: jobs.iter().map(|j| j.name.clone()).collect(),
-        outcomes: None,
-    };
+    let mut record = run_record(
+        &id,
+        &resolved,
+        args.keep,
+        jobs.iter().map(|j| j.name.clone()).collect(),
+    );
     // Before any thread exists (the FUSE sessions start some), so that every
     // thread inherits the blocked mask and only ours sees the signals.
     let cancel = Arc::new(AtomicBool::new(false));
@@ -555,6 +562,28 @@ fn print_table(outcomes: &[JobOutcome], run_path: &Path) {
     println!("run {}", run_path.display());
 }
 
+/// What `run.json` records of a run about to start.
+fn run_record(id: &str, resolved: &Resolved, keep: bool, jobs: Vec<String>) -> RunRecord {
+    RunRecord {
+        id: id.to_owned(),
+        pid: std::process::id(),
+        args: std::env::args().collect(),
+        start: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        stage: resolved.stage_name.clone(),
+        layers: vec![resolved.stage.stage.rootfs.clone()],
+        stage_digest: resolved.stage.stage.digest.clone(),
+        trees: resolved.trees.clone(),
+        caches: resolved.caches.clone(),
+        conf: resolved.conf.clone(),
+        network: resolved.network,
+        keep,
+        jobs,
+        outcomes: None,
+    }
+}
+
 /// `portroot shell`.
 pub fn shell(ctx: &Ctx, args: ShellArgs) -> anyhow::Result<ExitCode> {
     let runs_dir = ctx.store.runs_dir();
@@ -573,27 +602,13 @@ pub fn shell(ctx: &Ctx, args: ShellArgs) -> anyhow::Result<ExitCode> {
             (run_dir, record, job.clone(), false, stage)
         } else {
             let id = runs::new_run_id(SystemTime::now());
-            let resolved = resolve(ctx, &args.chroot, &runs_dir.join(&id))?;
+            let (Some(stage), Some(tag)) = (&args.stage, &args.tag) else {
+                bail!("give --stage and --tag, or --run and --job");
+            };
+            let resolved = resolve(ctx, stage, tag, &args.chroot, &runs_dir.join(&id))?;
             private_mount_namespace()?;
             ensure_caches(ctx)?;
-            let record = RunRecord {
-                id: id.clone(),
-                pid: std::process::id(),
-                args: std::env::args().collect(),
-                start: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
-                stage: resolved.stage_name.clone(),
-                layers: vec![resolved.stage.stage.rootfs.clone()],
-                stage_digest: resolved.stage.stage.digest.clone(),
-                trees: resolved.trees.clone(),
-                caches: resolved.caches.clone(),
-                conf: resolved.conf.clone(),
-                network: resolved.network,
-                keep: false,
-                jobs: vec!["shell".into()],
-                outcomes: None,
-            };
+            let record = run_record(&id, &resolved, false, vec!["shell".into()]);
             (
                 RunDir::create(&runs_dir, &record)?,
                 record,
@@ -680,9 +695,12 @@ pub fn gc(ctx: &Ctx, args: GcArgs) -> anyhow::Result<ExitCode> {
     for id in &report.removed {
         info!(run = %id, "removed");
     }
+    // A killed `stage add` or `stage rm` leaves its scratch directory in tmp/.
+    let stage_leftovers =
+        StageStore::new(ctx.store.stages_dir(), ctx.store.tmp_dir()).collect_garbage()?;
     if !ctx.quiet {
         eprintln!(
-            "removed {} run(s); {} live, {} finished kept",
+            "removed {} run(s) and {stage_leftovers} stage leftover(s); {} live, {} finished kept",
             report.removed.len(),
             report.live,
             report.kept

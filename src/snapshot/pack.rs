@@ -71,6 +71,57 @@ struct IdxEntry {
     offset: u64,
 }
 
+/// One object as it goes into a pack: its type/size header and zlib stream,
+/// and the CRC-32 of both for the index.
+#[derive(Debug)]
+pub struct PackedObject {
+    bytes: Vec<u8>,
+    crc32: u32,
+}
+
+/// Deflates objects into [`PackedObject`]s; one per thread, so that the
+/// expensive part of packing can run on every core.
+pub struct Deflater {
+    compress: Compress,
+}
+
+impl Default for Deflater {
+    fn default() -> Self {
+        Deflater::new()
+    }
+}
+
+impl Deflater {
+    /// A deflater at level 1.
+    pub fn new() -> Deflater {
+        Deflater {
+            compress: Compress::new(Compression::fast(), true),
+        }
+    }
+
+    /// Pack `data` as an object of `kind`.
+    pub fn pack(&mut self, kind: ObjectKind, data: &[u8]) -> PackedObject {
+        let mut bytes = Vec::with_capacity(data.len() + data.len() / 16 + 80);
+        encode_header(&mut bytes, kind, data.len() as u64);
+        self.compress.reset();
+        let mut input = data;
+        loop {
+            let before_in = self.compress.total_in();
+            let status = self
+                .compress
+                .compress_vec(input, &mut bytes, FlushCompress::Finish)
+                .expect("invariant: deflating a whole in-memory buffer with Finish cannot fail");
+            input = &input[(self.compress.total_in() - before_in) as usize..];
+            match status {
+                Status::StreamEnd => break,
+                Status::Ok | Status::BufError => bytes.reserve(bytes.capacity().max(64)),
+            }
+        }
+        let crc32 = crc32fast::hash(&bytes);
+        PackedObject { bytes, crc32 }
+    }
+}
+
 /// A pack being written into a temporary directory.
 pub struct PackWriter {
     dir: PathBuf,
@@ -81,9 +132,7 @@ pub struct PackWriter {
     entries: Vec<IdxEntry>,
     /// Ids already in this pack, to write each object once.
     seen: std::collections::HashSet<Oid>,
-    deflate: Compress,
-    zbuf: Vec<u8>,
-    header: Vec<u8>,
+    deflater: Deflater,
 }
 
 impl PackWriter {
@@ -108,9 +157,7 @@ impl PackWriter {
             offset: 12,
             entries: Vec::new(),
             seen: Default::default(),
-            deflate: Compress::new(Compression::fast(), true),
-            zbuf: Vec::new(),
-            header: Vec::with_capacity(16),
+            deflater: Deflater::new(),
         })
     }
 
@@ -132,44 +179,29 @@ impl PackWriter {
     /// Append `data` as an object of `kind` whose id the caller computed with
     /// [`object_id`]. Objects already in the pack are skipped.
     pub fn add(&mut self, kind: ObjectKind, oid: Oid, data: &[u8]) -> Result<()> {
+        if self.seen.contains(&oid) {
+            return Ok(());
+        }
+        let packed = self.deflater.pack(kind, data);
+        self.add_packed(oid, &packed)
+    }
+
+    /// Append an object another thread already packed with a [`Deflater`].
+    /// Objects already in the pack are skipped.
+    pub fn add_packed(&mut self, oid: Oid, packed: &PackedObject) -> Result<()> {
         if !self.seen.insert(oid) {
             return Ok(());
         }
-        encode_header(&mut self.header, kind, data.len() as u64);
-        self.deflate_into_zbuf(data)?;
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&self.header);
-        crc.update(&self.zbuf);
-        let write = |out: &mut BufWriter<File>, b: &[u8]| out.write_all(b);
-        write(&mut self.out, &self.header)
-            .and_then(|()| write(&mut self.out, &self.zbuf))
+        self.out
+            .write_all(&packed.bytes)
             .map_err(Error::io("writing", &self.path))?;
         self.entries.push(IdxEntry {
             oid,
-            crc32: crc.finalize(),
+            crc32: packed.crc32,
             offset: self.offset,
         });
-        self.offset += (self.header.len() + self.zbuf.len()) as u64;
+        self.offset += packed.bytes.len() as u64;
         Ok(())
-    }
-
-    fn deflate_into_zbuf(&mut self, data: &[u8]) -> Result<()> {
-        self.deflate.reset();
-        self.zbuf.clear();
-        self.zbuf.reserve(data.len() + data.len() / 16 + 64);
-        let mut input = data;
-        loop {
-            let before_in = self.deflate.total_in();
-            let status = self
-                .deflate
-                .compress_vec(input, &mut self.zbuf, FlushCompress::Finish)
-                .map_err(|e| Error::io("deflating into", &self.path)(std::io::Error::other(e)))?;
-            input = &input[(self.deflate.total_in() - before_in) as usize..];
-            match status {
-                Status::StreamEnd => return Ok(()),
-                Status::Ok | Status::BufError => self.zbuf.reserve(self.zbuf.capacity().max(64)),
-            }
-        }
     }
 
     /// Finish the pack: patch the object count, append the trailer, write the

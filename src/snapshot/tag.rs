@@ -9,6 +9,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use chrono::{Datelike, NaiveDate};
 use git2::{Oid, Repository};
 
 use super::error::{Error, Result};
@@ -38,15 +39,28 @@ impl SnapshotDate {
     /// The tag date of a snapshot stamped `timestamp` (unix seconds): one day
     /// earlier, in UTC.
     pub fn from_timestamp(timestamp: i64) -> SnapshotDate {
-        let (year, month, day) = civil_from_days((timestamp - DAY).div_euclid(DAY));
-        SnapshotDate { year, month, day }
+        let date = chrono::DateTime::from_timestamp(timestamp - DAY, 0)
+            .unwrap_or_default()
+            .date_naive();
+        SnapshotDate::from_naive(date)
+    }
+
+    fn from_naive(date: NaiveDate) -> SnapshotDate {
+        SnapshotDate {
+            year: date.year(),
+            month: date.month(),
+            day: date.day(),
+        }
     }
 
     /// The timestamp a snapshot of this date carries when only `--date` names it:
     /// midnight UTC of the following day, so that [`Self::from_timestamp`] gives
     /// this date back.
     pub fn to_timestamp(self) -> i64 {
-        (days_from_civil(self.year, self.month, self.day) + 1) * DAY
+        NaiveDate::from_ymd_opt(self.year, self.month, self.day)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map_or(0, |t| t.and_utc().timestamp())
+            + DAY
     }
 }
 
@@ -65,25 +79,18 @@ impl FromStr for SnapshotDate {
         if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
             return Err(bad());
         }
-        let num = |r: std::ops::Range<usize>| -> Result<u32> {
-            let part = &s[r];
-            if !part.bytes().all(|c| c.is_ascii_digit()) {
-                return Err(bad());
-            }
-            part.parse().map_err(|_| bad())
-        };
-        let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-        let date = SnapshotDate {
-            year: year as i32,
-            month,
-            day,
-        };
-        // Round-tripping through the day count rejects 2026-02-30 and friends.
-        let (y, m, d) = civil_from_days(days_from_civil(date.year, month, day));
-        if (y, m, d) != (date.year, month, day) || month == 0 || day == 0 {
+        // chrono rejects 2026-02-30 and friends; the shape check above keeps
+        // it from accepting `2026-8-1` or a sign.
+        if !s
+            .bytes()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+        {
             return Err(bad());
         }
-        Ok(date)
+        NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .map(SnapshotDate::from_naive)
+            .map_err(|_| bad())
     }
 }
 
@@ -191,33 +198,6 @@ pub fn list_tags(repo: &Repository) -> Result<Vec<SnapshotTag>> {
     }
     tags.sort_by(|a, b| (a.time, &a.name).cmp(&(b.time, &b.name)));
     Ok(tags)
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (H. Hinnant, "chrono-Compatible Low-Level Date Algorithms").
-fn civil_from_days(z: i64) -> (i32, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year as i32, month, day)
-}
-
-/// (year, month, day) to days since 1970-01-01; the inverse of [`civil_from_days`].
-fn days_from_civil(year: i32, month: u32, day: u32) -> i64 {
-    let y = i64::from(year) - i64::from(month <= 2);
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(month);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]

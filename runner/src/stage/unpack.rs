@@ -201,6 +201,21 @@ pub(crate) fn components(name: &[u8]) -> std::result::Result<Vec<&[u8]>, &'stati
     Ok(comps)
 }
 
+/// An archive name as messages show it: lossy UTF-8 with control characters
+/// escaped, so a hostile name cannot break the one-line error.
+fn shown_name(raw: &[u8]) -> String {
+    String::from_utf8_lossy(raw)
+        .chars()
+        .flat_map(|c| {
+            let escaped = c.is_control().then(|| c.escape_default());
+            escaped
+                .into_iter()
+                .flatten()
+                .chain((!c.is_control()).then_some(c))
+        })
+        .collect()
+}
+
 fn join(comps: &[&[u8]]) -> Vec<u8> {
     comps.join(&b'/')
 }
@@ -345,18 +360,31 @@ impl<'a> Unpacker<'a> {
         Ok(fd)
     }
 
-    /// Make room for a new entry at `comps`: an existing non-directory is
-    /// replaced (as tar does), an existing directory is kept for a directory
-    /// entry and refused otherwise. Returns the parent and whether a directory
-    /// is already there.
-    fn place(&mut self, comps: &[&[u8]], entry: &str, dir: bool) -> Result<(Rc<OwnedFd>, bool)> {
+    /// Create the entry at `comps` with `make` (which must fail with `EEXIST`
+    /// rather than follow or overwrite anything there). If something is in
+    /// the way: a non-directory is replaced (as tar does), a directory is kept
+    /// for a directory entry (`None`: nothing made) and refused otherwise.
+    /// Trying first saves a `stat` per entry in the common case.
+    fn create<T>(
+        &mut self,
+        comps: &[&[u8]],
+        entry: &str,
+        dir: bool,
+        what: &'static str,
+        make: impl Fn(&OwnedFd, &OsStr) -> nix::Result<T>,
+    ) -> Result<(Rc<OwnedFd>, Option<T>)> {
         let parent = self.parent(comps, entry)?;
         let leaf = OsStr::from_bytes(comps[comps.len() - 1]);
+        match make(&parent, leaf) {
+            Ok(t) => return Ok((parent, Some(t))),
+            Err(Errno::EEXIST) => {}
+            Err(e) => return Err(sys(what, self.path(&join(comps)))(e)),
+        }
+        let rel = join(comps);
         match fstatat(&*parent, leaf, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Err(Errno::ENOENT) => Ok((parent, false)),
             Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR => {
                 if dir {
-                    Ok((parent, true))
+                    Ok((parent, None))
                 } else {
                     Err(Error::Entry {
                         tarball: self.tarball.to_owned(),
@@ -366,15 +394,15 @@ impl<'a> Unpacker<'a> {
                 }
             }
             Ok(_) => {
-                let rel = join(comps);
                 debug!(entry, "replacing an earlier entry");
                 unlinkat(&*parent, leaf, UnlinkatFlags::NoRemoveDir)
                     .map_err(sys("removing", self.path(&rel)))?;
                 self.unpacked.remove(&rel);
                 self.parent_cache = None;
-                Ok((parent, false))
+                let made = make(&parent, leaf).map_err(sys(what, self.path(&rel)))?;
+                Ok((parent, Some(made)))
             }
-            Err(e) => Err(sys("inspecting", self.path(&join(comps)))(e)),
+            Err(e) => Err(sys("inspecting", self.path(&rel))(e)),
         }
     }
 
@@ -385,7 +413,7 @@ impl<'a> Unpacker<'a> {
         tick: &mut dyn FnMut(),
     ) -> Result<()> {
         let raw = entry.path_bytes().into_owned();
-        let shown = String::from_utf8_lossy(&raw).into_owned();
+        let shown = shown_name(&raw);
         let refuse = |reason: String| Error::Entry {
             tarball: tarball.to_owned(),
             entry: shown.clone(),
@@ -410,10 +438,11 @@ impl<'a> Unpacker<'a> {
         let path = self.path(&rel);
         match kind {
             Kind::Dir => {
-                let (parent, exists) = self.place(&comps, &shown, true)?;
-                if !exists {
-                    mkdirat(&*parent, leaf, Mode::from_bits_truncate(0o700))
-                        .map_err(sys("creating directory", &path))?;
+                let (parent, made) =
+                    self.create(&comps, &shown, true, "creating directory", |p, l| {
+                        mkdirat(p, l, Mode::from_bits_truncate(0o700))
+                    })?;
+                if made.is_some() {
                     self.stats.files += 1;
                 }
                 let fd = openat(
@@ -427,18 +456,19 @@ impl<'a> Unpacker<'a> {
                 self.dir_times.insert(rel, meta.mtime);
             }
             Kind::File => {
-                let (parent, _) = self.place(&comps, &shown, false)?;
-                let fd = openat(
-                    &*parent,
-                    leaf,
-                    OFlag::O_WRONLY
-                        | OFlag::O_CREAT
-                        | OFlag::O_EXCL
-                        | OFlag::O_NOFOLLOW
-                        | OFlag::O_CLOEXEC,
-                    Mode::from_bits_truncate(0o600),
-                )
-                .map_err(sys("creating", &path))?;
+                let (_, fd) = self.create(&comps, &shown, false, "creating", |p, l| {
+                    openat(
+                        p,
+                        l,
+                        OFlag::O_WRONLY
+                            | OFlag::O_CREAT
+                            | OFlag::O_EXCL
+                            | OFlag::O_NOFOLLOW
+                            | OFlag::O_CLOEXEC,
+                        Mode::from_bits_truncate(0o600),
+                    )
+                })?;
+                let fd = fd.expect("invariant: create makes every non-directory");
                 let mut file = File::from(fd);
                 let expected = entry.size();
                 let mut written = 0u64;
@@ -471,7 +501,7 @@ impl<'a> Unpacker<'a> {
                     .link_name_bytes()
                     .ok_or_else(|| refuse("hardlink without a target".into()))?
                     .into_owned();
-                let target_shown = String::from_utf8_lossy(&target_raw).into_owned();
+                let target_shown = shown_name(&target_raw);
                 let target = components(&target_raw)
                     .map_err(|r| refuse(format!("hardlink target {target_shown}: {r}")))?;
                 let target_rel = join(&target);
@@ -480,16 +510,11 @@ impl<'a> Unpacker<'a> {
                         "hardlink target {target_shown} is not an earlier file of the archive"
                     )));
                 }
-                let (parent, _) = self.place(&comps, &shown, false)?;
                 let target_parent = self.parent(&target, &target_shown)?;
-                linkat(
-                    &*target_parent,
-                    OsStr::from_bytes(target[target.len() - 1]),
-                    &*parent,
-                    leaf,
-                    AtFlags::empty(),
-                )
-                .map_err(sys("creating hardlink", &path))?;
+                let target_leaf = OsStr::from_bytes(target[target.len() - 1]);
+                self.create(&comps, &shown, false, "creating hardlink", |p, l| {
+                    linkat(&*target_parent, target_leaf, p, l, AtFlags::empty())
+                })?;
                 self.stats.files += 1;
                 self.unpacked.insert(rel);
             }
@@ -498,9 +523,10 @@ impl<'a> Unpacker<'a> {
                     .link_name_bytes()
                     .ok_or_else(|| refuse("symlink without a target".into()))?
                     .into_owned();
-                let (parent, _) = self.place(&comps, &shown, false)?;
-                symlinkat(OsStr::from_bytes(&target), &*parent, leaf)
-                    .map_err(sys("creating symlink", &path))?;
+                let (parent, _) =
+                    self.create(&comps, &shown, false, "creating symlink", |p, l| {
+                        symlinkat(OsStr::from_bytes(&target), p, l)
+                    })?;
                 self.parent_cache = None;
                 self.apply_at(&parent, leaf, &meta, &path, false)?;
                 self.stats.files += 1;
@@ -524,9 +550,9 @@ impl<'a> Unpacker<'a> {
                         (sflag, libc::makedev(major, minor))
                     }
                 };
-                let (parent, _) = self.place(&comps, &shown, false)?;
-                mknodat(&*parent, leaf, sflag, Mode::from_bits_truncate(0o600), dev)
-                    .map_err(sys("creating node", &path))?;
+                let (parent, _) = self.create(&comps, &shown, false, "creating node", |p, l| {
+                    mknodat(p, l, sflag, Mode::from_bits_truncate(0o600), dev)
+                })?;
                 self.apply_at(&parent, leaf, &meta, &path, true)?;
                 self.stats.files += 1;
                 self.unpacked.insert(rel);
@@ -725,6 +751,13 @@ mod tests {
         assert_eq!(components(b""), Err("empty name"));
         // `..` as part of a longer name is just a name.
         assert_eq!(components(b"a/..b").unwrap(), vec![&b"a"[..], b"..b"]);
+    }
+
+    #[test]
+    fn shown_names_stay_on_one_line() {
+        assert_eq!(shown_name(b"./usr/bin/ls"), "./usr/bin/ls");
+        assert_eq!(shown_name(b"a\nb\x1b[2J"), "a\\nb\\u{1b}[2J");
+        assert_eq!(shown_name(b"caf\xc3\xa9"), "caf\u{e9}");
     }
 
     #[test]
