@@ -168,6 +168,8 @@ enum Serve {
     Files,
     /// Tarballs with one byte flipped (their `.md5sum` untouched).
     Corrupt,
+    /// Half of each tarball, then nothing until the server stops.
+    Stall,
 }
 
 /// A tiny HTTP/1.1 server on 127.0.0.1 serving a directory, one thread,
@@ -190,7 +192,7 @@ impl HttpMirror {
             while !flag.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((s, _)) => {
-                        let _ = answer(s, &root, serve);
+                        let _ = answer(s, &root, serve, &flag);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(5));
@@ -220,7 +222,7 @@ impl Drop for HttpMirror {
     }
 }
 
-fn answer(mut s: TcpStream, root: &Path, serve: Serve) -> std::io::Result<()> {
+fn answer(mut s: TcpStream, root: &Path, serve: Serve, stop: &AtomicBool) -> std::io::Result<()> {
     s.set_nonblocking(false)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::new(s.try_clone()?);
@@ -241,7 +243,8 @@ fn answer(mut s: TcpStream, root: &Path, serve: Serve) -> std::io::Result<()> {
     };
     match body {
         Some(mut body) => {
-            if serve == Serve::Corrupt && path.contains(".tar.") && !path.ends_with(".md5sum") {
+            let tarball = path.contains(".tar.") && !path.ends_with(".md5sum");
+            if serve == Serve::Corrupt && tarball {
                 let mid = body.len() / 2;
                 body[mid] ^= 0xff;
             }
@@ -250,6 +253,14 @@ fn answer(mut s: TcpStream, root: &Path, serve: Serve) -> std::io::Result<()> {
                 "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             )?;
+            if serve == Serve::Stall && tarball {
+                s.write_all(&body[..body.len() / 2])?;
+                s.flush()?;
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                return Ok(());
+            }
             s.write_all(&body)?;
         }
         None => {
@@ -477,7 +488,6 @@ fn no_snapshot_within_max_age_is_refused_in_one_line() {
         1,
     );
     assert!(err.contains("only http, https, file://"), "{err}");
-    util::fails(env.cmd().args(["snapshot", "sync"]), 2);
 }
 
 /// A throwaway OpenPGP key in its own GNUPGHOME.
@@ -796,4 +806,166 @@ fn help_explains_sync_push_and_fetch_with_examples() {
         let out = util::ok(Command::new(util::bin()).args(["snapshot", sub, "--help"]));
         assert!(out.contains("Example"), "{sub}: {out}");
     }
+}
+
+/// `git daemon` on loopback serving `base`, push enabled; killed on drop.
+struct GitDaemon {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl GitDaemon {
+    fn start(base: &Path) -> GitDaemon {
+        let port = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        // `git daemon` forks git-daemon and would outlive a kill of the
+        // wrapper: run git-daemon itself so that drop ends the real server.
+        let exec_path = Command::new("git").arg("--exec-path").output().unwrap();
+        assert!(exec_path.status.success());
+        let exec_path = String::from_utf8(exec_path.stdout).unwrap();
+        let child = Command::new(Path::new(exec_path.trim()).join("git-daemon"))
+            .arg("--reuseaddr")
+            .arg("--export-all")
+            .arg("--enable=receive-pack")
+            .arg("--listen=127.0.0.1")
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", base.display()))
+            .arg(base)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let d = GitDaemon { child, port };
+        // Ready once it accepts connections.
+        for _ in 0..1000 {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return d;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("git daemon did not start listening on {port}");
+    }
+
+    fn url(&self, repo: &str) -> String {
+        format!("git://127.0.0.1:{}/{repo}", self.port)
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn push_and_fetch_over_a_network_url_go_through_the_git_cli() {
+    let env = Env::new();
+    let p = env.mirror("mirror");
+    util::ok(env.cmd().args([
+        "snapshot",
+        "sync",
+        "--mirror",
+        env.path("mirror").to_str().unwrap(),
+    ]));
+    let server = env.path("server");
+    fs::create_dir_all(server.join("gentoo.git")).unwrap();
+    git(&server.join("gentoo.git"), &["init", "--bare", "-q"]);
+    let daemon = GitDaemon::start(&server);
+    let url = daemon.url("gentoo.git");
+
+    let out = util::ok(env.cmd().args(["snapshot", "push", &url]));
+    assert!(out.starts_with("pushed main and 1 tag(s)"), "{out}");
+    let ours = git(&env.store().join("repos/gentoo.git"), &["for-each-ref"]);
+    assert_eq!(git(&server.join("gentoo.git"), &["for-each-ref"]), ours);
+
+    let other = Env::new();
+    let out = util::ok(other.cmd().args(["snapshot", "fetch", &url]));
+    assert!(out.starts_with("fetched main and 1 tag(s)"), "{out}");
+    let theirs = other.store().join("repos/gentoo.git");
+    assert_eq!(git(&theirs, &["for-each-ref"]), ours);
+    let tag = tag_of(p.newest);
+    assert_eq!(
+        git(&theirs, &["ls-tree", "-r", &tag]),
+        git(
+            &env.store().join("repos/gentoo.git"),
+            &["ls-tree", "-r", &tag]
+        )
+    );
+
+    let err = util::fails(
+        other
+            .cmd()
+            .args(["snapshot", "fetch", &daemon.url("missing.git")]),
+        1,
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("missing.git"), "{err}");
+}
+
+/// The files below the store's tmp/ (lock files aside), with their sizes.
+fn tmp_files(store: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![store.join("tmp")];
+    while let Some(d) = dirs.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                dirs.push(e.path());
+            } else if !e.file_name().to_string_lossy().ends_with(".lock") {
+                out.push((e.path(), meta.len()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn interrupted_sync_removes_its_download() {
+    let env = Env::new();
+    let p = env.mirror("mirror");
+    let stalling = HttpMirror::start(&env.path("mirror"), Serve::Stall);
+    let mut child = env
+        .cmd()
+        .args(["snapshot", "sync", "--timeout", "600", "--mirror"])
+        .arg(stalling.url())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until half the tarball sits in the download directory.
+    let name = format!("gentoo-{}.tar.xz", compact(p.newest));
+    let mut seen = false;
+    for _ in 0..6000 {
+        if tmp_files(&env.store())
+            .iter()
+            .any(|(f, len)| f.file_name().unwrap().to_string_lossy() == name && *len > 0)
+        {
+            seen = true;
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "sync ended early");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if !seen {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the download never started");
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(tmp_files(&env.store()), [], "download left behind");
+    env.assert_tmp_clean();
+    assert!(env.tags().is_empty());
+    drop(stalling);
 }

@@ -1,4 +1,5 @@
-//! `portroot snapshot ...`: import, list and diff portage snapshots.
+//! `portroot snapshot ...`: import, list and diff portage snapshots; sync them
+//! from the mirrors, push and fetch them to and from a git server.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -264,11 +265,11 @@ tagged it says \"no newer snapshot\" without downloading it. The .md5sum is
 required, the .gpgsig too when a keyring is given. Mirrors are tried in order:
 one that refuses, times out or serves a file failing verification is reported
 on one line and the next one is tried. Mirrors are http(s) URLs, file:// URLs
-or local paths. Downloads go to the store's tmp/ and are removed afterwards.
+or local paths; without --mirror, https://distfiles.gentoo.org. Downloads go
+to the store's tmp/ and are removed afterwards, also on error or Ctrl-C.
 
 Examples:
-  portroot snapshot sync --mirror https://distfiles.gentoo.org \\
-      --keyring /usr/share/openpgp-keys/gentoo-release.asc
+  portroot snapshot sync --keyring /usr/share/openpgp-keys/gentoo-release.asc
   portroot snapshot sync --mirror http://m1.example --mirror file:///srv/mirror
   portroot snapshot sync --mirror https://distfiles.gentoo.org --revert 20260815";
 
@@ -293,8 +294,8 @@ Examples:
 /// Arguments of `snapshot sync`.
 #[derive(Debug, Args)]
 pub struct SyncArgs {
-    /// A mirror: http(s) URL, file:// URL or local path, holding snapshots/ (repeatable, tried in order).
-    #[arg(long = "mirror", value_name = "URL", required = true)]
+    /// A mirror: http(s) URL, file:// URL or local path, holding snapshots/ (repeatable, tried in order; default https://distfiles.gentoo.org).
+    #[arg(long = "mirror", value_name = "URL")]
     mirrors: Vec<String>,
     #[command(flatten)]
     repo: RepoArg,
@@ -346,6 +347,7 @@ fn sync(ctx: &Ctx, a: SyncArgs) -> anyhow::Result<ExitCode> {
     opts.verify = !a.no_verify;
     opts.progress = ctx.progress();
     opts.timeout = std::time::Duration::from_secs(a.timeout);
+    remove_downloads_on_signal(ctx)?;
     let lock = ImportLock::acquire(&ctx.store, &opts.repo, true, |lock| {
         eprintln!(
             "portroot: waiting for another import into {} (lock {})",
@@ -389,6 +391,32 @@ fn sync(ctx: &Ctx, a: SyncArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Block SIGINT and SIGTERM (call before any thread starts; children get a
+/// clean mask from std) and let one thread handle them: remove this
+/// process's downloads from the store's tmp/ and exit 130, as a shell does
+/// for Ctrl-C. A download can stall in a read for the whole --timeout, so
+/// waiting for the main thread to notice would be no answer to Ctrl-C.
+fn remove_downloads_on_signal(ctx: &Ctx) -> anyhow::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block().context("blocking SIGINT and SIGTERM")?;
+    let store = ctx.store.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Ok(sig) = set.wait() {
+                let removed = snapshot::sync::remove_downloads(&store);
+                tracing::info!(signal = ?sig, removed, "interrupted, downloads removed");
+                eprintln!("portroot: interrupted by {sig}, downloads removed");
+                std::process::exit(130);
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
 }
 
 fn push(ctx: &Ctx, a: RemoteArgs) -> anyhow::Result<ExitCode> {

@@ -6,7 +6,7 @@
 //!     for mirror in order (skipping those found unreachable)
 //!         DATE's .md5sum: gentoo-D.tar.xz, portage-D.tar.xz, gentoo-D.tar.bz2, portage-D.tar.bz2
 //!         first one found --> already tagged? "no newer snapshot", nothing downloaded
-//!                         --> tarball (+ .gpgsig) into store/tmp/sync-*/, md5 while it streams
+//!                         --> tarball (+ .gpgsig) into store/tmp/sync-PID-*/, md5 while it streams
 //!                         --> md5 + gpgv --> import_snapshot --> done
 //!         refused / timed out --> warn, mirror skipped from now on
 //!         bad file            --> warn, next mirror for the same date
@@ -41,6 +41,10 @@ use crate::store::Store;
 
 /// Seconds in a day.
 const DAY: i64 = 86_400;
+
+/// The mirror used when none is given, as emerge-webrsync's `GENTOO_MIRRORS`
+/// default.
+pub const DEFAULT_MIRROR: &str = "https://distfiles.gentoo.org";
 
 /// The file names tried for one date, in emerge-webrsync's order.
 pub fn candidate_names(date: SnapshotDate) -> [String; 4] {
@@ -130,7 +134,13 @@ pub struct SyncOptions {
 
 impl SyncOptions {
     /// Defaults: the `gentoo` repository, 40 days, verified, 30 s timeouts.
+    /// No mirrors means [`DEFAULT_MIRROR`].
     pub fn new(mirrors: Vec<String>) -> SyncOptions {
+        let mirrors = if mirrors.is_empty() {
+            vec![DEFAULT_MIRROR.to_owned()]
+        } else {
+            mirrors
+        };
         SyncOptions {
             mirrors,
             repo: crate::store::DEFAULT_REPO.to_owned(),
@@ -428,7 +438,7 @@ pub fn sync_snapshot(store: &Store, opts: &SyncOptions, lock: &ImportLock) -> Re
     let tmp_root = store.tmp_dir();
     fs::create_dir_all(&tmp_root).map_err(Error::io("creating", &tmp_root))?;
     let work = tempfile::Builder::new()
-        .prefix("sync-")
+        .prefix(&download_prefix())
         .tempdir_in(&tmp_root)
         .map_err(Error::io("creating a directory in", &tmp_root))?;
     let fetcher = Fetcher::new(opts.timeout, opts.progress);
@@ -647,6 +657,35 @@ fn keep_files(dir: &Path, name: &str, keep: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The name prefix of this process's download directories in the store's
+/// `tmp/`: `sync-PID-`, so that [`remove_downloads`] finds them and no other
+/// process's.
+fn download_prefix() -> String {
+    format!("sync-{}-", std::process::id())
+}
+
+/// Remove the download directories this process has in the store's `tmp/`.
+///
+/// For a signal handler about to exit: the directories are normally removed
+/// when [`sync_snapshot`] returns, but an exit skips that. Returns how many
+/// were removed.
+pub fn remove_downloads(store: &Store) -> usize {
+    let prefix = download_prefix();
+    let Ok(entries) = fs::read_dir(store.tmp_dir()) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            match fs::remove_dir_all(e.path()) {
+                Ok(()) => removed += 1,
+                Err(err) => warn!("could not remove {}: {err}", e.path().display()),
+            }
+        }
+    }
+    removed
+}
+
 /// The mirrors' file date of the snapshot tagged `tag` (for messages).
 pub fn file_name_date(tag: SnapshotDate) -> String {
     compact(file_date_of_tag(tag))
@@ -655,6 +694,25 @@ pub fn file_name_date(tag: SnapshotDate) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remove_downloads_takes_only_this_process_s_directories() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path());
+        let t = store.tmp_dir();
+        fs::create_dir_all(t.join(format!("{}abc/x", download_prefix()))).unwrap();
+        fs::write(t.join(format!("{}abc/x/f", download_prefix())), b"1").unwrap();
+        fs::create_dir_all(t.join("sync-1-abc")).unwrap();
+        fs::create_dir_all(t.join("import-x")).unwrap();
+        assert_eq!(remove_downloads(&store), 1);
+        let mut left: Vec<String> = fs::read_dir(&t)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["import-x", "sync-1-abc"]);
+        assert_eq!(remove_downloads(&Store::new(tmp.path().join("none"))), 0);
+    }
 
     fn d(s: &str) -> SnapshotDate {
         s.parse().unwrap()
@@ -702,6 +760,17 @@ mod tests {
             .as_secs() as i64;
         let y = yesterday_utc();
         assert!(y.to_timestamp() <= now && now - y.to_timestamp() < DAY);
+    }
+
+    #[test]
+    fn no_mirror_means_gentoo_default() {
+        let o = SyncOptions::new(Vec::new());
+        assert_eq!(o.mirrors, [DEFAULT_MIRROR]);
+        assert_eq!(
+            Mirror::parse(&o.mirrors[0]).unwrap(),
+            Mirror::Http("https://distfiles.gentoo.org".into())
+        );
+        assert_eq!(SyncOptions::new(vec!["/m".into()]).mirrors, ["/m"]);
     }
 
     #[test]
