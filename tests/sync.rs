@@ -697,6 +697,7 @@ fn push_then_fetch_into_a_fresh_store_serves_the_same_tree() {
             .args(["snapshot", "fetch", &format!("file://{r}")]),
     );
     assert!(out.starts_with("fetched main and 2 tag(s)"), "{out}");
+    other.assert_tmp_clean();
     let theirs = other.store().join("repos/gentoo.git");
     assert_eq!(
         git(&theirs, &["for-each-ref"]),
@@ -732,6 +733,101 @@ fn push_then_fetch_into_a_fresh_store_serves_the_same_tree() {
     );
 }
 
+/// Every file and directory of a store but its lock files: relative path ->
+/// content (None for a directory).
+fn store_files(store: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut dirs = vec![store.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let rel = e.path().strip_prefix(store).unwrap().to_owned();
+            if e.file_type().unwrap().is_dir() {
+                dirs.push(e.path());
+                out.insert(rel, None);
+            } else if !e.file_name().to_string_lossy().ends_with(".lock") {
+                out.insert(rel, Some(fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// Fail naming the paths added, removed or changed between two [`store_files`].
+fn assert_same_files(
+    before: &BTreeMap<PathBuf, Option<Vec<u8>>>,
+    after: &BTreeMap<PathBuf, Option<Vec<u8>>>,
+) {
+    let mut diff = Vec::new();
+    for (p, c) in after {
+        match before.get(p) {
+            None => diff.push(format!("+ {}", p.display())),
+            Some(b) if b != c => diff.push(format!("~ {}", p.display())),
+            _ => {}
+        }
+    }
+    for p in before.keys().filter(|p| !after.contains_key(*p)) {
+        diff.push(format!("- {}", p.display()));
+    }
+    assert!(diff.is_empty(), "the store changed:\n{}", diff.join("\n"));
+}
+
+/// Bytes of the packs in a bare repository.
+fn pack_bytes(repo: &Path) -> u64 {
+    fs::read_dir(repo.join("objects/pack"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+                .map(|e| e.metadata().unwrap().len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_second_fetch_brings_only_what_is_missing() {
+    let env = Env::new();
+    let p = env.mirror("mirror");
+    let m = env.path("mirror");
+    let m = m.to_str().unwrap();
+    let remote = env.path("server.git");
+    fs::create_dir_all(&remote).unwrap();
+    git(&remote, &["init", "--bare", "-q"]);
+    let r = remote.to_str().unwrap();
+    util::ok(env.cmd().args([
+        "snapshot",
+        "sync",
+        "--mirror",
+        m,
+        "--revert",
+        &compact(p.older),
+    ]));
+    util::ok(env.cmd().args(["snapshot", "push", r]));
+
+    let other = Env::new();
+    let theirs = other.store().join("repos/gentoo.git");
+    let out = util::ok(other.cmd().args(["snapshot", "fetch", r]));
+    assert!(out.starts_with("fetched main and 1 tag(s)"), "{out}");
+    let first = pack_bytes(&theirs);
+
+    // Three days on, most of the tree is unchanged: the second fetch must
+    // not carry the objects the store already has.
+    util::ok(env.cmd().args(["snapshot", "sync", "--mirror", m]));
+    util::ok(env.cmd().args(["snapshot", "push", r]));
+    let out = util::ok(other.cmd().args(["snapshot", "fetch", r]));
+    assert!(out.starts_with("fetched main and 1 tag(s)"), "{out}");
+    let second = pack_bytes(&theirs) - first;
+    assert!(
+        second * 2 < first,
+        "second fetch {second} bytes, first {first} bytes"
+    );
+    git(&theirs, &["fsck", "--strict", "--no-dangling"]);
+    assert_eq!(
+        git(&theirs, &["for-each-ref"]),
+        git(&env.store().join("repos/gentoo.git"), &["for-each-ref"])
+    );
+    other.assert_tmp_clean();
+}
+
 #[test]
 fn diverged_main_is_refused_without_force() {
     let env = Env::new();
@@ -765,15 +861,19 @@ fn diverged_main_is_refused_without_force() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert_eq!(git(&remote, &["for-each-ref"]), remote_before);
 
-    // Fetching the remote's diverged main into the other store: refused too.
+    // Fetching the remote's diverged main into the other store: refused too,
+    // and not one file of the store changes (no objects, no staging refs).
     let other_refs = git(&other.store().join("repos/gentoo.git"), &["for-each-ref"]);
+    let files_before = store_files(&other.store());
     let err = util::fails(other.cmd().args(["snapshot", "fetch", r]), 1);
     assert!(err.contains("diverged"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert_eq!(
         git(&other.store().join("repos/gentoo.git"), &["for-each-ref"]),
         other_refs,
         "no staging refs left, nothing moved"
     );
+    assert_same_files(&files_before, &store_files(&other.store()));
 
     util::ok(other.cmd().args(["snapshot", "push", "--force", r]));
     assert_eq!(git(&remote, &["for-each-ref"]), other_refs);

@@ -4,27 +4,32 @@
 //! ```text
 //! push:  list the remote's refs --> main fast-forward? tags new or equal?
 //!        --> push main + the tags it lacks (forced with --force)
-//! fetch: fetch main and tags into refs/portroot-fetch/* --> fast-forward?
-//!        tags new or equal? --> move main and the tags in one transaction
-//!        --> drop refs/portroot-fetch/* (also on error)
+//! fetch: into a quarantine repository in tmp/ (borrowing our objects) -->
+//!        fast-forward? tags new or equal? --> move its objects in
+//!        --> move main and the tags in one transaction --> drop the quarantine
 //! ```
 //!
 //! Both check before anything moves, so a diverged `main` or a tag that names
-//! different objects on the two sides is refused with one line and nothing
-//! changed on either side, unless `--force`.
+//! different objects on the two sides is refused with one line and not one
+//! file changed on either side, unless `--force`.
 //!
-//! **Transport.** Local paths and `file://` URLs go through git2 (libgit2's
-//! local transport). The workspace builds libgit2 without https and ssh (no
-//! OpenSSL, no libssh2 to vendor), so every other URL (`https://`, `ssh://`,
-//! `git@host:path`) runs the `git` command line instead, which brings the
-//! user's own credential helpers and ssh configuration: the same checks, the
-//! same refspecs, only the wire differs.
+//! **Transport.** Pushes to local paths and `file://` URLs go through git2
+//! (libgit2's local transport). The workspace builds libgit2 without https
+//! and ssh (no OpenSSL, no libssh2 to vendor), so every other URL
+//! (`https://`, `ssh://`, `git://`, `git@host:path`) runs the `git` command
+//! line instead, which brings the user's own credential helpers and ssh
+//! configuration: the same checks, the same refspecs, only the wire differs.
+//! Fetches run `git` for local paths too: libgit2 1.9's local transport packs
+//! every annotated tag of the remote with its whole tree again, whatever the
+//! receiving side has, so each fetch would copy every snapshot anew, where
+//! git's negotiation brings only the missing objects.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::fs;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use git2::{Direction, FetchOptions, Oid, PushOptions, Repository, RepositoryInitOptions};
+use git2::{Direction, Oid, PushOptions, Repository, RepositoryInitOptions};
 use tracing::{debug, info};
 
 use super::error::{Error, Result};
@@ -110,6 +115,7 @@ fn list_remote(repo: &Repository, remote: &str, t: &Transport) -> Result<BTreeMa
         Transport::Cli(url) => {
             let out = git_cli(
                 repo,
+                remote,
                 &["ls-remote", "--", url, "refs/heads/main", "refs/tags/*"],
             )?;
             for line in out.lines() {
@@ -128,11 +134,14 @@ fn list_remote(repo: &Repository, remote: &str, t: &Transport) -> Result<BTreeMa
     Ok(refs)
 }
 
-/// Run `git --git-dir REPO ARGS`, returning stdout; a failure is one line.
-fn git_cli(repo: &Repository, args: &[&str]) -> Result<String> {
+/// Run `git --git-dir REPO ARGS` against `remote`, returning stdout; a
+/// failure is one line naming `remote`.
+fn git_cli(repo: &Repository, remote: &str, args: &[&str]) -> Result<String> {
     let out = Command::new("git")
         .arg("--git-dir")
         .arg(repo.path())
+        // No housekeeping in the quarantine or the store behind our back.
+        .args(["-c", "gc.auto=0", "-c", "maintenance.auto=false"])
         .args(args)
         .output()
         .map_err(Error::io("running git for", repo.path()))?;
@@ -148,11 +157,7 @@ fn git_cli(repo: &Repository, args: &[&str]) -> Result<String> {
         .trim()
         .to_owned();
     Err(Error::Remote {
-        remote: args
-            .iter()
-            .find(|a| a.contains(':'))
-            .unwrap_or(&"")
-            .to_string(),
+        remote: remote.to_owned(),
         problem: format!("git {}: {last}", args.first().unwrap_or(&"")),
     })
 }
@@ -259,7 +264,7 @@ pub fn push(store: &Store, repo_name: &str, remote: &str, force: bool) -> Result
         Transport::Cli(url) => {
             let mut args = vec!["push", "--porcelain", "--", url.as_str()];
             args.extend(specs.iter().map(String::as_str));
-            git_cli(&repo, &args)?;
+            git_cli(&repo, remote, &args)?;
         }
     }
     info!(
@@ -288,58 +293,36 @@ pub fn fetch(
         None
     } else {
         let dir = store.repos_dir();
-        std::fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
+        fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
         let tmp = tempfile::Builder::new()
             .prefix(".new-")
             .tempdir_in(&dir)
             .map_err(Error::io("creating a directory in", &dir))?;
-        Repository::init_opts(
-            tmp.path(),
-            RepositoryInitOptions::new().bare(true).initial_head("main"),
-        )
-        .map_err(Error::git(format!(
-            "creating a repository in {}",
-            tmp.path().display()
-        )))?;
+        init_bare(tmp.path())?;
         Some(tmp)
     };
-    let repo_path = fresh.as_ref().map_or(path.clone(), |t| t.path().to_owned());
-    let repo = Repository::open_bare(&repo_path).map_err(Error::git(format!(
-        "opening repository {}",
-        repo_path.display()
-    )))?;
+    let target_path = fresh.as_ref().map_or(path.clone(), |t| t.path().to_owned());
+    let local = list_local(&open_bare(&target_path)?)?;
 
-    let theirs = list_remote(&repo, remote, &t)?;
+    let quarantine = Quarantine::new(store, &target_path, &local)?;
+    let q = &quarantine.repo;
+    let theirs = list_remote(q, remote, &t)?;
     if theirs.is_empty() {
         return Err(Error::Remote {
             remote: remote.to_owned(),
             problem: "has no main branch and no tags".to_owned(),
         });
     }
-    let staged = Staged { repo: &repo };
     let specs = [
         format!("+{MAIN_REF}:{STAGING}main"),
         format!("+refs/tags/*:{STAGING}tags/*"),
     ];
-    match &t {
-        Transport::Local(_) => {
-            let mut r = repo
-                .remote_anonymous(&t.url())
-                .map_err(Error::git(format!("opening remote {remote}")))?;
-            let mut opts = FetchOptions::new();
-            opts.download_tags(git2::AutotagOption::None)
-                .update_fetchhead(false);
-            r.fetch(&specs, Some(&mut opts), None)
-                .map_err(Error::git(format!("fetching from {remote}")))?;
-        }
-        Transport::Cli(url) => {
-            let mut args = vec!["fetch", "--no-tags", "--no-write-fetch-head", "--", url];
-            args.extend(specs.iter().map(String::as_str));
-            git_cli(&repo, &args)?;
-        }
-    }
+    // The git command line for every transport here (see the module doc).
+    let url = t.url();
+    let mut args = vec!["fetch", "--no-tags", "--no-write-fetch-head", "--", &url];
+    args.extend(specs.iter().map(String::as_str));
+    git_cli(q, remote, &args)?;
 
-    let local = list_local(&repo)?;
     let refuse = |problem: String| Error::Remote {
         remote: remote.to_owned(),
         problem,
@@ -349,7 +332,8 @@ pub fn fetch(
     if let Some(&their_main) = theirs.get(MAIN_REF) {
         match local.get(MAIN_REF) {
             Some(&mine) if mine == their_main => {}
-            Some(&mine) if !fast_forward(&repo, mine, their_main) && !force => {
+            // The quarantine sees both sides: its own objects and ours.
+            Some(&mine) if !fast_forward(q, mine, their_main) && !force => {
                 return Err(refuse(format!(
                     "its main ({}) has diverged from the local main ({}): not a fast-forward (use --force to take it)",
                     short(their_main),
@@ -378,6 +362,10 @@ pub fn fetch(
         }
     }
     if !moves.is_empty() {
+        let objects = quarantine.adopt(&target_path.join("objects"))?;
+        debug!(objects, "fetched objects moved into the repository");
+        // Opened afresh so that it sees the objects just moved in.
+        let repo = open_bare(&target_path)?;
         let mut tx = repo
             .transaction()
             .map_err(Error::git("starting a reference transaction"))?;
@@ -390,11 +378,10 @@ pub fn fetch(
         tx.commit()
             .map_err(Error::git("committing the reference transaction"))?;
     }
-    drop(staged);
-    drop(repo);
+    drop(quarantine);
     if let Some(tmp) = fresh {
         let tmp = tmp.keep();
-        std::fs::rename(&tmp, &path).map_err(Error::io("creating", &path))?;
+        fs::rename(&tmp, &path).map_err(Error::io("creating", &path))?;
     }
     info!(
         remote,
@@ -405,21 +392,107 @@ pub fn fetch(
     Ok(done)
 }
 
-/// Drops the staging refs of a fetch however it ends.
-struct Staged<'r> {
-    repo: &'r Repository,
+fn init_bare(path: &Path) -> Result<Repository> {
+    Repository::init_opts(
+        path,
+        RepositoryInitOptions::new().bare(true).initial_head("main"),
+    )
+    .map_err(Error::git(format!(
+        "creating a repository in {}",
+        path.display()
+    )))
 }
 
-impl Drop for Staged<'_> {
-    fn drop(&mut self) {
-        let Ok(refs) = self.repo.references_glob(&format!("{STAGING}*")) else {
-            return;
-        };
-        for mut r in refs.flatten() {
-            if let Err(e) = r.delete() {
-                debug!(error = %e, "could not drop a staging ref");
+fn open_bare(path: &Path) -> Result<Repository> {
+    Repository::open_bare(path)
+        .map_err(Error::git(format!("opening repository {}", path.display())))
+}
+
+/// A scratch repository in the store's `tmp/` that a fetch writes into, as
+/// git's receive-pack quarantine: it borrows the target's objects through
+/// `objects/info/alternates` and holds refs to the target's `main` and tags,
+/// so only missing objects come over the wire. Nothing reaches the target
+/// until [`Quarantine::adopt`]; dropping it removes everything fetched.
+struct Quarantine {
+    repo: Repository,
+    dir: tempfile::TempDir,
+}
+
+impl Quarantine {
+    fn new(store: &Store, target: &Path, local: &BTreeMap<String, Oid>) -> Result<Quarantine> {
+        let tmp_root = store.tmp_dir();
+        fs::create_dir_all(&tmp_root).map_err(Error::io("creating", &tmp_root))?;
+        let dir = tempfile::Builder::new()
+            .prefix("fetch-")
+            .tempdir_in(&tmp_root)
+            .map_err(Error::io("creating a directory in", &tmp_root))?;
+        init_bare(dir.path())?;
+        let objects = fs::canonicalize(target.join("objects"))
+            .map_err(Error::io("resolving", target.join("objects")))?;
+        let alternates = dir.path().join("objects/info/alternates");
+        fs::write(&alternates, format!("{}\n", objects.display()))
+            .map_err(Error::io("writing", &alternates))?;
+        let repo = open_bare(dir.path())?;
+        for (name, oid) in local {
+            repo.reference(name, *oid, true, "portroot: what the target has")
+                .map_err(Error::git(format!("copying {name} into the quarantine")))?;
+        }
+        Ok(Quarantine { repo, dir })
+    }
+
+    /// Move the fetched objects into `objects` (the target's `objects/`):
+    /// packs before their indexes, so a reader never finds an index without
+    /// its pack; loose objects the target already has are left behind.
+    /// Returns how many files moved.
+    fn adopt(&self, objects: &Path) -> Result<usize> {
+        let from = self.dir.path().join("objects");
+        let mut moved = 0;
+        let pack_dir = from.join("pack");
+        let mut packs: Vec<PathBuf> = read_dir_paths(&pack_dir)?
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e != "keep"))
+            .collect();
+        // .pack (and .rev) before .idx.
+        packs.sort_by_key(|p| p.extension().is_some_and(|e| e == "idx"));
+        if !packs.is_empty() {
+            let to_dir = objects.join("pack");
+            fs::create_dir_all(&to_dir).map_err(Error::io("creating", &to_dir))?;
+            for p in packs {
+                let to = to_dir.join(p.file_name().expect("invariant: read_dir names files"));
+                fs::rename(&p, &to).map_err(Error::io("installing", &to))?;
+                moved += 1;
             }
         }
+        for dir in read_dir_paths(&from)? {
+            let Some(fan) = dir.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if fan.len() != 2 || !fan.bytes().all(|b| b.is_ascii_hexdigit()) {
+                continue;
+            }
+            let to_dir = objects.join(fan);
+            for obj in read_dir_paths(&dir)? {
+                let to = to_dir.join(obj.file_name().expect("invariant: read_dir names files"));
+                if to.exists() {
+                    continue;
+                }
+                fs::create_dir_all(&to_dir).map_err(Error::io("creating", &to_dir))?;
+                fs::rename(&obj, &to).map_err(Error::io("installing", &to))?;
+                moved += 1;
+            }
+        }
+        Ok(moved)
+    }
+}
+
+/// The entries of `dir`, none if it does not exist.
+fn read_dir_paths(dir: &Path) -> Result<Vec<PathBuf>> {
+    match fs::read_dir(dir) {
+        Ok(rd) => rd
+            .map(|e| e.map(|e| e.path()).map_err(Error::io("reading", dir)))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::io("reading", dir)(e)),
     }
 }
 
