@@ -450,6 +450,58 @@ fn stalled_or_empty_first_mirror_fails_over_to_the_second() {
 }
 
 #[test]
+fn names_are_tried_in_emerge_webrsync_order() {
+    let env = Env::new();
+    let date = yesterday_utc();
+    let d = compact(date);
+    let tree = Env::tree_for(3, date);
+    tree.write_tree(&env.path("t")).unwrap();
+    let snaps = env.path("mirror/snapshots");
+    for (stem, c) in [
+        (format!("gentoo-{d}"), Compression::Bzip2),
+        (format!("portage-{d}"), Compression::Bzip2),
+        (format!("portage-{d}"), Compression::Xz),
+    ] {
+        pack_snapshot(&env.path("t"), &stem, c, &snaps).unwrap();
+    }
+    let m = env.path("mirror");
+    let sync = |e: &Env| {
+        util::ok(
+            e.cmd()
+                .args(["snapshot", "sync", "--mirror", m.to_str().unwrap()]),
+        )
+    };
+
+    // .tar.xz before .tar.bz2, whatever the prefix.
+    let out = sync(&env);
+    assert!(out.contains(&format!(": portage-{d}.tar.xz from")), "{out}");
+    assert_eq!(env.tags(), [tag_of(date)]);
+
+    // Then gentoo- before portage-.
+    for f in [
+        format!("portage-{d}.tar.xz"),
+        format!("portage-{d}.tar.xz.md5sum"),
+    ] {
+        fs::remove_file(snaps.join(f)).unwrap();
+    }
+    let e2 = Env::new();
+    let out = sync(&e2);
+    assert!(out.contains(&format!(": gentoo-{d}.tar.bz2 from")), "{out}");
+    assert_eq!(e2.tags(), [tag_of(date)]);
+    // The same tree whichever file carried it.
+    assert_eq!(
+        git(
+            &e2.store().join("repos/gentoo.git"),
+            &["rev-parse", "main^{tree}"]
+        ),
+        git(
+            &env.store().join("repos/gentoo.git"),
+            &["rev-parse", "main^{tree}"]
+        )
+    );
+}
+
+#[test]
 fn no_snapshot_within_max_age_is_refused_in_one_line() {
     let env = Env::new();
     let snaps = env.path("mirror/snapshots");
@@ -1067,5 +1119,72 @@ fn interrupted_sync_removes_its_download() {
     assert_eq!(tmp_files(&env.store()), [], "download left behind");
     env.assert_tmp_clean();
     assert!(env.tags().is_empty());
+    drop(stalling);
+}
+
+#[test]
+fn a_terminal_shows_a_progress_bar_with_bytes_and_rate() {
+    use std::io::Read;
+    use std::sync::Mutex;
+
+    let env = Env::new();
+    let p = env.mirror("mirror");
+    let stalling = HttpMirror::start(&env.path("mirror"), Serve::Stall);
+    let size = nix::pty::Winsize {
+        ws_row: 24,
+        ws_col: 120,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(&size, None).unwrap();
+    let mut child = env
+        .cmd()
+        .args(["snapshot", "sync", "--timeout", "600", "--mirror"])
+        .arg(stalling.url())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(pty.slave))
+        .spawn()
+        .unwrap();
+    // The child holds the only slave now: reads end (EIO) once it exits.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let seen = seen.clone();
+        let mut master = fs::File::from(pty.master);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = master.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let name = format!("gentoo-{}.tar.xz", compact(p.newest));
+    let shown = |s: &str| s.contains(&format!("downloading {name}")) && s.contains("iB/s");
+    let mut text = String::new();
+    for _ in 0..6000 {
+        text = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+        if shown(&text) || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    assert!(shown(&text), "no progress bar on the terminal: {text:?}");
+    // Bytes so far out of the total: the stall is at half the tarball.
+    let total = fs::metadata(env.path("mirror/snapshots").join(&name))
+        .unwrap()
+        .len();
+    assert!((4096..1 << 20).contains(&total), "{total}");
+    let of_total = format!("/{:.2} KiB", total as f64 / 1024.0);
+    assert!(text.contains(&of_total), "{of_total} expected: {text:?}");
+    assert_eq!(status.code(), Some(130), "{text}");
+    env.assert_tmp_clean();
     drop(stalling);
 }
