@@ -182,6 +182,12 @@ struct HttpMirror {
 
 impl HttpMirror {
     fn start(root: &Path, serve: Serve) -> HttpMirror {
+        HttpMirror::start_with(root, serve, None)
+    }
+
+    /// An https mirror with this TLS configuration ([`HttpMirror::url`]
+    /// still says http: use [`HttpMirror::https_url`]).
+    fn start_with(root: &Path, serve: Serve, tls: Option<Arc<rustls::ServerConfig>>) -> HttpMirror {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -192,7 +198,19 @@ impl HttpMirror {
             while !flag.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((s, _)) => {
-                        let _ = answer(s, &root, serve, &flag);
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                        let _ = match &tls {
+                            None => answer(s, &root, serve, &flag),
+                            Some(cfg) => rustls::ServerConnection::new(cfg.clone())
+                                .map_err(std::io::Error::other)
+                                .and_then(|conn| {
+                                    let mut tls = rustls::StreamOwned::new(conn, s);
+                                    answer(&mut tls, &root, serve, &flag)?;
+                                    tls.conn.send_close_notify();
+                                    tls.flush()
+                                }),
+                        };
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(5));
@@ -211,6 +229,10 @@ impl HttpMirror {
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+
+    fn https_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
 }
 
 impl Drop for HttpMirror {
@@ -222,16 +244,22 @@ impl Drop for HttpMirror {
     }
 }
 
-fn answer(mut s: TcpStream, root: &Path, serve: Serve, stop: &AtomicBool) -> std::io::Result<()> {
-    s.set_nonblocking(false)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut reader = BufReader::new(s.try_clone()?);
+fn answer(
+    mut s: impl std::io::Read + Write,
+    root: &Path,
+    serve: Serve,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
     let mut request = String::new();
-    reader.read_line(&mut request)?;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
-            break;
+    {
+        // A GET has no body: nothing is buffered past the blank line.
+        let mut reader = BufReader::new(&mut s);
+        reader.read_line(&mut request)?;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
+                break;
+            }
         }
     }
     let path = request.split_whitespace().nth(1).unwrap_or("/");
@@ -1187,4 +1215,134 @@ fn a_terminal_shows_a_progress_bar_with_bytes_and_rate() {
     assert_eq!(status.code(), Some(130), "{text}");
     env.assert_tmp_clean();
     drop(stalling);
+}
+
+/// A throwaway CA and a certificate for 127.0.0.1 it signed, made with the
+/// openssl command line in `dir`: (CA PEM path, server TLS configuration).
+fn test_ca(dir: &Path) -> (PathBuf, Arc<rustls::ServerConfig>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    fs::create_dir_all(dir).unwrap();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=portroot test CA",
+            ],
+            &["-addext", "basicConstraints=critical,CA:TRUE"],
+            &["-addext", "keyUsage=critical,keyCertSign"],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req", "-new"][..],
+            &ec,
+            &[
+                "-keyout",
+                "srv.key",
+                "-out",
+                "srv.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+    );
+    fs::write(
+        dir.join("srv.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "srv.ext",
+    ]);
+    let chain = vec![CertificateDer::from_pem_file(dir.join("srv.pem")).unwrap()];
+    let key = PrivateKeyDer::from_pem_file(dir.join("srv.key")).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    (dir.join("ca.pem"), Arc::new(cfg))
+}
+
+#[test]
+fn https_mirrors_are_checked_against_the_ca_bundle() {
+    let env = Env::new();
+    let p = env.mirror("mirror");
+    let (ca, tls) = test_ca(&env.path("ca"));
+    let https = HttpMirror::start_with(&env.path("mirror"), Serve::Files, Some(tls));
+
+    // The system's bundle does not know the test CA: refused, nothing changed.
+    let before = env.state();
+    let err = util::fails(
+        env.cmd().env_remove("SSL_CERT_FILE").args([
+            "snapshot",
+            "sync",
+            "--mirror",
+            &https.https_url(),
+        ]),
+        1,
+    );
+    assert!(err.contains("certificate"), "{err}");
+    assert_eq!(env.state(), before);
+    assert!(!env.store().join("repos/gentoo.git").exists());
+
+    // Trusted through SSL_CERT_FILE, as wget and curl do.
+    let out = util::ok(env.cmd().env("SSL_CERT_FILE", &ca).args([
+        "snapshot",
+        "sync",
+        "--mirror",
+        &https.https_url(),
+    ]));
+    assert!(
+        out.starts_with(&format!("imported {}", tag_of(p.newest))),
+        "{out}"
+    );
+    assert!(out.contains(&https.https_url()), "{out}");
+    env.assert_tmp_clean();
 }
