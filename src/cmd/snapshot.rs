@@ -347,7 +347,7 @@ fn sync(ctx: &Ctx, a: SyncArgs) -> anyhow::Result<ExitCode> {
     opts.verify = !a.no_verify;
     opts.progress = ctx.progress();
     opts.timeout = std::time::Duration::from_secs(a.timeout);
-    remove_downloads_on_signal(ctx)?;
+    clean_up_on_signal(ctx, "downloads removed", snapshot::sync::remove_downloads)?;
     let lock = ImportLock::acquire(&ctx.store, &opts.repo, true, |lock| {
         eprintln!(
             "portroot: waiting for another import into {} (lock {})",
@@ -394,11 +394,15 @@ fn sync(ctx: &Ctx, a: SyncArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Block SIGINT and SIGTERM (call before any thread starts; children get a
-/// clean mask from std) and let one thread handle them: remove this
-/// process's downloads from the store's tmp/ and exit 130, as a shell does
+/// clean mask from std) and let one thread handle them: run `clean_up` (this
+/// process's scratch directories in the store) and exit 130, as a shell does
 /// for Ctrl-C. A download can stall in a read for the whole --timeout, so
 /// waiting for the main thread to notice would be no answer to Ctrl-C.
-fn remove_downloads_on_signal(ctx: &Ctx) -> anyhow::Result<()> {
+fn clean_up_on_signal(
+    ctx: &Ctx,
+    what: &'static str,
+    clean_up: fn(&portroot::store::Store) -> usize,
+) -> anyhow::Result<()> {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     set.add(Signal::SIGINT);
@@ -409,9 +413,9 @@ fn remove_downloads_on_signal(ctx: &Ctx) -> anyhow::Result<()> {
         .name("signals".into())
         .spawn(move || {
             if let Ok(sig) = set.wait() {
-                let removed = snapshot::sync::remove_downloads(&store);
-                tracing::info!(signal = ?sig, removed, "interrupted, downloads removed");
-                eprintln!("portroot: interrupted by {sig}, downloads removed");
+                let removed = clean_up(&store);
+                tracing::info!(signal = ?sig, removed, "interrupted, {what}");
+                eprintln!("portroot: interrupted by {sig}, {what}");
                 std::process::exit(130);
             }
         })
@@ -429,6 +433,11 @@ fn push(ctx: &Ctx, a: RemoteArgs) -> anyhow::Result<ExitCode> {
 
 fn fetch(ctx: &Ctx, a: RemoteArgs) -> anyhow::Result<ExitCode> {
     check_repo_name(&a.repo.repo)?;
+    clean_up_on_signal(
+        ctx,
+        "unfinished fetch removed",
+        snapshot::remote::remove_scratch,
+    )?;
     let lock = ImportLock::acquire(&ctx.store, &a.repo.repo, true, |lock| {
         eprintln!(
             "portroot: waiting for another import into {} (lock {})",
