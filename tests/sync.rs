@@ -679,6 +679,31 @@ fn signatures_are_required_with_a_keyring_over_file_urls() {
         "{out}"
     );
     env.assert_tmp_clean();
+
+    // A mirror whose copy is signed by a stranger is passed over for the next.
+    let bad = env.path("bad-mirror/snapshots");
+    fs::create_dir_all(&bad).unwrap();
+    for e in fs::read_dir(env.path("mirror/snapshots")).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), bad.join(e.file_name())).unwrap();
+    }
+    stranger.sign_to(&tarball, &bad.join(sig.file_name().unwrap()));
+    let env2 = Env::new();
+    let out = util::run(
+        env2.cmd()
+            .args(["snapshot", "sync", "--mirror"])
+            .arg(env.path("bad-mirror"))
+            .args(["--mirror", &url, "--keyring"])
+            .arg(&keyring),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert_eq!(stderr.matches("WARN").count(), 1, "{stderr}");
+    assert!(stderr.to_lowercase().contains("no public key"), "{stderr}");
+    assert!(stderr.contains("bad-mirror"), "{stderr}");
+    assert_eq!(env2.tags(), [tag_of(p.newest)]);
+    env2.assert_tmp_clean();
 }
 
 /// Every file of `tag` in the bare repository `repo`: path -> (mode, content).
