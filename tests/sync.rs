@@ -934,6 +934,67 @@ fn a_second_fetch_brings_only_what_is_missing() {
 }
 
 #[test]
+fn a_tag_naming_different_objects_is_refused_without_force() {
+    let env = Env::new();
+    let p = env.mirror("mirror");
+    let m = env.path("mirror");
+    util::ok(
+        env.cmd()
+            .args(["snapshot", "sync", "--mirror", m.to_str().unwrap()]),
+    );
+    let remote = env.path("server.git");
+    fs::create_dir_all(&remote).unwrap();
+    git(&remote, &["init", "--bare", "-q"]);
+    let r = remote.to_str().unwrap();
+    util::ok(env.cmd().args(["snapshot", "push", r]));
+    let other = Env::new();
+    util::ok(other.cmd().args(["snapshot", "fetch", r]));
+
+    // Same main, but the tag is another tag object (another message).
+    let tag = tag_of(p.newest);
+    let repo = other.store().join("repos/gentoo.git");
+    git(
+        &repo,
+        &[
+            "-c",
+            "user.name=x",
+            "-c",
+            "user.email=x@x",
+            "tag",
+            "-f",
+            "-a",
+            "-m",
+            "other",
+            &tag,
+            "main",
+        ],
+    );
+    let remote_before = store_files(&remote);
+    let files_before = store_files(&other.store());
+    for verb in ["push", "fetch"] {
+        let err = util::fails(other.cmd().args(["snapshot", verb, r]), 1);
+        assert!(
+            err.contains(&format!("tag {tag} names different objects")) && err.contains("--force"),
+            "{verb}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert_same_files(&files_before, &store_files(&other.store()));
+        assert_same_files(&remote_before, &store_files(&remote));
+    }
+    let ours = git(&repo, &["rev-parse", &tag]);
+    util::ok(other.cmd().args(["snapshot", "push", "--force", r]));
+    assert_eq!(git(&remote, &["rev-parse", &tag]), ours);
+    // And back: the first store takes the replaced tag only with --force.
+    util::fails(env.cmd().args(["snapshot", "fetch", r]), 1);
+    let out = util::ok(env.cmd().args(["snapshot", "fetch", "--force", r]));
+    assert!(out.contains(&tag), "{out}");
+    assert_eq!(
+        git(&env.store().join("repos/gentoo.git"), &["rev-parse", &tag]),
+        ours
+    );
+}
+
+#[test]
 fn diverged_main_is_refused_without_force() {
     let env = Env::new();
     let p = env.mirror("mirror");
