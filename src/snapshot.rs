@@ -19,6 +19,8 @@
 pub mod diff;
 pub mod error;
 pub mod pack;
+pub mod remote;
+pub mod sync;
 pub mod tag;
 pub mod tree;
 pub mod verify;

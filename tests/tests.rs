@@ -11,3 +11,4 @@ mod import;
 mod layer;
 mod runner;
 mod stage;
+mod sync;

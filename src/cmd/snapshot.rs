@@ -1,4 +1,5 @@
-//! `portroot snapshot ...`: import, list and diff portage snapshots.
+//! `portroot snapshot ...`: import, list and diff portage snapshots; sync them
+//! from the mirrors, push and fetch them to and from a git server.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +27,15 @@ pub enum SnapshotCmd {
     /// Show which packages and ebuilds changed between two snapshot tags.
     #[command(after_help = DIFF_HELP)]
     Diff(DiffArgs),
+    /// Fetch the newest snapshot from the mirrors (as emerge-webrsync does) and import it.
+    #[command(after_help = SYNC_HELP)]
+    Sync(SyncArgs),
+    /// Push main and every snapshot tag to a git remote (the team's mirror server).
+    #[command(after_help = PUSH_HELP)]
+    Push(RemoteArgs),
+    /// Fetch main and every snapshot tag from a git remote into the store.
+    #[command(after_help = FETCH_HELP)]
+    Fetch(RemoteArgs),
 }
 
 const IMPORT_HELP: &str = "\
@@ -124,6 +134,9 @@ pub fn run(ctx: &Ctx, cmd: SnapshotCmd) -> anyhow::Result<ExitCode> {
         SnapshotCmd::Import(a) => import(ctx, a),
         SnapshotCmd::List(a) => list(ctx, a),
         SnapshotCmd::Diff(a) => diff(ctx, a),
+        SnapshotCmd::Sync(a) => sync(ctx, a),
+        SnapshotCmd::Push(a) => push(ctx, a),
+        SnapshotCmd::Fetch(a) => fetch(ctx, a),
     }
 }
 
@@ -262,4 +275,210 @@ fn render_diff(d: &SnapshotDiff, stat: bool) -> String {
 
 fn short(oid: git2::Oid) -> String {
     oid.to_string()[..7].to_owned()
+}
+
+const SYNC_HELP: &str = "\
+Walks back from yesterday (UTC) one day at a time, up to --max-age-days, and
+takes the first date a mirror has: MIRROR/snapshots/gentoo-YYYYMMDD.tar.xz, then
+portage-YYYYMMDD.tar.xz, then the .tar.bz2 forms. If that snapshot is already
+tagged it says \"no newer snapshot\" without downloading it. The .md5sum is
+required, the .gpgsig too when a keyring is given. Mirrors are tried in order:
+one that refuses, times out or serves a file failing verification is reported
+on one line and the next one is tried. Mirrors are http(s) URLs, file:// URLs
+or local paths; without --mirror, https://distfiles.gentoo.org. Downloads go
+to the store's tmp/ and are removed afterwards, also on error or Ctrl-C.
+
+Examples:
+  portroot snapshot sync --keyring /usr/share/openpgp-keys/gentoo-release.asc
+  portroot snapshot sync --mirror http://m1.example --mirror file:///srv/mirror
+  portroot snapshot sync --mirror https://distfiles.gentoo.org --revert 20260815";
+
+const PUSH_HELP: &str = "\
+Local paths and file:// URLs are pushed with libgit2; other URLs (https, ssh)
+with the git command line. A remote main that is not an ancestor of the local
+main, or a tag naming different objects there, is refused unless --force.
+
+Examples:
+  portroot snapshot push /srv/git/gentoo.git
+  portroot snapshot push git@mirror.example:gentoo-snapshots.git";
+
+const FETCH_HELP: &str = "\
+Creates the store's repository if it is missing. A remote main that does not
+fast-forward the local main, or a tag naming different objects here, is
+refused unless --force; nothing changes then.
+
+Examples:
+  portroot snapshot fetch /srv/git/gentoo.git
+  portroot snapshot fetch https://mirror.example/git/gentoo-snapshots.git";
+
+/// Arguments of `snapshot sync`.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// A mirror: http(s) URL, file:// URL or local path, holding snapshots/ (repeatable, tried in order; default https://distfiles.gentoo.org).
+    #[arg(long = "mirror", value_name = "URL")]
+    mirrors: Vec<String>,
+    #[command(flatten)]
+    repo: RepoArg,
+    /// Check each snapshot's .gpgsig with gpgv against this keyring (then required).
+    #[arg(long, value_name = "FILE")]
+    keyring: Option<PathBuf>,
+    /// Take the snapshot of this mirror date (YYYYMMDD) even if it is older.
+    #[arg(long, value_name = "YYYYMMDD")]
+    revert: Option<String>,
+    /// How many days back to look.
+    #[arg(long, value_name = "N", default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    max_age_days: u32,
+    /// Keep the downloaded tarball, .md5sum and .gpgsig in this directory.
+    #[arg(long, value_name = "DIR")]
+    keep_download: Option<PathBuf>,
+    /// Skip the md5 and signature checks.
+    #[arg(long, conflicts_with = "keyring")]
+    no_verify: bool,
+    /// Seconds to wait for a connection, and for each read, before a mirror counts as down.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: u64,
+}
+
+/// Arguments of `snapshot push` and `snapshot fetch`.
+#[derive(Debug, Args)]
+pub struct RemoteArgs {
+    /// The git remote: a path, file:// URL, https:// or ssh URL.
+    remote: String,
+    #[command(flatten)]
+    repo: RepoArg,
+    /// Overwrite a diverged main and differing tags on the receiving side.
+    #[arg(long)]
+    force: bool,
+}
+
+fn sync(ctx: &Ctx, a: SyncArgs) -> anyhow::Result<ExitCode> {
+    use portroot::snapshot::sync::{parse_file_date, sync_snapshot, SyncOptions, SyncOutcome};
+    check_repo_name(&a.repo.repo)?;
+    let revert = a.revert.as_deref().map(parse_file_date).transpose()?;
+    if a.no_verify {
+        eprintln!("portroot: warning: --no-verify: neither md5 sum nor signature is checked");
+    }
+    let mut opts = SyncOptions::new(a.mirrors);
+    opts.repo = a.repo.repo.clone();
+    opts.keyring = a.keyring;
+    opts.revert = revert;
+    opts.max_age_days = a.max_age_days;
+    opts.keep_download = a.keep_download;
+    opts.verify = !a.no_verify;
+    opts.progress = ctx.progress();
+    opts.timeout = std::time::Duration::from_secs(a.timeout);
+    clean_up_on_signal(ctx, "downloads removed", snapshot::sync::remove_downloads)?;
+    let lock = ImportLock::acquire(&ctx.store, &opts.repo, true, |lock| {
+        eprintln!(
+            "portroot: waiting for another import into {} (lock {})",
+            opts.repo,
+            lock.display()
+        );
+    })?;
+    let outcome = sync_snapshot(&ctx.store, &opts, &lock).context("syncing from the mirrors")?;
+    match outcome {
+        SyncOutcome::UpToDate { file, newest } => {
+            println!("no newer snapshot: newest on the mirrors is {file}, newest tag is {newest}");
+        }
+        SyncOutcome::Fetched {
+            mirror,
+            file,
+            outcome: Outcome::NoNewer { date, commit },
+        } => {
+            println!(
+                "no newer snapshot: {file} from {mirror} is {date}, already imported (commit {})",
+                short(commit)
+            );
+        }
+        SyncOutcome::Fetched {
+            mirror,
+            file,
+            outcome: Outcome::Imported(i),
+        } => {
+            let note = if i.moved_main {
+                ""
+            } else {
+                ", older than main: main unmoved"
+            };
+            println!(
+                "imported {}: {file} from {mirror}, commit {}, {} files, {:.1} MB in {:.1} s{note}",
+                i.date,
+                short(i.commit),
+                i.files,
+                i.bytes as f64 / 1e6,
+                i.elapsed.as_secs_f64()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Block SIGINT and SIGTERM (call before any thread starts; children get a
+/// clean mask from std) and let one thread handle them: run `clean_up` (this
+/// process's scratch directories in the store) and exit 130, as a shell does
+/// for Ctrl-C. A download can stall in a read for the whole --timeout, so
+/// waiting for the main thread to notice would be no answer to Ctrl-C.
+fn clean_up_on_signal(
+    ctx: &Ctx,
+    what: &'static str,
+    clean_up: fn(&portroot::store::Store) -> usize,
+) -> anyhow::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block().context("blocking SIGINT and SIGTERM")?;
+    let store = ctx.store.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Ok(sig) = set.wait() {
+                let removed = clean_up(&store);
+                tracing::info!(signal = ?sig, removed, "interrupted, {what}");
+                eprintln!("portroot: interrupted by {sig}, {what}");
+                std::process::exit(130);
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
+fn push(ctx: &Ctx, a: RemoteArgs) -> anyhow::Result<ExitCode> {
+    check_repo_name(&a.repo.repo)?;
+    let done = snapshot::remote::push(&ctx.store, &a.repo.repo, &a.remote, a.force)
+        .with_context(|| format!("pushing {} to {}", a.repo.repo, a.remote))?;
+    print_transfer("pushed", &done);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fetch(ctx: &Ctx, a: RemoteArgs) -> anyhow::Result<ExitCode> {
+    check_repo_name(&a.repo.repo)?;
+    clean_up_on_signal(
+        ctx,
+        "unfinished fetch removed",
+        snapshot::remote::remove_scratch,
+    )?;
+    let lock = ImportLock::acquire(&ctx.store, &a.repo.repo, true, |lock| {
+        eprintln!(
+            "portroot: waiting for another import into {} (lock {})",
+            a.repo.repo,
+            lock.display()
+        );
+    })?;
+    let done = snapshot::remote::fetch(&ctx.store, &a.repo.repo, &a.remote, a.force, &lock)
+        .with_context(|| format!("fetching {} from {}", a.repo.repo, a.remote))?;
+    print_transfer("fetched", &done);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_transfer(verb: &str, done: &snapshot::remote::Transfer) {
+    if !done.moved_main && done.tags.is_empty() {
+        println!("already up to date");
+        return;
+    }
+    let main = if done.moved_main { "main and " } else { "" };
+    println!("{verb} {main}{} tag(s)", done.tags.len());
+    for t in &done.tags {
+        println!("  {t}");
+    }
 }

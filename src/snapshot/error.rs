@@ -132,6 +132,46 @@ pub enum Error {
         #[source]
         source: git2::Error,
     },
+    /// A mirror given to `snapshot sync` is not a URL or path it can use.
+    #[error("mirror {mirror:?}: {problem}")]
+    BadMirror {
+        /// The mirror as given.
+        mirror: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// No mirror has a snapshot for any date of the walk.
+    #[error("no snapshot dated {newest} back to {oldest} on any of {mirrors} mirror(s)")]
+    NoSnapshot {
+        /// The first date of the walk (the mirrors' file date).
+        newest: String,
+        /// The last date of the walk.
+        oldest: String,
+        /// How many mirrors were asked.
+        mirrors: usize,
+    },
+    /// Every mirror that has the snapshot failed to serve a verified copy.
+    #[error("no mirror served a verified {file} (last: {last})")]
+    NoGoodMirror {
+        /// The snapshot file name.
+        file: String,
+        /// The last mirror's failure.
+        last: String,
+    },
+    /// Every mirror refused or timed out.
+    #[error("no mirror reachable (last: {last})")]
+    Unreachable {
+        /// The last mirror's failure.
+        last: String,
+    },
+    /// A git remote cannot take or give the snapshots as asked.
+    #[error("remote {remote}: {problem}")]
+    Remote {
+        /// The remote as given.
+        remote: String,
+        /// What is wrong.
+        problem: String,
+    },
 }
 
 /// Results of the snapshot code.

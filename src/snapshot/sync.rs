@@ -1,0 +1,894 @@
+//! `snapshot sync`: find the newest snapshot on the mirrors the way
+//! emerge-webrsync does, download it, verify it and hand it to the importer.
+//!
+//! ```text
+//! for date in yesterday, the day before, ... (N days; or only --revert's date)
+//!     for mirror in order (skipping those found unreachable)
+//!         DATE's .md5sum: gentoo-D.tar.xz, portage-D.tar.xz, gentoo-D.tar.bz2, portage-D.tar.bz2
+//!         first one found --> already tagged? "no newer snapshot", nothing downloaded
+//!                         --> tarball (+ .gpgsig) into store/tmp/sync-PID-*/, md5 while it streams
+//!                         --> md5 + gpgv --> import_snapshot --> done
+//!         refused / timed out --> warn, mirror skipped from now on
+//!         bad file            --> warn, next mirror for the same date
+//! ```
+//!
+//! The walk runs dates outermost, as emerge-webrsync does, so the newest date
+//! any mirror has wins; a dead mirror costs one warning, not one per date.
+//! The walk stops at the first date a mirror has: if every mirror fails to
+//! serve it verified, sync fails rather than quietly importing an older tree.
+//!
+//! The md5 is checked here, while the bytes arrive, so that a corrupt copy
+//! fails over to the next mirror before the importer sees it; the importer
+//! checks it again for free as it streams. The signature, when a keyring is
+//! given, is checked here with gpgv and is then required.
+//!
+//! Mirrors are `http://` and `https://` URLs (ureq, rustls: no system
+//! OpenSSL; checked against the system's CA bundle or `SSL_CERT_FILE`),
+//! `file://` URLs and plain directory paths, each holding `snapshots/<file>`
+//! as the Gentoo mirrors do.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use md5::{Digest, Md5};
+use tracing::{debug, info, warn};
+
+use super::error::{Error, Result};
+use super::tag::{self, SnapshotDate};
+use super::{import_snapshot, open_repo, ImportLock, ImportOptions, Outcome};
+use crate::store::Store;
+
+/// Seconds in a day.
+const DAY: i64 = 86_400;
+
+/// The mirror used when none is given, as emerge-webrsync's `GENTOO_MIRRORS`
+/// default.
+pub const DEFAULT_MIRROR: &str = "https://distfiles.gentoo.org";
+
+/// The file names tried for one date, in emerge-webrsync's order.
+pub fn candidate_names(date: SnapshotDate) -> [String; 4] {
+    let d = compact(date);
+    [
+        format!("gentoo-{d}.tar.xz"),
+        format!("portage-{d}.tar.xz"),
+        format!("gentoo-{d}.tar.bz2"),
+        format!("portage-{d}.tar.bz2"),
+    ]
+}
+
+/// `YYYYMMDD`, as the mirrors name files.
+fn compact(date: SnapshotDate) -> String {
+    format!("{:04}{:02}{:02}", date.year, date.month, date.day)
+}
+
+/// Parse a mirror file date given as `YYYYMMDD` (or `YYYY-MM-DD`).
+pub fn parse_file_date(s: &str) -> Result<SnapshotDate> {
+    if s.len() == 8 && s.bytes().all(|c| c.is_ascii_digit()) {
+        format!("{}-{}-{}", &s[..4], &s[4..6], &s[6..]).parse()
+    } else {
+        s.parse()
+    }
+}
+
+/// The day before `date`.
+fn day_before(date: SnapshotDate) -> SnapshotDate {
+    SnapshotDate::from_timestamp(date.to_timestamp() - DAY)
+}
+
+/// The mirrors' file date for a snapshot whose tag is `tag_date` (one day later).
+fn file_date_of_tag(tag_date: SnapshotDate) -> SnapshotDate {
+    SnapshotDate::from_timestamp(tag_date.to_timestamp() + DAY)
+}
+
+/// The tag date of the mirrors' file date (one day earlier).
+fn tag_date_of_file(file_date: SnapshotDate) -> SnapshotDate {
+    day_before(file_date)
+}
+
+/// Yesterday in UTC: the newest date a published snapshot can carry.
+pub fn yesterday_utc() -> SnapshotDate {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    // from_timestamp already steps back one day.
+    SnapshotDate::from_timestamp(now)
+}
+
+/// The dates to try, newest first: `max_age_days` days back from `start`.
+pub fn walk_dates(start: SnapshotDate, max_age_days: u32) -> Vec<SnapshotDate> {
+    let mut dates = Vec::with_capacity(max_age_days as usize);
+    let mut d = start;
+    for _ in 0..max_age_days {
+        dates.push(d);
+        d = day_before(d);
+    }
+    dates
+}
+
+/// What to sync and how.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// Mirrors in the order to try them.
+    pub mirrors: Vec<String>,
+    /// The repository name in the store.
+    pub repo: String,
+    /// Check each snapshot's `.gpgsig` against this keyring (then required).
+    pub keyring: Option<PathBuf>,
+    /// Take this file date (`gentoo-YYYYMMDD`) even if older than the newest tag.
+    pub revert: Option<SnapshotDate>,
+    /// How many days back the walk goes.
+    pub max_age_days: u32,
+    /// The first date of the walk (default: yesterday, UTC).
+    pub start: Option<SnapshotDate>,
+    /// Keep the downloaded files here instead of deleting them.
+    pub keep_download: Option<PathBuf>,
+    /// `false` skips md5 and signature checks.
+    pub verify: bool,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+    /// Connect timeout and the longest a read may stall.
+    pub timeout: Duration,
+}
+
+impl SyncOptions {
+    /// Defaults: the `gentoo` repository, 40 days, verified, 30 s timeouts.
+    /// No mirrors means [`DEFAULT_MIRROR`].
+    pub fn new(mirrors: Vec<String>) -> SyncOptions {
+        let mirrors = if mirrors.is_empty() {
+            vec![DEFAULT_MIRROR.to_owned()]
+        } else {
+            mirrors
+        };
+        SyncOptions {
+            mirrors,
+            repo: crate::store::DEFAULT_REPO.to_owned(),
+            keyring: None,
+            revert: None,
+            max_age_days: 40,
+            start: None,
+            keep_download: None,
+            verify: true,
+            progress: false,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How a sync ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncOutcome {
+    /// The newest snapshot on the mirrors is not newer than the newest tag;
+    /// nothing was downloaded.
+    UpToDate {
+        /// The newest snapshot file name found.
+        file: String,
+        /// The newest tag already in the repository.
+        newest: String,
+    },
+    /// A snapshot was downloaded, verified and handed to the importer.
+    Fetched {
+        /// The mirror it came from.
+        mirror: String,
+        /// Its file name.
+        file: String,
+        /// What the importer did.
+        outcome: Outcome,
+    },
+}
+
+/// Where snapshots are read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mirror {
+    /// An `http://` or `https://` base URL.
+    Http(String),
+    /// A local directory (a plain path or a `file://` URL).
+    Dir(PathBuf),
+}
+
+impl Mirror {
+    /// Parse a mirror as given on the command line.
+    pub fn parse(s: &str) -> Result<Mirror> {
+        let bad = |problem: &str| Error::BadMirror {
+            mirror: s.to_owned(),
+            problem: problem.to_owned(),
+        };
+        let lower = s.to_ascii_lowercase();
+        if lower.starts_with("http://") || lower.starts_with("https://") {
+            Ok(Mirror::Http(s.trim_end_matches('/').to_owned()))
+        } else if let Some(rest) = s.strip_prefix("file://") {
+            if !rest.starts_with('/') {
+                return Err(bad(
+                    "a file:// URL needs an absolute path (file:///srv/mirror)",
+                ));
+            }
+            Ok(Mirror::Dir(PathBuf::from(rest)))
+        } else if s.contains("://") {
+            Err(bad(
+                "only http, https, file:// and local paths are supported",
+            ))
+        } else if s.is_empty() {
+            Err(bad("empty"))
+        } else {
+            Ok(Mirror::Dir(PathBuf::from(s)))
+        }
+    }
+
+    /// Where `snapshots/<name>` is on this mirror, for messages.
+    pub fn location(&self, name: &str) -> String {
+        match self {
+            Mirror::Http(base) => format!("{base}/snapshots/{name}"),
+            Mirror::Dir(dir) => dir.join("snapshots").join(name).display().to_string(),
+        }
+    }
+}
+
+/// Why a fetch failed.
+#[derive(Debug)]
+enum FetchError {
+    /// The mirror does not have the file (404/410, or no such local file).
+    NotFound,
+    /// The mirror cannot be reached at all: refused, timed out, unknown host.
+    Unreachable(String),
+    /// Anything else: a server error, a broken transfer, a local write error.
+    Failed(String),
+}
+
+/// What a fetch wrote.
+struct Fetched {
+    md5: String,
+    bytes: u64,
+}
+
+/// Fetches files from mirrors over one HTTP agent.
+struct Fetcher {
+    agent: ureq::Agent,
+    progress: bool,
+}
+
+/// CA bundles of the usual distributions (Gentoo's and Debian's first), as
+/// OpenSSL and so wget and curl find them.
+const CA_BUNDLES: [&str; 3] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// The roots https mirrors are checked against: the file named by
+/// `SSL_CERT_FILE`, else the system's CA bundle, as emerge-webrsync's wget
+/// does, so that a site's own CA or its proxy's works; Mozilla's roots built
+/// into the binary only when there is no bundle.
+fn root_certs() -> ureq::tls::RootCerts {
+    let from_env = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
+    for path in from_env
+        .into_iter()
+        .chain(CA_BUNDLES.iter().map(PathBuf::from))
+    {
+        if let Some(certs) = read_ca_bundle(&path) {
+            debug!(bundle = %path.display(), certs = certs.len(), "https roots");
+            return ureq::tls::RootCerts::from(certs);
+        }
+    }
+    debug!("no CA bundle found, https roots built in");
+    ureq::tls::RootCerts::WebPki
+}
+
+/// The certificates of a PEM bundle; `None` if it is unreadable or holds none.
+fn read_ca_bundle(path: &Path) -> Option<Vec<ureq::tls::Certificate<'static>>> {
+    let pem = fs::read(path).ok()?;
+    let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    (!certs.is_empty()).then_some(certs)
+}
+
+impl Fetcher {
+    fn new(timeout: Duration, progress: bool) -> Fetcher {
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(root_certs())
+            .build();
+        let agent = ureq::Agent::config_builder()
+            .tls_config(tls)
+            .timeout_connect(Some(timeout))
+            .timeout_recv_response(Some(timeout))
+            .timeout_per_read(Some(timeout))
+            .http_status_as_error(false)
+            .user_agent(concat!("portroot/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .new_agent();
+        Fetcher { agent, progress }
+    }
+
+    /// Fetch `snapshots/<name>` of `mirror` into `dest`, hashing it as it comes.
+    fn fetch(
+        &self,
+        mirror: &Mirror,
+        name: &str,
+        dest: &Path,
+        bar: bool,
+    ) -> std::result::Result<Fetched, FetchError> {
+        let location = mirror.location(name);
+        let (reader, len): (Box<dyn Read>, Option<u64>) = match mirror {
+            Mirror::Dir(dir) => {
+                if !dir.is_dir() {
+                    return Err(FetchError::Unreachable(format!(
+                        "no directory {}",
+                        dir.display()
+                    )));
+                }
+                let path = PathBuf::from(&location);
+                match File::open(&path) {
+                    Ok(f) => {
+                        let len = f.metadata().ok().map(|m| m.len());
+                        (Box::new(f), len)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        return Err(FetchError::NotFound)
+                    }
+                    Err(e) => return Err(FetchError::Failed(format!("opening {location}: {e}"))),
+                }
+            }
+            Mirror::Http(_) => {
+                let resp = self
+                    .agent
+                    .get(&location)
+                    .call()
+                    .map_err(|e| classify(&location, e))?;
+                let status = resp.status().as_u16();
+                debug!(url = %location, status, "fetched");
+                match status {
+                    200 => {}
+                    404 | 410 => return Err(FetchError::NotFound),
+                    _ => return Err(FetchError::Failed(format!("{location}: HTTP {status}"))),
+                }
+                let body = resp.into_body();
+                let len = body.content_length();
+                (Box::new(body.into_reader()), len)
+            }
+        };
+        copy_hashed(reader, len, dest, bar && self.progress, name)
+            .map_err(|e| FetchError::Failed(format!("{location}: {e}")))
+    }
+}
+
+/// Sort a ureq failure: can the mirror be reached at all?
+fn classify(location: &str, e: ureq::Error) -> FetchError {
+    let text = format!("{location}: {e}");
+    match e {
+        ureq::Error::ConnectionFailed
+        | ureq::Error::HostNotFound
+        | ureq::Error::Timeout(_)
+        | ureq::Error::Io(_) => FetchError::Unreachable(text),
+        _ => FetchError::Failed(text),
+    }
+}
+
+/// Copy `reader` into a new file `dest`, returning its md5 and size.
+fn copy_hashed(
+    mut reader: impl Read,
+    len: Option<u64>,
+    dest: &Path,
+    bar: bool,
+    name: &str,
+) -> io::Result<Fetched> {
+    let mut out = File::create(dest)?;
+    let mut h = Md5::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut bytes = 0u64;
+    let bar = bar.then(|| progress_bar(len, name));
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+        bytes += n as u64;
+        if let Some(b) = &bar {
+            b.set_position(bytes);
+        }
+    }
+    out.sync_all()?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(Fetched {
+        md5: hex(&h.finalize()),
+        bytes,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn progress_bar(len: Option<u64>, name: &str) -> indicatif::ProgressBar {
+    let template = if len.is_some() {
+        "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
+    } else {
+        "{spinner} {msg} {bytes} {bytes_per_sec}"
+    };
+    let style = indicatif::ProgressStyle::with_template(template)
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    indicatif::ProgressBar::with_draw_target(len, indicatif::ProgressDrawTarget::stderr())
+        .with_style(style)
+        .with_message(format!("downloading {name}"))
+}
+
+/// The newest snapshot tag of repository `repo`, if any.
+fn newest_tag(store: &Store, repo: &str) -> Result<Option<(SnapshotDate, String)>> {
+    if !store.repo_path(repo).is_dir() {
+        return Ok(None);
+    }
+    let tags = tag::list_tags(&open_repo(store, repo)?)?;
+    Ok(tags
+        .iter()
+        .max_by_key(|t| t.time)
+        .and_then(|t| t.name.parse().ok().map(|d| (d, t.name.clone()))))
+}
+
+/// Whether a tag named `date` exists in repository `repo`.
+fn has_tag(store: &Store, repo: &str, date: SnapshotDate) -> Result<bool> {
+    if !store.repo_path(repo).is_dir() {
+        return Ok(false);
+    }
+    let name = date.to_string();
+    Ok(tag::list_tags(&open_repo(store, repo)?)?
+        .iter()
+        .any(|t| t.name == name))
+}
+
+/// Sync repository `opts.repo` from the mirrors (the caller holds its
+/// [`ImportLock`]). Warnings about mirrors that fail go to the log (`warn`).
+pub fn sync_snapshot(store: &Store, opts: &SyncOptions, lock: &ImportLock) -> Result<SyncOutcome> {
+    let mirrors = opts
+        .mirrors
+        .iter()
+        .map(|m| Mirror::parse(m))
+        .collect::<Result<Vec<_>>>()?;
+    if mirrors.is_empty() {
+        return Err(Error::BadMirror {
+            mirror: String::new(),
+            problem: "no mirror given".to_owned(),
+        });
+    }
+    if let Some(k) = &opts.keyring {
+        if opts.verify && !k.is_file() {
+            return Err(Error::io("opening the keyring", k)(
+                io::ErrorKind::NotFound.into(),
+            ));
+        }
+    }
+    let dates = match opts.revert {
+        Some(d) => vec![d],
+        None => walk_dates(opts.start.unwrap_or_else(yesterday_utc), opts.max_age_days),
+    };
+    let (Some(first), Some(last)) = (dates.first().copied(), dates.last().copied()) else {
+        return Err(Error::BadMirror {
+            mirror: String::new(),
+            problem: "--max-age-days must be at least 1".to_owned(),
+        });
+    };
+    let newest = newest_tag(store, &opts.repo)?;
+
+    let tmp_root = store.tmp_dir();
+    fs::create_dir_all(&tmp_root).map_err(Error::io("creating", &tmp_root))?;
+    let work = tempfile::Builder::new()
+        .prefix(&download_prefix())
+        .tempdir_in(&tmp_root)
+        .map_err(Error::io("creating a directory in", &tmp_root))?;
+    let fetcher = Fetcher::new(opts.timeout, opts.progress);
+
+    let mut alive = vec![true; mirrors.len()];
+    let mut last_unreachable = String::new();
+    for date in dates {
+        let mut found: Option<String> = None;
+        let mut last_failure = String::new();
+        // Mirrors that answered but lack this date: worth a warning only if
+        // another mirror has it.
+        let mut lacking: Vec<usize> = Vec::new();
+        for (i, mirror) in mirrors.iter().enumerate() {
+            if !alive[i] {
+                continue;
+            }
+            let md5_dest = work.path().join("md5sum");
+            let mut hit = None;
+            let mut answered = true;
+            for name in candidate_names(date) {
+                let md5_name = format!("{name}.md5sum");
+                match fetcher.fetch(mirror, &md5_name, &md5_dest, false) {
+                    Ok(_) => {
+                        hit = Some(name);
+                        break;
+                    }
+                    Err(FetchError::NotFound) => continue,
+                    Err(FetchError::Unreachable(why)) => {
+                        warn!("mirror {} unreachable, skipping it: {why}", opts.mirrors[i]);
+                        alive[i] = false;
+                        last_unreachable = why;
+                        answered = false;
+                        break;
+                    }
+                    Err(FetchError::Failed(why)) => {
+                        warn!("mirror {} failed, trying the next: {why}", opts.mirrors[i]);
+                        last_failure = why;
+                        answered = false;
+                        break;
+                    }
+                }
+            }
+            let Some(name) = hit else {
+                if answered {
+                    lacking.push(i);
+                }
+                continue;
+            };
+            debug!(mirror = %opts.mirrors[i], file = %name, "snapshot found");
+
+            // Decide before downloading: the tag is the file date minus one day.
+            let tag_date = tag_date_of_file(date);
+            if opts.revert.is_none() {
+                if let Some((newest_date, newest_name)) = &newest {
+                    if *newest_date >= tag_date {
+                        info!(file = %name, newest = %newest_name, "no newer snapshot");
+                        return Ok(SyncOutcome::UpToDate {
+                            file: name,
+                            newest: newest_name.clone(),
+                        });
+                    }
+                }
+            } else if has_tag(store, &opts.repo, tag_date)? {
+                info!(file = %name, "snapshot already imported");
+                return Ok(SyncOutcome::UpToDate {
+                    file: name,
+                    newest: tag_date.to_string(),
+                });
+            }
+            for &j in &lacking {
+                warn!(
+                    "mirror {} has no snapshot dated {}, trying the next",
+                    opts.mirrors[j],
+                    compact(date)
+                );
+            }
+            lacking.clear();
+            found = Some(name.clone());
+
+            match download_verified(&fetcher, mirror, &name, &md5_dest, work.path(), opts) {
+                Ok(tarball) => {
+                    let outcome = import(store, opts, &tarball, lock)?;
+                    if let Some(keep) = &opts.keep_download {
+                        keep_files(work.path(), &name, keep)?;
+                    }
+                    return Ok(SyncOutcome::Fetched {
+                        mirror: opts.mirrors[i].clone(),
+                        file: name,
+                        outcome,
+                    });
+                }
+                Err(FetchError::Unreachable(why)) => {
+                    warn!("mirror {} unreachable, skipping it: {why}", opts.mirrors[i]);
+                    alive[i] = false;
+                    last_failure = why;
+                }
+                Err(FetchError::NotFound) => {
+                    let why = format!("{} has an md5 sum but no tarball", mirror.location(&name));
+                    warn!("mirror {} failed, trying the next: {why}", opts.mirrors[i]);
+                    last_failure = why;
+                }
+                Err(FetchError::Failed(why)) => {
+                    warn!("mirror {} failed, trying the next: {why}", opts.mirrors[i]);
+                    last_failure = why;
+                }
+            }
+        }
+        if let Some(file) = found {
+            return Err(Error::NoGoodMirror {
+                file,
+                last: last_failure,
+            });
+        }
+        if !alive.iter().any(|a| *a) {
+            return Err(Error::Unreachable {
+                last: last_unreachable,
+            });
+        }
+    }
+    Err(Error::NoSnapshot {
+        newest: compact(first),
+        oldest: compact(last),
+        mirrors: mirrors.len(),
+    })
+}
+
+/// Download `name` (and its signature when a keyring is given) into `dir`
+/// and verify it against the `.md5sum` already fetched into `md5_file`.
+fn download_verified(
+    fetcher: &Fetcher,
+    mirror: &Mirror,
+    name: &str,
+    md5_file: &Path,
+    dir: &Path,
+    opts: &SyncOptions,
+) -> std::result::Result<PathBuf, FetchError> {
+    let tarball = dir.join(name);
+    // The importer and --keep-download expect the mirrors' names side by side.
+    let md5_path = dir.join(format!("{name}.md5sum"));
+    fs::rename(md5_file, &md5_path)
+        .map_err(|e| FetchError::Failed(format!("renaming {}: {e}", md5_file.display())))?;
+    let started = std::time::Instant::now();
+    let fetched = fetcher.fetch(mirror, name, &tarball, true)?;
+    info!(
+        file = name,
+        bytes = fetched.bytes,
+        secs = started.elapsed().as_secs_f64(),
+        "downloaded"
+    );
+    if !opts.verify {
+        return Ok(tarball);
+    }
+    let expected = super::verify::read_md5sum(&md5_path, &tarball).map_err(|e| match e {
+        // Name the mirror's file, not the download's temporary copy.
+        Error::Md5File { problem, .. } => {
+            FetchError::Failed(format!("{}.md5sum: {problem}", mirror.location(name)))
+        }
+        e => FetchError::Failed(e.to_string()),
+    })?;
+    if expected != fetched.md5 {
+        return Err(FetchError::Failed(format!(
+            "md5 mismatch for {}: expected {expected}, got {}",
+            mirror.location(name),
+            fetched.md5
+        )));
+    }
+    debug!(md5 = %fetched.md5, "md5 verified");
+    if let Some(keyring) = &opts.keyring {
+        let sig_name = format!("{name}.gpgsig");
+        match fetcher.fetch(mirror, &sig_name, &dir.join(&sig_name), false) {
+            Ok(_) => {}
+            Err(FetchError::NotFound) => {
+                return Err(FetchError::Failed(format!(
+                    "no signature {}",
+                    mirror.location(&sig_name)
+                )))
+            }
+            Err(e) => return Err(e),
+        }
+        super::verify::verify_signature(&tarball, keyring)
+            .map_err(|e| FetchError::Failed(format!("{}: {e}", mirror.location(name))))?;
+        debug!(keyring = %keyring.display(), "signature verified");
+    }
+    Ok(tarball)
+}
+
+/// Hand a verified download to the importer.
+fn import(store: &Store, opts: &SyncOptions, tarball: &Path, lock: &ImportLock) -> Result<Outcome> {
+    let mut io = ImportOptions::new(tarball);
+    io.repo = opts.repo.clone();
+    // md5 again, for free while streaming; the signature was checked above.
+    io.verify = opts.verify;
+    io.keyring = None;
+    io.allow_older = opts.revert.is_some();
+    io.progress = opts.progress;
+    import_snapshot(store, &io, lock)
+}
+
+/// Move the downloaded `name` and its `.md5sum`/`.gpgsig` into `keep`.
+fn keep_files(dir: &Path, name: &str, keep: &Path) -> Result<()> {
+    fs::create_dir_all(keep).map_err(Error::io("creating", keep))?;
+    for n in [
+        name.to_owned(),
+        format!("{name}.md5sum"),
+        format!("{name}.gpgsig"),
+    ] {
+        let from = dir.join(&n);
+        if !from.exists() {
+            continue;
+        }
+        let to = keep.join(&n);
+        if fs::rename(&from, &to).is_err() {
+            fs::copy(&from, &to).map_err(Error::io("copying to", &to))?;
+        }
+    }
+    Ok(())
+}
+
+/// The name prefix of this process's download directories in the store's
+/// `tmp/`: `sync-PID-`, so that [`remove_downloads`] finds them and no other
+/// process's.
+fn download_prefix() -> String {
+    format!("sync-{}-", std::process::id())
+}
+
+/// Remove the download directories this process has in the store's `tmp/`.
+///
+/// For a signal handler about to exit: the directories are normally removed
+/// when [`sync_snapshot`] returns, but an exit skips that. Returns how many
+/// were removed.
+pub fn remove_downloads(store: &Store) -> usize {
+    let prefix = download_prefix();
+    let Ok(entries) = fs::read_dir(store.tmp_dir()) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            match fs::remove_dir_all(e.path()) {
+                Ok(()) => removed += 1,
+                Err(err) => warn!("could not remove {}: {err}", e.path().display()),
+            }
+        }
+    }
+    removed
+}
+
+/// The mirrors' file date of the snapshot tagged `tag` (for messages).
+pub fn file_name_date(tag: SnapshotDate) -> String {
+    compact(file_date_of_tag(tag))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remove_downloads_takes_only_this_process_s_directories() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path());
+        let t = store.tmp_dir();
+        fs::create_dir_all(t.join(format!("{}abc/x", download_prefix()))).unwrap();
+        fs::write(t.join(format!("{}abc/x/f", download_prefix())), b"1").unwrap();
+        fs::create_dir_all(t.join("sync-1-abc")).unwrap();
+        fs::create_dir_all(t.join("import-x")).unwrap();
+        assert_eq!(remove_downloads(&store), 1);
+        let mut left: Vec<String> = fs::read_dir(&t)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["import-x", "sync-1-abc"]);
+        assert_eq!(remove_downloads(&Store::new(tmp.path().join("none"))), 0);
+    }
+
+    fn d(s: &str) -> SnapshotDate {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn walk_goes_back_one_day_at_a_time_across_months() {
+        let dates = walk_dates(d("2026-03-02"), 4);
+        let names: Vec<String> = dates.iter().map(|x| x.to_string()).collect();
+        assert_eq!(
+            names,
+            ["2026-03-02", "2026-03-01", "2026-02-28", "2026-02-27"]
+        );
+        assert!(walk_dates(d("2026-03-02"), 0).is_empty());
+    }
+
+    #[test]
+    fn candidates_follow_emerge_webrsync_order() {
+        assert_eq!(
+            candidate_names(d("2026-08-21")),
+            [
+                "gentoo-20260821.tar.xz",
+                "portage-20260821.tar.xz",
+                "gentoo-20260821.tar.bz2",
+                "portage-20260821.tar.bz2"
+            ]
+        );
+    }
+
+    #[test]
+    fn file_dates_are_a_day_after_tags() {
+        assert_eq!(tag_date_of_file(d("2026-03-01")), d("2026-02-28"));
+        assert_eq!(file_name_date(d("2026-12-31")), "20270101");
+        assert_eq!(parse_file_date("20260821").unwrap(), d("2026-08-21"));
+        assert_eq!(parse_file_date("2026-08-21").unwrap(), d("2026-08-21"));
+        assert!(parse_file_date("20260230").is_err());
+        assert!(parse_file_date("2026082").is_err());
+    }
+
+    #[test]
+    fn yesterday_is_before_today() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let y = yesterday_utc();
+        assert!(y.to_timestamp() <= now && now - y.to_timestamp() < DAY);
+    }
+
+    #[test]
+    fn no_mirror_means_gentoo_default() {
+        let o = SyncOptions::new(Vec::new());
+        assert_eq!(o.mirrors, [DEFAULT_MIRROR]);
+        assert_eq!(
+            Mirror::parse(&o.mirrors[0]).unwrap(),
+            Mirror::Http("https://distfiles.gentoo.org".into())
+        );
+        assert_eq!(SyncOptions::new(vec!["/m".into()]).mirrors, ["/m"]);
+    }
+
+    #[test]
+    fn mirrors_parse_by_scheme() {
+        assert_eq!(
+            Mirror::parse("http://m.example/gentoo/").unwrap(),
+            Mirror::Http("http://m.example/gentoo".into())
+        );
+        assert_eq!(
+            Mirror::parse("file:///srv/mirror").unwrap(),
+            Mirror::Dir("/srv/mirror".into())
+        );
+        assert_eq!(
+            Mirror::parse("rel/mirror").unwrap(),
+            Mirror::Dir("rel/mirror".into())
+        );
+        assert!(Mirror::parse("ftp://m.example").is_err());
+        assert!(Mirror::parse("file://relative").is_err());
+        assert!(Mirror::parse("").is_err());
+        assert_eq!(
+            Mirror::parse("https://m.example")
+                .unwrap()
+                .location("a.tar.xz"),
+            "https://m.example/snapshots/a.tar.xz"
+        );
+    }
+
+    #[test]
+    fn local_mirror_fetch_hashes_and_reports_missing() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::create_dir_all(tmp.path().join("m/snapshots")).unwrap();
+        fs::write(tmp.path().join("m/snapshots/f"), b"").unwrap();
+        let m = Mirror::Dir(tmp.path().join("m"));
+        let f = Fetcher::new(Duration::from_secs(5), false);
+        let got = f.fetch(&m, "f", &tmp.path().join("out"), false).unwrap();
+        assert_eq!(got.md5, "d41d8cd98f00b204e9800998ecf8427e");
+        assert_eq!(got.bytes, 0);
+        assert!(matches!(
+            f.fetch(&m, "nope", &tmp.path().join("out2"), false),
+            Err(FetchError::NotFound)
+        ));
+    }
+
+    #[test]
+    fn ca_bundles_are_read_from_pem() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pem = tmp.path().join("ca.pem");
+        // Two sections: the parser takes PEM apart, rustls checks the DER.
+        fs::write(
+            &pem,
+            "junk\n-----BEGIN CERTIFICATE-----\nAAEC\n-----END CERTIFICATE-----\n\
+             -----BEGIN CERTIFICATE-----\nAwQF\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let certs = read_ca_bundle(&pem).unwrap();
+        assert_eq!(certs.len(), 2);
+        assert_eq!(certs[1].der(), [3, 4, 5]);
+        fs::write(&pem, "no certificates here\n").unwrap();
+        assert!(read_ca_bundle(&pem).is_none());
+        assert!(read_ca_bundle(&tmp.path().join("missing")).is_none());
+    }
+
+    #[test]
+    fn closed_port_is_unreachable() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let m = Mirror::Http(format!("http://127.0.0.1:{port}"));
+        let tmp = tempfile::tempdir().unwrap();
+        let f = Fetcher::new(Duration::from_secs(5), false);
+        assert!(matches!(
+            f.fetch(&m, "x", &tmp.path().join("o"), false),
+            Err(FetchError::Unreachable(_))
+        ));
+    }
+}
