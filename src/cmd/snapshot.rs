@@ -314,12 +314,15 @@ Examples:
 /// Arguments of `snapshot sync`.
 #[derive(Debug, Args)]
 pub struct SyncArgs {
-    /// A mirror: http(s) URL, file:// URL or local path, holding snapshots/ (repeatable, tried in order; default https://distfiles.gentoo.org).
+    /// A mirror: http(s) URL, file:// URL or local path, holding snapshots/
+    /// (repeatable, tried in order) [default: the config's `mirrors`, else
+    /// https://distfiles.gentoo.org].
     #[arg(long = "mirror", value_name = "URL")]
     mirrors: Vec<String>,
     #[command(flatten)]
     repo: RepoArg,
-    /// Check each snapshot's .gpgsig with gpgv against this keyring (then required).
+    /// Check each snapshot's .gpgsig with gpgv against this keyring (then
+    /// required) [default: the config's `keyring`].
     #[arg(long, value_name = "FILE")]
     keyring: Option<PathBuf>,
     /// Take the snapshot of this mirror date (YYYYMMDD) even if it is older.
@@ -353,14 +356,23 @@ pub struct RemoteArgs {
 
 fn sync(ctx: &Ctx, a: SyncArgs) -> anyhow::Result<ExitCode> {
     use portroot::snapshot::sync::{parse_file_date, sync_snapshot, SyncOptions, SyncOutcome};
-    check_repo_name(&a.repo.repo)?;
+    let repo = a.repo.name(ctx)?;
     let revert = a.revert.as_deref().map(parse_file_date).transpose()?;
     if a.no_verify {
         eprintln!("portroot: warning: --no-verify: neither md5 sum nor signature is checked");
     }
-    let mut opts = SyncOptions::new(a.mirrors);
-    opts.repo = a.repo.repo.clone();
-    opts.keyring = a.keyring;
+    // --mirror replaces the configured list; neither means Gentoo's mirror.
+    let mirrors = match a.mirrors.is_empty() {
+        true => ctx.config.merged.mirrors.clone().unwrap_or_default(),
+        false => a.mirrors,
+    };
+    let mut opts = SyncOptions::new(mirrors);
+    opts.repo = repo;
+    // A configured keyring makes signatures required, as --keyring does.
+    opts.keyring = match a.no_verify {
+        true => None,
+        false => a.keyring.or_else(|| ctx.config.merged.keyring.clone()),
+    };
     opts.revert = revert;
     opts.max_age_days = a.max_age_days;
     opts.keep_download = a.keep_download;
@@ -444,29 +456,28 @@ fn clean_up_on_signal(
 }
 
 fn push(ctx: &Ctx, a: RemoteArgs) -> anyhow::Result<ExitCode> {
-    check_repo_name(&a.repo.repo)?;
-    let done = snapshot::remote::push(&ctx.store, &a.repo.repo, &a.remote, a.force)
-        .with_context(|| format!("pushing {} to {}", a.repo.repo, a.remote))?;
+    let repo = a.repo.name(ctx)?;
+    let done = snapshot::remote::push(&ctx.store, &repo, &a.remote, a.force)
+        .with_context(|| format!("pushing {repo} to {}", a.remote))?;
     print_transfer("pushed", &done);
     Ok(ExitCode::SUCCESS)
 }
 
 fn fetch(ctx: &Ctx, a: RemoteArgs) -> anyhow::Result<ExitCode> {
-    check_repo_name(&a.repo.repo)?;
+    let repo = a.repo.name(ctx)?;
     clean_up_on_signal(
         ctx,
         "unfinished fetch removed",
         snapshot::remote::remove_scratch,
     )?;
-    let lock = ImportLock::acquire(&ctx.store, &a.repo.repo, true, |lock| {
+    let lock = ImportLock::acquire(&ctx.store, &repo, true, |lock| {
         eprintln!(
-            "portroot: waiting for another import into {} (lock {})",
-            a.repo.repo,
+            "portroot: waiting for another import into {repo} (lock {})",
             lock.display()
         );
     })?;
-    let done = snapshot::remote::fetch(&ctx.store, &a.repo.repo, &a.remote, a.force, &lock)
-        .with_context(|| format!("fetching {} from {}", a.repo.repo, a.remote))?;
+    let done = snapshot::remote::fetch(&ctx.store, &repo, &a.remote, a.force, &lock)
+        .with_context(|| format!("fetching {repo} from {}", a.remote))?;
     print_transfer("fetched", &done);
     Ok(ExitCode::SUCCESS)
 }
