@@ -20,9 +20,9 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Generation, INodeNo,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use git2::Oid;
 use tracing::{debug, trace, warn};
@@ -101,7 +101,7 @@ impl TagSource {
 
 /// One directory entry as `readdir` yields it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirItem {
+pub struct DirItem<'a> {
     /// Its inode.
     pub ino: Ino,
     /// The offset of the entry after it.
@@ -109,7 +109,32 @@ pub struct DirItem {
     /// Its type.
     pub kind: FileType,
     /// Its name.
-    pub name: Vec<u8>,
+    pub name: &'a [u8],
+}
+
+/// The children of a directory, in listing order.
+enum Children {
+    /// A tree's entries (shared with the object cache) and the commit time.
+    Tree(Arc<[TreeEntry]>, i64),
+    /// A built list (the all-tags root; a submodule's empty one).
+    Listed(Vec<(Box<[u8]>, NodeData)>),
+}
+
+impl Children {
+    fn len(&self) -> usize {
+        match self {
+            Children::Tree(t, _) => t.len(),
+            Children::Listed(l) => l.len(),
+        }
+    }
+
+    /// Entry `i` (< `len()`).
+    fn get(&self, i: usize) -> (&[u8], NodeData) {
+        match self {
+            Children::Tree(t, time) => (&t[i].name, child_data(&t[i], *time)),
+            Children::Listed(l) => (&l[i].0, l[i].1),
+        }
+    }
 }
 
 /// The read-only filesystem.
@@ -187,8 +212,7 @@ impl GitFs {
     }
 
     fn node(&self, ino: Ino) -> Result<(NodeData, Ino, Option<u64>)> {
-        let t = self.inodes();
-        let n = t.get(ino).ok_or(FsError::UnknownInode(ino.0))?;
+        let n = self.inodes().get(ino).ok_or(FsError::UnknownInode(ino.0))?;
         Ok((n.data, n.parent, n.size))
     }
 
@@ -225,28 +249,26 @@ impl GitFs {
         self.cache.blob(oid, || self.store.read_blob(oid))
     }
 
-    /// The children of a directory node as (name, data), in a stable order.
-    fn children(&self, data: NodeData) -> Result<Vec<(Vec<u8>, NodeData)>> {
+    /// The children of a directory node, in a stable order. A tree is shared
+    /// with the cache, not copied, so paging through a huge directory costs
+    /// no more per call than the entries it returns.
+    fn children(&self, ino: Ino, data: NodeData) -> Result<Children> {
         match data.kind {
-            NodeKind::Entry(EntryKind::Tree) => Ok(self
-                .tree(data.oid)?
-                .iter()
-                .map(|e| (e.name.to_vec(), child_data(e, data.time)))
-                .collect()),
-            NodeKind::Entry(EntryKind::Submodule) => Ok(Vec::new()),
+            NodeKind::Entry(EntryKind::Tree) => Ok(Children::Tree(self.tree(data.oid)?, data.time)),
+            NodeKind::Entry(EntryKind::Submodule) => Ok(Children::Listed(Vec::new())),
             NodeKind::TagsRoot => {
                 let tags = self.current_tags()?;
                 let mut out: Vec<_> = tags
                     .iter()
                     .filter(|(name, _)| name != LATEST)
-                    .map(|(name, r)| (name.as_bytes().to_vec(), tag_data(r)))
+                    .map(|(name, r)| (name.as_bytes().into(), tag_data(r)))
                     .collect();
                 if let Some((_, r)) = Self::newest(&tags) {
-                    out.push((LATEST.as_bytes().to_vec(), latest_data(r.time)));
+                    out.push((LATEST.as_bytes().into(), latest_data(r.time)));
                 }
-                Ok(out)
+                Ok(Children::Listed(out))
             }
-            NodeKind::Entry(_) | NodeKind::Latest => Err(FsError::NotDir(0)),
+            NodeKind::Entry(_) | NodeKind::Latest => Err(FsError::NotDir(ino.0)),
         }
     }
 
@@ -330,9 +352,25 @@ impl GitFs {
     pub fn lookup(&self, parent: Ino, name: &OsStr) -> Result<FileAttr> {
         let (pdata, _, _) = self.node(parent)?;
         let data = self.find_child(parent, pdata, name.as_bytes())?;
-        let ino = self.inodes().child(parent, name.as_bytes(), data, true);
-        let size = self.size_of(ino, data, None)?;
-        Ok(file_attr(ino, data.kind, size, data.time))
+        self.counted_attr(parent, name.as_bytes(), &data)
+    }
+
+    /// The attributes of child `name` of `parent`, adding one kernel lookup of
+    /// it (a `lookup` or a `readdirplus` entry). If the size cannot be read,
+    /// the lookup is not counted.
+    fn counted_attr(&self, parent: Ino, name: &[u8], data: &NodeData) -> Result<FileAttr> {
+        let (ino, known) = {
+            let mut t = self.inodes();
+            let ino = t.child(parent, name, data);
+            (ino, t.get(ino).and_then(|n| n.size))
+        };
+        match self.size_of(ino, *data, known) {
+            Ok(size) => Ok(file_attr(ino, data.kind, size, data.time)),
+            Err(e) => {
+                self.inodes().forget(ino, 1);
+                Err(e)
+            }
+        }
     }
 
     /// The attributes of `ino`.
@@ -389,29 +427,84 @@ impl GitFs {
         if !data.kind.is_dir() {
             return Err(FsError::NotDir(ino.0));
         }
-        let children = self.children(data)?;
-        let dots = [(b".".to_vec(), ino), (b"..".to_vec(), parent)];
+        let children = self.children(ino, data)?;
         let total = 2 + children.len() as u64;
+        // Plain readdir creates no records: d_ino is the number a lookup
+        // would give, derived from the path.
+        let table = self.inodes();
         for off in offset..total {
-            let item = if off < 2 {
-                let (name, dino) = dots[off as usize].clone();
-                DirItem {
-                    ino: dino,
+            let item = match off {
+                0 | 1 => DirItem {
+                    ino: if off == 0 { ino } else { parent },
                     next: off + 1,
                     kind: FileType::Directory,
-                    name,
-                }
-            } else {
-                let (name, cdata) = &children[(off - 2) as usize];
-                let cino = self.inodes().child(ino, name, *cdata, false);
-                DirItem {
-                    ino: cino,
-                    next: off + 1,
-                    kind: kind_and_perm(cdata.kind).0,
-                    name: name.clone(),
+                    name: if off == 0 { &b"."[..] } else { &b".."[..] },
+                },
+                _ => {
+                    let (name, cdata) = children.get((off - 2) as usize);
+                    DirItem {
+                        ino: table.peek(ino, name, &cdata),
+                        next: off + 1,
+                        kind: kind_and_perm(cdata.kind).0,
+                        name,
+                    }
                 }
             };
             if add(item) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// List `ino` from `offset` with each entry's attributes (READDIRPLUS),
+    /// calling `add` per entry until it returns true (the reply is full). The
+    /// kernel takes a reference on every entry but `.` and `..`, so each one
+    /// added counts a lookup; an entry that did not fit is uncounted again.
+    pub fn readdirplus(
+        &self,
+        ino: Ino,
+        offset: u64,
+        mut add: impl FnMut(DirItem, &FileAttr, Duration) -> bool,
+    ) -> Result<()> {
+        let (data, parent, known) = self.node(ino)?;
+        if !data.kind.is_dir() {
+            return Err(FsError::NotDir(ino.0));
+        }
+        let children = self.children(ino, data)?;
+        let total = 2 + children.len() as u64;
+        for off in offset..total {
+            if off < 2 {
+                // The kernel ignores the attributes of the dots; send the
+                // directory's own.
+                let attr = file_attr(
+                    ino,
+                    data.kind,
+                    self.size_of(ino, data, known)?,
+                    self.root_time(data)?,
+                );
+                let item = DirItem {
+                    ino: if off == 0 { ino } else { parent },
+                    next: off + 1,
+                    kind: FileType::Directory,
+                    name: if off == 0 { &b"."[..] } else { &b".."[..] },
+                };
+                if add(item, &attr, Duration::ZERO) {
+                    break;
+                }
+                continue;
+            }
+            let (name, cdata) = children.get((off - 2) as usize);
+            let attr = self.counted_attr(ino, name, &cdata)?;
+            let cino = Ino(attr.ino.0);
+            let item = DirItem {
+                ino: cino,
+                next: off + 1,
+                kind: attr.kind,
+                name,
+            };
+            if add(item, &attr, self.ttl(cino, ino)) {
+                self.inodes().forget(cino, 1);
                 break;
             }
         }
@@ -496,6 +589,28 @@ fn refs_stamp(git_dir: &Path) -> Vec<Option<(SystemTime, u64, u64)>> {
 
 /// The fuser adapters: each turns an inner result into a reply.
 impl fuser::Filesystem for GitFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // READDIRPLUS answers a listing with every entry's attributes, so a
+        // walk that stats what it lists (find, tar, portage's cache checks)
+        // makes one request per directory batch instead of one per entry;
+        // AUTO lets the kernel fall back to plain readdir for a bare `ls`.
+        // PARALLEL_DIROPS lets parallel builds look up in one directory at
+        // once. Symlinks of one immutable tree may be cached; the all-tags
+        // view's `latest` changes, so it does not ask for that.
+        let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS;
+        if self.tags.is_none() {
+            wanted |= InitFlags::FUSE_CACHE_SYMLINKS;
+        }
+        let have = config.capabilities();
+        if let Err(missing) = config.add_capabilities(wanted & have) {
+            debug!(?missing, "kernel lacks some FUSE capabilities");
+        }
+        debug!(requested = ?(wanted & have), "FUSE capabilities");
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         trace!(parent = parent.0, ?name, "lookup");
         match self.lookup(Ino(parent.0), name) {
@@ -591,12 +706,37 @@ impl fuser::Filesystem for GitFs {
                 INodeNo(it.ino.0),
                 it.next,
                 it.kind,
-                OsStr::from_bytes(&it.name),
+                OsStr::from_bytes(it.name),
             )
         });
         match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.reply_err("readdir", ino.0, &e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        trace!(ino = ino.0, offset, "readdirplus");
+        let res = self.readdirplus(Ino(ino.0), offset, |it, attr, ttl| {
+            reply.add(
+                INodeNo(it.ino.0),
+                it.next,
+                OsStr::from_bytes(it.name),
+                &ttl,
+                attr,
+                Generation(0),
+            )
+        });
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(self.reply_err("readdirplus", ino.0, &e)),
         }
     }
 
@@ -819,7 +959,7 @@ mod tests {
     fn names(fs: &GitFs, ino: Ino, offset: u64) -> Vec<String> {
         let mut out = Vec::new();
         fs.readdir(ino, offset, |it| {
-            out.push(String::from_utf8_lossy(&it.name).into_owned());
+            out.push(String::from_utf8_lossy(it.name).into_owned());
             false
         })
         .expect("readdir");
@@ -929,6 +1069,69 @@ mod tests {
         .expect("readdir");
         assert_eq!(listed, Some(Ino(a.0)), "readdir and lookup agree");
         assert_eq!(path_attr(&fs, "a/b/file").ino, a);
+    }
+
+    #[test]
+    fn readdir_stores_nothing_and_readdirplus_counts_what_it_sends() {
+        let (_d, fs) = fs(View::Ref("one".into()));
+        assert_eq!(names(&fs, Ino::ROOT, 0).len(), 6);
+        assert_eq!(fs.inode_count(), 1, "plain readdir adds no records");
+        let mut listed = Vec::new();
+        fs.readdir(Ino::ROOT, 2, |it| {
+            listed.push(it.ino);
+            false
+        })
+        .expect("readdir");
+
+        // A reply with room for `.`, `..` and two children.
+        let mut sent = Vec::new();
+        fs.readdirplus(Ino::ROOT, 0, |it, attr, _ttl| {
+            if sent.len() == 4 {
+                return true;
+            }
+            assert_eq!(attr.ino.0, it.ino.0);
+            sent.push((String::from_utf8_lossy(it.name).into_owned(), attr.size));
+            false
+        })
+        .expect("readdirplus");
+        assert_eq!(
+            sent,
+            [
+                (".".into(), DIR_SIZE),
+                ("..".into(), DIR_SIZE),
+                ("a".into(), DIR_SIZE),
+                ("empty".into(), 0)
+            ]
+        );
+        assert_eq!(
+            fs.inode_count(),
+            3,
+            "the two children sent, not the dots nor the refused one"
+        );
+        let a = fs.lookup(Ino::ROOT, OsStr::new("a")).expect("a");
+        assert_eq!(
+            Ino(a.ino.0),
+            listed[0],
+            "readdir, readdirplus and lookup agree"
+        );
+        fs.forget(Ino(a.ino.0), 2);
+        assert_eq!(
+            fs.inode_count(),
+            2,
+            "lookup and readdirplus references both counted"
+        );
+
+        let mut rest = Vec::new();
+        fs.readdirplus(Ino::ROOT, 4, |it, attr, _| {
+            rest.push((it.name.to_vec(), attr.size, it.ino));
+            false
+        })
+        .expect("readdirplus");
+        let rest_names: Vec<_> = rest.iter().map(|r| r.0.clone()).collect();
+        assert_eq!(rest_names, [b"link".to_vec(), b"run.sh".to_vec()]);
+        assert_eq!(rest[0].1, 8, "symlink size is its target's length");
+        assert_eq!(rest[0].2, listed[2]);
+        assert_eq!(fs.inode_count(), 4);
     }
 
     #[test]
