@@ -95,6 +95,16 @@ impl ObjectCache {
         self.len() == 0
     }
 
+    /// The budget in bytes.
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    /// Whether `oid` is cached (without marking it used).
+    pub fn contains(&self, oid: &Oid) -> bool {
+        self.lock().lru.contains(oid)
+    }
+
     /// The cached object, marking it most recently used.
     pub fn get(&self, oid: &Oid) -> Option<Cached> {
         self.lock().lru.get(oid).cloned()

@@ -11,6 +11,7 @@
 //! Only the all-tags root and its children get a short TTL, so new or moved tags
 //! show up without a remount.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -28,9 +29,10 @@ use git2::Oid;
 use tracing::{debug, trace, warn};
 
 use crate::attr::{file_attr, kind_and_perm};
-use crate::cache::ObjectCache;
+use crate::cache::{Cached, ObjectCache};
 use crate::error::{FsError, Result};
 use crate::inode::{Ino, InodeTable, NodeData, NodeKind};
+use crate::prefetch::Prefetcher;
 use crate::store::{EntryKind, GitStore, Resolved, TreeEntry};
 use crate::View;
 
@@ -140,8 +142,12 @@ impl Children {
 /// The read-only filesystem.
 pub struct GitFs {
     store: GitStore,
-    cache: ObjectCache,
+    cache: Arc<ObjectCache>,
     inodes: Mutex<InodeTable>,
+    /// Reads the next files of a directory after a cache miss.
+    prefetch: Option<Prefetcher>,
+    /// Per directory, the listing index up to which files were asked for.
+    ahead: Mutex<HashMap<Ino, usize>>,
     /// `Some` in the all-tags view.
     tags: Option<Arc<TagSource>>,
     /// The resolved ref in the single-ref view.
@@ -181,9 +187,13 @@ impl GitFs {
                 (root, None, Some(source))
             }
         };
+        let cache = Arc::new(ObjectCache::new(cache_bytes));
+        let prefetch = Some(Prefetcher::spawn(store.path(), cache.clone())?);
         Ok(GitFs {
             store,
-            cache: ObjectCache::new(cache_bytes),
+            cache,
+            prefetch,
+            ahead: Mutex::new(HashMap::new()),
             inodes: Mutex::new(InodeTable::new(root)),
             tags,
             resolved,
@@ -382,7 +392,10 @@ impl GitFs {
 
     /// The kernel dropped `n` lookups of `ino`.
     pub fn forget(&self, ino: Ino, n: u64) {
-        self.inodes().forget(ino, n);
+        let shrank = self.inodes().forget(ino, n);
+        if shrank {
+            release_free_memory();
+        }
     }
 
     /// The target of a symlink.
@@ -402,17 +415,75 @@ impl GitFs {
         offset: u64,
         size: u32,
     ) -> Result<(Arc<[u8]>, std::ops::Range<usize>)> {
-        let (data, _, _) = self.node(ino)?;
+        let (data, parent, _) = self.node(ino)?;
         match data.kind {
             NodeKind::Entry(EntryKind::File | EntryKind::Exec | EntryKind::Symlink) => {}
             _ => return Err(FsError::IsDir(ino.0)),
         }
-        let blob = self.blob(data.oid)?;
+        let blob = match self.cache.get(&data.oid) {
+            Some(Cached::Blob(b)) => b,
+            _ => {
+                let b = self.store.read_blob(data.oid)?;
+                self.cache.insert(data.oid, Cached::Blob(b.clone()));
+                self.read_ahead(parent, data.oid);
+                b
+            }
+        };
         let start = usize::try_from(offset)
             .unwrap_or(usize::MAX)
             .min(blob.len());
         let end = start.saturating_add(size as usize).min(blob.len());
         Ok((blob, start..end))
+    }
+
+    /// After a read of `oid` in directory `parent` missed the cache, ask the
+    /// prefetcher for the files listed after it, unless an earlier request
+    /// already covers this place (the prefetcher is merely behind).
+    fn read_ahead(&self, parent: Ino, oid: Oid) {
+        let Some(prefetch) = &self.prefetch else {
+            return;
+        };
+        let Ok((pdata, _, _)) = self.node(parent) else {
+            return;
+        };
+        if pdata.kind != NodeKind::Entry(EntryKind::Tree) {
+            return;
+        }
+        let Some(tree) = self.cache.get(&pdata.oid).and_then(|c| match c {
+            Cached::Tree(t) => Some(t),
+            Cached::Blob(_) => None,
+        }) else {
+            return;
+        };
+        let Some(i) = tree.iter().position(|e| e.oid == oid) else {
+            return;
+        };
+        let end = (i + 1 + crate::prefetch::WINDOW).min(tree.len());
+        {
+            let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
+            match ahead.get(&parent) {
+                Some(&upto) if upto > i + 1 && upto <= i + 1 + crate::prefetch::WINDOW => return,
+                _ => {}
+            }
+            if ahead.len() >= 4096 {
+                ahead.clear();
+            }
+            ahead.insert(parent, end);
+        }
+        let oids: Vec<Oid> = tree[i + 1..end]
+            .iter()
+            .filter(|e| matches!(e.kind, EntryKind::File | EntryKind::Exec))
+            .map(|e| e.oid)
+            .collect();
+        if !oids.is_empty() {
+            trace!(
+                dir = parent.0,
+                from = i + 1,
+                count = oids.len(),
+                "prefetch requested"
+            );
+            prefetch.request(oids);
+        }
     }
 
     /// List `ino` from `offset`, calling `add` per entry until it returns true
@@ -527,6 +598,19 @@ impl GitFs {
             warn!(op, ino, error = %format!("{:#}", ErrChain(err)), "failed, answering EIO");
         }
         errno
+    }
+}
+
+/// Hand freed heap pages back to the system. glibc keeps a freed table that
+/// sat in an arena (rather than its own mapping) resident; after the kernel
+/// forgot a large part of the tree this makes the drop show in the RSS.
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: malloc_trim only walks and trims the allocator's own free
+        // lists; it has no preconditions.
+        unsafe { libc::malloc_trim(0) };
+        debug!("inode table shrank, freed memory released");
     }
 }
 

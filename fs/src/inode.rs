@@ -310,28 +310,33 @@ impl InodeTable {
     }
 
     /// The kernel dropped `n` lookups of `ino`; at zero the record goes.
-    pub fn forget(&mut self, ino: Ino, n: u64) {
+    /// Returns true when the table shrank (a good moment to give freed
+    /// memory back to the system).
+    pub fn forget(&mut self, ino: Ino, n: u64) -> bool {
         if ino == Ino::ROOT {
-            return;
+            return false;
         }
         let Some(r) = self.nodes.get_mut(&ino.0) else {
-            return;
+            return false;
         };
         if r.lookups == u32::MAX {
-            return;
+            return false;
         }
         r.lookups = r
             .lookups
             .saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
         if r.lookups > 0 {
-            return;
+            return false;
         }
         self.nodes.remove(&ino.0);
-        // Give memory back once the kernel has let most of it go.
+        // Shrink once the kernel has let most of it go: one shrink per
+        // halving at most, so a mass forget costs O(n) in all.
         let cap = self.nodes.capacity();
         if cap > 4096 && self.nodes.len() < cap / 8 {
             self.nodes.shrink_to(self.nodes.len() * 2);
+            return true;
         }
+        false
     }
 
     /// Remember a file's size once read.

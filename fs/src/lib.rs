@@ -16,6 +16,7 @@ pub mod cache;
 pub mod error;
 pub mod filesystem;
 pub mod inode;
+pub mod prefetch;
 pub mod store;
 
 use std::path::{Path, PathBuf};
