@@ -10,6 +10,12 @@
 //! implemented; entry and attribute TTLs are long because a tree never changes.
 //! Only the all-tags root and its children get a short TTL, so new or moved tags
 //! show up without a remount.
+//!
+//! Cold walks: READDIRPLUS hands the kernel every entry's attributes with the
+//! listing (no LOOKUP per entry), and a read that misses the object cache, or
+//! a listing that follows reads, has the [`Prefetcher`] inflate the
+//! directory's next files on another thread. What remains per file is one
+//! READ round trip.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -32,7 +38,7 @@ use crate::attr::{file_attr, kind_and_perm};
 use crate::cache::{Cached, ObjectCache};
 use crate::error::{FsError, Result};
 use crate::inode::{Ino, InodeTable, NodeData, NodeKind};
-use crate::prefetch::Prefetcher;
+use crate::prefetch::{Prefetcher, WINDOW};
 use crate::store::{EntryKind, GitStore, Resolved, TreeEntry};
 use crate::View;
 
@@ -148,6 +154,9 @@ pub struct GitFs {
     prefetch: Option<Prefetcher>,
     /// Per directory, the listing index up to which files were asked for.
     ahead: Mutex<HashMap<Ino, usize>>,
+    /// File reads so far, and their count at the last READDIRPLUS.
+    reads: AtomicU64,
+    reads_at_listing: AtomicU64,
     /// `Some` in the all-tags view.
     tags: Option<Arc<TagSource>>,
     /// The resolved ref in the single-ref view.
@@ -194,6 +203,8 @@ impl GitFs {
             cache,
             prefetch,
             ahead: Mutex::new(HashMap::new()),
+            reads: AtomicU64::new(0),
+            reads_at_listing: AtomicU64::new(0),
             inodes: Mutex::new(InodeTable::new(root)),
             tags,
             resolved,
@@ -320,7 +331,10 @@ impl GitFs {
         }
         let size = match data.kind {
             NodeKind::Entry(EntryKind::File | EntryKind::Exec | EntryKind::Symlink) => {
-                self.store.blob_size(data.oid)?
+                match self.cache.blob_len(&data.oid) {
+                    Some(len) => len as u64,
+                    None => self.store.blob_size(data.oid)?,
+                }
             }
             NodeKind::Latest => self.latest_target()?.len() as u64,
             _ => return Ok(DIR_SIZE),
@@ -420,6 +434,7 @@ impl GitFs {
             NodeKind::Entry(EntryKind::File | EntryKind::Exec | EntryKind::Symlink) => {}
             _ => return Err(FsError::IsDir(ino.0)),
         }
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let blob = match self.cache.get(&data.oid) {
             Some(Cached::Blob(b)) => b,
             _ => {
@@ -440,48 +455,52 @@ impl GitFs {
     /// prefetcher for the files listed after it, unless an earlier request
     /// already covers this place (the prefetcher is merely behind).
     fn read_ahead(&self, parent: Ino, oid: Oid) {
-        let Some(prefetch) = &self.prefetch else {
+        if self.prefetch.is_none() {
             return;
-        };
+        }
         let Ok((pdata, _, _)) = self.node(parent) else {
             return;
         };
         if pdata.kind != NodeKind::Entry(EntryKind::Tree) {
             return;
         }
-        let Some(tree) = self.cache.get(&pdata.oid).and_then(|c| match c {
-            Cached::Tree(t) => Some(t),
-            Cached::Blob(_) => None,
-        }) else {
+        let Some(Cached::Tree(tree)) = self.cache.get(&pdata.oid) else {
             return;
         };
-        let Some(i) = tree.iter().position(|e| e.oid == oid) else {
+        if let Some(i) = tree.iter().position(|e| e.oid == oid) {
+            self.request_window(parent, &tree, i + 1);
+        }
+    }
+
+    /// Ask the prefetcher for the files of directory `dir` (listing `tree`)
+    /// from index `from` on, unless an earlier request already covers `from`.
+    fn request_window(&self, dir: Ino, tree: &[TreeEntry], from: usize) {
+        let Some(prefetch) = &self.prefetch else {
             return;
         };
-        let end = (i + 1 + crate::prefetch::WINDOW).min(tree.len());
+        let end = from.saturating_add(WINDOW).min(tree.len());
+        if from >= end {
+            return;
+        }
         {
             let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
-            match ahead.get(&parent) {
-                Some(&upto) if upto > i + 1 && upto <= i + 1 + crate::prefetch::WINDOW => return,
-                _ => {}
+            if let Some(&upto) = ahead.get(&dir) {
+                if upto > from && upto <= from + WINDOW {
+                    return;
+                }
             }
             if ahead.len() >= 4096 {
                 ahead.clear();
             }
-            ahead.insert(parent, end);
+            ahead.insert(dir, end);
         }
-        let oids: Vec<Oid> = tree[i + 1..end]
+        let oids: Vec<Oid> = tree[from..end]
             .iter()
             .filter(|e| matches!(e.kind, EntryKind::File | EntryKind::Exec))
             .map(|e| e.oid)
             .collect();
         if !oids.is_empty() {
-            trace!(
-                dir = parent.0,
-                from = i + 1,
-                count = oids.len(),
-                "prefetch requested"
-            );
+            trace!(dir = dir.0, from, count = oids.len(), "prefetch requested");
             prefetch.request(oids);
         }
     }
@@ -543,6 +562,15 @@ impl GitFs {
             return Err(FsError::NotDir(ino.0));
         }
         let children = self.children(ino, data)?;
+        // A reader that read files since the last listing is walking and
+        // reading everything: start inflating this directory's files now,
+        // before its first read. A stat-only walk never triggers this.
+        let reads = self.reads.load(Ordering::Relaxed);
+        if offset == 0 && self.reads_at_listing.swap(reads, Ordering::Relaxed) != reads {
+            if let Children::Tree(tree, _) = &children {
+                self.request_window(ino, tree, 0);
+            }
+        }
         let total = 2 + children.len() as u64;
         for off in offset..total {
             if off < 2 {
@@ -1216,6 +1244,37 @@ mod tests {
         assert_eq!(rest[0].1, 8, "symlink size is its target's length");
         assert_eq!(rest[0].2, listed[2]);
         assert_eq!(fs.inode_count(), 4);
+    }
+
+    #[test]
+    fn reading_then_listing_prefetches_but_listing_alone_does_not() {
+        let (_d, fs) = fs(View::Ref("one".into()));
+        let asked = |fs: &GitFs| fs.ahead.lock().expect("lock").contains_key(&Ino::ROOT);
+        fs.readdirplus(Ino::ROOT, 0, |_, _, _| false)
+            .expect("readdirplus");
+        assert!(!asked(&fs), "a stat-only walk prefetches nothing");
+        let file = path_attr(&fs, "a/b/file");
+        fs.read(Ino(file.ino.0), 0, 100).expect("read");
+        let run = fs
+            .tree(fs.resolved().expect("ref").tree)
+            .expect("root tree")
+            .iter()
+            .find(|e| &*e.name == b"run.sh")
+            .map(|e| e.oid)
+            .expect("run.sh");
+        assert!(!fs.cache().contains(&run));
+        fs.readdirplus(Ino::ROOT, 0, |_, _, _| false)
+            .expect("readdirplus");
+        assert!(asked(&fs), "a listing after reads asks for its files");
+        // The prefetch thread fills the cache in the background.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !fs.cache().contains(&run) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "run.sh never prefetched"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]
