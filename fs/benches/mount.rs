@@ -6,7 +6,12 @@
 //! * stat+read of every file right after a fresh mount with the page cache
 //!   dropped, vs `git archive TAG | tar -x` (the checkout it replaces);
 //! * the same warm, vs the extracted files on the local disk, warm;
-//! * the daemon's peak RSS (VmHWM), with the default and with a small budget.
+//! * the daemon's peak RSS (VmHWM), with the default and with a small budget;
+//!   with the small budget, the anonymous and file-backed (mapped pack) parts
+//!   after the walk and what the daemon gives back once the kernel forgets
+//!   the inodes it held (bytes per held inode);
+//! * the load average at start and end: other work on the box moves the cold
+//!   figure a lot (every READ is a cross-CPU wakeup).
 //!
 //! The repository is generated once with `git fast-import` (one pack, like the
 //! snapshot importer writes) and kept under the target dir. The mount runs in a

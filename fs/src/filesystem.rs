@@ -14,15 +14,16 @@
 //! Cold walks: READDIRPLUS hands the kernel every entry's attributes with the
 //! listing (no LOOKUP per entry), and a read that misses the object cache, or
 //! a listing that follows reads, has the [`Prefetcher`] inflate the
-//! directory's next files on another thread. What remains per file is one
-//! READ round trip.
+//! directory's next files on another thread and store them straight into the
+//! kernel's page cache (FUSE notify-store), so most files never cost a READ
+//! round trip at all.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -154,6 +155,8 @@ pub struct GitFs {
     prefetch: Option<Prefetcher>,
     /// Per directory, the listing index up to which files were asked for.
     ahead: Mutex<HashMap<Ino, usize>>,
+    /// Set once mounted: how the prefetcher stores pages into the kernel.
+    pages: Arc<OnceLock<fuser::Notifier>>,
     /// File reads so far, and their count at the last READDIRPLUS.
     reads: AtomicU64,
     reads_at_listing: AtomicU64,
@@ -197,12 +200,18 @@ impl GitFs {
             }
         };
         let cache = Arc::new(ObjectCache::new(cache_bytes));
-        let prefetch = Some(Prefetcher::spawn(store.path(), cache.clone())?);
+        let pages = Arc::new(OnceLock::new());
+        let prefetch = Some(Prefetcher::spawn(
+            store.path(),
+            cache.clone(),
+            pages.clone(),
+        )?);
         Ok(GitFs {
             store,
             cache,
             prefetch,
             ahead: Mutex::new(HashMap::new()),
+            pages,
             reads: AtomicU64::new(0),
             reads_at_listing: AtomicU64::new(0),
             inodes: Mutex::new(InodeTable::new(root)),
@@ -214,6 +223,12 @@ impl GitFs {
     /// The resolved ref in the single-ref view.
     pub fn resolved(&self) -> Option<Resolved> {
         self.resolved
+    }
+
+    /// Where [`crate::mount`] puts the session's notifier, through which the
+    /// prefetcher stores file contents straight into the kernel's page cache.
+    pub fn page_pusher(&self) -> Arc<OnceLock<fuser::Notifier>> {
+        self.pages.clone()
     }
 
     /// The object cache (for statistics).
@@ -494,11 +509,15 @@ impl GitFs {
             }
             ahead.insert(dir, end);
         }
-        let oids: Vec<Oid> = tree[from..end]
-            .iter()
-            .filter(|e| matches!(e.kind, EntryKind::File | EntryKind::Exec))
-            .map(|e| e.oid)
-            .collect();
+        let time = self.node(dir).map_or(0, |n| n.0.time);
+        let oids: Vec<(Oid, Ino)> = {
+            let table = self.inodes();
+            tree[from..end]
+                .iter()
+                .filter(|e| matches!(e.kind, EntryKind::File | EntryKind::Exec))
+                .map(|e| (e.oid, table.peek(dir, &e.name, &child_data(e, time))))
+                .collect()
+        };
         if !oids.is_empty() {
             trace!(dir = dir.0, from, count = oids.len(), "prefetch requested");
             prefetch.request(oids);
@@ -547,6 +566,26 @@ impl GitFs {
         Ok(())
     }
 
+    /// After the first READDIRPLUS reply of directory `ino` went out: if the
+    /// reader read files since the last listing, it is walking and reading
+    /// everything, so start on this directory's files before its first read.
+    /// A stat-only walk never triggers this.
+    pub fn prefetch_listing(&self, ino: Ino) {
+        let reads = self.reads.load(Ordering::Relaxed);
+        if self.reads_at_listing.swap(reads, Ordering::Relaxed) == reads {
+            return;
+        }
+        let Ok((data, _, _)) = self.node(ino) else {
+            return;
+        };
+        if data.kind != NodeKind::Entry(EntryKind::Tree) {
+            return;
+        }
+        if let Some(Cached::Tree(tree)) = self.cache.get(&data.oid) {
+            self.request_window(ino, &tree, 0);
+        }
+    }
+
     /// List `ino` from `offset` with each entry's attributes (READDIRPLUS),
     /// calling `add` per entry until it returns true (the reply is full). The
     /// kernel takes a reference on every entry but `.` and `..`, so each one
@@ -562,15 +601,6 @@ impl GitFs {
             return Err(FsError::NotDir(ino.0));
         }
         let children = self.children(ino, data)?;
-        // A reader that read files since the last listing is walking and
-        // reading everything: start inflating this directory's files now,
-        // before its first read. A stat-only walk never triggers this.
-        let reads = self.reads.load(Ordering::Relaxed);
-        if offset == 0 && self.reads_at_listing.swap(reads, Ordering::Relaxed) != reads {
-            if let Children::Tree(tree, _) = &children {
-                self.request_window(ino, tree, 0);
-            }
-        }
         let total = 2 + children.len() as u64;
         for off in offset..total {
             if off < 2 {
@@ -847,7 +877,12 @@ impl fuser::Filesystem for GitFs {
             )
         });
         match res {
-            Ok(()) => reply.ok(),
+            Ok(()) => {
+                reply.ok();
+                if offset == 0 {
+                    self.prefetch_listing(Ino(ino.0));
+                }
+            }
             Err(e) => reply.error(self.reply_err("readdirplus", ino.0, &e)),
         }
     }
@@ -1252,6 +1287,7 @@ mod tests {
         let asked = |fs: &GitFs| fs.ahead.lock().expect("lock").contains_key(&Ino::ROOT);
         fs.readdirplus(Ino::ROOT, 0, |_, _, _| false)
             .expect("readdirplus");
+        fs.prefetch_listing(Ino::ROOT);
         assert!(!asked(&fs), "a stat-only walk prefetches nothing");
         let file = path_attr(&fs, "a/b/file");
         fs.read(Ino(file.ino.0), 0, 100).expect("read");
@@ -1265,6 +1301,7 @@ mod tests {
         assert!(!fs.cache().contains(&run));
         fs.readdirplus(Ino::ROOT, 0, |_, _, _| false)
             .expect("readdirplus");
+        fs.prefetch_listing(Ino::ROOT);
         assert!(asked(&fs), "a listing after reads asks for its files");
         // The prefetch thread fills the cache in the background.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);

@@ -6,14 +6,17 @@
 //! `read` used to wait for libgit2 to inflate the blob and its delta chain.
 //! When a read misses the cache, the filesystem asks for the following files
 //! of the same directory; this thread inflates them with its own repository
-//! handle, so the next reads are cache hits and the inflating happens on the
-//! other core. Nothing is prefetched until something is read, so `ls -l` or a
+//! handle and, once mounted, stores each into the kernel's page cache of its
+//! inode (FUSE notify-store). The reader's next `read` then finds the page
+//! cached and sends no request at all: on a VM where each request costs a
+//! cross-CPU wakeup, that round trip, not the inflating, was most of a cold
+//! read. Nothing is prefetched until something is read, so `ls -l` or a
 //! stat-only walk costs nothing extra. Requests never block a FUSE thread: a
 //! full queue drops them.
 
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use git2::Oid;
@@ -21,6 +24,7 @@ use tracing::{debug, trace};
 
 use crate::cache::{Cached, ObjectCache};
 use crate::error::{FsError, Result};
+use crate::inode::Ino;
 use crate::store::GitStore;
 
 /// Files asked for per cache miss.
@@ -34,18 +38,23 @@ const QUEUE: usize = 16;
 /// The background reader. Dropping it stops and joins the thread.
 #[derive(Debug)]
 pub struct Prefetcher {
-    tx: Option<SyncSender<Vec<Oid>>>,
+    tx: Option<SyncSender<Vec<(Oid, Ino)>>>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Prefetcher {
-    /// Start the thread over its own handle on `git_dir`, filling `cache`.
-    pub fn spawn(git_dir: &Path, cache: Arc<ObjectCache>) -> Result<Prefetcher> {
+    /// Start the thread over its own handle on `git_dir`, filling `cache` and,
+    /// once `pages` is set, the kernel's page cache.
+    pub fn spawn(
+        git_dir: &Path,
+        cache: Arc<ObjectCache>,
+        pages: Arc<OnceLock<fuser::Notifier>>,
+    ) -> Result<Prefetcher> {
         let store = GitStore::open(git_dir)?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let handle = std::thread::Builder::new()
             .name("portroot-prefetch".into())
-            .spawn(move || run(&store, &cache, &rx))
+            .spawn(move || run(&store, &cache, &pages, &rx))
             .map_err(|source| FsError::Io {
                 what: "starting the prefetch thread for",
                 path: git_dir.to_owned(),
@@ -57,9 +66,9 @@ impl Prefetcher {
         })
     }
 
-    /// Ask for `oids` to be read into the cache; false if the queue is full
-    /// (the request is dropped).
-    pub fn request(&self, oids: Vec<Oid>) -> bool {
+    /// Ask for the blobs of these files (object id, inode) to be read; false
+    /// if the queue is full (the request is dropped).
+    pub fn request(&self, oids: Vec<(Oid, Ino)>) -> bool {
         let Some(tx) = &self.tx else {
             return false;
         };
@@ -83,14 +92,23 @@ impl Drop for Prefetcher {
     }
 }
 
-fn run(store: &GitStore, cache: &ObjectCache, rx: &Receiver<Vec<Oid>>) {
+fn run(
+    store: &GitStore,
+    cache: &ObjectCache,
+    pages: &OnceLock<fuser::Notifier>,
+    rx: &Receiver<Vec<(Oid, Ino)>>,
+) {
     // Never fill more than an eighth of the budget per request, so a window
     // cannot evict the files read just before it.
     let per_request = cache.budget() / 8;
-    let (mut read, mut bytes) = (0u64, 0u64);
+    let (mut read, mut bytes, mut stored) = (0u64, 0u64, 0u64);
     for oids in rx {
         let mut taken = 0;
-        for oid in oids {
+        // Stores the kernel refused because it had not yet taken the inode in
+        // (the listing that names it is still being parsed): tried once more
+        // at the end of the request.
+        let mut again = Vec::new();
+        for (oid, ino) in oids {
             if taken >= per_request {
                 break;
             }
@@ -110,13 +128,29 @@ fn run(store: &GitStore, cache: &ObjectCache, rx: &Receiver<Vec<Oid>>) {
                     taken += blob.len();
                     read += 1;
                     bytes += blob.len() as u64;
+                    if let Some(kernel) = pages.get().filter(|_| !blob.is_empty()) {
+                        match kernel.store(fuser::INodeNo(ino.0), 0, &blob) {
+                            Ok(()) => stored += 1,
+                            Err(_) => again.push((ino, blob.clone())),
+                        }
+                    }
                     cache.insert(oid, Cached::Blob(blob));
                 }
                 Err(e) => debug!(%oid, error = %e, "prefetch: read failed"),
             }
         }
+        if let Some(kernel) = pages.get() {
+            for (ino, blob) in again {
+                // Still ENOENT: the kernel does not hold the inode (any more);
+                // it will READ the file if it needs it.
+                match kernel.store(fuser::INodeNo(ino.0), 0, &blob) {
+                    Ok(()) => stored += 1,
+                    Err(e) => trace!(ino = ino.0, error = %e, "page store refused"),
+                }
+            }
+        }
     }
-    debug!(blobs = read, bytes, "prefetch thread done");
+    debug!(blobs = read, bytes, stored, "prefetch thread done");
 }
 
 #[cfg(test)]
@@ -138,10 +172,11 @@ mod tests {
             .map(|e| e.oid)
             .collect();
         let cache = Arc::new(ObjectCache::new(1 << 20));
-        let p = Prefetcher::spawn(&git_dir, cache.clone()).expect("spawn");
+        let p =
+            Prefetcher::spawn(&git_dir, cache.clone(), Arc::new(OnceLock::new())).expect("spawn");
         // A tree id is not a blob: skipped, not fatal.
-        let mut asked = blobs.clone();
-        asked.push(tree[0].oid);
+        let mut asked: Vec<(Oid, Ino)> = blobs.iter().map(|&o| (o, Ino(7))).collect();
+        asked.push((tree[0].oid, Ino(8)));
         assert!(p.request(asked));
         drop(p); // joins after the queue is drained
         for oid in &blobs {
