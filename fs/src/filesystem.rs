@@ -566,10 +566,10 @@ impl GitFs {
         Ok(())
     }
 
-    /// After the first READDIRPLUS reply of directory `ino` went out: if the
-    /// reader read files since the last listing, it is walking and reading
-    /// everything, so start on this directory's files before its first read.
-    /// A stat-only walk never triggers this.
+    /// At the first READDIRPLUS of directory `ino`: if the reader read files
+    /// since the last listing, it is walking and reading everything, so start
+    /// on this directory's files before its first read. A stat-only walk
+    /// never triggers this.
     pub fn prefetch_listing(&self, ino: Ino) {
         let reads = self.reads.load(Ordering::Relaxed);
         if self.reads_at_listing.swap(reads, Ordering::Relaxed) == reads {
@@ -601,6 +601,11 @@ impl GitFs {
             return Err(FsError::NotDir(ino.0));
         }
         let children = self.children(ino, data)?;
+        if offset == 0 {
+            // Before the attributes are computed, so the prefetcher is already
+            // on the first files when the reader gets the listing.
+            self.prefetch_listing(ino);
+        }
         let total = 2 + children.len() as u64;
         for off in offset..total {
             if off < 2 {
@@ -877,12 +882,7 @@ impl fuser::Filesystem for GitFs {
             )
         });
         match res {
-            Ok(()) => {
-                reply.ok();
-                if offset == 0 {
-                    self.prefetch_listing(Ino(ino.0));
-                }
-            }
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(self.reply_err("readdirplus", ino.0, &e)),
         }
     }
@@ -1287,7 +1287,6 @@ mod tests {
         let asked = |fs: &GitFs| fs.ahead.lock().expect("lock").contains_key(&Ino::ROOT);
         fs.readdirplus(Ino::ROOT, 0, |_, _, _| false)
             .expect("readdirplus");
-        fs.prefetch_listing(Ino::ROOT);
         assert!(!asked(&fs), "a stat-only walk prefetches nothing");
         let file = path_attr(&fs, "a/b/file");
         fs.read(Ino(file.ino.0), 0, 100).expect("read");
@@ -1301,7 +1300,6 @@ mod tests {
         assert!(!fs.cache().contains(&run));
         fs.readdirplus(Ino::ROOT, 0, |_, _, _| false)
             .expect("readdirplus");
-        fs.prefetch_listing(Ino::ROOT);
         assert!(asked(&fs), "a listing after reads asks for its files");
         // The prefetch thread fills the cache in the background.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);

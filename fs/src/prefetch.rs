@@ -105,9 +105,18 @@ fn run(
     for oids in rx {
         let mut taken = 0;
         // Stores the kernel refused because it had not yet taken the inode in
-        // (the listing that names it is still being parsed): tried once more
-        // at the end of the request.
-        let mut again = Vec::new();
+        // (the listing that names it is still being parsed): retried after
+        // each later blob and once at the end of the request.
+        let mut again: Vec<(Ino, Arc<[u8]>)> = Vec::new();
+        let kernel = pages.get();
+        let mut push = |ino: Ino, blob: &Arc<[u8]>, again: &mut Vec<_>| {
+            if let Some(k) = kernel.filter(|_| !blob.is_empty()) {
+                match k.store(fuser::INodeNo(ino.0), 0, blob) {
+                    Ok(()) => stored += 1,
+                    Err(_) => again.push((ino, blob.clone())),
+                }
+            }
+        };
         for (oid, ino) in oids {
             if taken >= per_request {
                 break;
@@ -128,25 +137,22 @@ fn run(
                     taken += blob.len();
                     read += 1;
                     bytes += blob.len() as u64;
-                    if let Some(kernel) = pages.get().filter(|_| !blob.is_empty()) {
-                        match kernel.store(fuser::INodeNo(ino.0), 0, &blob) {
-                            Ok(()) => stored += 1,
-                            Err(_) => again.push((ino, blob.clone())),
-                        }
+                    for (ino, blob) in std::mem::take(&mut again) {
+                        push(ino, &blob, &mut Vec::new());
                     }
+                    push(ino, &blob, &mut again);
                     cache.insert(oid, Cached::Blob(blob));
                 }
                 Err(e) => debug!(%oid, error = %e, "prefetch: read failed"),
             }
         }
-        if let Some(kernel) = pages.get() {
-            for (ino, blob) in again {
-                // Still ENOENT: the kernel does not hold the inode (any more);
-                // it will READ the file if it needs it.
-                match kernel.store(fuser::INodeNo(ino.0), 0, &blob) {
-                    Ok(()) => stored += 1,
-                    Err(e) => trace!(ino = ino.0, error = %e, "page store refused"),
-                }
+        for (ino, blob) in again {
+            // Still refused: the kernel does not hold the inode (any more);
+            // it will READ the file if it needs it.
+            let mut refused = Vec::new();
+            push(ino, &blob, &mut refused);
+            if !refused.is_empty() {
+                trace!(ino = ino.0, "page store refused");
             }
         }
     }
