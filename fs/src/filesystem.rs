@@ -150,7 +150,7 @@ impl Children {
 pub struct GitFs {
     store: GitStore,
     cache: Arc<ObjectCache>,
-    inodes: Mutex<InodeTable>,
+    inodes: Arc<Mutex<InodeTable>>,
     /// Reads the next files of a directory after a cache miss.
     prefetch: Option<Prefetcher>,
     /// Per directory, the listing index up to which files were asked for.
@@ -201,10 +201,12 @@ impl GitFs {
         };
         let cache = Arc::new(ObjectCache::new(cache_bytes));
         let pages = Arc::new(OnceLock::new());
+        let inodes = Arc::new(Mutex::new(InodeTable::new(root)));
         let prefetch = Some(Prefetcher::spawn(
             store.path(),
             cache.clone(),
             pages.clone(),
+            inodes.clone(),
         )?);
         Ok(GitFs {
             store,
@@ -214,7 +216,7 @@ impl GitFs {
             pages,
             reads: AtomicU64::new(0),
             reads_at_listing: AtomicU64::new(0),
-            inodes: Mutex::new(InodeTable::new(root)),
+            inodes,
             tags,
             resolved,
         })

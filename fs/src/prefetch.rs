@@ -16,7 +16,7 @@
 
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use git2::Oid;
@@ -24,7 +24,7 @@ use tracing::{debug, trace};
 
 use crate::cache::{Cached, ObjectCache};
 use crate::error::{FsError, Result};
-use crate::inode::Ino;
+use crate::inode::{Ino, InodeTable};
 use crate::store::GitStore;
 
 /// Files asked for per cache miss.
@@ -45,16 +45,18 @@ pub struct Prefetcher {
 impl Prefetcher {
     /// Start the thread over its own handle on `git_dir`, filling `cache` and,
     /// once `pages` is set, the kernel's page cache.
+    /// Stores go only to inodes `inodes` holds for the very blob stored.
     pub fn spawn(
         git_dir: &Path,
         cache: Arc<ObjectCache>,
         pages: Arc<OnceLock<fuser::Notifier>>,
+        inodes: Arc<Mutex<InodeTable>>,
     ) -> Result<Prefetcher> {
         let store = GitStore::open(git_dir)?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let handle = std::thread::Builder::new()
             .name("portroot-prefetch".into())
-            .spawn(move || run(&store, &cache, &pages, &rx))
+            .spawn(move || run(&store, &cache, &pages, &inodes, &rx))
             .map_err(|source| FsError::Io {
                 what: "starting the prefetch thread for",
                 path: git_dir.to_owned(),
@@ -96,6 +98,7 @@ fn run(
     store: &GitStore,
     cache: &ObjectCache,
     pages: &OnceLock<fuser::Notifier>,
+    inodes: &Mutex<InodeTable>,
     rx: &Receiver<Vec<(Oid, Ino)>>,
 ) {
     // Never fill more than an eighth of the budget per request, so a window
@@ -107,14 +110,28 @@ fn run(
         // Stores the kernel refused because it had not yet taken the inode in
         // (the listing that names it is still being parsed): retried after
         // each later blob and once at the end of the request.
-        let mut again: Vec<(Ino, Arc<[u8]>)> = Vec::new();
+        let mut again: Vec<(Oid, Ino, Arc<[u8]>)> = Vec::new();
         let kernel = pages.get();
-        let mut push = |ino: Ino, blob: &Arc<[u8]>, again: &mut Vec<_>| {
-            if let Some(k) = kernel.filter(|_| !blob.is_empty()) {
-                match k.store(fuser::INodeNo(ino.0), 0, blob) {
+        // Store only into an inode the table holds for exactly this blob: a
+        // record exists only while the kernel holds the inode, and the check
+        // makes a stale or (56-bit hash) colliding number harmless. No record
+        // yet (the listing is still being answered): retried later.
+        let mut push = |oid: Oid, ino: Ino, blob: &Arc<[u8]>, again: &mut Vec<_>| {
+            let Some(k) = kernel.filter(|_| !blob.is_empty()) else {
+                return;
+            };
+            let record = inodes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(ino)
+                .map(|n| n.data.oid);
+            match record {
+                Some(o) if o == oid => match k.store(fuser::INodeNo(ino.0), 0, blob) {
                     Ok(()) => stored += 1,
-                    Err(_) => again.push((ino, blob.clone())),
-                }
+                    Err(_) => again.push((oid, ino, blob.clone())),
+                },
+                Some(_) => {}
+                None => again.push((oid, ino, blob.clone())),
             }
         };
         for (oid, ino) in oids {
@@ -137,20 +154,20 @@ fn run(
                     taken += blob.len();
                     read += 1;
                     bytes += blob.len() as u64;
-                    for (ino, blob) in std::mem::take(&mut again) {
-                        push(ino, &blob, &mut Vec::new());
+                    for (o, i, b) in std::mem::take(&mut again) {
+                        push(o, i, &b, &mut Vec::new());
                     }
-                    push(ino, &blob, &mut again);
+                    push(oid, ino, &blob, &mut again);
                     cache.insert(oid, Cached::Blob(blob));
                 }
                 Err(e) => debug!(%oid, error = %e, "prefetch: read failed"),
             }
         }
-        for (ino, blob) in again {
+        for (oid, ino, blob) in again {
             // Still refused: the kernel does not hold the inode (any more);
             // it will READ the file if it needs it.
             let mut refused = Vec::new();
-            push(ino, &blob, &mut refused);
+            push(oid, ino, &blob, &mut refused);
             if !refused.is_empty() {
                 trace!(ino = ino.0, "page store refused");
             }
@@ -178,8 +195,18 @@ mod tests {
             .map(|e| e.oid)
             .collect();
         let cache = Arc::new(ObjectCache::new(1 << 20));
-        let p =
-            Prefetcher::spawn(&git_dir, cache.clone(), Arc::new(OnceLock::new())).expect("spawn");
+        let table = InodeTable::new(crate::inode::NodeData {
+            oid: tree[0].oid,
+            kind: crate::inode::NodeKind::Entry(crate::store::EntryKind::Tree),
+            time: 0,
+        });
+        let p = Prefetcher::spawn(
+            &git_dir,
+            cache.clone(),
+            Arc::new(OnceLock::new()),
+            Arc::new(Mutex::new(table)),
+        )
+        .expect("spawn");
         // A tree id is not a blob: skipped, not fatal.
         let mut asked: Vec<(Oid, Ino)> = blobs.iter().map(|&o| (o, Ino(7))).collect();
         asked.push((tree[0].oid, Ino(8)));
