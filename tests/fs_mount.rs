@@ -544,6 +544,62 @@ fn fs_mount_readdir_of_5000_entries_is_complete_and_stable() {
     util::assert_no_mounts_under(at.path());
 }
 
+/// The daemon's live inode records, which it reports as statfs `f_files`.
+fn inode_records(path: &Path) -> u64 {
+    let c = CString::new(path.as_os_str().as_bytes()).expect("path");
+    // SAFETY: a zeroed statvfs is a valid out-parameter.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path; statvfs only writes `st`.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    assert_eq!(rc, 0, "statvfs {}", path.display());
+    st.f_files
+}
+
+#[test]
+fn fs_mount_forgotten_inodes_are_freed_and_keep_their_numbers() {
+    if !util::require_root() {
+        return;
+    }
+    let fx = Fixture::with_many(2000);
+    let at = mountpoint();
+    let m = mount(&fx, View::Ref(TAG1.into()), at.path());
+    let inos = |root: &Path| -> BTreeMap<PathBuf, u64> {
+        walk(root)
+            .into_keys()
+            .map(|p| {
+                let ino = fs::symlink_metadata(root.join(&p)).expect("lstat").ino();
+                (p, ino)
+            })
+            .collect()
+    };
+    let before = inos(at.path());
+    let entries = before.len() as u64;
+    assert!(entries > 2000, "{entries}");
+    // Every entry the kernel holds has a record; listing alone adds none
+    // beyond what the kernel took (the root is the one extra).
+    let held = inode_records(at.path());
+    assert!(
+        held > entries / 2 && held <= entries + 1,
+        "{held} records for {entries} entries"
+    );
+    // Make the kernel let go of every unused inode: it sends FORGET for each,
+    // and the daemon drops their records.
+    fs::write("/proc/sys/vm/drop_caches", "2").expect("drop dentries and inodes");
+    wait_for("the kernel's forgets", || {
+        inode_records(at.path()) < entries / 4
+    });
+    // Looked up again, every path has the number it had: numbers come from
+    // the path, not from an allocation that died with the record.
+    let after = inos(at.path());
+    assert_eq!(after, before, "inode numbers changed after forget");
+    assert_eq!(
+        fs::read(at.path().join("many/entry-01999.ebuild")).expect("read"),
+        b"1999\n"
+    );
+    m.unmount().expect("unmount");
+    util::assert_no_mounts_under(at.path());
+}
+
 fn mounted_at(path: &Path) -> bool {
     let p = path.canonicalize().expect("canonical");
     util::mountpoints().iter().any(|m| Path::new(m) == p)

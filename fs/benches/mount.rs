@@ -6,7 +6,12 @@
 //! * stat+read of every file right after a fresh mount with the page cache
 //!   dropped, vs `git archive TAG | tar -x` (the checkout it replaces);
 //! * the same warm, vs the extracted files on the local disk, warm;
-//! * the daemon's peak RSS (VmHWM), with the default and with a small budget.
+//! * the daemon's peak RSS (VmHWM), with the default and with a small budget;
+//!   with the small budget, the anonymous and file-backed (mapped pack) parts
+//!   after the walk and what the daemon gives back once the kernel forgets
+//!   the inodes it held (bytes per held inode);
+//! * the load average at start and end: other work on the box moves the cold
+//!   figure a lot (every READ is a cross-CPU wakeup).
 //!
 //! The repository is generated once with `git fast-import` (one pack, like the
 //! snapshot importer writes) and kept under the target dir. The mount runs in a
@@ -238,6 +243,11 @@ impl Server {
         }
     }
 
+    /// A field of the daemon's /proc status, in KiB.
+    fn status_kib(&self, field: &str) -> u64 {
+        status_kib(&format!("/proc/{}/status", self.child.id()), field)
+    }
+
     /// Unmount and return the daemon's peak RSS in KiB.
     fn stop(mut self) -> u64 {
         drop(self.child.stdin.take());
@@ -286,6 +296,25 @@ fn serve(spec: &str) {
     println!("hwm {hwm}");
 }
 
+/// A `field:` of a /proc status file, in KiB (0 if missing).
+fn status_kib(path: &str, field: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split(' ')
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The daemon's live inode count, which it reports as statfs `f_files`.
 fn inode_count(path: &Path) -> u64 {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
@@ -320,9 +349,12 @@ fn main() {
     std::fs::create_dir(&mnt).expect("mkdir");
     let default_cache = portroot_fs::DEFAULT_CACHE_BYTES;
 
+    let bench_start = Instant::now();
     println!(
-        "portroot-fs benchmark (tree: {} categories x {} packages)",
-        CATEGORIES, PACKAGES
+        "portroot-fs benchmark (tree: {} categories x {} packages), load average {}",
+        CATEGORIES,
+        PACKAGES,
+        loadavg()
     );
 
     // Mount latency, median of 5, for both tag sizes.
@@ -375,11 +407,28 @@ fn main() {
     let warm_fuse = warm_fuse.min(warm_fuse2);
     let warm_disk = warm_disk.min(warm_disk2);
 
-    // Peak RSS with a small budget, reading everything cold.
+    // Peak RSS with a small budget, reading everything cold; then what the
+    // daemon gives back when the kernel forgets the inodes it held (dropping
+    // the dentry and inode caches makes it send FORGET for each).
     drop_caches();
     let small_budget = 16 << 20;
     let server = Server::start(&git_dir, "big", &mnt, small_budget);
     walk(&mnt);
+    let held = inode_count(&mnt);
+    let anon_held = server.status_kib("RssAnon");
+    let file_held = server.status_kib("RssFile");
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "2");
+    let mut released = inode_count(&mnt);
+    for _ in 0..50 {
+        // FORGETs are asynchronous; wait for the count to settle.
+        std::thread::sleep(Duration::from_millis(100));
+        let now = inode_count(&mnt);
+        if now == released {
+            break;
+        }
+        released = now;
+    }
+    let anon_released = server.status_kib("RssAnon");
     let hwm_small = server.stop();
 
     println!(
@@ -408,5 +457,20 @@ fn main() {
          ({inodes} inodes held by the kernel after the walk)",
         hwm as f64 / 1024.0,
         hwm_small as f64 / 1024.0
+    );
+    let freed = held.saturating_sub(released);
+    println!(
+        "16 MiB budget after the walk: {:.1} MiB anonymous + {:.1} MiB file-backed (the mapped pack) \
+         with {held} inodes held; {:.1} MiB anonymous once the kernel forgot {freed} of them \
+         ({:.0} bytes per held inode given back)",
+        anon_held as f64 / 1024.0,
+        file_held as f64 / 1024.0,
+        anon_released as f64 / 1024.0,
+        (anon_held.saturating_sub(anon_released) * 1024) as f64 / freed.max(1) as f64
+    );
+    println!(
+        "load average at the end {}; whole benchmark {:.0} s",
+        loadavg(),
+        bench_start.elapsed().as_secs_f64()
     );
 }

@@ -95,6 +95,24 @@ impl ObjectCache {
         self.len() == 0
     }
 
+    /// The budget in bytes.
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    /// Whether `oid` is cached (without marking it used).
+    pub fn contains(&self, oid: &Oid) -> bool {
+        self.lock().lru.contains(oid)
+    }
+
+    /// The length of a cached blob (without marking it used).
+    pub fn blob_len(&self, oid: &Oid) -> Option<usize> {
+        match self.lock().lru.peek(oid) {
+            Some(Cached::Blob(b)) => Some(b.len()),
+            _ => None,
+        }
+    }
+
     /// The cached object, marking it most recently used.
     pub fn get(&self, oid: &Oid) -> Option<Cached> {
         self.lock().lru.get(oid).cloned()

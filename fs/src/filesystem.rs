@@ -10,27 +10,36 @@
 //! implemented; entry and attribute TTLs are long because a tree never changes.
 //! Only the all-tags root and its children get a short TTL, so new or moved tags
 //! show up without a remount.
+//!
+//! Cold walks: READDIRPLUS hands the kernel every entry's attributes with the
+//! listing (no LOOKUP per entry), and a read that misses the object cache, or
+//! a listing that follows reads, has the [`Prefetcher`] inflate the
+//! directory's next files on another thread and store them straight into the
+//! kernel's page cache (FUSE notify-store), so most files never cost a READ
+//! round trip at all.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Generation, INodeNo,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use git2::Oid;
 use tracing::{debug, trace, warn};
 
 use crate::attr::{file_attr, kind_and_perm};
-use crate::cache::ObjectCache;
+use crate::cache::{Cached, ObjectCache};
 use crate::error::{FsError, Result};
 use crate::inode::{Ino, InodeTable, NodeData, NodeKind};
+use crate::prefetch::{Prefetcher, WINDOW};
 use crate::store::{EntryKind, GitStore, Resolved, TreeEntry};
 use crate::View;
 
@@ -101,7 +110,7 @@ impl TagSource {
 
 /// One directory entry as `readdir` yields it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirItem {
+pub struct DirItem<'a> {
     /// Its inode.
     pub ino: Ino,
     /// The offset of the entry after it.
@@ -109,14 +118,48 @@ pub struct DirItem {
     /// Its type.
     pub kind: FileType,
     /// Its name.
-    pub name: Vec<u8>,
+    pub name: &'a [u8],
+}
+
+/// The children of a directory, in listing order.
+enum Children {
+    /// A tree's entries (shared with the object cache) and the commit time.
+    Tree(Arc<[TreeEntry]>, i64),
+    /// A built list (the all-tags root; a submodule's empty one).
+    Listed(Vec<(Box<[u8]>, NodeData)>),
+}
+
+impl Children {
+    fn len(&self) -> usize {
+        match self {
+            Children::Tree(t, _) => t.len(),
+            Children::Listed(l) => l.len(),
+        }
+    }
+
+    /// Entry `i` (< `len()`).
+    fn get(&self, i: usize) -> (&[u8], NodeData) {
+        match self {
+            Children::Tree(t, time) => (&t[i].name, child_data(&t[i], *time)),
+            Children::Listed(l) => (&l[i].0, l[i].1),
+        }
+    }
 }
 
 /// The read-only filesystem.
 pub struct GitFs {
     store: GitStore,
-    cache: ObjectCache,
-    inodes: Mutex<InodeTable>,
+    cache: Arc<ObjectCache>,
+    inodes: Arc<Mutex<InodeTable>>,
+    /// Reads the next files of a directory after a cache miss.
+    prefetch: Option<Prefetcher>,
+    /// Per directory, the listing index up to which files were asked for.
+    ahead: Mutex<HashMap<Ino, usize>>,
+    /// Set once mounted: how the prefetcher stores pages into the kernel.
+    pages: Arc<OnceLock<fuser::Notifier>>,
+    /// File reads so far, and their count at the last READDIRPLUS.
+    reads: AtomicU64,
+    reads_at_listing: AtomicU64,
     /// `Some` in the all-tags view.
     tags: Option<Arc<TagSource>>,
     /// The resolved ref in the single-ref view.
@@ -156,10 +199,24 @@ impl GitFs {
                 (root, None, Some(source))
             }
         };
+        let cache = Arc::new(ObjectCache::new(cache_bytes));
+        let pages = Arc::new(OnceLock::new());
+        let inodes = Arc::new(Mutex::new(InodeTable::new(root)));
+        let prefetch = Some(Prefetcher::spawn(
+            store.path(),
+            cache.clone(),
+            pages.clone(),
+            inodes.clone(),
+        )?);
         Ok(GitFs {
             store,
-            cache: ObjectCache::new(cache_bytes),
-            inodes: Mutex::new(InodeTable::new(root)),
+            cache,
+            prefetch,
+            ahead: Mutex::new(HashMap::new()),
+            pages,
+            reads: AtomicU64::new(0),
+            reads_at_listing: AtomicU64::new(0),
+            inodes,
             tags,
             resolved,
         })
@@ -168,6 +225,12 @@ impl GitFs {
     /// The resolved ref in the single-ref view.
     pub fn resolved(&self) -> Option<Resolved> {
         self.resolved
+    }
+
+    /// Where [`crate::mount`] puts the session's notifier, through which the
+    /// prefetcher stores file contents straight into the kernel's page cache.
+    pub fn page_pusher(&self) -> Arc<OnceLock<fuser::Notifier>> {
+        self.pages.clone()
     }
 
     /// The object cache (for statistics).
@@ -187,8 +250,7 @@ impl GitFs {
     }
 
     fn node(&self, ino: Ino) -> Result<(NodeData, Ino, Option<u64>)> {
-        let t = self.inodes();
-        let n = t.get(ino).ok_or(FsError::UnknownInode(ino.0))?;
+        let n = self.inodes().get(ino).ok_or(FsError::UnknownInode(ino.0))?;
         Ok((n.data, n.parent, n.size))
     }
 
@@ -225,28 +287,26 @@ impl GitFs {
         self.cache.blob(oid, || self.store.read_blob(oid))
     }
 
-    /// The children of a directory node as (name, data), in a stable order.
-    fn children(&self, data: NodeData) -> Result<Vec<(Vec<u8>, NodeData)>> {
+    /// The children of a directory node, in a stable order. A tree is shared
+    /// with the cache, not copied, so paging through a huge directory costs
+    /// no more per call than the entries it returns.
+    fn children(&self, ino: Ino, data: NodeData) -> Result<Children> {
         match data.kind {
-            NodeKind::Entry(EntryKind::Tree) => Ok(self
-                .tree(data.oid)?
-                .iter()
-                .map(|e| (e.name.to_vec(), child_data(e, data.time)))
-                .collect()),
-            NodeKind::Entry(EntryKind::Submodule) => Ok(Vec::new()),
+            NodeKind::Entry(EntryKind::Tree) => Ok(Children::Tree(self.tree(data.oid)?, data.time)),
+            NodeKind::Entry(EntryKind::Submodule) => Ok(Children::Listed(Vec::new())),
             NodeKind::TagsRoot => {
                 let tags = self.current_tags()?;
                 let mut out: Vec<_> = tags
                     .iter()
                     .filter(|(name, _)| name != LATEST)
-                    .map(|(name, r)| (name.as_bytes().to_vec(), tag_data(r)))
+                    .map(|(name, r)| (name.as_bytes().into(), tag_data(r)))
                     .collect();
                 if let Some((_, r)) = Self::newest(&tags) {
-                    out.push((LATEST.as_bytes().to_vec(), latest_data(r.time)));
+                    out.push((LATEST.as_bytes().into(), latest_data(r.time)));
                 }
-                Ok(out)
+                Ok(Children::Listed(out))
             }
-            NodeKind::Entry(_) | NodeKind::Latest => Err(FsError::NotDir(0)),
+            NodeKind::Entry(_) | NodeKind::Latest => Err(FsError::NotDir(ino.0)),
         }
     }
 
@@ -288,7 +348,10 @@ impl GitFs {
         }
         let size = match data.kind {
             NodeKind::Entry(EntryKind::File | EntryKind::Exec | EntryKind::Symlink) => {
-                self.store.blob_size(data.oid)?
+                match self.cache.blob_len(&data.oid) {
+                    Some(len) => len as u64,
+                    None => self.store.blob_size(data.oid)?,
+                }
             }
             NodeKind::Latest => self.latest_target()?.len() as u64,
             _ => return Ok(DIR_SIZE),
@@ -330,9 +393,25 @@ impl GitFs {
     pub fn lookup(&self, parent: Ino, name: &OsStr) -> Result<FileAttr> {
         let (pdata, _, _) = self.node(parent)?;
         let data = self.find_child(parent, pdata, name.as_bytes())?;
-        let ino = self.inodes().child(parent, name.as_bytes(), data, true);
-        let size = self.size_of(ino, data, None)?;
-        Ok(file_attr(ino, data.kind, size, data.time))
+        self.counted_attr(parent, name.as_bytes(), &data)
+    }
+
+    /// The attributes of child `name` of `parent`, adding one kernel lookup of
+    /// it (a `lookup` or a `readdirplus` entry). If the size cannot be read,
+    /// the lookup is not counted.
+    fn counted_attr(&self, parent: Ino, name: &[u8], data: &NodeData) -> Result<FileAttr> {
+        let (ino, known) = {
+            let mut t = self.inodes();
+            let ino = t.child(parent, name, data);
+            (ino, t.get(ino).and_then(|n| n.size))
+        };
+        match self.size_of(ino, *data, known) {
+            Ok(size) => Ok(file_attr(ino, data.kind, size, data.time)),
+            Err(e) => {
+                self.inodes().forget(ino, 1);
+                Err(e)
+            }
+        }
     }
 
     /// The attributes of `ino`.
@@ -344,7 +423,10 @@ impl GitFs {
 
     /// The kernel dropped `n` lookups of `ino`.
     pub fn forget(&self, ino: Ino, n: u64) {
-        self.inodes().forget(ino, n);
+        let shrank = self.inodes().forget(ino, n);
+        if shrank {
+            release_free_memory();
+        }
     }
 
     /// The target of a symlink.
@@ -364,17 +446,84 @@ impl GitFs {
         offset: u64,
         size: u32,
     ) -> Result<(Arc<[u8]>, std::ops::Range<usize>)> {
-        let (data, _, _) = self.node(ino)?;
+        let (data, parent, _) = self.node(ino)?;
         match data.kind {
             NodeKind::Entry(EntryKind::File | EntryKind::Exec | EntryKind::Symlink) => {}
             _ => return Err(FsError::IsDir(ino.0)),
         }
-        let blob = self.blob(data.oid)?;
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        let blob = match self.cache.get(&data.oid) {
+            Some(Cached::Blob(b)) => b,
+            _ => {
+                let b = self.store.read_blob(data.oid)?;
+                self.cache.insert(data.oid, Cached::Blob(b.clone()));
+                self.read_ahead(parent, data.oid);
+                b
+            }
+        };
         let start = usize::try_from(offset)
             .unwrap_or(usize::MAX)
             .min(blob.len());
         let end = start.saturating_add(size as usize).min(blob.len());
         Ok((blob, start..end))
+    }
+
+    /// After a read of `oid` in directory `parent` missed the cache, ask the
+    /// prefetcher for the files listed after it, unless an earlier request
+    /// already covers this place (the prefetcher is merely behind).
+    fn read_ahead(&self, parent: Ino, oid: Oid) {
+        if self.prefetch.is_none() {
+            return;
+        }
+        let Ok((pdata, _, _)) = self.node(parent) else {
+            return;
+        };
+        if pdata.kind != NodeKind::Entry(EntryKind::Tree) {
+            return;
+        }
+        let Some(Cached::Tree(tree)) = self.cache.get(&pdata.oid) else {
+            return;
+        };
+        if let Some(i) = tree.iter().position(|e| e.oid == oid) {
+            self.request_window(parent, &tree, i + 1);
+        }
+    }
+
+    /// Ask the prefetcher for the files of directory `dir` (listing `tree`)
+    /// from index `from` on, unless an earlier request already covers `from`.
+    fn request_window(&self, dir: Ino, tree: &[TreeEntry], from: usize) {
+        let Some(prefetch) = &self.prefetch else {
+            return;
+        };
+        let end = from.saturating_add(WINDOW).min(tree.len());
+        if from >= end {
+            return;
+        }
+        {
+            let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(&upto) = ahead.get(&dir) {
+                if upto > from && upto <= from + WINDOW {
+                    return;
+                }
+            }
+            if ahead.len() >= 4096 {
+                ahead.clear();
+            }
+            ahead.insert(dir, end);
+        }
+        let time = self.node(dir).map_or(0, |n| n.0.time);
+        let oids: Vec<(Oid, Ino)> = {
+            let table = self.inodes();
+            tree[from..end]
+                .iter()
+                .filter(|e| matches!(e.kind, EntryKind::File | EntryKind::Exec))
+                .map(|e| (e.oid, table.peek(dir, &e.name, &child_data(e, time))))
+                .collect()
+        };
+        if !oids.is_empty() {
+            trace!(dir = dir.0, from, count = oids.len(), "prefetch requested");
+            prefetch.request(oids);
+        }
     }
 
     /// List `ino` from `offset`, calling `add` per entry until it returns true
@@ -389,29 +538,109 @@ impl GitFs {
         if !data.kind.is_dir() {
             return Err(FsError::NotDir(ino.0));
         }
-        let children = self.children(data)?;
-        let dots = [(b".".to_vec(), ino), (b"..".to_vec(), parent)];
+        let children = self.children(ino, data)?;
         let total = 2 + children.len() as u64;
+        // Plain readdir creates no records: d_ino is the number a lookup
+        // would give, derived from the path.
+        let table = self.inodes();
         for off in offset..total {
-            let item = if off < 2 {
-                let (name, dino) = dots[off as usize].clone();
-                DirItem {
-                    ino: dino,
+            let item = match off {
+                0 | 1 => DirItem {
+                    ino: if off == 0 { ino } else { parent },
                     next: off + 1,
                     kind: FileType::Directory,
-                    name,
-                }
-            } else {
-                let (name, cdata) = &children[(off - 2) as usize];
-                let cino = self.inodes().child(ino, name, *cdata, false);
-                DirItem {
-                    ino: cino,
-                    next: off + 1,
-                    kind: kind_and_perm(cdata.kind).0,
-                    name: name.clone(),
+                    name: if off == 0 { &b"."[..] } else { &b".."[..] },
+                },
+                _ => {
+                    let (name, cdata) = children.get((off - 2) as usize);
+                    DirItem {
+                        ino: table.peek(ino, name, &cdata),
+                        next: off + 1,
+                        kind: kind_and_perm(cdata.kind).0,
+                        name,
+                    }
                 }
             };
             if add(item) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// At the first READDIRPLUS of directory `ino`: if the reader read files
+    /// since the last listing, it is walking and reading everything, so start
+    /// on this directory's files before its first read. A stat-only walk
+    /// never triggers this.
+    pub fn prefetch_listing(&self, ino: Ino) {
+        let reads = self.reads.load(Ordering::Relaxed);
+        if self.reads_at_listing.swap(reads, Ordering::Relaxed) == reads {
+            return;
+        }
+        let Ok((data, _, _)) = self.node(ino) else {
+            return;
+        };
+        if data.kind != NodeKind::Entry(EntryKind::Tree) {
+            return;
+        }
+        if let Some(Cached::Tree(tree)) = self.cache.get(&data.oid) {
+            self.request_window(ino, &tree, 0);
+        }
+    }
+
+    /// List `ino` from `offset` with each entry's attributes (READDIRPLUS),
+    /// calling `add` per entry until it returns true (the reply is full). The
+    /// kernel takes a reference on every entry but `.` and `..`, so each one
+    /// added counts a lookup; an entry that did not fit is uncounted again.
+    pub fn readdirplus(
+        &self,
+        ino: Ino,
+        offset: u64,
+        mut add: impl FnMut(DirItem, &FileAttr, Duration) -> bool,
+    ) -> Result<()> {
+        let (data, parent, known) = self.node(ino)?;
+        if !data.kind.is_dir() {
+            return Err(FsError::NotDir(ino.0));
+        }
+        let children = self.children(ino, data)?;
+        if offset == 0 {
+            // Before the attributes are computed, so the prefetcher is already
+            // on the first files when the reader gets the listing.
+            self.prefetch_listing(ino);
+        }
+        let total = 2 + children.len() as u64;
+        for off in offset..total {
+            if off < 2 {
+                // The kernel ignores the attributes of the dots; send the
+                // directory's own.
+                let attr = file_attr(
+                    ino,
+                    data.kind,
+                    self.size_of(ino, data, known)?,
+                    self.root_time(data)?,
+                );
+                let item = DirItem {
+                    ino: if off == 0 { ino } else { parent },
+                    next: off + 1,
+                    kind: FileType::Directory,
+                    name: if off == 0 { &b"."[..] } else { &b".."[..] },
+                };
+                if add(item, &attr, Duration::ZERO) {
+                    break;
+                }
+                continue;
+            }
+            let (name, cdata) = children.get((off - 2) as usize);
+            let attr = self.counted_attr(ino, name, &cdata)?;
+            let cino = Ino(attr.ino.0);
+            let item = DirItem {
+                ino: cino,
+                next: off + 1,
+                kind: attr.kind,
+                name,
+            };
+            if add(item, &attr, self.ttl(cino, ino)) {
+                self.inodes().forget(cino, 1);
                 break;
             }
         }
@@ -434,6 +663,19 @@ impl GitFs {
             warn!(op, ino, error = %format!("{:#}", ErrChain(err)), "failed, answering EIO");
         }
         errno
+    }
+}
+
+/// Hand freed heap pages back to the system. glibc keeps a freed table that
+/// sat in an arena (rather than its own mapping) resident; after the kernel
+/// forgot a large part of the tree this makes the drop show in the RSS.
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: malloc_trim only walks and trims the allocator's own free
+        // lists; it has no preconditions.
+        unsafe { libc::malloc_trim(0) };
+        debug!("inode table shrank, freed memory released");
     }
 }
 
@@ -496,6 +738,28 @@ fn refs_stamp(git_dir: &Path) -> Vec<Option<(SystemTime, u64, u64)>> {
 
 /// The fuser adapters: each turns an inner result into a reply.
 impl fuser::Filesystem for GitFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // READDIRPLUS answers a listing with every entry's attributes, so a
+        // walk that stats what it lists (find, tar, portage's cache checks)
+        // makes one request per directory batch instead of one per entry;
+        // AUTO lets the kernel fall back to plain readdir for a bare `ls`.
+        // PARALLEL_DIROPS lets parallel builds look up in one directory at
+        // once. Symlinks of one immutable tree may be cached; the all-tags
+        // view's `latest` changes, so it does not ask for that.
+        let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS;
+        if self.tags.is_none() {
+            wanted |= InitFlags::FUSE_CACHE_SYMLINKS;
+        }
+        let have = config.capabilities();
+        if let Err(missing) = config.add_capabilities(wanted & have) {
+            debug!(?missing, "kernel lacks some FUSE capabilities");
+        }
+        debug!(requested = ?(wanted & have), "FUSE capabilities");
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         trace!(parent = parent.0, ?name, "lookup");
         match self.lookup(Ino(parent.0), name) {
@@ -591,12 +855,37 @@ impl fuser::Filesystem for GitFs {
                 INodeNo(it.ino.0),
                 it.next,
                 it.kind,
-                OsStr::from_bytes(&it.name),
+                OsStr::from_bytes(it.name),
             )
         });
         match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.reply_err("readdir", ino.0, &e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        trace!(ino = ino.0, offset, "readdirplus");
+        let res = self.readdirplus(Ino(ino.0), offset, |it, attr, ttl| {
+            reply.add(
+                INodeNo(it.ino.0),
+                it.next,
+                OsStr::from_bytes(it.name),
+                &ttl,
+                attr,
+                Generation(0),
+            )
+        });
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(self.reply_err("readdirplus", ino.0, &e)),
         }
     }
 
@@ -819,7 +1108,7 @@ mod tests {
     fn names(fs: &GitFs, ino: Ino, offset: u64) -> Vec<String> {
         let mut out = Vec::new();
         fs.readdir(ino, offset, |it| {
-            out.push(String::from_utf8_lossy(&it.name).into_owned());
+            out.push(String::from_utf8_lossy(it.name).into_owned());
             false
         })
         .expect("readdir");
@@ -929,6 +1218,100 @@ mod tests {
         .expect("readdir");
         assert_eq!(listed, Some(Ino(a.0)), "readdir and lookup agree");
         assert_eq!(path_attr(&fs, "a/b/file").ino, a);
+    }
+
+    #[test]
+    fn readdir_stores_nothing_and_readdirplus_counts_what_it_sends() {
+        let (_d, fs) = fs(View::Ref("one".into()));
+        assert_eq!(names(&fs, Ino::ROOT, 0).len(), 6);
+        assert_eq!(fs.inode_count(), 1, "plain readdir adds no records");
+        let mut listed = Vec::new();
+        fs.readdir(Ino::ROOT, 2, |it| {
+            listed.push(it.ino);
+            false
+        })
+        .expect("readdir");
+
+        // A reply with room for `.`, `..` and two children.
+        let mut sent = Vec::new();
+        fs.readdirplus(Ino::ROOT, 0, |it, attr, _ttl| {
+            if sent.len() == 4 {
+                return true;
+            }
+            assert_eq!(attr.ino.0, it.ino.0);
+            sent.push((String::from_utf8_lossy(it.name).into_owned(), attr.size));
+            false
+        })
+        .expect("readdirplus");
+        assert_eq!(
+            sent,
+            [
+                (".".into(), DIR_SIZE),
+                ("..".into(), DIR_SIZE),
+                ("a".into(), DIR_SIZE),
+                ("empty".into(), 0)
+            ]
+        );
+        assert_eq!(
+            fs.inode_count(),
+            3,
+            "the two children sent, not the dots nor the refused one"
+        );
+        let a = fs.lookup(Ino::ROOT, OsStr::new("a")).expect("a");
+        assert_eq!(
+            Ino(a.ino.0),
+            listed[0],
+            "readdir, readdirplus and lookup agree"
+        );
+        fs.forget(Ino(a.ino.0), 2);
+        assert_eq!(
+            fs.inode_count(),
+            2,
+            "lookup and readdirplus references both counted"
+        );
+
+        let mut rest = Vec::new();
+        fs.readdirplus(Ino::ROOT, 4, |it, attr, _| {
+            rest.push((it.name.to_vec(), attr.size, it.ino));
+            false
+        })
+        .expect("readdirplus");
+        let rest_names: Vec<_> = rest.iter().map(|r| r.0.clone()).collect();
+        assert_eq!(rest_names, [b"link".to_vec(), b"run.sh".to_vec()]);
+        assert_eq!(rest[0].1, 8, "symlink size is its target's length");
+        assert_eq!(rest[0].2, listed[2]);
+        assert_eq!(fs.inode_count(), 4);
+    }
+
+    #[test]
+    fn reading_then_listing_prefetches_but_listing_alone_does_not() {
+        let (_d, fs) = fs(View::Ref("one".into()));
+        let asked = |fs: &GitFs| fs.ahead.lock().expect("lock").contains_key(&Ino::ROOT);
+        fs.readdirplus(Ino::ROOT, 0, |_, _, _| false)
+            .expect("readdirplus");
+        assert!(!asked(&fs), "a stat-only walk prefetches nothing");
+        let file = path_attr(&fs, "a/b/file");
+        fs.read(Ino(file.ino.0), 0, 100).expect("read");
+        let run = fs
+            .tree(fs.resolved().expect("ref").tree)
+            .expect("root tree")
+            .iter()
+            .find(|e| &*e.name == b"run.sh")
+            .map(|e| e.oid)
+            .expect("run.sh");
+        assert!(!fs.cache().contains(&run));
+        fs.readdirplus(Ino::ROOT, 0, |_, _, _| false)
+            .expect("readdirplus");
+        assert!(asked(&fs), "a listing after reads asks for its files");
+        // The prefetch thread fills the cache in the background.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !fs.cache().contains(&run) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "run.sh never prefetched"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod cache;
 pub mod error;
 pub mod filesystem;
 pub mod inode;
+pub mod prefetch;
 pub mod store;
 
 use std::path::{Path, PathBuf};
@@ -296,7 +297,13 @@ pub fn mount(
     config.n_threads = Some(opts.threads.max(1));
     let tree_id = fs.resolved().map(|r| r.tree);
     let tags = fs.tag_source();
+    let pages = fs.page_pusher();
     let session = fuser::Session::new(fs, &mountpoint, &config)
+        .inspect(|s| {
+            // The prefetcher pushes what it inflated into the kernel's page
+            // cache through this, so those reads never reach the daemon.
+            let _ = pages.set(s.notifier());
+        })
         .and_then(fuser::Session::spawn)
         .map_err(|source| FsError::Io {
             what: "mounting fuse on",
