@@ -6,6 +6,7 @@ mod util;
 
 mod cli;
 mod config;
+mod e2e;
 mod fs_mount;
 mod import;
 mod layer;
