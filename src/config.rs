@@ -554,7 +554,7 @@ mod tests {
         }
         assert_eq!(
             c.mirrors.as_deref().unwrap()[0],
-            "https://distfiles.gentoo.org/snapshots/"
+            "https://mirror.example.org/gentoo"
         );
         assert_eq!(
             c.keyring.as_deref(),

@@ -86,7 +86,7 @@ fn show_merges_the_given_file_and_the_stores_key_by_key() {
     let env = Env::new();
     let site = env.file(
         "site.toml",
-        "mirrors = [\"https://mirror.example.org/snapshots/\"]\n[run]\njobs = 4\nnetwork = \"none\"\n",
+        "mirrors = [\"https://mirror.example.org/gentoo\"]\n[run]\njobs = 4\nnetwork = \"none\"\n",
     );
     let store_file = env.store_config("[run]\njobs = 2\n[mount]\ncache_size = \"1G\"\n");
     let out = util::ok(
@@ -102,7 +102,7 @@ fn show_merges_the_given_file_and_the_stores_key_by_key() {
         "{out}"
     );
     for want in [
-        format!("mirrors = [\"https://mirror.example.org/snapshots/\"]  # {site_s}"),
+        format!("mirrors = [\"https://mirror.example.org/gentoo\"]  # {site_s}"),
         format!("jobs = 2  # {store_s}"),
         format!("network = \"none\"  # {site_s}"),
         format!("cache_size = 1073741824  # {store_s}"),
