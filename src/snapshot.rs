@@ -245,7 +245,7 @@ pub fn import_snapshot(store: &Store, opts: &ImportOptions, _lock: &ImportLock) 
     let tmp_root = store.tmp_dir();
     fs::create_dir_all(&tmp_root).map_err(Error::io("creating", &tmp_root))?;
     let work = tempfile::Builder::new()
-        .prefix("import-")
+        .prefix(&Store::scratch_prefix("import"))
         .tempdir_in(&tmp_root)
         .map_err(Error::io("creating a directory in", &tmp_root))?;
     let mut pack = PackWriter::create(work.path())?;

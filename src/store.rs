@@ -78,6 +78,67 @@ impl Store {
         self.root.join("tmp")
     }
 
+    /// The name prefix of this process's scratch directories of `kind`
+    /// (`import`, `sync`, `fetch` in `tmp/`; `.new` in `repos/`): `KIND-PID-`,
+    /// so that a signal handler removes exactly its own and `gc` can tell a
+    /// dead process's from a live one's.
+    pub fn scratch_prefix(kind: &str) -> String {
+        format!("{kind}-{}-", std::process::id())
+    }
+
+    /// Where the snapshot commands' scratch directories live, by kind.
+    fn scratch_places(&self) -> [(PathBuf, &'static str); 4] {
+        [
+            (self.tmp_dir(), "import"),
+            (self.tmp_dir(), "sync"),
+            (self.tmp_dir(), "fetch"),
+            (self.repos_dir(), ".new"),
+        ]
+    }
+
+    /// Remove every scratch directory for which `remove(pid)` says yes;
+    /// returns how many were removed.
+    fn remove_scratch_where(&self, remove: impl Fn(u32) -> bool) -> usize {
+        let mut removed = 0;
+        for (dir, kind) in self.scratch_places() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            let prefix = format!("{kind}-");
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let pid = name
+                    .strip_prefix(&prefix)
+                    .and_then(|rest| rest.split('-').next())
+                    .and_then(|pid| pid.parse::<u32>().ok());
+                if !pid.is_some_and(&remove) {
+                    continue;
+                }
+                match std::fs::remove_dir_all(e.path()) {
+                    Ok(()) => removed += 1,
+                    Err(err) => {
+                        tracing::warn!("could not remove {}: {err}", e.path().display())
+                    }
+                }
+            }
+        }
+        removed
+    }
+
+    /// Remove this process's scratch directories. For a signal handler about
+    /// to exit: they are normally removed when the command returns, but an
+    /// exit skips that.
+    pub fn remove_own_scratch(&self) -> usize {
+        let me = std::process::id();
+        self.remove_scratch_where(|pid| pid == me)
+    }
+
+    /// Remove the scratch directories of processes that no longer run (an
+    /// import, sync or fetch killed with SIGKILL), for `gc`.
+    pub fn remove_dead_scratch(&self) -> usize {
+        self.remove_scratch_where(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    }
+
     /// Create `dir` (and parents) if missing.
     pub fn ensure(dir: &Path) -> io::Result<()> {
         std::fs::create_dir_all(dir)
@@ -104,6 +165,38 @@ mod tests {
         let s = Store::new("/srv/pr");
         assert_eq!(s.repo_path("gentoo"), Path::new("/srv/pr/repos/gentoo.git"));
         assert_eq!(s.binpkgs_dir(), Path::new("/srv/pr/binpkgs"));
+    }
+
+    #[test]
+    fn scratch_of_this_process_and_of_dead_ones_is_found_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path());
+        let me = std::process::id();
+        // PID 4194304 is above the kernel's pid_max limit: never alive.
+        let dead = 4_194_304u32;
+        for d in [
+            format!("tmp/import-{me}-a"),
+            format!("tmp/sync-{me}-b"),
+            format!("tmp/fetch-{dead}-c"),
+            format!("repos/.new-{dead}-d"),
+            "tmp/import-x".to_owned(),
+            "tmp/stage-1-e".to_owned(),
+            "repos/gentoo.git".to_owned(),
+        ] {
+            std::fs::create_dir_all(tmp.path().join(d)).unwrap();
+        }
+        let left = |dir: &str| {
+            let mut v: Vec<String> = std::fs::read_dir(tmp.path().join(dir))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(store.remove_dead_scratch(), 2);
+        assert_eq!(left("repos"), ["gentoo.git"]);
+        assert_eq!(store.remove_own_scratch(), 2);
+        assert_eq!(left("tmp"), ["import-x", "stage-1-e"]);
     }
 
     #[test]

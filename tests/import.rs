@@ -973,3 +973,87 @@ fn help_explains_with_examples() {
         );
     }
 }
+
+/// The store's `tmp/` entries whose name starts with `import-`.
+fn import_scratch(env: &Env) -> Vec<String> {
+    match fs::read_dir(env.store.join("tmp")) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("import-"))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Start an import reading from a FIFO that delivers the first half of
+/// `file` and then stalls, and wait until the import has made its scratch
+/// directory. Returns the child and a sender whose drop closes the FIFO.
+fn stalled_import(env: &Env, file: &Path) -> (std::process::Child, std::sync::mpsc::Sender<()>) {
+    let fifo = env.scratch("fifo").join("gentoo-stalled.tar.xz");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path; no memory is shared.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let mut head = fs::read(file).unwrap();
+    head.truncate(head.len() / 2);
+    let child = env
+        .import(&fifo, &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (hold, until) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut w = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        let _ = w.write_all(&head);
+        // Hold the pipe open, with no EOF, until the test is done.
+        let _ = until.recv();
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while import_scratch(env).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scratch directory appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (child, hold)
+}
+
+#[test]
+fn interrupted_imports_leave_no_scratch_and_gc_clears_killed_ones() {
+    let (env, next) = store_with_one_snapshot();
+    let (_, file) = env.snapshot(&next, Compression::Xz);
+    let before = env.state();
+
+    // Ctrl-C and SIGTERM: the import removes its scratch directory and exits 130.
+    for sig in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+    ] {
+        let (child, writer) = stalled_import(&env, &file);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+        let out = child.wait_with_output().unwrap();
+        drop(writer);
+        assert_eq!(out.status.code(), Some(130), "{sig}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("interrupted"),
+            "{out:?}"
+        );
+        assert_eq!(import_scratch(&env), Vec::<String>::new(), "{sig}");
+        assert_eq!(env.state(), before, "{sig}");
+    }
+
+    // SIGKILL leaves the directory; gc knows its process is gone.
+    let (mut child, writer) = stalled_import(&env, &file);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(writer);
+    assert_eq!(import_scratch(&env).len(), 1);
+    util::ok(env.portroot().args(["gc"]));
+    assert_eq!(import_scratch(&env), Vec::<String>::new());
+    assert_eq!(env.state(), before);
+    env.fsck();
+
+    // And the snapshot still imports.
+    util::ok(&mut env.import(&file, &[]));
+}

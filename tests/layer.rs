@@ -353,7 +353,7 @@ fn failed_or_interrupted_create_leaves_no_layer() {
     fs::create_dir_all(orphan.join("upper/etc")).unwrap();
     let gc = util::run(util::portroot(&rs.store()).arg("gc"));
     assert!(gc.status.success());
-    assert!(stderr(&gc).contains("1 layer leftover"), "{}", stderr(&gc));
+    assert!(stderr(&gc).contains(", 1 layer and "), "{}", stderr(&gc));
     assert!(!orphan.exists());
     assert_no_leftovers(&rs);
 }

@@ -888,9 +888,11 @@ pub fn gc(ctx: &Ctx, args: GcArgs) -> anyhow::Result<ExitCode> {
     // Likewise a killed `layer create` (while committing) or `layer rm`.
     let layer_leftovers =
         LayerStore::new(ctx.store.layers_dir(), ctx.store.tmp_dir()).collect_garbage()?;
+    // And a killed `snapshot import`, `sync` or `fetch`.
+    let snapshot_leftovers = ctx.store.remove_dead_scratch();
     if !ctx.quiet {
         eprintln!(
-            "removed {} run(s), {stage_leftovers} stage and {layer_leftovers} layer leftover(s); {} live, {} finished kept",
+            "removed {} run(s), {stage_leftovers} stage, {layer_leftovers} layer and {snapshot_leftovers} snapshot leftover(s); {} live, {} finished kept",
             report.removed.len(),
             report.live,
             report.kept

@@ -295,7 +295,7 @@ pub fn fetch(
         let dir = store.repos_dir();
         fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
         let tmp = tempfile::Builder::new()
-            .prefix(&scratch_prefix(".new"))
+            .prefix(&Store::scratch_prefix(".new"))
             .tempdir_in(&dir)
             .map_err(Error::io("creating a directory in", &dir))?;
         init_bare(tmp.path())?;
@@ -423,7 +423,7 @@ impl Quarantine {
         let tmp_root = store.tmp_dir();
         fs::create_dir_all(&tmp_root).map_err(Error::io("creating", &tmp_root))?;
         let dir = tempfile::Builder::new()
-            .prefix(&scratch_prefix("fetch"))
+            .prefix(&Store::scratch_prefix("fetch"))
             .tempdir_in(&tmp_root)
             .map_err(Error::io("creating a directory in", &tmp_root))?;
         init_bare(dir.path())?;
@@ -485,36 +485,6 @@ impl Quarantine {
     }
 }
 
-/// `KIND-PID-`: the name prefix of this process's scratch directories, so
-/// that [`remove_scratch`] finds them and no other process's.
-fn scratch_prefix(kind: &str) -> String {
-    format!("{kind}-{}-", std::process::id())
-}
-
-/// Remove this process's fetch scratch directories (the quarantine in the
-/// store's `tmp/`, a repository being created in `repos/`).
-///
-/// For a signal handler about to exit: they are normally removed when
-/// [`fetch`] returns, but an exit skips that. Returns how many were removed.
-pub fn remove_scratch(store: &Store) -> usize {
-    let mut removed = 0;
-    for (dir, kind) in [(store.tmp_dir(), "fetch"), (store.repos_dir(), ".new")] {
-        let prefix = scratch_prefix(kind);
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
-                match fs::remove_dir_all(e.path()) {
-                    Ok(()) => removed += 1,
-                    Err(err) => tracing::warn!("could not remove {}: {err}", e.path().display()),
-                }
-            }
-        }
-    }
-    removed
-}
-
 /// The entries of `dir`, none if it does not exist.
 fn read_dir_paths(dir: &Path) -> Result<Vec<PathBuf>> {
     match fs::read_dir(dir) {
@@ -538,31 +508,6 @@ fn short(oid: Oid) -> String {
 mod tests {
     use super::*;
     use std::path::Path;
-
-    #[test]
-    fn remove_scratch_takes_only_this_process_s_directories() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = Store::new(tmp.path());
-        let mine = [
-            store
-                .tmp_dir()
-                .join(format!("{}a", scratch_prefix("fetch"))),
-            store
-                .repos_dir()
-                .join(format!("{}b", scratch_prefix(".new"))),
-        ];
-        let others = [
-            store.tmp_dir().join("fetch-1-a"),
-            store.tmp_dir().join("sync-x"),
-            store.repos_dir().join("gentoo.git"),
-        ];
-        for d in mine.iter().chain(&others) {
-            fs::create_dir_all(d.join("objects")).unwrap();
-        }
-        assert_eq!(remove_scratch(&store), 2);
-        assert!(mine.iter().all(|d| !d.exists()));
-        assert!(others.iter().all(|d| d.exists()));
-    }
 
     #[test]
     fn remotes_pick_their_transport() {

@@ -482,7 +482,7 @@ pub fn sync_snapshot(store: &Store, opts: &SyncOptions, lock: &ImportLock) -> Re
     let tmp_root = store.tmp_dir();
     fs::create_dir_all(&tmp_root).map_err(Error::io("creating", &tmp_root))?;
     let work = tempfile::Builder::new()
-        .prefix(&download_prefix())
+        .prefix(&Store::scratch_prefix("sync"))
         .tempdir_in(&tmp_root)
         .map_err(Error::io("creating a directory in", &tmp_root))?;
     let fetcher = Fetcher::new(opts.timeout, opts.progress);
@@ -701,35 +701,6 @@ fn keep_files(dir: &Path, name: &str, keep: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The name prefix of this process's download directories in the store's
-/// `tmp/`: `sync-PID-`, so that [`remove_downloads`] finds them and no other
-/// process's.
-fn download_prefix() -> String {
-    format!("sync-{}-", std::process::id())
-}
-
-/// Remove the download directories this process has in the store's `tmp/`.
-///
-/// For a signal handler about to exit: the directories are normally removed
-/// when [`sync_snapshot`] returns, but an exit skips that. Returns how many
-/// were removed.
-pub fn remove_downloads(store: &Store) -> usize {
-    let prefix = download_prefix();
-    let Ok(entries) = fs::read_dir(store.tmp_dir()) else {
-        return 0;
-    };
-    let mut removed = 0;
-    for e in entries.flatten() {
-        if e.file_name().to_string_lossy().starts_with(&prefix) {
-            match fs::remove_dir_all(e.path()) {
-                Ok(()) => removed += 1,
-                Err(err) => warn!("could not remove {}: {err}", e.path().display()),
-            }
-        }
-    }
-    removed
-}
-
 /// The mirrors' file date of the snapshot tagged `tag` (for messages).
 pub fn file_name_date(tag: SnapshotDate) -> String {
     compact(file_date_of_tag(tag))
@@ -738,25 +709,6 @@ pub fn file_name_date(tag: SnapshotDate) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn remove_downloads_takes_only_this_process_s_directories() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = Store::new(tmp.path());
-        let t = store.tmp_dir();
-        fs::create_dir_all(t.join(format!("{}abc/x", download_prefix()))).unwrap();
-        fs::write(t.join(format!("{}abc/x/f", download_prefix())), b"1").unwrap();
-        fs::create_dir_all(t.join("sync-1-abc")).unwrap();
-        fs::create_dir_all(t.join("import-x")).unwrap();
-        assert_eq!(remove_downloads(&store), 1);
-        let mut left: Vec<String> = fs::read_dir(&t)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
-        assert_eq!(left, ["import-x", "sync-1-abc"]);
-        assert_eq!(remove_downloads(&Store::new(tmp.path().join("none"))), 0);
-    }
 
     fn d(s: &str) -> SnapshotDate {
         s.parse().unwrap()
