@@ -407,13 +407,21 @@ fn ensure_caches(resolved: &Resolved) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Mount every tree of the run (in this process, in its private namespace).
-fn mount_trees(trees: &[TreeRecord]) -> anyhow::Result<Vec<TreeMount>> {
+/// Mount every tree of the run (in this process, in its private namespace),
+/// with the configured `mount.cache_size` and `mount.threads`.
+fn mount_trees(ctx: &Ctx, trees: &[TreeRecord]) -> anyhow::Result<Vec<TreeMount>> {
+    let defaults = portroot_fs::MountOptions::default();
+    let conf = &ctx.config.merged.mount;
+    let opts = portroot_fs::MountOptions {
+        cache_bytes: conf.cache_size.unwrap_or(defaults.cache_bytes),
+        threads: conf.threads.map_or(defaults.threads, usize::from),
+        ..defaults
+    };
     let mut mounted = Vec::new();
     for t in trees {
         std::fs::create_dir_all(&t.mountpoint)
             .with_context(|| format!("creating {}", t.mountpoint.display()))?;
-        mounted.push(mount_tree(t)?);
+        mounted.push(mount_tree(t, &opts)?);
     }
     Ok(mounted)
 }
@@ -433,16 +441,15 @@ fn lease_layers(ctx: &Ctx, digest: &str, names: &[String]) -> anyhow::Result<Lay
 /// A tree mounted for the run; dropping it unmounts.
 type TreeMount = portroot_fs::MountedFs;
 
-fn mount_tree(t: &TreeRecord) -> anyhow::Result<TreeMount> {
-    // The defaults: allow_other (portage reads as uid 250) and auto_unmount.
-    // The run's private namespace already takes the mount along if we die;
-    // the fs crate's own teardown is written for auto_unmount mode.
-    let opts = portroot_fs::MountOptions::default();
+fn mount_tree(t: &TreeRecord, opts: &portroot_fs::MountOptions) -> anyhow::Result<TreeMount> {
+    // The defaults otherwise: allow_other (portage reads as uid 250) and
+    // auto_unmount. The run's private namespace already takes the mount along
+    // if we die; the fs crate's own teardown is written for auto_unmount mode.
     portroot_fs::mount(
         &t.git_dir,
         portroot_fs::View::Ref(t.reference.clone()),
         &t.mountpoint,
-        &opts,
+        opts,
     )
     .with_context(|| format!("mounting {} at {}", t.name, t.reference))
 }
@@ -600,7 +607,7 @@ pub(super) fn run_batch(
     let children = Arc::new(Children::default());
     handle_signals(cancel.clone(), signal.clone(), children.clone())?;
     let run_dir = RunDir::create(&runs_dir, &record)?;
-    let mounts = match mount_trees(&record.trees) {
+    let mounts = match mount_trees(ctx, &record.trees) {
         Ok(m) => m,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&run_dir.path);
@@ -813,7 +820,7 @@ pub fn shell(ctx: &Ctx, args: ShellArgs) -> anyhow::Result<ExitCode> {
         set.add(Signal::SIGINT);
         set.add(Signal::SIGQUIT);
         set.thread_block().context("blocking SIGINT and SIGQUIT")?;
-        let _mounts = mount_trees(&record.trees)?;
+        let _mounts = mount_trees(ctx, &record.trees)?;
         let dir = run_dir.job(&job);
         for d in [dir.0.clone(), dir.upper(), dir.work(), dir.root()] {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
