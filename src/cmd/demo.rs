@@ -6,8 +6,9 @@
 //! the libraries they link, plus busybox when the host has it), then drives the
 //! real subcommands, each as its own `portroot` process exactly as a user would
 //! type it: import the snapshots, list and diff them, mount every tag side by
-//! side, add the stage, run N jobs in parallel chroots that each read the tree at
-//! a tag and write a binary package into PKGDIR. It prints each step with its
+//! side, add the stage, build a layer (a software stack's own files) over it,
+//! run N jobs in parallel chroots over stage and layer that each read the tree
+//! at a tag and write a binary package into PKGDIR. It prints each step with its
 //! time, and removes its throwaway store at the end unless `--keep`.
 
 use std::ffi::OsStr;
@@ -174,27 +175,52 @@ fn run_demo(store: &Path, args: &DemoArgs) -> anyhow::Result<()> {
         .status_ok()?;
     step("added the stage", t.elapsed(), &file_name(&stage));
 
-    // 5. N jobs in parallel chroots at the older tag, binary packages collected.
-    // Bash builtins only, so the job runs in a stage holding nothing but bash.
+    // 5. A layer: one job's changes over the stage, kept read-only under a
+    // name, as a software stack that several runs build on.
+    let t = Instant::now();
+    portroot(
+        store,
+        [
+            "layer", "create", "stack", "--stage", "demo", "--tag", &oldest,
+        ],
+    )
+    .arg("--")
+    .arg("echo 'CFLAGS_STACK=\"-O2 -pipe\" # the demo stack' > /etc/demo-stack.conf")
+    .status_ok()?;
+    step(
+        "built layer stack over the stage",
+        t.elapsed(),
+        "layers/stack (portroot layer list)",
+    );
+
+    // 6. N jobs in parallel chroots over stage + layer at the older tag,
+    // binary packages collected. Bash builtins only, so the job runs in a
+    // stage holding nothing but bash.
     let script = format!(
         "set -e; tree=/var/db/repos/gentoo; \
          echo \"job $HOSTNAME sees the tree of $(< $tree/metadata/timestamp.chk)\"; \
          n=0; for e in $tree/*/*/*.ebuild; do n=$((n+1)); done; echo \"$n ebuilds\"; \
+         echo \"and the layer's $(< /etc/demo-stack.conf)\"; \
          echo \"built by job $HOSTNAME at tag {oldest}\" > /var/cache/binpkgs/demo/pkg-$HOSTNAME-1.0.gpkg.tar"
     );
     let pkgdir = store.join("binpkgs/demo");
     fs::create_dir_all(&pkgdir).with_context(|| format!("creating {}", pkgdir.display()))?;
     let t = Instant::now();
-    portroot(store, ["run", "--stage", "demo", "--tag", &oldest])
-        .args(["--jobs", &args.jobs.to_string()])
-        .args(["--repeat", &args.jobs.to_string()])
-        .arg("--")
-        .arg(&script)
-        .status_ok()?;
+    portroot(
+        store,
+        [
+            "run", "--stage", "demo", "--layer", "stack", "--tag", &oldest,
+        ],
+    )
+    .args(["--jobs", &args.jobs.to_string()])
+    .args(["--repeat", &args.jobs.to_string()])
+    .arg("--")
+    .arg(&script)
+    .status_ok()?;
     step(
         &format!("ran {} jobs in parallel chroots", args.jobs),
         t.elapsed(),
-        &format!("at tag {oldest}"),
+        &format!("over stage demo + layer stack, at tag {oldest}"),
     );
     let mut packages: Vec<String> = fs::read_dir(&pkgdir)
         .with_context(|| format!("reading {}", pkgdir.display()))?
