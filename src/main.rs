@@ -28,7 +28,7 @@ use tracing_subscriber::EnvFilter;
     name = "portroot",
     version,
     propagate_version = true,
-    after_help = "Examples:\n  portroot snapshot import gentoo-20260820.tar.xz\n  portroot mount --tag 2026-08-20 /mnt/gentoo\n  portroot run --stage stage4 --tag 2026-08-20 --jobs 8 -- emerge -e world\n\nDefaults come from /etc/portroot/portroot.toml (or --config) and STORE/config.toml;\nsee `portroot config example` and `portroot config show`."
+    after_help = "Examples:\n  portroot snapshot sync\n  portroot snapshot import gentoo-20260820.tar.xz\n  portroot mount --tag 2026-08-20 /mnt/gentoo\n  portroot stage add stage4-amd64.tar.xz --name stage4\n  portroot run --stage stage4 --tag 2026-08-20 --jobs 8 -- emerge -e world\n  portroot snapshot push git@mirror.example:gentoo-snapshots.git\n\nDefaults come from /etc/portroot/portroot.toml (or --config) and STORE/config.toml;\nsee `portroot config example` and `portroot config show`."
 )]
 struct Cli {
     /// The store directory (repositories, stages, layers, runs, binpkgs).
@@ -64,14 +64,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Import, list and compare portage snapshots kept as git tags.
+    /// Sync, import, list, compare, push and fetch portage snapshots kept as git tags.
     #[command(subcommand)]
     Snapshot(cmd::snapshot::SnapshotCmd),
     /// Serve a tag (or every tag side by side) read-only from git objects.
     Mount(cmd::mount::MountArgs),
     /// Unmount a tree mounted by `portroot mount` and stop its daemon.
     Umount(cmd::mount::UmountArgs),
-    /// Add, list and remove stage tarballs unpacked once into the store.
+    /// Add, list, remove and export stage tarballs unpacked once into the store.
     #[command(subcommand)]
     Stage(cmd::stage::StageCmd),
     /// Keep a job's changes as a named layer that later chroots stack over the stage.

@@ -30,7 +30,7 @@ Examples:
     /// List the stages in the store.
     #[command(after_help = "Example:\n  portroot stage list")]
     List,
-    /// Remove a stage (refused while a run uses it).
+    /// Remove a stage (refused while a run, a kept chroot or a layer uses it).
     #[command(after_help = "\
 NAME is a stage name or a digest (prefix). Every name pointing at the stage
 goes with it.
