@@ -1,7 +1,8 @@
 //! Importing portage snapshot tarballs into git, and reading them back.
 //!
 //! ```text
-//! FILE --(gpgv)--> read: md5 + progress --> decompress --> tar entries   [reader thread]
+//! FILE --(gpgv)--> read: md5 + progress --> decompress                   [decoder thread]
+//!      --bounded channel of chunks--> tar entries, path checks             [reader thread]
 //!      --bounded channel--> blob ids, deflate                              [2 worker threads]
 //!      --bounded channel--> one pack, each object once; the tree            [calling thread]
 //!      --> trees bottom-up into the same pack --> checks --> install pack
@@ -62,7 +63,7 @@ const BATCH_ITEMS: usize = 128;
 const BATCH_BYTES: usize = 1 << 20;
 
 /// Threads hashing and deflating. Two, for this project's two-core build
-/// servers: with the reader thread that oversubscribes slightly, which keeps
+/// servers: with the decoder and reader threads that oversubscribes, which keeps
 /// both cores busy whichever half is slower.
 const WORKERS: usize = 2;
 
@@ -250,9 +251,9 @@ pub fn import_snapshot(store: &Store, opts: &ImportOptions, _lock: &ImportLock) 
         .map_err(Error::io("creating a directory in", &tmp_root))?;
     let mut pack = PackWriter::create(work.path())?;
 
-    // Reader thread: decompression and tar parsing. Workers: object ids and
-    // deflating (the heavier half on a Gentoo tree). This thread: pack writes
-    // and the tree. Measured in benches/import.rs.
+    // Reader thread: tar parsing, over a decoder thread of its own. Workers:
+    // object ids and deflating (the heavier half on a Gentoo tree). This
+    // thread: pack writes and the tree. Measured in benches/import.rs.
     let (tx, rx) = sync_channel::<Vec<Item>>(CHANNEL_DEPTH);
     let (done_tx, done_rx) = sync_channel::<Vec<Hashed>>(CHANNEL_DEPTH);
     let rx = Mutex::new(rx);
@@ -707,6 +708,13 @@ struct Streamed {
     entries: u64,
 }
 
+/// What the decoding thread learnt about the compressed stream.
+struct Decoded {
+    md5: Option<String>,
+    compressed: u64,
+    compression: Compression,
+}
+
 /// Counts and (optionally) md5-hashes the compressed bytes as they are read.
 struct TallyReader {
     file: File,
@@ -749,16 +757,27 @@ fn progress_bar(len: u64) -> indicatif::ProgressBar {
         .with_style(style)
 }
 
-/// The reader thread: decompress, walk the tar, check every entry, send the
-/// ones that belong in the tree. Returns `None` early if the packer hung up,
-/// which it only does after an error of its own.
-fn read_entries(
+/// Bytes of decompressed tar per chunk handed from the decoding thread to
+/// the tar parser.
+const CHUNK_BYTES: usize = 256 << 10;
+
+/// Chunks in flight between the decoding thread and the tar parser.
+const CHUNK_DEPTH: usize = 8;
+
+/// The decoding thread: read (md5, progress) and decompress the whole file,
+/// handing the decompressed bytes on in chunks, then an error if decoding
+/// failed. On two cores decompression alone fills one, so it runs on its own,
+/// while tar parsing and the per-entry copies and checks go with the rest.
+/// Returns `None` if decoding failed (the error went down the channel) or the
+/// parser hung up.
+fn decode(
+    file: File,
     path: &Path,
-    tx: SyncSender<Vec<Item>>,
+    tx: SyncSender<io::Result<Vec<u8>>>,
+    spare: Receiver<Vec<u8>>,
     progress: bool,
     want_md5: bool,
-) -> Result<Option<Streamed>> {
-    let file = File::open(path).map_err(Error::io("opening", path))?;
+) -> Result<Option<Decoded>> {
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     // A second handle on the same open file (same offset), to read whatever the
     // decompressor leaves behind into the md5.
@@ -772,6 +791,139 @@ fn read_entries(
         file,
         tally: Rc::clone(&tally),
     };
+    let (mut stream, compression) = match decompress(reader) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = tx.send(Err(e));
+            return Ok(None);
+        }
+    };
+    // Read to the very end of the compressed stream: only there does the
+    // decompressor check its trailer (xz's CRC, gzip's length), so a stream
+    // cut after the tar's last entry is still caught.
+    loop {
+        // Buffers come back from the parser once read, already initialised.
+        let mut buf = spare.try_recv().unwrap_or_else(|_| vec![0; CHUNK_BYTES]);
+        let mut filled = 0;
+        while filled < buf.len() {
+            match stream.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if filled > 0 {
+                        buf.truncate(filled);
+                        let _ = tx.send(Ok(buf));
+                    }
+                    let _ = tx.send(Err(e));
+                    return Ok(None);
+                }
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        buf.truncate(filled);
+        if tx.send(Ok(buf)).is_err() {
+            return Ok(None);
+        }
+    }
+    drop(tx);
+    drop(stream);
+    let mut rest = Vec::new();
+    tail.read_to_end(&mut rest)
+        .map_err(Error::io("reading", path))?;
+    let mut tally = tally.borrow_mut();
+    tally.add(&rest);
+    if let Some(bar) = tally.bar.take() {
+        bar.finish_and_clear();
+    }
+    Ok(Some(Decoded {
+        md5: tally.md5.take().map(|h| pack::hex(&h.finalize())),
+        compressed: tally.bytes,
+        compression,
+    }))
+}
+
+/// The tar parser's side of [`decode`]: its chunks as one byte stream.
+struct ChunkReader {
+    rx: Receiver<io::Result<Vec<u8>>>,
+    spare: SyncSender<Vec<u8>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.chunk.len() {
+            let next = match self.rx.recv() {
+                Ok(chunk) => chunk?,
+                // The decoder is done (or failed, and said so before).
+                Err(_) => return Ok(0),
+            };
+            let mut done = std::mem::replace(&mut self.chunk, next);
+            self.pos = 0;
+            if done.capacity() >= CHUNK_BYTES {
+                done.resize(CHUNK_BYTES, 0);
+                let _ = self.spare.try_send(done);
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// The reader thread: decompress (on a thread of its own, see [`decode`]),
+/// walk the tar, check every entry, send the ones that belong in the tree.
+/// Returns `None` early if the packer hung up, which it only does after an
+/// error of its own.
+fn read_entries(
+    path: &Path,
+    tx: SyncSender<Vec<Item>>,
+    progress: bool,
+    want_md5: bool,
+) -> Result<Option<Streamed>> {
+    let file = File::open(path).map_err(Error::io("opening", path))?;
+    let (chunk_tx, chunk_rx) = sync_channel(CHUNK_DEPTH);
+    let (spare_tx, spare_rx) = sync_channel(CHUNK_DEPTH);
+    let stream = ChunkReader {
+        rx: chunk_rx,
+        spare: spare_tx,
+        chunk: Vec::new(),
+        pos: 0,
+    };
+    std::thread::scope(|s| {
+        let decoder = s.spawn(move || decode(file, path, chunk_tx, spare_rx, progress, want_md5));
+        let parsed = parse_entries(path, stream, tx);
+        // The parser dropped its end of the channel, so the decoder stops.
+        let decoded = match decoder.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        let Some(entries) = parsed? else {
+            return Ok(None);
+        };
+        let decoded = decoded?.expect(
+            "invariant: the decoder reports its failures through the stream, which was read to its end",
+        );
+        Ok(Some(Streamed {
+            md5: decoded.md5,
+            compressed: decoded.compressed,
+            compression: decoded.compression,
+            entries,
+        }))
+    })
+}
+
+/// Walk the tar in `stream`; `Some(entries)` once all of it was read, `None`
+/// if the packer hung up.
+fn parse_entries(
+    path: &Path,
+    stream: ChunkReader,
+    tx: SyncSender<Vec<Item>>,
+) -> Result<Option<u64>> {
     let mut entries = 0u64;
     let tar_err = |entries: u64| {
         let path = path.to_owned();
@@ -781,7 +933,6 @@ fn read_entries(
             source: one_line(source),
         }
     };
-    let (stream, compression) = decompress(reader).map_err(tar_err(0))?;
     let mut archive = tar::Archive::new(stream);
     let mut splitter = PathSplitter::default();
     let mut batch = Vec::with_capacity(BATCH_ITEMS);
@@ -891,26 +1042,11 @@ fn read_entries(
         return Ok(None);
     }
     drop(tx);
-    // Read the compressed stream to its very end: only there does the
-    // decompressor check its trailer (xz's CRC, gzip's length), so a stream
-    // cut after the tar's last entry is still caught.
+    // Read the decompressed stream to its end, where the decoder reports a bad
+    // trailer, if any.
     let mut stream = archive.into_inner();
     io::copy(&mut stream, &mut io::sink()).map_err(tar_err(entries))?;
-    drop(stream);
-    let mut rest = Vec::new();
-    tail.read_to_end(&mut rest)
-        .map_err(Error::io("reading", path))?;
-    let mut tally = tally.borrow_mut();
-    tally.add(&rest);
-    if let Some(bar) = tally.bar.take() {
-        bar.finish_and_clear();
-    }
-    Ok(Some(Streamed {
-        md5: tally.md5.take().map(|h| pack::hex(&h.finalize())),
-        compressed: tally.bytes,
-        compression,
-        entries,
-    }))
+    Ok(Some(entries))
 }
 
 /// The tar reader quotes raw header bytes in some errors: keep the message to
