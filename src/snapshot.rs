@@ -327,16 +327,24 @@ pub fn import_snapshot(store: &Store, opts: &ImportOptions, _lock: &ImportLock) 
         .as_ref()
         .map(|r| r.odb().map_err(Error::git("opening the object database")))
         .transpose()?;
+    // The trees are handed to the pack as a whole, so that it can hash what it
+    // holds already while it deflates them (see `PackWriter::finish_with`).
+    let mut trees = Vec::new();
+    let mut new_trees = std::collections::HashSet::new();
     let root = consumed.tree.write(|bytes| {
         let oid = object_id(ObjectKind::Tree, bytes);
-        if !pack.contains(&oid) && !odb.as_ref().is_some_and(|o| o.exists(oid)) {
-            pack.add(ObjectKind::Tree, oid, bytes)?;
+        if !pack.contains(&oid)
+            && !new_trees.contains(&oid)
+            && !odb.as_ref().is_some_and(|o| o.exists(oid))
+        {
+            new_trees.insert(oid);
+            trees.push((ObjectKind::Tree, oid, bytes.to_vec()));
         }
         Ok(oid)
     })?;
     drop(odb);
-    let new_objects = pack.len();
-    let finished = pack.finish()?;
+    let finished = pack.finish_with(trees)?;
+    let new_objects = finished.as_ref().map_or(0, |f| f.objects);
 
     // Judge the snapshot against what the repository has.
     let tags = match &existing {

@@ -21,7 +21,8 @@
 //! exists.
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use flate2::{Compress, Compression, FlushCompress, Status};
@@ -207,46 +208,98 @@ impl PackWriter {
     /// Finish the pack: patch the object count, append the trailer, write the
     /// index. `None` (and no files) if no object was written.
     pub fn finish(self) -> Result<Option<FinishedPack>> {
+        self.finish_with(Vec::new())
+    }
+
+    /// Finish the pack as [`PackWriter::finish`] does, after appending `last`
+    /// (kind, id as [`object_id`] gives it, data; objects already in the pack
+    /// are skipped). The trailer's SHA-1 covers the object count in the
+    /// header, so it can only be computed once the count is known: knowing
+    /// `last` up front, the pack written so far is hashed on another thread
+    /// while these objects are deflated and appended.
+    pub fn finish_with(
+        mut self,
+        last: Vec<(ObjectKind, Oid, Vec<u8>)>,
+    ) -> Result<Option<FinishedPack>> {
+        let last: Vec<_> = last
+            .into_iter()
+            .filter(|(_, oid, _)| self.seen.insert(*oid))
+            .collect();
         let PackWriter {
             dir,
             path,
             out,
+            mut offset,
             mut entries,
+            mut deflater,
             ..
         } = self;
-        let mut file = out
+        let file = out
             .into_inner()
             .map_err(|e| Error::io("writing", &path)(e.into_error()))?;
-        if entries.is_empty() {
+        if entries.is_empty() && last.is_empty() {
             drop(file);
             fs::remove_file(&path).map_err(Error::io("removing", &path))?;
             return Ok(None);
         }
-        let count = u32::try_from(entries.len()).map_err(|_| {
+        let count = u32::try_from(entries.len() + last.len()).map_err(|_| {
             Error::io("writing", &path)(std::io::Error::other("more than 2^32 objects"))
         })?;
         let io = |a| Error::io(a, &path);
-        file.seek(SeekFrom::Start(8)).map_err(io("seeking in"))?;
-        file.write_all(&count.to_be_bytes())
+        file.write_all_at(&count.to_be_bytes(), 8)
             .map_err(io("writing"))?;
-        // The trailer covers the header, so hash the finished file once more;
-        // it was just written and is read back from the page cache.
-        file.seek(SeekFrom::Start(0)).map_err(io("seeking in"))?;
-        let mut h = Sha1::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = file.read(&mut buf).map_err(io("reading back"))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-        let checksum: [u8; 20] = h.finalize().into();
-        file.write_all(&checksum).map_err(io("writing"))?;
+        let written = offset;
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let checksum = std::thread::scope(|s| {
+            let file = &file;
+            // What is on disk is read back from the page cache; the objects
+            // appended meanwhile come over the channel, in order.
+            let hasher = s.spawn(move || -> std::io::Result<[u8; 20]> {
+                let mut h = Sha1::new();
+                let mut buf = vec![0u8; 1 << 20];
+                let mut pos = 0u64;
+                while pos < written {
+                    let n = buf.len().min((written - pos) as usize);
+                    file.read_exact_at(&mut buf[..n], pos)?;
+                    h.update(&buf[..n]);
+                    pos += n as u64;
+                }
+                for bytes in rx {
+                    h.update(&bytes);
+                }
+                Ok(h.finalize().into())
+            });
+            let appended = (|| -> std::io::Result<()> {
+                // Owned here, so that the hasher stops on an early return too.
+                let tx = tx;
+                let mut out = BufWriter::with_capacity(1 << 20, file);
+                for (kind, oid, data) in last {
+                    let packed = deflater.pack(kind, &data);
+                    out.write_all(&packed.bytes)?;
+                    entries.push(IdxEntry {
+                        oid,
+                        crc32: packed.crc32,
+                        offset,
+                    });
+                    offset += packed.bytes.len() as u64;
+                    // The hasher only stops early after an error of its own.
+                    let _ = tx.send(packed.bytes);
+                }
+                out.flush()
+            })();
+            let hashed = match hasher.join() {
+                Ok(r) => r,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            appended.map_err(io("writing"))?;
+            hashed.map_err(io("reading back"))
+        })?;
+        (&file).write_all(&checksum).map_err(io("writing"))?;
         file.sync_all().map_err(io("syncing"))?;
         drop(file);
 
-        entries.sort_unstable_by_key(|e| e.oid);
+        // Sort on integer keys: comparing git2 Oids goes through libgit2.
+        entries.sort_unstable_by_key(|e| oid_key(&e.oid));
         let idx = build_index(&entries, &checksum);
         let name = format!("pack-{}", hex(&checksum));
         let pack = dir.join(format!("{name}.pack"));
@@ -262,6 +315,17 @@ impl PackWriter {
             objects: entries.len(),
         }))
     }
+}
+
+/// An id as integers that sort in the id's byte order.
+fn oid_key(oid: &Oid) -> (u64, u64, u32) {
+    let b = oid.as_bytes();
+    let word = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+    (
+        word(0),
+        word(8),
+        u32::from_be_bytes(b[16..20].try_into().expect("4 bytes")),
+    )
 }
 
 /// A complete pack and index, still outside the repository.
@@ -394,7 +458,19 @@ mod tests {
             ids.push((oid, data));
         }
         assert_eq!(w.len(), 500);
-        let pack = w.finish().unwrap().unwrap();
+        // The last objects, handed over at the end, one of them twice and
+        // one already in the pack: each is written once.
+        let mut last = Vec::new();
+        for i in 0..50u32 {
+            let data = format!("last {i}\n").repeat(i as usize + 1).into_bytes();
+            let oid = object_id(ObjectKind::Blob, &data);
+            last.push((ObjectKind::Blob, oid, data.clone()));
+            ids.push((oid, data));
+        }
+        last.push(last[7].clone());
+        last.push((ObjectKind::Blob, ids[3].0, ids[3].1.clone()));
+        let pack = w.finish_with(last).unwrap().unwrap();
+        assert_eq!(pack.objects, 550);
         pack.install(&repo.path().join("objects/pack")).unwrap();
         let odb = repo.odb().unwrap();
         for (oid, data) in &ids {
