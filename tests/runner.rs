@@ -565,6 +565,8 @@ fn run_eight_parallel_jobs_isolated_and_collected() {
         echo host=$(hostname) pid=$$ init=$(cat /proc/1/cmdline | tr '\\0' ' ');\
         echo env=$(/usr/bin/env | sort | tr '\\n' ' ');\
         grep -h -e FEATURES -e PKGDIR -e main-repo -e location /etc/portage/make.conf /etc/portage/repos.conf/gentoo.conf;\
+        echo portage=$(su -s /bin/sh -c 'id -u; cat gentoo/metadata/timestamp.x' portage | tr '\\n' ' ');\
+        if su -s /bin/sh -c 'touch gentoo/x' portage 2>/dev/null; then echo portage-wrote; fi;\
         echo $(hostname) > /root/mine; echo pkg > /var/cache/binpkgs/$(hostname).gpkg.tar;\
         ls /root";
     let out = util::run(
@@ -604,6 +606,13 @@ fn run_eight_parallel_jobs_isolated_and_collected() {
             "job {i}: {log}"
         );
         assert!(!log.contains("host-secret"), "job {i}: {log}");
+        // Portage drops to its own user to read the tree: the FUSE mount,
+        // bound into the chroot, serves uid 250 too, and read-only.
+        assert!(
+            log.contains("portage=250 1787270400 2026-08-20\n"),
+            "job {i}: {log}"
+        );
+        assert!(!log.contains("portage-wrote"), "job {i}: {log}");
         // A login shell: the stage's /etc/profile ran.
         let marker = portroot::fixture::stage::PROFILE_MARKER;
         assert!(log.contains(&format!("{marker}=")), "job {i}: {log}");
