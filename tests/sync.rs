@@ -706,6 +706,85 @@ fn signatures_are_required_with_a_keyring_over_file_urls() {
     env2.assert_tmp_clean();
 }
 
+#[test]
+fn a_configured_keyring_is_required_until_no_verify_into_another_repo() {
+    let env = Env::new();
+    let p = env.mirror("mirror");
+    let url = format!("file://{}", env.path("mirror").display());
+    let gpg = Gpg::new();
+    let keyring = env.path("gentoo-release.gpg");
+    gpg.keyring(&keyring);
+    fs::create_dir_all(env.store()).unwrap();
+    fs::write(
+        env.store().join("config.toml"),
+        format!("keyring = \"{}\"\n", keyring.display()),
+    )
+    .unwrap();
+
+    // The mirror publishes no signatures: the configured keyring refuses it.
+    let before = env.state();
+    let err = util::fails(env.cmd().args(["snapshot", "sync", "--mirror", &url]), 1);
+    assert!(err.to_lowercase().contains("no signature"), "{err}");
+    assert_eq!(env.state(), before, "nothing changed");
+
+    // --no-verify skips both checks, says so once, and --repo picks the repo.
+    let out = util::run(env.cmd().args([
+        "snapshot",
+        "sync",
+        "--mirror",
+        &url,
+        "--no-verify",
+        "--repo",
+        "other",
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one warning: {stderr}");
+    assert!(stderr.contains("--no-verify"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!("imported {}", tag_of(p.newest))),
+        "{stdout}"
+    );
+    let other = env.store().join("repos/other.git");
+    assert_eq!(git(&other, &["tag", "-l"]).trim(), tag_of(p.newest));
+    assert!(!env.store().join("repos/gentoo.git").exists());
+    env.assert_tmp_clean();
+
+    // A wrong md5 sum is refused (before the missing signature), and accepted
+    // only when nothing is checked.
+    let older = env
+        .path("mirror/snapshots")
+        .join(format!("portage-{}.tar.bz2.md5sum", compact(p.older)));
+    fs::write(
+        &older,
+        format!("{}  portage-{}.tar.bz2\n", "0".repeat(32), compact(p.older)),
+    )
+    .unwrap();
+    let err = util::fails(
+        env.cmd()
+            .args(["snapshot", "sync", "--mirror", &url, "--revert"])
+            .arg(compact(p.older))
+            .args(["--repo", "other"]),
+        1,
+    );
+    assert!(err.contains("md5 mismatch"), "{err}");
+    let out = util::ok(
+        env.cmd()
+            .args(["snapshot", "sync", "--mirror", &url, "--revert"])
+            .arg(compact(p.older))
+            .args(["--repo", "other", "--no-verify"]),
+    );
+    assert!(out.contains(&tag_of(p.older)), "{out}");
+    let mut tags: Vec<String> = git(&other, &["tag", "-l"])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    tags.sort();
+    assert_eq!(tags, [tag_of(p.older), tag_of(p.newest)]);
+    env.assert_tmp_clean();
+}
+
 /// Every file of `tag` in the bare repository `repo`: path -> (mode, content).
 fn git_tree(repo: &Path, tag: &str) -> BTreeMap<String, (u32, Vec<u8>)> {
     let repo = git2::Repository::open_bare(repo).unwrap();
