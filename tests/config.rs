@@ -4,7 +4,6 @@
 //! threads), with flags overriding each.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -266,61 +265,12 @@ fn store_config_repo_is_the_default_and_the_flag_overrides_it() {
     assert!(err.contains("gentoo"), "{err}");
 }
 
-/// A throwaway GnuPG home with one signing key; kills its agent on drop.
-struct Gpg {
-    home: tempfile::TempDir,
-}
-
-impl Gpg {
-    fn new() -> Gpg {
-        let home = tempfile::tempdir().unwrap();
-        fs::set_permissions(home.path(), fs::Permissions::from_mode(0o700)).unwrap();
-        let g = Gpg { home };
-        g.run(&[
-            "--quick-gen-key",
-            "--passphrase",
-            "",
-            "Snapshot Signer <snap@example.org>",
-            "ed25519",
-            "sign",
-            "never",
-        ]);
-        g
-    }
-
-    fn run(&self, args: &[&str]) {
-        let out = Command::new("gpg")
-            .arg("--batch")
-            .arg("--pinentry-mode=loopback")
-            .arg("--homedir")
-            .arg(self.home.path())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "gpg {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Gpg {
-    fn drop(&mut self) {
-        let _ = Command::new("gpgconf")
-            .arg("--homedir")
-            .arg(self.home.path())
-            .args(["--kill", "all"])
-            .status();
-    }
-}
-
 #[test]
 fn configured_keyring_requires_a_signature_on_import() {
     let env = Env::new();
-    let gpg = Gpg::new();
+    let gpg = util::Gpg::new();
     let keyring = env.tmp.path().join("gentoo-release.gpg");
-    gpg.run(&["--yes", "--output", keyring.to_str().unwrap(), "--export"]);
+    gpg.keyring(&keyring);
     env.store_config(&format!("keyring = \"{}\"\n", keyring.display()));
 
     let tree = PortageTree::small(21);
@@ -343,30 +293,16 @@ fn configured_keyring_requires_a_signature_on_import() {
 
     // Signed, the next snapshot goes in with the configured keyring.
     let next = env.snapshot(&tree.next_day());
-    let sig = format!("{}.gpgsig", next.display());
-    gpg.run(&[
-        "--yes",
-        "--detach-sign",
-        "--output",
-        &sig,
-        next.to_str().unwrap(),
-    ]);
+    gpg.sign(&next);
     let out = util::ok(env.portroot().args(["snapshot", "import"]).arg(&next));
     assert!(out.starts_with("imported 2026-08-21"), "{out}");
     // And a keyring given as a flag wins over the configured one: a keyring
     // without the signer's key refuses the same signature.
-    let stranger = Gpg::new();
+    let stranger = util::Gpg::new();
     let other = env.tmp.path().join("other.gpg");
-    stranger.run(&["--yes", "--output", other.to_str().unwrap(), "--export"]);
+    stranger.keyring(&other);
     let third = env.snapshot(&tree.next_day().next_day());
-    let sig = format!("{}.gpgsig", third.display());
-    gpg.run(&[
-        "--yes",
-        "--detach-sign",
-        "--output",
-        &sig,
-        third.to_str().unwrap(),
-    ]);
+    gpg.sign(&third);
     let err = util::fails(
         env.portroot()
             .args(["snapshot", "import", "--keyring"])

@@ -678,74 +678,10 @@ fn md5_mismatch_is_refused() {
     assert!(out.starts_with("imported 2026-08-22"), "{out}");
 }
 
-/// A throwaway GnuPG home with one signing key; kills its agent on drop.
-struct Gpg {
-    home: tempfile::TempDir,
-}
-
-impl Gpg {
-    fn new() -> Gpg {
-        let home = tempfile::tempdir().unwrap();
-        fs::set_permissions(home.path(), fs::Permissions::from_mode(0o700)).unwrap();
-        let g = Gpg { home };
-        g.run(&[
-            "--quick-gen-key",
-            "--passphrase",
-            "",
-            "Snapshot Signer <snap@example.org>",
-            "ed25519",
-            "sign",
-            "never",
-        ]);
-        g
-    }
-
-    fn run(&self, args: &[&str]) {
-        let out = Command::new("gpg")
-            .arg("--batch")
-            .arg("--pinentry-mode=loopback")
-            .arg("--homedir")
-            .arg(self.home.path())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "gpg {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn sign(&self, file: &Path) {
-        let sig = format!("{}.gpgsig", file.display());
-        self.run(&[
-            "--yes",
-            "--detach-sign",
-            "--output",
-            &sig,
-            file.to_str().unwrap(),
-        ]);
-    }
-
-    fn keyring(&self, dest: &Path) {
-        self.run(&["--yes", "--output", dest.to_str().unwrap(), "--export"]);
-    }
-}
-
-impl Drop for Gpg {
-    fn drop(&mut self) {
-        let _ = Command::new("gpgconf")
-            .arg("--homedir")
-            .arg(self.home.path())
-            .args(["--kill", "all"])
-            .status();
-    }
-}
-
 #[test]
 fn signatures_are_checked_with_gpgv() {
     let (env, next) = store_with_one_snapshot();
-    let gpg = Gpg::new();
+    let gpg = util::Gpg::new();
     let keyring = env.scratch("keys").join("gentoo-release.gpg");
     gpg.keyring(&keyring);
     let key = keyring.to_str().unwrap();
@@ -761,7 +697,7 @@ fn signatures_are_checked_with_gpgv() {
     .unwrap();
     env.refused(&file, &["--keyring", key], "signature check of");
     // Signed by a key the keyring does not hold.
-    let stranger = Gpg::new();
+    let stranger = util::Gpg::new();
     stranger.sign(&file);
     env.refused(&file, &["--keyring", key], "signature check of");
 

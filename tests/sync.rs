@@ -570,70 +570,6 @@ fn no_snapshot_within_max_age_is_refused_in_one_line() {
     assert!(err.contains("only http, https, file://"), "{err}");
 }
 
-/// A throwaway OpenPGP key in its own GNUPGHOME.
-struct Gpg {
-    home: tempfile::TempDir,
-}
-
-impl Gpg {
-    fn new() -> Gpg {
-        let home = tempfile::tempdir().unwrap();
-        fs::set_permissions(home.path(), fs::Permissions::from_mode(0o700)).unwrap();
-        let g = Gpg { home };
-        g.run(&[
-            "--quick-gen-key",
-            "--passphrase",
-            "",
-            "Snapshot Signer <snap@example.org>",
-            "ed25519",
-            "sign",
-            "never",
-        ]);
-        g
-    }
-
-    fn run(&self, args: &[&str]) {
-        let out = Command::new("gpg")
-            .arg("--batch")
-            .arg("--pinentry-mode=loopback")
-            .arg("--homedir")
-            .arg(self.home.path())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "gpg {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Sign `what`, writing the signature to `sig`.
-    fn sign_to(&self, what: &Path, sig: &Path) {
-        self.run(&[
-            "--yes",
-            "--detach-sign",
-            "--output",
-            sig.to_str().unwrap(),
-            what.to_str().unwrap(),
-        ]);
-    }
-
-    fn keyring(&self, dest: &Path) {
-        self.run(&["--yes", "--output", dest.to_str().unwrap(), "--export"]);
-    }
-}
-
-impl Drop for Gpg {
-    fn drop(&mut self) {
-        let _ = Command::new("gpgconf")
-            .arg("--homedir")
-            .arg(self.home.path())
-            .args(["--kill", "all"])
-            .status();
-    }
-}
-
 #[test]
 fn signatures_are_required_with_a_keyring_over_file_urls() {
     let env = Env::new();
@@ -643,7 +579,7 @@ fn signatures_are_required_with_a_keyring_over_file_urls() {
         .path("mirror/snapshots")
         .join(format!("gentoo-{}.tar.xz", compact(p.newest)));
     let sig = PathBuf::from(format!("{}.gpgsig", tarball.display()));
-    let gpg = Gpg::new();
+    let gpg = util::Gpg::new();
     let keyring = env.path("gentoo-release.gpg");
     gpg.keyring(&keyring);
     let sync = |env: &Env| {
@@ -668,7 +604,7 @@ fn signatures_are_required_with_a_keyring_over_file_urls() {
     );
     refused("bad signature");
     // Signed by a key the keyring does not hold.
-    let stranger = Gpg::new();
+    let stranger = util::Gpg::new();
     stranger.sign_to(&tarball, &sig);
     refused("no public key");
 
@@ -711,7 +647,7 @@ fn a_configured_keyring_is_required_until_no_verify_into_another_repo() {
     let env = Env::new();
     let p = env.mirror("mirror");
     let url = format!("file://{}", env.path("mirror").display());
-    let gpg = Gpg::new();
+    let gpg = util::Gpg::new();
     let keyring = env.path("gentoo-release.gpg");
     gpg.keyring(&keyring);
     fs::create_dir_all(env.store()).unwrap();

@@ -105,3 +105,78 @@ pub fn assert_no_mounts_under(dir: &Path) {
         .collect();
     assert!(leaked.is_empty(), "mounts left under {dir}: {leaked:?}");
 }
+
+/// A throwaway GnuPG home with one signing key; kills its agent on drop.
+pub struct Gpg {
+    home: tempfile::TempDir,
+}
+
+impl Gpg {
+    pub fn new() -> Gpg {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            home.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        let g = Gpg { home };
+        g.run(&[
+            "--quick-gen-key",
+            "--passphrase",
+            "",
+            "Snapshot Signer <snap@example.org>",
+            "ed25519",
+            "sign",
+            "never",
+        ]);
+        g
+    }
+
+    /// Run gpg on this home, in batch mode; panics if it fails.
+    pub fn run(&self, args: &[&str]) {
+        let out = Command::new("gpg")
+            .arg("--batch")
+            .arg("--pinentry-mode=loopback")
+            .arg("--homedir")
+            .arg(self.home.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Sign `what`, writing the detached signature to `sig`.
+    pub fn sign_to(&self, what: &Path, sig: &Path) {
+        self.run(&[
+            "--yes",
+            "--detach-sign",
+            "--output",
+            sig.to_str().unwrap(),
+            what.to_str().unwrap(),
+        ]);
+    }
+
+    /// Sign `file`, writing `FILE.gpgsig` beside it.
+    pub fn sign(&self, file: &Path) {
+        self.sign_to(file, &PathBuf::from(format!("{}.gpgsig", file.display())));
+    }
+
+    /// Export the public key into the keyring file `dest`.
+    pub fn keyring(&self, dest: &Path) {
+        self.run(&["--yes", "--output", dest.to_str().unwrap(), "--export"]);
+    }
+}
+
+impl Drop for Gpg {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .arg("--homedir")
+            .arg(self.home.path())
+            .args(["--kill", "all"])
+            .status();
+    }
+}
