@@ -7,7 +7,8 @@
 //! size stays within the budget plus a bounded overhead whatever is read. An
 //! object larger than the whole budget is served but not kept.
 
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::{Arc, Condvar, Mutex};
 
 use git2::Oid;
 use lru::LruCache;
@@ -51,6 +52,30 @@ struct Inner {
 pub struct ObjectCache {
     budget: usize,
     inner: Mutex<Inner>,
+    /// Blobs someone (a reader or the prefetcher) is inflating right now, so
+    /// the other waits for the result instead of doing the same work.
+    inflating: Mutex<HashSet<Oid>>,
+    inflated: Condvar,
+}
+
+/// The right to inflate one blob; released on drop, waking those waiting.
+#[derive(Debug)]
+pub struct Claim<'a> {
+    cache: &'a ObjectCache,
+    oid: Oid,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut set = self
+            .cache
+            .inflating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        set.remove(&self.oid);
+        drop(set);
+        self.cache.inflated.notify_all();
+    }
 }
 
 impl std::fmt::Debug for ObjectCache {
@@ -71,6 +96,28 @@ impl ObjectCache {
                 lru: LruCache::unbounded(),
                 bytes: 0,
             }),
+            inflating: Mutex::new(HashSet::new()),
+            inflated: Condvar::new(),
+        }
+    }
+
+    /// Claim `oid` for inflating, or `None` if someone else is at it.
+    pub fn claim(&self, oid: Oid) -> Option<Claim<'_>> {
+        let fresh = self
+            .inflating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(oid);
+        // Built only when taken: dropping a `Claim` releases the blob.
+        fresh.then(|| Claim { cache: self, oid })
+    }
+
+    /// Wait until nobody is inflating `oid` (its result, if any, is then in
+    /// the cache).
+    pub fn wait_for(&self, oid: Oid) {
+        let mut set = self.inflating.lock().unwrap_or_else(|p| p.into_inner());
+        while set.contains(&oid) {
+            set = self.inflated.wait(set).unwrap_or_else(|p| p.into_inner());
         }
     }
 

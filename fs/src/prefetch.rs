@@ -141,6 +141,10 @@ fn run(
             if cache.contains(&oid) {
                 continue;
             }
+            // A reader is inflating it itself.
+            let Some(claim) = cache.claim(oid) else {
+                continue;
+            };
             match store.blob_size(oid) {
                 Ok(size) if size <= MAX_BLOB => {}
                 Ok(_) => continue,
@@ -157,8 +161,9 @@ fn run(
                     for (o, i, b) in std::mem::take(&mut again) {
                         push(o, i, &b, &mut Vec::new());
                     }
+                    cache.insert(oid, Cached::Blob(blob.clone()));
+                    drop(claim);
                     push(oid, ino, &blob, &mut again);
-                    cache.insert(oid, Cached::Blob(blob));
                 }
                 Err(e) => debug!(%oid, error = %e, "prefetch: read failed"),
             }
