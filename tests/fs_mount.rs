@@ -282,6 +282,49 @@ fn fs_mount_two_tags_match_git_archive() {
     }
 }
 
+/// Turn on FUSE over io_uring for mounts made from now on (root; Linux
+/// 6.14+). `.ci/run` does the same before the tests; a kernel without the
+/// parameter fails here, loudly, rather than skip the io_uring path.
+fn enable_io_uring() {
+    let param = portroot_fs::ring::ENABLE_PARAM;
+    if !portroot_fs::ring::kernel_allows() {
+        fs::write(param, "1")
+            .unwrap_or_else(|e| panic!("cannot enable FUSE over io_uring: {param}: {e}"));
+    }
+}
+
+#[test]
+fn fs_mount_io_uring_and_dev_fuse_serve_the_same_tree() {
+    if !util::require_root() {
+        return;
+    }
+    enable_io_uring();
+    let fx = Fixture::new();
+    let expected = fx.archive(TAG2);
+    for mode in [portroot_fs::IoUring::On, portroot_fs::IoUring::Off] {
+        let at = mountpoint();
+        let opts = MountOptions {
+            io_uring: mode,
+            ..MountOptions::default()
+        };
+        let m = portroot_fs::mount(&fx.git_dir(), View::Ref(TAG2.into()), at.path(), &opts)
+            .expect("mount");
+        assert_same_tree(expected.path(), at.path(), TIME2);
+        // A write through either transport is refused the same way.
+        let err = fs::write(at.path().join("new-file"), "x").expect_err("read-only");
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{mode:?}");
+        if mode == portroot_fs::IoUring::On {
+            assert!(m.transport().starts_with("io_uring"), "{}", m.transport());
+            assert!(m.ring_requests() > 0, "requests came through the rings");
+        } else {
+            assert_eq!(m.transport(), "/dev/fuse");
+            assert_eq!(m.ring_requests(), 0);
+        }
+        m.unmount().expect("unmount");
+        util::assert_no_mounts_under(at.path());
+    }
+}
+
 #[test]
 fn fs_mount_all_tags_view_has_latest_and_new_tags() {
     if !util::require_root() {

@@ -79,6 +79,9 @@ pub enum FsError {
         /// Why: does not exist, not a directory, not empty, already mounted.
         why: &'static str,
     },
+    /// FUSE over io_uring was asked for and cannot be had.
+    #[error("FUSE over io_uring: {0}")]
+    IoUring(String),
     /// An io error on a named path.
     #[error("{what} {path}")]
     Io {

@@ -159,6 +159,8 @@ pub struct GitFs {
     pages: Arc<OnceLock<fuser::Notifier>>,
     /// File reads so far, and their count at the last READDIRPLUS.
     reads: AtomicU64,
+    /// Reads that had to inflate the blob themselves.
+    misses: AtomicU64,
     reads_at_listing: AtomicU64,
     /// `Some` in the all-tags view.
     tags: Option<Arc<TagSource>>,
@@ -215,6 +217,7 @@ impl GitFs {
             ahead: Mutex::new(HashMap::new()),
             pages,
             reads: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
             reads_at_listing: AtomicU64::new(0),
             inodes,
             tags,
@@ -249,7 +252,7 @@ impl GitFs {
         self.inodes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn node(&self, ino: Ino) -> Result<(NodeData, Ino, Option<u64>)> {
+    pub(crate) fn node(&self, ino: Ino) -> Result<(NodeData, Ino, Option<u64>)> {
         let n = self.inodes().get(ino).ok_or(FsError::UnknownInode(ino.0))?;
         Ok((n.data, n.parent, n.size))
     }
@@ -454,18 +457,36 @@ impl GitFs {
         self.reads.fetch_add(1, Ordering::Relaxed);
         let blob = match self.cache.get(&data.oid) {
             Some(Cached::Blob(b)) => b,
-            _ => {
-                let b = self.store.read_blob(data.oid)?;
-                self.cache.insert(data.oid, Cached::Blob(b.clone()));
-                self.read_ahead(parent, data.oid);
-                b
-            }
+            _ => self.inflate(parent, data.oid)?,
         };
         let start = usize::try_from(offset)
             .unwrap_or(usize::MAX)
             .min(blob.len());
         let end = start.saturating_add(size as usize).min(blob.len());
         Ok((blob, start..end))
+    }
+
+    /// A blob the cache does not have: inflate it, unless the prefetcher is
+    /// inflating it right now, in which case wait for its result (the two
+    /// otherwise march through a directory in step, both inflating each file).
+    fn inflate(&self, parent: Ino, oid: Oid) -> Result<Arc<[u8]>> {
+        match self.cache.claim(oid) {
+            Some(_claim) => {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                let b = self.store.read_blob(oid)?;
+                self.cache.insert(oid, Cached::Blob(b.clone()));
+                self.read_ahead(parent, oid);
+                Ok(b)
+            }
+            None => {
+                self.cache.wait_for(oid);
+                match self.cache.get(&oid) {
+                    Some(Cached::Blob(b)) => Ok(b),
+                    // It failed there, or did not fit the budget: do it here.
+                    _ => self.store.read_blob(oid),
+                }
+            }
+        }
     }
 
     /// After a read of `oid` in directory `parent` missed the cache, ask the
@@ -653,7 +674,7 @@ impl GitFs {
         Err(FsError::NoAttr)
     }
 
-    fn reply_err(&self, op: &str, ino: u64, err: &FsError) -> Errno {
+    pub(crate) fn reply_err(&self, op: &str, ino: u64, err: &FsError) -> Errno {
         let errno = err.errno();
         if errno == Errno::ENOENT {
             trace!(op, ino, error = %err, "not found");
@@ -736,8 +757,41 @@ fn refs_stamp(git_dir: &Path) -> Vec<Option<(SystemTime, u64, u64)>> {
         .collect()
 }
 
+impl Drop for GitFs {
+    fn drop(&mut self) {
+        debug!(
+            reads = self.reads.load(Ordering::Relaxed),
+            inflated_by_reads = self.misses.load(Ordering::Relaxed),
+            "filesystem done"
+        );
+    }
+}
+
+/// The filesystem as fuser serves it: the [`GitFs`], shared with the io_uring
+/// queue threads, and whether to ask the kernel for FUSE over io_uring.
+#[derive(Debug)]
+pub struct Served {
+    fs: Arc<GitFs>,
+    /// Set when queue threads stand ready; true after INIT if the kernel
+    /// agreed to send requests through them.
+    uring: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl Served {
+    /// Serve `fs`; with `uring`, ask for FUSE over io_uring at INIT and record
+    /// there whether the kernel agreed.
+    pub fn new(fs: Arc<GitFs>, uring: Option<Arc<std::sync::atomic::AtomicBool>>) -> Served {
+        Served { fs, uring }
+    }
+}
+
+/// The largest write the kernel may send. Nothing is ever written; a small
+/// value keeps every io_uring queue entry's buffer at the 1 MiB of the
+/// largest read (256 pages) rather than fuser's 16 MiB.
+pub const MAX_WRITE: u32 = 1 << 20;
+
 /// The fuser adapters: each turns an inner result into a reply.
-impl fuser::Filesystem for GitFs {
+impl fuser::Filesystem for Served {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // READDIRPLUS answers a listing with every entry's attributes, so a
         // walk that stats what it lists (find, tar, portage's cache checks)
@@ -749,50 +803,61 @@ impl fuser::Filesystem for GitFs {
         let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS;
-        if self.tags.is_none() {
+        if self.fs.tags.is_none() {
             wanted |= InitFlags::FUSE_CACHE_SYMLINKS;
         }
         let have = config.capabilities();
+        // FUSE over io_uring: each CPU gets a queue served by a thread pinned
+        // to it, so a request is answered on the CPU that made it instead of
+        // waking a daemon thread on another one (see `ring`).
+        if let Some(flag) = &self.uring {
+            let agreed = have.contains(InitFlags::FUSE_OVER_IO_URING);
+            if agreed {
+                wanted |= InitFlags::FUSE_OVER_IO_URING;
+            }
+            flag.store(agreed, Ordering::SeqCst);
+        }
         if let Err(missing) = config.add_capabilities(wanted & have) {
             debug!(?missing, "kernel lacks some FUSE capabilities");
         }
+        let _ = config.set_max_write(MAX_WRITE);
         debug!(requested = ?(wanted & have), "FUSE capabilities");
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         trace!(parent = parent.0, ?name, "lookup");
-        match self.lookup(Ino(parent.0), name) {
+        match self.fs.lookup(Ino(parent.0), name) {
             Ok(attr) => reply.entry(
-                &self.ttl(Ino(attr.ino.0), Ino(parent.0)),
+                &self.fs.ttl(Ino(attr.ino.0), Ino(parent.0)),
                 &attr,
                 Generation(0),
             ),
-            Err(e) => reply.error(self.reply_err("lookup", parent.0, &e)),
+            Err(e) => reply.error(self.fs.reply_err("lookup", parent.0, &e)),
         }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         trace!(ino = ino.0, nlookup, "forget");
-        GitFs::forget(self, Ino(ino.0), nlookup);
+        GitFs::forget(&self.fs, Ino(ino.0), nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         trace!(ino = ino.0, "getattr");
-        match self.getattr(Ino(ino.0)) {
+        match self.fs.getattr(Ino(ino.0)) {
             Ok(attr) => {
-                let parent = self.node(Ino(ino.0)).map_or(Ino::ROOT, |n| n.1);
-                reply.attr(&self.ttl(Ino(ino.0), parent), &attr)
+                let parent = self.fs.node(Ino(ino.0)).map_or(Ino::ROOT, |n| n.1);
+                reply.attr(&self.fs.ttl(Ino(ino.0), parent), &attr)
             }
-            Err(e) => reply.error(self.reply_err("getattr", ino.0, &e)),
+            Err(e) => reply.error(self.fs.reply_err("getattr", ino.0, &e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         trace!(ino = ino.0, "readlink");
-        match self.readlink(Ino(ino.0)) {
+        match self.fs.readlink(Ino(ino.0)) {
             Ok(target) => reply.data(&target),
-            Err(e) => reply.error(self.reply_err("readlink", ino.0, &e)),
+            Err(e) => reply.error(self.fs.reply_err("readlink", ino.0, &e)),
         }
     }
 
@@ -835,9 +900,9 @@ impl fuser::Filesystem for GitFs {
         reply: ReplyData,
     ) {
         trace!(ino = ino.0, offset, size, "read");
-        match self.read(Ino(ino.0), offset, size) {
+        match self.fs.read(Ino(ino.0), offset, size) {
             Ok((blob, range)) => reply.data(&blob[range]),
-            Err(e) => reply.error(self.reply_err("read", ino.0, &e)),
+            Err(e) => reply.error(self.fs.reply_err("read", ino.0, &e)),
         }
     }
 
@@ -850,7 +915,7 @@ impl fuser::Filesystem for GitFs {
         mut reply: ReplyDirectory,
     ) {
         trace!(ino = ino.0, offset, "readdir");
-        let res = self.readdir(Ino(ino.0), offset, |it| {
+        let res = self.fs.readdir(Ino(ino.0), offset, |it| {
             reply.add(
                 INodeNo(it.ino.0),
                 it.next,
@@ -860,7 +925,7 @@ impl fuser::Filesystem for GitFs {
         });
         match res {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(self.reply_err("readdir", ino.0, &e)),
+            Err(e) => reply.error(self.fs.reply_err("readdir", ino.0, &e)),
         }
     }
 
@@ -873,7 +938,7 @@ impl fuser::Filesystem for GitFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         trace!(ino = ino.0, offset, "readdirplus");
-        let res = self.readdirplus(Ino(ino.0), offset, |it, attr, ttl| {
+        let res = self.fs.readdirplus(Ino(ino.0), offset, |it, attr, ttl| {
             reply.add(
                 INodeNo(it.ino.0),
                 it.next,
@@ -885,13 +950,13 @@ impl fuser::Filesystem for GitFs {
         });
         match res {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(self.reply_err("readdirplus", ino.0, &e)),
+            Err(e) => reply.error(self.fs.reply_err("readdirplus", ino.0, &e)),
         }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         trace!("statfs");
-        let files = self.inode_count() as u64;
+        let files = self.fs.inode_count() as u64;
         reply.statfs(
             0,
             0,
@@ -906,26 +971,26 @@ impl fuser::Filesystem for GitFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, _size: u32, reply: ReplyXattr) {
         trace!(ino = ino.0, ?name, "getxattr");
-        if let Err(e) = self.getxattr(Ino(ino.0)) {
-            reply.error(self.reply_err("getxattr", ino.0, &e));
+        if let Err(e) = self.fs.getxattr(Ino(ino.0)) {
+            reply.error(self.fs.reply_err("getxattr", ino.0, &e));
         }
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         trace!(ino = ino.0, "listxattr");
-        match self.node(Ino(ino.0)) {
+        match self.fs.node(Ino(ino.0)) {
             Ok(_) if size == 0 => reply.size(0),
             Ok(_) => reply.data(&[]),
-            Err(e) => reply.error(self.reply_err("listxattr", ino.0, &e)),
+            Err(e) => reply.error(self.fs.reply_err("listxattr", ino.0, &e)),
         }
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         trace!(ino = ino.0, %mask, "access");
-        match self.node(Ino(ino.0)) {
+        match self.fs.node(Ino(ino.0)) {
             Ok(_) if mask.contains(AccessFlags::W_OK) => reply.error(Errno::EROFS),
             Ok(_) => reply.ok(),
-            Err(e) => reply.error(self.reply_err("access", ino.0, &e)),
+            Err(e) => reply.error(self.fs.reply_err("access", ino.0, &e)),
         }
     }
 

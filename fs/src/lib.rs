@@ -17,9 +17,11 @@ pub mod error;
 pub mod filesystem;
 pub mod inode;
 pub mod prefetch;
+pub mod ring;
 pub mod store;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -41,6 +43,24 @@ pub enum View {
     AllTags,
 }
 
+/// Whether requests come through FUSE over io_uring (see [`ring`]).
+///
+/// Off by default: after a SIGKILL of a daemon serving through io_uring,
+/// fusermount3's auto-unmount was seen to leave the dead mount in place (the
+/// connection ends only after the kernel has torn the rings down), and a
+/// killed daemon must not leave a dead mount behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoUring {
+    /// When the kernel offers it (`fuse.enable_uring=1`, Linux 6.14+);
+    /// otherwise through `/dev/fuse`.
+    Auto,
+    /// Always; the mount fails if the kernel does not offer it.
+    On,
+    /// Never: every request through `/dev/fuse`.
+    #[default]
+    Off,
+}
+
 /// How to mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOptions {
@@ -55,6 +75,8 @@ pub struct MountOptions {
     pub auto_unmount: bool,
     /// The source shown in /proc/mounts; empty means `portroot:<repo>@<ref>`.
     pub fsname: String,
+    /// FUSE over io_uring.
+    pub io_uring: IoUring,
 }
 
 /// The default cache budget: 256 MiB.
@@ -68,6 +90,7 @@ impl Default for MountOptions {
             allow_other: true,
             auto_unmount: true,
             fsname: String::new(),
+            io_uring: IoUring::Off,
         }
     }
 }
@@ -79,6 +102,9 @@ pub struct MountedFs {
     mountpoint: PathBuf,
     tree_id: Option<git2::Oid>,
     watcher: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    /// The io_uring queue threads, when requests come through them.
+    rings: Option<ring::Rings>,
+    ring_requests: Arc<AtomicU64>,
 }
 
 impl MountedFs {
@@ -90,6 +116,19 @@ impl MountedFs {
     /// The served tree in the single-ref view.
     pub fn tree_id(&self) -> Option<git2::Oid> {
         self.tree_id
+    }
+
+    /// How requests reach the daemon: `io_uring (N queues)` or `/dev/fuse`.
+    pub fn transport(&self) -> String {
+        match &self.rings {
+            Some(r) => format!("io_uring ({} queues)", r.queues()),
+            None => "/dev/fuse".to_owned(),
+        }
+    }
+
+    /// Requests answered through io_uring so far.
+    pub fn ring_requests(&self) -> u64 {
+        self.ring_requests.load(Ordering::Relaxed)
     }
 
     /// Whether the FUSE session has ended (someone unmounted it from outside).
@@ -128,6 +167,12 @@ impl MountedFs {
                     source,
                 })
             }
+        }
+        // The connection is gone, so every queue thread has had its entries
+        // cancelled and is ending.
+        if let Some(rings) = self.rings.take() {
+            rings.join();
+            debug!(requests = self.ring_requests(), "io_uring queues done");
         }
         info!(mountpoint = %self.mountpoint.display(), elapsed_ms = started.elapsed().as_millis() as u64, "unmounted");
         Ok(())
@@ -298,18 +343,56 @@ pub fn mount(
     let tree_id = fs.resolved().map(|r| r.tree);
     let tags = fs.tag_source();
     let pages = fs.page_pusher();
-    let session = fuser::Session::new(fs, &mountpoint, &config)
-        .inspect(|s| {
-            // The prefetcher pushes what it inflated into the kernel's page
-            // cache through this, so those reads never reach the daemon.
-            let _ = pages.set(s.notifier());
-        })
-        .and_then(fuser::Session::spawn)
-        .map_err(|source| FsError::Io {
-            what: "mounting fuse on",
-            path: mountpoint.clone(),
-            source,
-        })?;
+    let mut rings = prepare_rings(opts.io_uring)?;
+    let agreed = Arc::new(AtomicBool::new(false));
+    let fs = Arc::new(fs);
+    let served = filesystem::Served::new(fs.clone(), rings.as_ref().map(|_| agreed.clone()));
+    let io = |what, source| FsError::Io {
+        what,
+        path: mountpoint.clone(),
+        source,
+    };
+    // The FUSE handshake (INIT) is over when this returns.
+    let session =
+        fuser::Session::new(served, &mountpoint, &config).map_err(|e| io("mounting fuse on", e))?;
+    // The prefetcher pushes what it inflated into the kernel's page cache
+    // through this, so those reads never reach the daemon.
+    let _ = pages.set(session.notifier());
+    let mut ring_requests = Arc::new(AtomicU64::new(0));
+    if let Some(r) = rings.as_mut() {
+        let declined = || FsError::IoUring("the kernel declined it at INIT".into());
+        let result = if agreed.load(Ordering::SeqCst) {
+            // Registration must happen before anything else uses the mount:
+            // the kernel holds every request until all queues are registered.
+            use std::os::fd::AsFd;
+            session
+                .as_fd()
+                .try_clone_to_owned()
+                .and_then(|dev| r.serve(&dev, &fs))
+                .map_err(|e| FsError::IoUring(e.to_string()))
+        } else {
+            Err(declined())
+        };
+        match result {
+            Ok(()) => {
+                ring_requests = r.served();
+                debug!(queues = r.queues(), "requests come through io_uring");
+            }
+            // A refused registration makes the kernel serve the mount
+            // through /dev/fuse; the mount itself is fine.
+            Err(e) if opts.io_uring == IoUring::Auto => {
+                debug!(error = %e, "serving through /dev/fuse");
+                rings = None;
+            }
+            Err(e) => {
+                drop(session);
+                return Err(e);
+            }
+        }
+    }
+    let session = session
+        .spawn()
+        .map_err(|e| io("starting the fuse session on", e))?;
     let watcher = match tags {
         Some(t) => match spawn_tag_watcher(t, session.notifier()) {
             Ok(w) => Some(w),
@@ -337,7 +420,36 @@ pub fn mount(
         mountpoint,
         tree_id,
         watcher,
+        rings,
+        ring_requests,
     })
+}
+
+/// The io_uring queue threads for `mode`, or `None` to serve through
+/// `/dev/fuse`.
+fn prepare_rings(mode: IoUring) -> Result<Option<ring::Rings>> {
+    if mode == IoUring::Off {
+        return Ok(None);
+    }
+    if !ring::kernel_allows() {
+        if mode == IoUring::On {
+            return Err(FsError::IoUring(format!(
+                "the kernel does not allow it ({} is not Y; Linux 6.14+ with \
+                 `echo 1 > {}` turns it on)",
+                ring::ENABLE_PARAM,
+                ring::ENABLE_PARAM
+            )));
+        }
+        return Ok(None);
+    }
+    match ring::Rings::prepare() {
+        Ok(r) => Ok(Some(r)),
+        Err(e) if mode == IoUring::Auto => {
+            debug!(error = %e, "no io_uring queues, serving through /dev/fuse");
+            Ok(None)
+        }
+        Err(e) => Err(FsError::IoUring(e.to_string())),
+    }
 }
 
 /// Poll the refs every half second; when the tag list changes, tell the kernel
