@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
+use crate::cmd::mount::IoUringArg;
 use crate::cmd::run::{Layout, NetworkArg};
 
 /// The site-wide configuration file, read when no `--config` is given.
@@ -131,6 +132,8 @@ pub struct MountConfig {
     /// FUSE worker threads, 1 to 64.
     #[serde(default, deserialize_with = "threads")]
     pub threads: Option<u16>,
+    /// FUSE over io_uring: auto, on or off.
+    pub io_uring: Option<IoUringArg>,
 }
 
 /// One file that was read, and what it set.
@@ -201,6 +204,7 @@ impl Config {
             mount: MountConfig {
                 cache_size: over.mount.cache_size.or(self.mount.cache_size),
                 threads: over.mount.threads.or(self.mount.threads),
+                io_uring: over.mount.io_uring.or(self.mount.io_uring),
             },
         }
     }
@@ -255,6 +259,10 @@ impl Config {
                 self.mount.cache_size.map(|b| b.to_string()),
             ),
             ("mount.threads", self.mount.threads.map(|t| t.to_string())),
+            (
+                "mount.io_uring",
+                self.mount.io_uring.map(|w| quoted(w.flag())),
+            ),
         ]
     }
 }
@@ -586,6 +594,7 @@ mod tests {
         );
         assert_eq!(c.mount.cache_size, Some(1 << 30));
         assert_eq!(c.mount.threads, Some(2));
+        assert_eq!(c.mount.io_uring, Some(IoUringArg::Auto));
         // As shipped, everything is commented out: copying it changes nothing.
         assert_eq!(parse(EXAMPLE).unwrap(), Config::default());
     }

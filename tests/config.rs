@@ -462,7 +462,7 @@ fn daemon_args(mountpoint: &Path) -> Option<Vec<String>> {
 }
 
 #[test]
-fn mount_takes_cache_size_and_threads_from_config_and_flags_override() {
+fn mount_takes_cache_size_threads_and_io_uring_from_config_and_flags_override() {
     if !util::require_root() {
         return;
     }
@@ -473,11 +473,11 @@ fn mount_takes_cache_size_and_threads_from_config_and_flags_override() {
             .args(["snapshot", "import"])
             .arg(env.snapshot(&tree)),
     );
-    env.store_config("[mount]\ncache_size = \"3M\"\nthreads = 3\n");
+    env.store_config("[mount]\ncache_size = \"3M\"\nthreads = 3\nio_uring = \"off\"\n");
     let mnt = env.tmp.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
 
-    let check = |extra: &[&str], size: &str, threads: &str| {
+    let check = |extra: &[&str], size: &str, threads: &str, io_uring: &str| {
         util::ok(
             env.portroot()
                 .args(["mount", "--tag", "2026-08-20"])
@@ -495,10 +495,16 @@ fn mount_takes_cache_size_and_threads_from_config_and_flags_override() {
         };
         assert_eq!(pos("--cache-size").as_deref(), Some(size), "{args:?}");
         assert_eq!(pos("--threads").as_deref(), Some(threads), "{args:?}");
+        assert_eq!(pos("--io-uring").as_deref(), Some(io_uring), "{args:?}");
         assert!(args.iter().any(|a| a == "--no-config"), "{args:?}");
     };
-    check(&[], "3145728", "3");
-    check(&["--cache-size", "1M", "--threads", "1"], "1048576", "1");
+    check(&[], "3145728", "3", "off");
+    check(
+        &["--cache-size", "1M", "--threads", "1", "--io-uring", "auto"],
+        "1048576",
+        "1",
+        "auto",
+    );
     util::assert_no_mounts_under(env.tmp.path());
 }
 

@@ -13,27 +13,6 @@ use portroot_runner::archive::Compression;
 
 use crate::util;
 
-/// Processes whose command line mentions `needle` (the store path): a mount
-/// daemon or a sandbox left running would show up here.
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    let me = std::process::id().to_string();
-    let mut found = Vec::new();
-    for entry in fs::read_dir("/proc").expect("reading /proc").flatten() {
-        let pid = entry.file_name().to_string_lossy().into_owned();
-        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
-            continue;
-        }
-        let Ok(raw) = fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
-        if cmdline.contains(needle) {
-            found.push(format!("{pid}: {cmdline}"));
-        }
-    }
-    found
-}
-
 fn entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = match fs::read_dir(dir) {
         Ok(rd) => rd
@@ -184,7 +163,7 @@ fn the_seed_workflow_end_to_end() {
     );
     // Other tests mount concurrently: only this test's directory counts.
     util::assert_no_mounts_under(tmp.path());
-    let procs = processes_mentioning(&store.to_string_lossy());
+    let procs = util::processes_mentioning(&store.to_string_lossy());
     assert!(procs.is_empty(), "{procs:?}");
 }
 

@@ -680,9 +680,14 @@ fn daemons_for(mountpoint: &Path) -> Vec<i32> {
 }
 
 fn foreground(store: &Path, fx: &Fixture, at: &Path) -> Child {
+    foreground_with(store, fx, at, &[])
+}
+
+fn foreground_with(store: &Path, fx: &Fixture, at: &Path, extra: &[&str]) -> Child {
     let child = util::portroot(store)
         .args(["mount", "--foreground", "--tag", TAG1, "--git-dir"])
         .arg(fx.git_dir())
+        .args(extra)
         .arg(at)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -818,15 +823,27 @@ fn fs_mount_sigkill_of_daemon_leaves_no_dead_mount() {
     }
     let fx = Fixture::new();
     let store = tempfile::tempdir().expect("store");
-    let at = mountpoint();
-    let mut child = foreground(store.path(), &fx, at.path());
-    wait_for("the foreground mount", || mounted_at(at.path()));
-    child.kill().expect("SIGKILL");
-    child.wait().expect("wait");
-    // fusermount3's auto-unmount removes it once it sees the daemon gone.
-    wait_for("auto-unmount after SIGKILL", || !mounted_at(at.path()));
-    util::assert_no_mounts_under(at.path());
-    assert!(fs::read_dir(at.path()).is_ok(), "no dead endpoint left");
+    // Through /dev/fuse fusermount3's auto-unmount removes the mount; through
+    // io_uring the connection outlives the daemon for a while and the fs
+    // crate's reaper does it.
+    for transport in ["off", "on"] {
+        let at = mountpoint();
+        let mut child = foreground_with(store.path(), &fx, at.path(), &["--io-uring", transport]);
+        wait_for("the foreground mount", || mounted_at(at.path()));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("wait");
+        wait_for("auto-unmount after SIGKILL", || !mounted_at(at.path()));
+        util::assert_no_mounts_under(at.path());
+        assert!(
+            fs::read_dir(at.path()).is_ok(),
+            "no dead endpoint left ({transport})"
+        );
+        // Nothing of the daemon is left running: the reaper has exited too.
+        let mp = at.path().to_string_lossy().into_owned();
+        wait_for("the reaper to exit", || {
+            util::processes_mentioning(&mp).is_empty()
+        });
+    }
 }
 
 #[test]

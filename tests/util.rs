@@ -106,6 +106,27 @@ pub fn assert_no_mounts_under(dir: &Path) {
     assert!(leaked.is_empty(), "mounts left under {dir}: {leaked:?}");
 }
 
+/// Processes whose command line mentions `needle` (the store path): a mount
+/// daemon or a sandbox left running would show up here.
+pub fn processes_mentioning(needle: &str) -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("reading /proc").flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push(format!("{pid}: {cmdline}"));
+        }
+    }
+    found
+}
+
 /// A throwaway GnuPG home with one signing key; kills its agent on drop.
 pub struct Gpg {
     home: tempfile::TempDir,

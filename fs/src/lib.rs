@@ -17,6 +17,7 @@ pub mod error;
 pub mod filesystem;
 pub mod inode;
 pub mod prefetch;
+pub mod reaper;
 pub mod ring;
 pub mod store;
 
@@ -45,19 +46,18 @@ pub enum View {
 
 /// Whether requests come through FUSE over io_uring (see [`ring`]).
 ///
-/// Off by default: after a SIGKILL of a daemon serving through io_uring,
-/// fusermount3's auto-unmount was seen to leave the dead mount in place (the
-/// connection ends only after the kernel has torn the rings down), and a
-/// killed daemon must not leave a dead mount behind.
+/// `Auto` by default: the kernel decides (`fuse.enable_uring`). A daemon
+/// killed while serving through io_uring leaves no dead mount: the
+/// [`reaper`] removes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IoUring {
     /// When the kernel offers it (`fuse.enable_uring=1`, Linux 6.14+);
     /// otherwise through `/dev/fuse`.
+    #[default]
     Auto,
     /// Always; the mount fails if the kernel does not offer it.
     On,
     /// Never: every request through `/dev/fuse`.
-    #[default]
     Off,
 }
 
@@ -90,7 +90,7 @@ impl Default for MountOptions {
             allow_other: true,
             auto_unmount: true,
             fsname: String::new(),
-            io_uring: IoUring::Off,
+            io_uring: IoUring::Auto,
         }
     }
 }
@@ -105,6 +105,8 @@ pub struct MountedFs {
     /// The io_uring queue threads, when requests come through them.
     rings: Option<ring::Rings>,
     ring_requests: Arc<AtomicU64>,
+    /// Removes the mount if this process dies without unmounting (io_uring).
+    reaper: Option<reaper::Reaper>,
 }
 
 impl MountedFs {
@@ -174,6 +176,7 @@ impl MountedFs {
             rings.join();
             debug!(requests = self.ring_requests(), "io_uring queues done");
         }
+        drop(self.reaper.take());
         info!(mountpoint = %self.mountpoint.display(), elapsed_ms = started.elapsed().as_millis() as u64, "unmounted");
         Ok(())
     }
@@ -390,6 +393,22 @@ pub fn mount(
             }
         }
     }
+    // fusermount3's auto-unmount cannot be relied on through io_uring (see
+    // `reaper`); a reaper of our own removes the mount if we die.
+    let reaper = match &rings {
+        Some(_) if opts.auto_unmount => match reaper::Reaper::spawn(&mountpoint) {
+            Ok(r) => Some(r),
+            Err(source) => {
+                drop(session);
+                return Err(FsError::Io {
+                    what: "starting the reaper for",
+                    path: mountpoint,
+                    source,
+                });
+            }
+        },
+        _ => None,
+    };
     let session = session
         .spawn()
         .map_err(|e| io("starting the fuse session on", e))?;
@@ -422,6 +441,7 @@ pub fn mount(
         watcher,
         rings,
         ring_requests,
+        reaper,
     })
 }
 

@@ -408,13 +408,16 @@ fn ensure_caches(resolved: &Resolved) -> anyhow::Result<()> {
 }
 
 /// Mount every tree of the run (in this process, in its private namespace),
-/// with the configured `mount.cache_size` and `mount.threads`.
+/// with the configured `mount.cache_size`, `mount.threads` and `mount.io_uring`.
 fn mount_trees(ctx: &Ctx, trees: &[TreeRecord]) -> anyhow::Result<Vec<TreeMount>> {
     let defaults = portroot_fs::MountOptions::default();
     let conf = &ctx.config.merged.mount;
     let opts = portroot_fs::MountOptions {
         cache_bytes: conf.cache_size.unwrap_or(defaults.cache_bytes),
         threads: conf.threads.map_or(defaults.threads, usize::from),
+        io_uring: conf
+            .io_uring
+            .map_or(defaults.io_uring, crate::cmd::mount::IoUringArg::fs),
         ..defaults
     };
     let mut mounted = Vec::new();

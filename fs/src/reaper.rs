@@ -1,0 +1,199 @@
+//! A small watcher process that removes the mount if the daemon dies without
+//! unmounting, for mounts served through io_uring.
+//!
+//! fusermount3's `auto_unmount` helper waits for the daemon's socket to close,
+//! then unmounts only if opening the mount point says ENOTCONN. Through
+//! /dev/fuse that holds at once: the kernel aborts the connection when the
+//! daemon's last /dev/fuse descriptor closes. Through io_uring the queued
+//! commands keep the device open until the kernel's asynchronous ring teardown
+//! has run (measured: between 0.5 and 2 s after a SIGKILL), so the helper finds
+//! a live mount, leaves it, and the mount turns into a dead ENOTCONN directory
+//! a moment later.
+//!
+//! The reaper is forked at mount time. It keeps nothing of the daemon open but
+//! the read end of a pipe whose write end only the daemon holds (close-on-exec,
+//! so no child of the daemon keeps it either). When the read ends (the daemon
+//! exited, however it died) it looks at the mount point without sending the
+//! filesystem a request (`statx` with `AT_STATX_DONT_SYNC`) and, if the
+//! topmost mount there is still the one it was forked for (same mount id and
+//! device), detaches it. After a clean unmount the mount is gone and it just
+//! exits. The child runs only async-signal-safe system calls on memory
+//! prepared before the fork, as the parent has threads. It rewrites its
+//! command line to `portroot-reaper MOUNTPOINT`, so `ps` and `pgrep -f` tell
+//! it from the daemon it was forked from.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use tracing::debug;
+
+/// The running reaper: dropping it closes the pipe and collects the process.
+#[derive(Debug)]
+pub struct Reaper {
+    pid: libc::pid_t,
+    pipe: Option<OwnedFd>,
+}
+
+/// Which mount the reaper is guarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MountId {
+    mnt_id: u64,
+    /// Whether `mnt_id` is the never-reused 64-bit id (Linux 6.8+).
+    unique: bool,
+    dev: (u32, u32),
+}
+
+/// `statx` of `path` that never waits for the filesystem: the mount id and
+/// device come from the VFS, the attributes from the cache.
+fn mount_id(path: &CString) -> std::io::Result<MountId> {
+    // SAFETY: statx is plain data; all-zero is a valid value.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `st` is writable for the call.
+    let rc = unsafe { statx_now(path, &mut st) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(MountId {
+        mnt_id: st.stx_mnt_id,
+        unique: st.stx_mask & libc::STATX_MNT_ID_UNIQUE != 0,
+        dev: (st.stx_dev_major, st.stx_dev_minor),
+    })
+}
+
+/// The statx call both sides make. Async-signal-safe.
+///
+/// # Safety
+/// `path` must be NUL-terminated and `st` writable.
+unsafe fn statx_now(path: &CString, st: &mut libc::statx) -> libc::c_int {
+    libc::statx(
+        libc::AT_FDCWD,
+        path.as_ptr(),
+        libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC,
+        libc::STATX_MNT_ID_UNIQUE,
+        st,
+    )
+}
+
+impl Reaper {
+    /// Fork a reaper for the mount now at `mountpoint`.
+    pub fn spawn(mountpoint: &Path) -> std::io::Result<Reaper> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = CString::new(mountpoint.as_os_str().as_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let id = mount_id(&path)?;
+        let mut title = b"portroot-reaper ".to_vec();
+        title.extend_from_slice(mountpoint.as_os_str().as_bytes());
+        let title = Title {
+            area: arg_area(),
+            text: title,
+        };
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: `fds` has room for the two descriptors.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 just returned these two descriptors, owned by nobody.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: the child only runs `watch`, which makes async-signal-safe
+        // system calls on memory allocated before the fork, and never returns.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if pid == 0 {
+            // SAFETY: in the child, see above.
+            unsafe { watch(read.as_raw_fd(), &path, id, &title) }
+        }
+        drop(read);
+        debug!(pid, mountpoint = %mountpoint.display(), ?id, "reaper watching the mount");
+        Ok(Reaper {
+            pid,
+            pipe: Some(write),
+        })
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        // The reaper sees the pipe close, finds the mount gone (we unmounted
+        // first) and exits.
+        drop(self.pipe.take());
+        let mut status = 0;
+        // SAFETY: waiting for our own child; `status` is writable.
+        unsafe { libc::waitpid(self.pid, &mut status, 0) };
+    }
+}
+
+/// The command line the reaper shows, and where the kernel reads it from.
+struct Title {
+    /// `arg_start..arg_end` of this process (/proc/self/stat fields 48, 49).
+    area: Option<(usize, usize)>,
+    text: Vec<u8>,
+}
+
+/// Where this process's argv strings live, as the kernel reports them.
+fn arg_area() -> Option<(usize, usize)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which may hold spaces, start at field 3.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let field = |n: usize| rest.split(' ').nth(n - 3)?.parse::<usize>().ok();
+    let (start, end) = (field(48)?, field(49)?);
+    (end > start).then_some((start, end))
+}
+
+impl Title {
+    /// Overwrite the argv strings with `text`, NUL-terminated and padded with
+    /// spaces: a non-NUL last byte makes the kernel read the command line as
+    /// one string (the setproctitle convention).
+    ///
+    /// # Safety
+    /// Only in the forked child, whose argv strings nothing else reads.
+    unsafe fn set(&self) {
+        let Some((start, end)) = self.area else {
+            return;
+        };
+        let p = start as *mut u8;
+        let len = end - start;
+        let n = self.text.len().min(len - 1);
+        std::ptr::copy_nonoverlapping(self.text.as_ptr(), p, n);
+        *p.add(n) = 0;
+        std::ptr::write_bytes(p.add(n + 1), b' ', len - n - 1);
+    }
+}
+
+/// The reaper's whole life.
+///
+/// # Safety
+/// Only to be called in a freshly forked child; never returns.
+unsafe fn watch(read: RawFd, path: &CString, id: MountId, title: &Title) -> ! {
+    // Keep nothing of the daemon's open: above all not /dev/fuse, which would
+    // keep the connection alive, nor fusermount3's socket.
+    if read > 0 {
+        libc::syscall(libc::SYS_close_range, 0u32, (read - 1) as u32, 0u32);
+    }
+    libc::syscall(libc::SYS_close_range, (read + 1) as u32, u32::MAX, 0u32);
+    // A Ctrl-C or SIGTERM for the daemon's process group is the daemon's to
+    // handle; the reaper ends when the daemon does.
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+        libc::signal(sig, libc::SIG_IGN);
+    }
+    libc::prctl(libc::PR_SET_NAME, c"portroot-reaper".as_ptr());
+    title.set();
+    let mut buf = [0u8; 16];
+    loop {
+        let n = libc::read(read, buf.as_mut_ptr().cast(), buf.len());
+        if n == 0 || (n < 0 && *libc::__errno_location() != libc::EINTR) {
+            break;
+        }
+    }
+    let mut st: libc::statx = std::mem::zeroed();
+    if statx_now(path, &mut st) == 0
+        && st.stx_mnt_id == id.mnt_id
+        && (st.stx_mask & libc::STATX_MNT_ID_UNIQUE != 0) == id.unique
+        && (st.stx_dev_major, st.stx_dev_minor) == id.dev
+    {
+        libc::umount2(path.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW);
+    }
+    libc::_exit(0)
+}
