@@ -13,11 +13,20 @@
 //! read. Nothing is prefetched until something is read, so `ls -l` or a
 //! stat-only walk costs nothing extra. Requests never block a FUSE thread: a
 //! full queue drops them.
+//!
+//! When it has nothing else to do, the thread reads ahead of a walk
+//! ([`Lookahead`]): from the directory the reader listed last, the files it
+//! will come to next in listing order, into the object cache. The kernel
+//! holds no inode for those yet, so their pages are stored later: by the
+//! window asked for at their listing, or by the filesystem's first READ in
+//! their directory (`GitFs::read`), whichever comes first.
 
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use git2::Oid;
 use tracing::{debug, trace};
@@ -25,7 +34,7 @@ use tracing::{debug, trace};
 use crate::cache::{Cached, ObjectCache};
 use crate::error::{FsError, Result};
 use crate::inode::{Ino, InodeTable};
-use crate::store::GitStore;
+use crate::store::{EntryKind, GitStore, TreeEntry};
 
 /// Files asked for per cache miss.
 pub const WINDOW: usize = 128;
@@ -34,11 +43,24 @@ pub const WINDOW: usize = 128;
 const MAX_BLOB: u64 = 256 << 10;
 /// Queued requests; more are dropped.
 const QUEUE: usize = 16;
+/// How many files the look-ahead may inflate beyond the reader's last listing.
+const AHEAD_FILES: u64 = 1024;
+/// How long refused page stores are retried.
+const RETRY_FOR: Duration = Duration::from_millis(2);
+
+/// What the filesystem asks of the thread.
+#[derive(Debug)]
+enum Job {
+    /// Inflate these files (object id, inode) and store them in the kernel.
+    Files(Vec<(Oid, Ino)>),
+    /// The reader listed this tree: look ahead from there.
+    Listed(Oid),
+}
 
 /// The background reader. Dropping it stops and joins the thread.
 #[derive(Debug)]
 pub struct Prefetcher {
-    tx: Option<SyncSender<Vec<(Oid, Ino)>>>,
+    tx: Option<SyncSender<Job>>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -71,10 +93,21 @@ impl Prefetcher {
     /// Ask for the blobs of these files (object id, inode) to be read; false
     /// if the queue is full (the request is dropped).
     pub fn request(&self, oids: Vec<(Oid, Ino)>) -> bool {
+        self.send(Job::Files(oids))
+    }
+
+    /// Tell the thread the reader listed `tree` while reading everything: it
+    /// then inflates, when it has nothing else to do, the files the reader
+    /// will come to next (see [`Lookahead`]). False if the queue is full.
+    pub fn listed(&self, tree: Oid) -> bool {
+        self.send(Job::Listed(tree))
+    }
+
+    fn send(&self, job: Job) -> bool {
         let Some(tx) = &self.tx else {
             return false;
         };
-        match tx.try_send(oids) {
+        match tx.try_send(job) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
                 trace!("prefetch queue full, request dropped");
@@ -99,86 +132,306 @@ fn run(
     cache: &ObjectCache,
     pages: &OnceLock<fuser::Notifier>,
     inodes: &Mutex<InodeTable>,
-    rx: &Receiver<Vec<(Oid, Ino)>>,
+    rx: &Receiver<Job>,
+) {
+    let mut counts = Counts::default();
+    let mut ahead = Lookahead::default();
+    let mut stores = Stores {
+        pages,
+        inodes,
+        pending: VecDeque::new(),
+        stored: 0,
+        retried: 0,
+        expired: 0,
+    };
+    // The look-ahead keeps to a quarter of the budget.
+    let ahead_bytes = (cache.budget() / 4) as u64;
+    loop {
+        let job = match rx.try_recv() {
+            Ok(job) => job,
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                if stores.retry() {
+                    // Give the reader a moment to parse its listing.
+                    std::thread::yield_now();
+                    continue;
+                }
+                if ahead.step(store, cache, ahead_bytes, &mut counts) {
+                    continue;
+                }
+                match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                }
+            }
+        };
+        match job {
+            Job::Files(oids) => files(store, cache, &mut stores, oids, &mut counts),
+            Job::Listed(tree) => ahead.listed(tree, store, cache),
+        }
+    }
+    debug!(
+        blobs = counts.read,
+        ahead = counts.ahead,
+        bytes = counts.bytes,
+        stored = stores.stored,
+        retried = stores.retried,
+        refused = stores.expired,
+        "prefetch thread done"
+    );
+}
+
+/// What the thread inflated, for the log.
+#[derive(Debug, Default)]
+struct Counts {
+    /// Blobs inflated (on request and looking ahead).
+    read: u64,
+    /// Of those, inflated looking ahead.
+    ahead: u64,
+    bytes: u64,
+}
+
+/// Page stores into the kernel, and those it refused for now.
+struct Stores<'a> {
+    pages: &'a OnceLock<fuser::Notifier>,
+    inodes: &'a Mutex<InodeTable>,
+    /// Refused stores in listing order, each retried until its deadline.
+    pending: VecDeque<(Oid, Ino, Arc<[u8]>, Instant)>,
+    stored: u64,
+    /// Stores that needed a retry, and those given up.
+    retried: u64,
+    expired: u64,
+}
+
+impl Stores<'_> {
+    /// Store `blob` as the content of inode `ino`, or keep it to retry.
+    ///
+    /// Only into an inode the table holds for exactly this blob: a record
+    /// exists only while the kernel holds the inode, and the check makes a
+    /// stale or (56-bit hash) colliding number harmless. The window is asked
+    /// for while the listing is being answered, and the kernel takes the
+    /// inodes in only once the reader has parsed the reply, so the first try
+    /// often comes too early: the store is then retried between other work
+    /// for [`RETRY_FOR`].
+    fn store(&mut self, oid: Oid, ino: Ino, blob: Arc<[u8]>) {
+        if !self.try_store(oid, ino, &blob) {
+            self.pending
+                .push_back((oid, ino, blob, Instant::now() + RETRY_FOR));
+        }
+    }
+
+    /// True when stored, or when there is nothing to store or nowhere to.
+    fn try_store(&mut self, oid: Oid, ino: Ino, blob: &Arc<[u8]>) -> bool {
+        let Some(k) = self.pages.get().filter(|_| !blob.is_empty()) else {
+            return true;
+        };
+        let record = self
+            .inodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(ino)
+            .map(|n| n.data.oid);
+        match record {
+            Some(o) if o == oid => match k.store(fuser::INodeNo(ino.0), 0, blob) {
+                Ok(()) => {
+                    self.stored += 1;
+                    true
+                }
+                Err(_) => false,
+            },
+            // Another blob there now: not ours to fill.
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// Retry the pending stores once, in order; true while some remain.
+    fn retry(&mut self) -> bool {
+        let now = Instant::now();
+        for _ in 0..self.pending.len() {
+            let Some((oid, ino, blob, deadline)) = self.pending.pop_front() else {
+                break;
+            };
+            if self.try_store(oid, ino, &blob) {
+                self.retried += 1;
+                continue;
+            }
+            if now < deadline {
+                self.pending.push_back((oid, ino, blob, deadline));
+            } else {
+                // The kernel does not hold the inode (any more); it will READ
+                // the file if it needs it.
+                self.expired += 1;
+                trace!(ino = ino.0, "page store refused");
+            }
+        }
+        !self.pending.is_empty()
+    }
+}
+
+/// Inflate `oids` (those not cached yet) and store every one into the kernel.
+fn files(
+    store: &GitStore,
+    cache: &ObjectCache,
+    stores: &mut Stores<'_>,
+    oids: Vec<(Oid, Ino)>,
+    counts: &mut Counts,
 ) {
     // Never fill more than an eighth of the budget per request, so a window
     // cannot evict the files read just before it.
     let per_request = cache.budget() / 8;
-    let (mut read, mut bytes, mut stored) = (0u64, 0u64, 0u64);
-    for oids in rx {
-        let mut taken = 0;
-        // Stores the kernel refused because it had not yet taken the inode in
-        // (the listing that names it is still being parsed): retried after
-        // each later blob and once at the end of the request.
-        let mut again: Vec<(Oid, Ino, Arc<[u8]>)> = Vec::new();
-        let kernel = pages.get();
-        // Store only into an inode the table holds for exactly this blob: a
-        // record exists only while the kernel holds the inode, and the check
-        // makes a stale or (56-bit hash) colliding number harmless. No record
-        // yet (the listing is still being answered): retried later.
-        let mut push = |oid: Oid, ino: Ino, blob: &Arc<[u8]>, again: &mut Vec<_>| {
-            let Some(k) = kernel.filter(|_| !blob.is_empty()) else {
-                return;
-            };
-            let record = inodes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(ino)
-                .map(|n| n.data.oid);
-            match record {
-                Some(o) if o == oid => match k.store(fuser::INodeNo(ino.0), 0, blob) {
-                    Ok(()) => stored += 1,
-                    Err(_) => again.push((oid, ino, blob.clone())),
-                },
-                Some(_) => {}
-                None => again.push((oid, ino, blob.clone())),
-            }
-        };
-        for (oid, ino) in oids {
-            if taken >= per_request {
-                break;
-            }
-            if cache.contains(&oid) {
-                continue;
-            }
-            // A reader is inflating it itself.
-            let Some(claim) = cache.claim(oid) else {
-                continue;
-            };
-            match store.blob_size(oid) {
-                Ok(size) if size <= MAX_BLOB => {}
-                Ok(_) => continue,
-                Err(e) => {
-                    debug!(%oid, error = %e, "prefetch: no blob header");
-                    continue;
-                }
-            }
-            match store.read_blob(oid) {
-                Ok(blob) => {
-                    taken += blob.len();
-                    read += 1;
-                    bytes += blob.len() as u64;
-                    for (o, i, b) in std::mem::take(&mut again) {
-                        push(o, i, &b, &mut Vec::new());
-                    }
-                    cache.insert(oid, Cached::Blob(blob.clone()));
-                    drop(claim);
-                    push(oid, ino, &blob, &mut again);
-                }
-                Err(e) => debug!(%oid, error = %e, "prefetch: read failed"),
-            }
+    let mut taken = 0;
+    for (oid, ino) in oids {
+        if taken >= per_request {
+            break;
         }
-        for (oid, ino, blob) in again {
-            // Still refused: the kernel does not hold the inode (any more);
-            // it will READ the file if it needs it.
-            let mut refused = Vec::new();
-            push(oid, ino, &blob, &mut refused);
-            if !refused.is_empty() {
-                trace!(ino = ino.0, "page store refused");
+        // Already inflated (by a reader, or looking ahead): only the
+        // kernel's page is missing.
+        if let Some(Cached::Blob(blob)) = cache.get(&oid) {
+            stores.store(oid, ino, blob);
+            continue;
+        }
+        stores.retry();
+        let Some(blob) = inflate(store, cache, oid) else {
+            continue;
+        };
+        taken += blob.len();
+        counts.read += 1;
+        counts.bytes += blob.len() as u64;
+        stores.store(oid, ino, blob);
+    }
+}
+
+/// Inflate blob `oid` into the cache, unless a reader is at it or it is
+/// larger than [`MAX_BLOB`].
+fn inflate(store: &GitStore, cache: &ObjectCache, oid: Oid) -> Option<Arc<[u8]>> {
+    // A reader is inflating it itself.
+    let claim = cache.claim(oid)?;
+    match store.blob_size(oid) {
+        Ok(size) if size <= MAX_BLOB => {}
+        Ok(_) => return None,
+        Err(e) => {
+            debug!(%oid, error = %e, "prefetch: no blob header");
+            return None;
+        }
+    }
+    match store.read_blob(oid) {
+        Ok(blob) => {
+            cache.insert(oid, Cached::Blob(blob.clone()));
+            drop(claim);
+            Some(blob)
+        }
+        Err(e) => {
+            debug!(%oid, error = %e, "prefetch: read failed");
+            None
+        }
+    }
+}
+
+/// Reading ahead of a walk: a cursor over the listed tree in the order a
+/// walk in listing order (find, tar, rsync, os.walk) reads it, files first
+/// within each directory and subdirectories in order, inflating into the
+/// object cache (the kernel holds no inode for them yet, so no page can be
+/// stored; the window asked for at the listing stores them then, from the
+/// cache). It stays at most [`AHEAD_FILES`] files and a quarter of the
+/// budget ahead of the reader's last listing, and runs only when no request
+/// waits. A listing the cursor has passed tells how far the reader got; any
+/// other listing (a walk in another order) restarts the cursor there, so a
+/// wrong guess costs at most one window.
+#[derive(Debug, Default)]
+struct Lookahead {
+    /// Trees being walked, outermost first, with the next index in each.
+    frames: Vec<(Arc<[TreeEntry]>, usize)>,
+    /// Files and bytes the cursor has passed.
+    seq: u64,
+    bytes: u64,
+    /// The cursor's (seq, bytes) when the reader last listed a tree it had
+    /// passed.
+    reader: (u64, u64),
+    /// Trees the cursor entered, with its (seq, bytes) then.
+    entered: HashMap<Oid, (u64, u64)>,
+}
+
+impl Lookahead {
+    /// Trees remembered before the map is cleared.
+    const ENTERED: usize = 1 << 16;
+
+    fn listed(&mut self, tree: Oid, store: &GitStore, cache: &ObjectCache) {
+        if let Some(&at) = self.entered.get(&tree) {
+            self.reader = at;
+            return;
+        }
+        self.frames.clear();
+        self.entered.clear();
+        self.reader = (self.seq, self.bytes);
+        match cache.tree(tree, || store.read_tree(tree)) {
+            Ok(t) => {
+                self.entered.insert(tree, self.reader);
+                self.frames.push((t, 0));
+            }
+            Err(e) => debug!(%tree, error = %e, "look-ahead: no tree"),
+        }
+    }
+
+    /// Inflate the next file ahead; false when there is nothing to do.
+    fn step(
+        &mut self,
+        store: &GitStore,
+        cache: &ObjectCache,
+        ahead_bytes: u64,
+        counts: &mut Counts,
+    ) -> bool {
+        loop {
+            if self.seq - self.reader.0 >= AHEAD_FILES || self.bytes - self.reader.1 >= ahead_bytes
+            {
+                return false;
+            }
+            let Some((tree, i)) = self.frames.last_mut() else {
+                return false;
+            };
+            // Files of a directory first, then its subdirectories: a second
+            // pass over the same tree, told apart by the index's high bit.
+            const DIRS: usize = 1 << (usize::BITS - 1);
+            let (pass_dirs, at) = (*i & DIRS != 0, *i & !DIRS);
+            if at >= tree.len() {
+                if pass_dirs {
+                    self.frames.pop();
+                } else {
+                    *i = DIRS;
+                }
+                continue;
+            }
+            *i += 1;
+            let (oid, kind) = (tree[at].oid, tree[at].kind);
+            match (kind, pass_dirs) {
+                (EntryKind::Tree, true) => match cache.tree(oid, || store.read_tree(oid)) {
+                    Ok(t) => {
+                        if self.entered.len() >= Self::ENTERED {
+                            self.entered.clear();
+                        }
+                        self.entered.insert(oid, (self.seq, self.bytes));
+                        self.frames.push((t, 0));
+                    }
+                    Err(e) => debug!(%oid, error = %e, "look-ahead: no tree"),
+                },
+                (EntryKind::File | EntryKind::Exec, false) => {
+                    self.seq += 1;
+                    if let Some(n) = cache.blob_len(&oid) {
+                        self.bytes += n as u64;
+                        continue;
+                    }
+                    if let Some(blob) = inflate(store, cache, oid) {
+                        self.bytes += blob.len() as u64;
+                        counts.read += 1;
+                        counts.ahead += 1;
+                        counts.bytes += blob.len() as u64;
+                    }
+                    return true;
+                }
+                _ => {}
             }
         }
     }
-    debug!(blobs = read, bytes, stored, "prefetch thread done");
 }
 
 #[cfg(test)]
@@ -221,5 +474,52 @@ mod tests {
             assert!(cache.contains(oid), "{oid} prefetched");
         }
         assert!(!cache.contains(&tree[0].oid));
+    }
+
+    #[test]
+    fn look_ahead_reads_files_first_then_subdirectories_and_follows_the_reader() {
+        let dir = fixture();
+        let store = GitStore::open(&dir.path().join(".git")).expect("open");
+        let root = store.resolve("one").expect("one").tree;
+        let cache = ObjectCache::new(1 << 20);
+        let mut ahead = Lookahead::default();
+        let mut counts = Counts::default();
+        ahead.listed(root, &store, &cache);
+        while ahead.step(&store, &cache, u64::MAX, &mut counts) {}
+        // empty, run.sh (the root's files; the symlink is not read), then
+        // a/b/file: three files passed, two inflated (the empty blob too).
+        assert_eq!(ahead.seq, 3);
+        let tree = store.read_tree(root).expect("root");
+        let a = tree.iter().find(|e| &*e.name == b"a").expect("a").oid;
+        let b = store.read_tree(a).expect("a")[0].oid;
+        let file = store.read_tree(b).expect("b")[0].oid;
+        assert!(cache.contains(&file), "a/b/file read ahead");
+        for e in tree.iter().filter(|e| !e.kind.is_dir()) {
+            assert_eq!(
+                cache.contains(&e.oid),
+                e.kind != EntryKind::Symlink,
+                "{:?}",
+                String::from_utf8_lossy(&e.name)
+            );
+        }
+        // The reader listing a tree the cursor passed moves the reader's
+        // mark there and keeps the cursor; a tree it did not pass restarts it.
+        ahead.listed(b, &store, &cache);
+        assert_eq!(ahead.reader, (2, 10), "after empty and run.sh");
+        assert!(ahead.frames.is_empty(), "cursor kept (at its end)");
+        let two = store.resolve("two").expect("two").tree;
+        ahead.listed(two, &store, &cache);
+        assert_eq!(ahead.frames.len(), 1, "restarted at the new tree");
+        assert_eq!(ahead.reader, (3, ahead.bytes));
+        assert!(
+            !ahead.step(&store, &cache, 0, &mut counts),
+            "no room ahead: it waits for the reader"
+        );
+        assert!(ahead.step(&store, &cache, u64::MAX, &mut counts));
+        assert_eq!(
+            ahead.seq, 6,
+            "cached empty and run.sh passed, new a/b/file read"
+        );
+        assert_eq!(counts.ahead, 4);
     }
 }
