@@ -51,8 +51,6 @@ pub const SHORT_TTL: Duration = Duration::from_secs(1);
 pub const LATEST: &str = "latest";
 /// Size reported for directories.
 const DIR_SIZE: u64 = 4096;
-/// Files after the one read whose cached pages a READ hands to the kernel.
-const STORE_FOLLOWING: usize = 16;
 
 /// The tag list of the all-tags view, re-read when the refs change on disk.
 #[derive(Debug)]
@@ -163,8 +161,6 @@ pub struct GitFs {
     reads: AtomicU64,
     /// Reads that had to inflate the blob themselves.
     misses: AtomicU64,
-    /// Pages stored by reads for the files listed after theirs.
-    stored_following: AtomicU64,
     reads_at_listing: AtomicU64,
     /// `Some` in the all-tags view.
     tags: Option<Arc<TagSource>>,
@@ -222,7 +218,6 @@ impl GitFs {
             pages,
             reads: AtomicU64::new(0),
             misses: AtomicU64::new(0),
-            stored_following: AtomicU64::new(0),
             reads_at_listing: AtomicU64::new(0),
             inodes,
             tags,
@@ -464,9 +459,6 @@ impl GitFs {
             Some(Cached::Blob(b)) => b,
             _ => self.inflate(parent, data.oid)?,
         };
-        if offset == 0 {
-            self.store_following(parent, data.oid);
-        }
         let start = usize::try_from(offset)
             .unwrap_or(usize::MAX)
             .min(blob.len());
@@ -497,57 +489,6 @@ impl GitFs {
         }
     }
 
-    /// A READ reached us, so the kernel had no page for the file, and it has
-    /// parsed the listing that named it: hand it the pages of the files
-    /// listed next that the prefetcher has already inflated, before this
-    /// reply. A page store costs a few microseconds; each READ it saves is a
-    /// round trip that also wakes the reader. The prefetcher cannot do this as
-    /// well: it learns of the listing before the kernel holds those inodes
-    /// and is usually a wakeup too late.
-    fn store_following(&self, parent: Ino, oid: Oid) {
-        let Some(kernel) = self.pages.get() else {
-            return;
-        };
-        let Ok((pdata, _, _)) = self.node(parent) else {
-            return;
-        };
-        if pdata.kind != NodeKind::Entry(EntryKind::Tree) {
-            return;
-        }
-        let Some(Cached::Tree(tree)) = self.cache.get(&pdata.oid) else {
-            return;
-        };
-        let Some(i) = tree.iter().position(|e| e.oid == oid) else {
-            return;
-        };
-        let mut stored = 0;
-        for e in tree[i + 1..]
-            .iter()
-            .filter(|e| matches!(e.kind, EntryKind::File | EntryKind::Exec))
-            .take(STORE_FOLLOWING)
-        {
-            let Some(Cached::Blob(blob)) = self.cache.get(&e.oid) else {
-                continue;
-            };
-            if blob.is_empty() {
-                continue;
-            }
-            // Only into an inode the kernel holds for exactly this blob.
-            let ino = {
-                let table = self.inodes();
-                let ino = table.peek(parent, &e.name, &child_data(e, pdata.time));
-                match table.get(ino) {
-                    Some(n) if n.data.oid == e.oid => ino,
-                    _ => continue,
-                }
-            };
-            if kernel.store(fuser::INodeNo(ino.0), 0, &blob).is_ok() {
-                stored += 1;
-            }
-        }
-        self.stored_following.fetch_add(stored, Ordering::Relaxed);
-    }
-
     /// After a read of `oid` in directory `parent` missed the cache, ask the
     /// prefetcher for the files listed after it, unless an earlier request
     /// already covers this place (the prefetcher is merely behind).
@@ -555,18 +496,23 @@ impl GitFs {
         if self.prefetch.is_none() {
             return;
         }
-        let Ok((pdata, _, _)) = self.node(parent) else {
-            return;
-        };
+        if let Some((_, tree, next)) = self.listed_after(parent, oid) {
+            self.request_window(parent, &tree, next);
+        }
+    }
+
+    /// Directory `parent`'s node and cached listing, and the index after the
+    /// entry for blob `oid` in it.
+    fn listed_after(&self, parent: Ino, oid: Oid) -> Option<(NodeData, Arc<[TreeEntry]>, usize)> {
+        let (pdata, _, _) = self.node(parent).ok()?;
         if pdata.kind != NodeKind::Entry(EntryKind::Tree) {
-            return;
+            return None;
         }
         let Some(Cached::Tree(tree)) = self.cache.get(&pdata.oid) else {
-            return;
+            return None;
         };
-        if let Some(i) = tree.iter().position(|e| e.oid == oid) {
-            self.request_window(parent, &tree, i + 1);
-        }
+        let i = tree.iter().position(|e| e.oid == oid)?;
+        Some((pdata, tree, i + 1))
     }
 
     /// Ask the prefetcher for the files of directory `dir` (listing `tree`)
@@ -824,7 +770,6 @@ impl Drop for GitFs {
         debug!(
             reads = self.reads.load(Ordering::Relaxed),
             inflated_by_reads = self.misses.load(Ordering::Relaxed),
-            stored_by_reads = self.stored_following.load(Ordering::Relaxed),
             "filesystem done"
         );
     }

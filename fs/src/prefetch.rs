@@ -17,9 +17,11 @@
 //! When it has nothing else to do, the thread reads ahead of a walk
 //! ([`Lookahead`]): from the directory the reader listed last, the files it
 //! will come to next in listing order, into the object cache. The kernel
-//! holds no inode for those yet, so their pages are stored later: by the
-//! window asked for at their listing, or by the filesystem's first READ in
-//! their directory (`GitFs::read`), whichever comes first.
+//! holds no inode for those yet, so their pages are stored later, from the
+//! cache, by the window asked for at their listing. The stores stay on this
+//! thread: a store waits for the page lock, which a reader holds while its
+//! READ is pending, so a thread that answers requests must never store (it
+//! deadlocked the parallel-readers test when one did).
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
