@@ -76,18 +76,7 @@ impl Env {
     }
 
     fn git(&self, args: &[&str]) -> String {
-        let out = Command::new("git")
-            .arg("-C")
-            .arg(self.repo())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        util::ok(Command::new("git").arg("-C").arg(self.repo()).args(args))
     }
 
     fn state(&self) -> Option<RepoState> {

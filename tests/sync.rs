@@ -147,18 +147,7 @@ fn tag_of(file_date: SnapshotDate) -> String {
 }
 
 fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("--git-dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    util::ok(Command::new("git").arg("--git-dir").arg(dir).args(args))
 }
 
 /// How the loopback mirror answers.

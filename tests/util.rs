@@ -155,19 +155,12 @@ impl Gpg {
 
     /// Run gpg on this home, in batch mode; panics if it fails.
     pub fn run(&self, args: &[&str]) {
-        let out = Command::new("gpg")
+        ok(Command::new("gpg")
             .arg("--batch")
             .arg("--pinentry-mode=loopback")
             .arg("--homedir")
             .arg(self.home.path())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "gpg {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .args(args));
     }
 
     /// Sign `what`, writing the detached signature to `sig`.
