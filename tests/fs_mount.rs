@@ -325,6 +325,105 @@ fn fs_mount_io_uring_and_dev_fuse_serve_the_same_tree() {
     }
 }
 
+/// Whether every page of open file `f` (at `path`) is in the page cache
+/// (mincore of a mapping).
+fn resident(f: &fs::File, path: &Path) -> bool {
+    let len = f.metadata().expect("stat").len() as usize;
+    if len == 0 {
+        return true;
+    }
+    use std::os::fd::AsRawFd;
+    // SAFETY: a fresh read-only shared mapping of an open file; only its
+    // residency is queried, and it is unmapped before return.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED, "mmap {path:?}");
+    let mut vec = vec![0u8; len.div_ceil(4096)];
+    // SAFETY: `vec` has one byte per page of the mapping.
+    let rc = unsafe { libc::mincore(map, len, vec.as_mut_ptr()) };
+    // SAFETY: the mapping made above, of `len` bytes.
+    unsafe { libc::munmap(map, len) };
+    assert_eq!(rc, 0, "mincore {path:?}");
+    vec.iter().all(|v| v & 1 == 1)
+}
+
+#[test]
+fn fs_mount_files_of_a_read_directory_reach_the_page_cache_unasked() {
+    if !util::require_root() {
+        return;
+    }
+    enable_io_uring();
+    let fx = Fixture::with_many(100);
+    for mode in [portroot_fs::IoUring::On, portroot_fs::IoUring::Off] {
+        let at = mountpoint();
+        let opts = MountOptions {
+            io_uring: mode,
+            ..MountOptions::default()
+        };
+        let m = portroot_fs::mount(&fx.git_dir(), View::Ref(TAG1.into()), at.path(), &opts)
+            .expect("mount");
+        // A reader that reads files, then lists a directory and reads its
+        // first file: the daemon stores the others into the kernel's page
+        // cache so their reads never reach it.
+        fs::read(at.path().join("a/readme")).expect("read");
+        let many = at.path().join("many");
+        let names: Vec<PathBuf> = fs::read_dir(&many)
+            .expect("list")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        assert_eq!(names.len(), 100);
+        // Held open (no request: the daemon does not implement open), so a
+        // drop_caches of a test running alongside cannot evict them.
+        let others: Vec<(fs::File, &PathBuf)> = names
+            .iter()
+            .filter(|p| !p.ends_with("entry-00000.ebuild"))
+            .map(|p| (fs::File::open(p).expect("open"), p))
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            fs::read(many.join("entry-00000.ebuild")).expect("read"),
+            b"0\n"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut missing: Vec<&(fs::File, &PathBuf)> = others.iter().collect();
+        // Stores are best effort: one waits a few milliseconds at most for
+        // the kernel to take the inode in, which a loaded machine (the rest
+        // of the suite runs alongside) may exceed for a few files. When the
+        // stores went nowhere, most files stayed out.
+        let tolerated = others.len() / 10;
+        while missing.len() > tolerated && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            missing.retain(|(f, p)| !resident(f, p));
+        }
+        assert!(
+            missing.len() <= tolerated,
+            "{mode:?}: {} of {} files never reached the page cache, e.g. {:?}",
+            missing.len(),
+            others.len(),
+            missing.first().map(|m| m.1)
+        );
+        // What was stored is the file's content.
+        for p in names.iter().take(5) {
+            let stem = p.file_stem().and_then(|s| s.to_str()).expect("name");
+            let n: usize = stem.trim_start_matches("entry-").parse().expect("number");
+            assert_eq!(fs::read(p).expect("read"), format!("{n}\n").as_bytes());
+        }
+        // Open files would keep the detached mount's connection alive.
+        drop(missing);
+        drop(others);
+        m.unmount().expect("unmount");
+        util::assert_no_mounts_under(at.path());
+    }
+}
+
 #[test]
 fn fs_mount_all_tags_view_has_latest_and_new_tags() {
     if !util::require_root() {

@@ -24,7 +24,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Generation, INodeNo,
@@ -39,9 +39,13 @@ use crate::attr::{file_attr, kind_and_perm};
 use crate::cache::{Cached, ObjectCache};
 use crate::error::{FsError, Result};
 use crate::inode::{Ino, InodeTable, NodeData, NodeKind};
-use crate::prefetch::{Prefetcher, WINDOW};
+use crate::prefetch::{PagePusher, Prefetcher, WINDOW};
 use crate::store::{EntryKind, GitStore, Resolved, TreeEntry};
 use crate::View;
+
+/// How long a request for a directory's files covers READs in it: longer
+/// than the prefetcher keeps retrying refused stores.
+const WINDOW_FRESH: Duration = Duration::from_millis(50);
 
 /// TTL for everything inside a tree: a tree never changes.
 pub const LONG_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -151,12 +155,13 @@ pub struct GitFs {
     store: GitStore,
     cache: Arc<ObjectCache>,
     inodes: Arc<Mutex<InodeTable>>,
-    /// Reads the next files of a directory after a cache miss.
+    /// Reads the next files of a directory into the cache and the kernel.
     prefetch: Option<Prefetcher>,
-    /// Per directory, the listing index up to which files were asked for.
-    ahead: Mutex<HashMap<Ino, usize>>,
+    /// Per directory, the listing index up to which files were asked for,
+    /// and when.
+    ahead: Mutex<HashMap<Ino, (usize, Instant)>>,
     /// Set once mounted: how the prefetcher stores pages into the kernel.
-    pages: Arc<OnceLock<fuser::Notifier>>,
+    pages: Arc<OnceLock<PagePusher>>,
     /// File reads so far, and their count at the last READDIRPLUS.
     reads: AtomicU64,
     /// Reads that had to inflate the blob themselves.
@@ -230,9 +235,10 @@ impl GitFs {
         self.resolved
     }
 
-    /// Where [`crate::mount`] puts the session's notifier, through which the
-    /// prefetcher stores file contents straight into the kernel's page cache.
-    pub fn page_pusher(&self) -> Arc<OnceLock<fuser::Notifier>> {
+    /// Where [`crate::mount`] puts a descriptor of the session's connection,
+    /// through which the prefetcher stores file contents straight into the
+    /// kernel's page cache.
+    pub fn page_pusher(&self) -> Arc<OnceLock<PagePusher>> {
         self.pages.clone()
     }
 
@@ -457,8 +463,13 @@ impl GitFs {
         self.reads.fetch_add(1, Ordering::Relaxed);
         let blob = match self.cache.get(&data.oid) {
             Some(Cached::Blob(b)) => b,
-            _ => self.inflate(parent, data.oid)?,
+            _ => self.inflate(data.oid)?,
         };
+        if offset == 0 {
+            // The page was not stored in time (or never asked for): have the
+            // following files stored, unless that is already under way.
+            self.read_ahead(parent, data.oid);
+        }
         let start = usize::try_from(offset)
             .unwrap_or(usize::MAX)
             .min(blob.len());
@@ -469,13 +480,12 @@ impl GitFs {
     /// A blob the cache does not have: inflate it, unless the prefetcher is
     /// inflating it right now, in which case wait for its result (the two
     /// otherwise march through a directory in step, both inflating each file).
-    fn inflate(&self, parent: Ino, oid: Oid) -> Result<Arc<[u8]>> {
+    fn inflate(&self, oid: Oid) -> Result<Arc<[u8]>> {
         match self.cache.claim(oid) {
             Some(_claim) => {
                 self.misses.fetch_add(1, Ordering::Relaxed);
                 let b = self.store.read_blob(oid)?;
                 self.cache.insert(oid, Cached::Blob(b.clone()));
-                self.read_ahead(parent, oid);
                 Ok(b)
             }
             None => {
@@ -489,9 +499,10 @@ impl GitFs {
         }
     }
 
-    /// After a read of `oid` in directory `parent` missed the cache, ask the
-    /// prefetcher for the files listed after it, unless an earlier request
-    /// already covers this place (the prefetcher is merely behind).
+    /// After a READ of `oid` in directory `parent` (its page was not in the
+    /// kernel), ask the prefetcher for the files listed after it, unless an
+    /// earlier request already covers this place (the prefetcher is merely
+    /// behind).
     fn read_ahead(&self, parent: Ino, oid: Oid) {
         if self.prefetch.is_none() {
             return;
@@ -516,7 +527,9 @@ impl GitFs {
     }
 
     /// Ask the prefetcher for the files of directory `dir` (listing `tree`)
-    /// from index `from` on, unless an earlier request already covers `from`.
+    /// from index `from` on, unless a recent request already covers `from`
+    /// (an older one may have given up storing: the kernel did not hold the
+    /// inodes in time).
     fn request_window(&self, dir: Ino, tree: &[TreeEntry], from: usize) {
         let Some(prefetch) = &self.prefetch else {
             return;
@@ -527,15 +540,16 @@ impl GitFs {
         }
         {
             let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(&upto) = ahead.get(&dir) {
-                if upto > from && upto <= from + WINDOW {
+            let now = Instant::now();
+            if let Some(&(upto, when)) = ahead.get(&dir) {
+                if upto > from && upto <= from + WINDOW && now < when + WINDOW_FRESH {
                     return;
                 }
             }
             if ahead.len() >= 4096 {
                 ahead.clear();
             }
-            ahead.insert(dir, end);
+            ahead.insert(dir, (end, now));
         }
         let time = self.node(dir).map_or(0, |n| n.0.time);
         let oids: Vec<(Oid, Ino)> = {

@@ -360,7 +360,17 @@ pub fn mount(
         fuser::Session::new(served, &mountpoint, &config).map_err(|e| io("mounting fuse on", e))?;
     // The prefetcher pushes what it inflated into the kernel's page cache
     // through this, so those reads never reach the daemon.
-    let _ = pages.set(session.notifier());
+    {
+        use std::os::fd::AsFd;
+        match session.as_fd().try_clone_to_owned() {
+            Ok(dev) => {
+                let _ = pages.set(prefetch::PagePusher::new(dev));
+            }
+            Err(e) => {
+                warn!(error = %e, "no descriptor for page stores: every read reaches the daemon")
+            }
+        }
+    }
     let mut ring_requests = Arc::new(AtomicU64::new(0));
     if let Some(r) = rings.as_mut() {
         let declined = || FsError::IoUring("the kernel declined it at INIT".into());

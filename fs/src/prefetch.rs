@@ -48,7 +48,54 @@ const QUEUE: usize = 16;
 /// How many files the look-ahead may inflate beyond the reader's last listing.
 const AHEAD_FILES: u64 = 1024;
 /// How long refused page stores are retried.
-const RETRY_FOR: Duration = Duration::from_millis(2);
+const RETRY_FOR: Duration = Duration::from_millis(10);
+
+/// Stores file contents into the kernel's page cache (FUSE_NOTIFY_STORE)
+/// through its own descriptor of the mount's /dev/fuse connection.
+///
+/// fuser's `Notifier::store` answers Ok when the kernel says ENOENT (it
+/// treats a store like an invalidation, for which a missing inode is fine),
+/// but for a store ENOENT means nothing was stored: the kernel does not hold
+/// the inode yet, because the reader has not parsed the listing that
+/// introduces it. That is the usual case for the first files of a directory,
+/// and the store must then be tried again, so it has to be seen.
+#[derive(Debug)]
+pub struct PagePusher(std::fs::File);
+
+impl PagePusher {
+    /// `dev`: a descriptor of the mount's /dev/fuse connection (a dup of the
+    /// session's is fine: notifications are not tied to a reader).
+    pub fn new(dev: std::os::fd::OwnedFd) -> PagePusher {
+        PagePusher(std::fs::File::from(dev))
+    }
+
+    /// Store `data` as the contents of inode `ino` from offset 0; an error
+    /// (ENOENT: the kernel holds no such inode) means nothing was stored.
+    pub fn store(&self, ino: Ino, data: &[u8]) -> std::io::Result<()> {
+        use std::io::{IoSlice, Write};
+        /// FUSE_NOTIFY_STORE, sent in the error field of an unsolicited reply.
+        const NOTIFY_STORE: i32 = 4;
+        let size = u32::try_from(data.len()).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "store too large")
+        })?;
+        // fuse_out_header {len, error, unique = 0}, then fuse_notify_store_out
+        // {nodeid, offset = 0, size, padding}: 16 + 24 bytes, native endian.
+        let mut head = [0u8; 40];
+        let total = 40 + size;
+        head[0..4].copy_from_slice(&total.to_ne_bytes());
+        head[4..8].copy_from_slice(&NOTIFY_STORE.to_ne_bytes());
+        head[16..24].copy_from_slice(&ino.0.to_ne_bytes());
+        head[32..36].copy_from_slice(&size.to_ne_bytes());
+        let written = (&self.0).write_vectored(&[IoSlice::new(&head), IoSlice::new(data)])?;
+        if written != total as usize {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "short write of a page store",
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// What the filesystem asks of the thread.
 #[derive(Debug)]
@@ -73,7 +120,7 @@ impl Prefetcher {
     pub fn spawn(
         git_dir: &Path,
         cache: Arc<ObjectCache>,
-        pages: Arc<OnceLock<fuser::Notifier>>,
+        pages: Arc<OnceLock<PagePusher>>,
         inodes: Arc<Mutex<InodeTable>>,
     ) -> Result<Prefetcher> {
         let store = GitStore::open(git_dir)?;
@@ -132,7 +179,7 @@ impl Drop for Prefetcher {
 fn run(
     store: &GitStore,
     cache: &ObjectCache,
-    pages: &OnceLock<fuser::Notifier>,
+    pages: &OnceLock<PagePusher>,
     inodes: &Mutex<InodeTable>,
     rx: &Receiver<Job>,
 ) {
@@ -195,7 +242,7 @@ struct Counts {
 
 /// Page stores into the kernel, and those it refused for now.
 struct Stores<'a> {
-    pages: &'a OnceLock<fuser::Notifier>,
+    pages: &'a OnceLock<PagePusher>,
     inodes: &'a Mutex<InodeTable>,
     /// Refused stores in listing order, each retried until its deadline.
     pending: VecDeque<(Oid, Ino, Arc<[u8]>, Instant)>,
@@ -216,7 +263,8 @@ impl Stores<'_> {
     /// often comes too early: the store is then retried between other work
     /// for [`RETRY_FOR`].
     fn store(&mut self, oid: Oid, ino: Ino, blob: Arc<[u8]>) {
-        if !self.try_store(oid, ino, &blob) {
+        // Behind refused ones, this one would be refused too: queue it.
+        if !self.pending.is_empty() || !self.try_store(oid, ino, &blob) {
             self.pending
                 .push_back((oid, ino, blob, Instant::now() + RETRY_FOR));
         }
@@ -234,7 +282,7 @@ impl Stores<'_> {
             .get(ino)
             .map(|n| n.data.oid);
         match record {
-            Some(o) if o == oid => match k.store(fuser::INodeNo(ino.0), 0, blob) {
+            Some(o) if o == oid => match k.store(ino, blob) {
                 Ok(()) => {
                     self.stored += 1;
                     true
@@ -247,19 +295,18 @@ impl Stores<'_> {
         }
     }
 
-    /// Retry the pending stores once, in order; true while some remain.
+    /// Retry the pending stores in order, up to the first one still refused
+    /// before its deadline: the kernel takes a listing's inodes in listing
+    /// order, so the ones after it would be refused too, and each refusal
+    /// costs a system call. True while some remain.
     fn retry(&mut self) -> bool {
         let now = Instant::now();
-        for _ in 0..self.pending.len() {
-            let Some((oid, ino, blob, deadline)) = self.pending.pop_front() else {
-                break;
-            };
+        while let Some((oid, ino, blob, deadline)) = self.pending.pop_front() {
             if self.try_store(oid, ino, &blob) {
                 self.retried += 1;
-                continue;
-            }
-            if now < deadline {
-                self.pending.push_back((oid, ino, blob, deadline));
+            } else if now < deadline {
+                self.pending.push_front((oid, ino, blob, deadline));
+                break;
             } else {
                 // The kernel does not hold the inode (any more); it will READ
                 // the file if it needs it.
@@ -276,9 +323,17 @@ fn files(
     store: &GitStore,
     cache: &ObjectCache,
     stores: &mut Stores<'_>,
-    oids: Vec<(Oid, Ino)>,
+    mut oids: Vec<(Oid, Ino)>,
     counts: &mut Counts,
 ) {
+    // The reader reads the first file of the window right away, and a store
+    // waits for the page lock its READ holds: storing it first would keep
+    // this thread one step behind the reader for the whole window (each
+    // store landing just after the READ it should have spared). Start one
+    // file ahead instead, and store the first one last.
+    if oids.len() > 1 {
+        oids.rotate_left(1);
+    }
     // Never fill more than an eighth of the budget per request, so a window
     // cannot evict the files read just before it.
     let per_request = cache.budget() / 8;
