@@ -378,6 +378,67 @@ fn sandbox_network_none_has_only_loopback() {
 }
 
 #[test]
+fn sandbox_batch_job_has_no_terminal_but_stays_in_the_callers_session() {
+    if !util::require_root() {
+        return;
+    }
+    let sb = Sandbox::new(
+        "echo job $(cat /proc/self/autogroup);\
+         if (: </dev/tty) 2>/dev/null; then echo has-tty; else echo no-tty; fi",
+    );
+    let path = sb.base.join("spec.json");
+    sb.spec.save(&path).unwrap();
+    // The helper runs, as under `portroot run` from a shell, in a session
+    // with a controlling terminal (a fresh pty), without leading it.
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes the two descriptors; no name, termios or size.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just opened and are owned here alone.
+    let (master, slave) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::os::fd::OwnedFd::from_raw_fd(master),
+            std::os::fd::OwnedFd::from_raw_fd(slave),
+        )
+    };
+    let out = Command::new("setsid")
+        .args(["--ctty", "sh", "-c"])
+        .arg(format!(
+            "echo caller $(cat /proc/$$/autogroup); '{}' internal sandbox '{}'; exit $?",
+            util::bin().display(),
+            path.display()
+        ))
+        .stdin(slave)
+        .output()
+        .unwrap();
+    drop(master);
+    let text = stdout(&out);
+    let group = |who: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(who))
+            .unwrap_or_else(|| panic!("no {who} line (no /proc/PID/autogroup?): {text}"))
+            .trim()
+            .to_owned()
+    };
+    // A new session would be a new scheduler autogroup, where the job's
+    // reads of the tree mount would wait for a CPU at every FUSE reply.
+    assert_eq!(group("job "), group("caller "), "{text}");
+    assert!(
+        text.contains("no-tty\n"),
+        "the job can open the terminal: {text}"
+    );
+}
+
+#[test]
 fn sandbox_reports_exit_status_and_setup_errors() {
     if !util::require_root() {
         return;

@@ -15,7 +15,10 @@
 //!    `resolv.conf`, `pivot_root`s into the chroot and detaches the old root,
 //!    writes the portage configuration, then forks the job's
 //!    `/bin/bash --login` with an environment of just `HOME` and `TERM`, and
-//!    reaps every orphan until the job's shell exits.
+//!    reaps every orphan until the job's shell exits. A batch job has no
+//!    controlling terminal (the helper drops it first) and its own process
+//!    group, but stays in the caller's session and so in its scheduler
+//!    autogroup, with the tree mounts' daemon threads.
 //!
 //! Mount targets inside the chroot are resolved with `openat2(RESOLVE_IN_ROOT)`
 //! and mounted through `/proc/self/fd/N`, so a symlink in the stage (say
@@ -106,6 +109,9 @@ impl SandboxSpec {
 /// (`128 + signal` if killed). Must be called from a single-threaded process:
 /// it forks and the children use the heap.
 pub fn run(spec: &SandboxSpec) -> Result<i32> {
+    if spec.command != Command::Interactive {
+        drop_controlling_terminal();
+    }
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWUTS
@@ -144,6 +150,28 @@ pub fn run(spec: &SandboxSpec) -> Result<i32> {
         }
         ForkResult::Parent { child } => wait_exit(child),
     }
+}
+
+/// Give up the controlling terminal, if any, without leaving the session
+/// (see the job's fork in [`init`]): then nothing the sandbox starts can open
+/// `/dev/tty` or get the terminal's signals. Only for a process that does not
+/// lead its session, where TIOCNOTTY detaches just this process; a leader's
+/// would hang up the terminal's foreground group.
+fn drop_controlling_terminal() {
+    let me = nix::unistd::getpid();
+    if nix::unistd::getsid(None).is_ok_and(|sid| sid == me) {
+        return;
+    }
+    let Ok(tty) = nix::fcntl::open(
+        "/dev/tty",
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) else {
+        // No controlling terminal: nothing to drop.
+        return;
+    };
+    // SAFETY: TIOCNOTTY takes no argument; `tty` is an open terminal.
+    unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCNOTTY) };
 }
 
 /// `err` and its sources joined with `: `, as `anyhow`'s `{:#}` would.
@@ -219,8 +247,13 @@ fn init(spec: &SandboxSpec) -> Result<i32> {
     })? {
         ForkResult::Child => {
             if spec.command != Command::Interactive {
-                // Batch jobs get their own session: no controlling terminal.
-                let _ = nix::unistd::setsid();
+                // A batch job has no controlling terminal (dropped by the
+                // helper) and its own process group, out of the terminal's
+                // foreground group; but it stays in the caller's session: a
+                // new session is a new scheduler autogroup, and a reader in
+                // another autogroup than the tree mount's daemon threads is
+                // moved to the idle CPU at nearly every FUSE reply.
+                let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
             }
             let err = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
             eprintln!("portroot sandbox: executing /bin/bash: {err}");
