@@ -192,6 +192,15 @@ fn mount(fx: &Fixture, view: View, at: &Path) -> MountedFs {
     portroot_fs::mount(&fx.git_dir(), view, at, &MountOptions::default()).expect("mount")
 }
 
+/// Mount `tag` with the requests coming through `transport`.
+fn mount_through(fx: &Fixture, tag: &str, at: &Path, transport: portroot_fs::IoUring) -> MountedFs {
+    let opts = MountOptions {
+        io_uring: transport,
+        ..MountOptions::default()
+    };
+    portroot_fs::mount(&fx.git_dir(), View::Ref(tag.into()), at, &opts).expect("mount")
+}
+
 /// What one path looks like: type, exec bit, size, content, link target.
 #[derive(Debug, PartialEq, Eq)]
 enum Node {
@@ -303,12 +312,7 @@ fn fs_mount_io_uring_and_dev_fuse_serve_the_same_tree() {
     let expected = fx.archive(TAG2);
     for mode in [portroot_fs::IoUring::On, portroot_fs::IoUring::Off] {
         let at = mountpoint();
-        let opts = MountOptions {
-            io_uring: mode,
-            ..MountOptions::default()
-        };
-        let m = portroot_fs::mount(&fx.git_dir(), View::Ref(TAG2.into()), at.path(), &opts)
-            .expect("mount");
+        let m = mount_through(&fx, TAG2, at.path(), mode);
         assert_same_tree(expected.path(), at.path(), TIME2);
         // A write through either transport is refused the same way.
         let err = fs::write(at.path().join("new-file"), "x").expect_err("read-only");
@@ -364,12 +368,7 @@ fn fs_mount_files_of_a_read_directory_reach_the_page_cache_unasked() {
     let fx = Fixture::with_many(100);
     for mode in [portroot_fs::IoUring::On, portroot_fs::IoUring::Off] {
         let at = mountpoint();
-        let opts = MountOptions {
-            io_uring: mode,
-            ..MountOptions::default()
-        };
-        let m = portroot_fs::mount(&fx.git_dir(), View::Ref(TAG1.into()), at.path(), &opts)
-            .expect("mount");
+        let m = mount_through(&fx, TAG1, at.path(), mode);
         // A reader that reads files, then lists a directory and reads its
         // first file: the daemon stores the others into the kernel's page
         // cache so their reads never reach it.
