@@ -503,38 +503,26 @@ fn dispatch(fs: &GitFs, r: &Request, out: &mut [u8]) -> Result<usize, Errno> {
         }
         READDIR => {
             let offset = u64_at(r.op_in, 8);
-            let size = (u32_at(r.op_in, 16) as usize).min(out.len());
-            let mut at = 0;
+            let mut buf = DirBuf::new(out, u32_at(r.op_in, 16));
             fs.readdir(ino, offset, |it| {
-                let len = dirent_len(it.name.len());
-                if at + len > size {
-                    return true;
-                }
-                let mut w = Writer::new(&mut out[at..at + len]);
-                put_dirent(&mut w, it.ino.0, it.next, it.kind, it.name);
-                at += len;
-                false
+                buf.push(dirent_len(it.name.len()), |w| {
+                    put_dirent(w, it.ino.0, it.next, it.kind, it.name);
+                })
             })
             .map_err(|e| fail("readdir", e))?;
-            Ok(at)
+            Ok(buf.at)
         }
         READDIRPLUS => {
             let offset = u64_at(r.op_in, 8);
-            let size = (u32_at(r.op_in, 16) as usize).min(out.len());
-            let mut at = 0;
+            let mut buf = DirBuf::new(out, u32_at(r.op_in, 16));
             fs.readdirplus(ino, offset, |it, attr, ttl| {
-                let len = dirent_len(ENTRY_OUT + it.name.len());
-                if at + len > size {
-                    return true;
-                }
-                let mut w = Writer::new(&mut out[at..at + len]);
-                put_entry_out(&mut w, attr, ttl);
-                put_dirent(&mut w, it.ino.0, it.next, attr.kind, it.name);
-                at += len;
-                false
+                buf.push(dirent_len(ENTRY_OUT + it.name.len()), |w| {
+                    put_entry_out(w, attr, ttl);
+                    put_dirent(w, it.ino.0, it.next, attr.kind, it.name);
+                })
             })
             .map_err(|e| fail("readdirplus", e))?;
-            Ok(at)
+            Ok(buf.at)
         }
         STATFS => {
             let mut w = Writer::new(out);
@@ -600,6 +588,33 @@ fn copy(out: &mut [u8], data: &[u8]) -> usize {
 }
 
 /// Little cursor over a reply buffer (native byte order, like the kernel).
+/// A READDIR(PLUS) reply being filled, entry by entry, up to the size the
+/// kernel asked for.
+struct DirBuf<'a> {
+    out: &'a mut [u8],
+    size: usize,
+    /// Bytes written so far.
+    at: usize,
+}
+
+impl<'a> DirBuf<'a> {
+    fn new(out: &'a mut [u8], asked: u32) -> DirBuf<'a> {
+        let size = (asked as usize).min(out.len());
+        DirBuf { out, size, at: 0 }
+    }
+
+    /// Write an entry of `len` bytes with `write`; true (nothing written) when
+    /// it does not fit, which ends the listing callback.
+    fn push(&mut self, len: usize, write: impl FnOnce(&mut Writer)) -> bool {
+        if self.at + len > self.size {
+            return true;
+        }
+        write(&mut Writer::new(&mut self.out[self.at..self.at + len]));
+        self.at += len;
+        false
+    }
+}
+
 struct Writer<'a> {
     buf: &'a mut [u8],
     at: usize,
