@@ -82,10 +82,14 @@ impl PagePusher {
         // {nodeid, offset = 0, size, padding}: 16 + 24 bytes, native endian.
         let mut head = [0u8; 40];
         let total = 40 + size;
-        head[0..4].copy_from_slice(&total.to_ne_bytes());
-        head[4..8].copy_from_slice(&NOTIFY_STORE.to_ne_bytes());
-        head[16..24].copy_from_slice(&ino.0.to_ne_bytes());
-        head[32..36].copy_from_slice(&size.to_ne_bytes());
+        let mut w = crate::ring::Writer::new(&mut head);
+        w.u32(total);
+        w.bytes(&NOTIFY_STORE.to_ne_bytes());
+        w.zeros(8); // unique
+        w.u64(ino.0);
+        w.zeros(8); // offset
+        w.u32(size);
+        w.zeros(4); // padding
         let written = (&self.0).write_vectored(&[IoSlice::new(&head), IoSlice::new(data)])?;
         if written != total as usize {
             return Err(std::io::Error::new(

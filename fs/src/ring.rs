@@ -615,26 +615,27 @@ impl<'a> DirBuf<'a> {
     }
 }
 
-struct Writer<'a> {
+/// Native-endian encoder of the kernel's FUSE structures into a buffer.
+pub(crate) struct Writer<'a> {
     buf: &'a mut [u8],
     at: usize,
 }
 
 impl<'a> Writer<'a> {
-    fn new(buf: &'a mut [u8]) -> Writer<'a> {
+    pub(crate) fn new(buf: &'a mut [u8]) -> Writer<'a> {
         Writer { buf, at: 0 }
     }
-    fn bytes(&mut self, b: &[u8]) {
+    pub(crate) fn bytes(&mut self, b: &[u8]) {
         self.buf[self.at..self.at + b.len()].copy_from_slice(b);
         self.at += b.len();
     }
-    fn u32(&mut self, v: u32) {
+    pub(crate) fn u32(&mut self, v: u32) {
         self.bytes(&v.to_ne_bytes());
     }
-    fn u64(&mut self, v: u64) {
+    pub(crate) fn u64(&mut self, v: u64) {
         self.bytes(&v.to_ne_bytes());
     }
-    fn zeros(&mut self, n: usize) {
+    pub(crate) fn zeros(&mut self, n: usize) {
         self.buf[self.at..self.at + n].fill(0);
         self.at += n;
     }
