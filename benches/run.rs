@@ -153,7 +153,10 @@ fn build_stage_tarball(rootfs: &Path, tarball: &Path) {
     let mut copies: Vec<(PathBuf, PathBuf)> = vec![
         ("/usr/bin/bash".into(), "bin/bash".into()),
         ("/usr/bin/env".into(), "usr/bin/env".into()),
-        ("/usr/bin/busybox".into(), "bin/busybox".into()),
+        (
+            portroot::fixture::deb::busybox().expect("fetching busybox into the fixture cache"),
+            "bin/busybox".into(),
+        ),
     ];
     for bin in ["/usr/bin/bash", "/usr/bin/env"] {
         let out = Command::new("ldd").arg(bin).output().expect("ldd");

@@ -1,9 +1,12 @@
 //! Deterministic fixtures shaped like the real thing: portage snapshot tarballs as
-//! the mirrors pack them, and small but real stage tarballs.
+//! the mirrors pack them, small but real stage tarballs, and real Debian
+//! packages fetched into a cache on first use.
 //!
 //! They live in the library, not in `tests/`, because the integration tests, the
 //! benchmarks and `portroot demo` all build their data with them, and none of
-//! those may need the network.
+//! those may need the network beyond the package registry (and the demo needs
+//! none at all).
 
+pub mod deb;
 pub mod portage;
 pub mod stage;

@@ -1,6 +1,7 @@
 //! The runner as root: real overlays, namespaces and chroots. First the sandbox
 //! helper alone (`portroot internal sandbox SPEC`) against a rootfs directory
-//! built here from the host's bash and busybox, then `portroot run`, `shell`,
+//! built here from the host's bash and Debian's static busybox (fetched into
+//! the fixture cache), then `portroot run`, `shell`,
 //! `ps` and `gc` end to end.
 
 use std::collections::BTreeMap;
@@ -25,11 +26,9 @@ pub fn make_rootfs(root: &Path) {
     fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
     copy_in(root, Path::new("/usr/bin/bash"), Path::new("bin/bash"));
     copy_in(root, Path::new("/usr/bin/env"), Path::new("usr/bin/env"));
-    copy_in(
-        root,
-        Path::new("/usr/bin/busybox"),
-        Path::new("bin/busybox"),
-    );
+    let busybox =
+        portroot::fixture::deb::busybox().expect("fetching busybox into the fixture cache");
+    copy_in(root, &busybox, Path::new("bin/busybox"));
     for applet in [
         "cat", "ls", "hostname", "mkdir", "sh", "id", "touch", "grep", "wc", "sleep", "readlink",
         "stat", "head", "sort", "tr", "sed",
