@@ -782,16 +782,20 @@ fn foreground(store: &Path, fx: &Fixture, at: &Path) -> Child {
 }
 
 fn foreground_with(store: &Path, fx: &Fixture, at: &Path, extra: &[&str]) -> Child {
-    let child = util::portroot(store)
-        .args(["mount", "--foreground", "--tag", TAG1, "--git-dir"])
+    foreground_cmd(store, fx, at, extra)
+        .spawn()
+        .expect("spawn portroot mount --foreground")
+}
+
+fn foreground_cmd(store: &Path, fx: &Fixture, at: &Path, extra: &[&str]) -> Command {
+    let mut cmd = util::portroot(store);
+    cmd.args(["mount", "--foreground", "--tag", TAG1, "--git-dir"])
         .arg(fx.git_dir())
         .args(extra)
         .arg(at)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn portroot mount --foreground");
-    child
+        .stderr(Stdio::null());
+    cmd
 }
 
 #[test]
@@ -921,12 +925,17 @@ fn fs_mount_sigkill_of_daemon_leaves_no_dead_mount() {
     }
     let fx = Fixture::new();
     let store = tempfile::tempdir().expect("store");
-    // Through /dev/fuse fusermount3's auto-unmount removes the mount; through
-    // io_uring the connection outlives the daemon for a while and the fs
-    // crate's reaper does it.
+    // The fs crate's reaper removes the mount through either transport
+    // (through io_uring the connection outlives the daemon for a while), with
+    // no fusermount3: the daemon runs with a PATH that has none, as on a
+    // machine without fuse3.
+    let no_tools = tempfile::tempdir().expect("empty PATH dir");
     for transport in ["off", "on"] {
         let at = mountpoint();
-        let mut child = foreground_with(store.path(), &fx, at.path(), &["--io-uring", transport]);
+        let mut child = foreground_cmd(store.path(), &fx, at.path(), &["--io-uring", transport])
+            .env("PATH", no_tools.path())
+            .spawn()
+            .expect("spawn portroot mount --foreground");
         wait_for("the foreground mount", || mounted_at(at.path()));
         child.kill().expect("SIGKILL");
         child.wait().expect("wait");
@@ -1002,4 +1011,40 @@ fn fs_mount_bad_input_fails_with_one_line() {
     );
     util::fails(util::portroot(store.path()).arg("mount").arg(at.path()), 2);
     util::assert_no_mounts_under(at.path());
+}
+
+#[test]
+fn fs_mount_isatty_is_enotty_and_logs_nothing() {
+    if !util::require_root() {
+        return;
+    }
+    // Python's open() asks TCGETS of every file it opens: a world rebuild
+    // asks thousands of times. The answer is "not a terminal", with nothing
+    // printed by the daemon, through either transport.
+    let fx = Fixture::new();
+    let store = tempfile::tempdir().expect("store");
+    for transport in ["off", "on"] {
+        let at = mountpoint();
+        let log = tempfile::NamedTempFile::new().expect("log file");
+        let mut child = foreground_cmd(store.path(), &fx, at.path(), &["--io-uring", transport])
+            .stderr(log.reopen().expect("reopen log"))
+            .spawn()
+            .expect("spawn portroot mount --foreground");
+        wait_for("the foreground mount", || mounted_at(at.path()));
+        for _ in 0..3 {
+            let f = fs::File::open(at.path().join("a/readme")).expect("open");
+            // SAFETY: isatty on a descriptor this test owns.
+            let tty = unsafe { libc::isatty(std::os::fd::AsRawFd::as_raw_fd(&f)) };
+            let errno = std::io::Error::last_os_error().raw_os_error();
+            assert_eq!((tty, errno), (0, Some(libc::ENOTTY)), "{transport}");
+        }
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+        assert!(child.wait().expect("wait").success());
+        let printed = fs::read_to_string(log.path()).expect("read log");
+        assert!(
+            !printed.contains("WARN") && !printed.contains("ioctl"),
+            "the daemon printed ({transport}):\n{printed}"
+        );
+    }
 }

@@ -70,8 +70,8 @@ pub struct MountOptions {
     pub threads: usize,
     /// Let every user read the mount (`allow_other`); needed for uid 250.
     pub allow_other: bool,
-    /// Have fusermount3 remove the mount if the daemon dies (falls back to a
-    /// plain mount, with a warning, when fusermount3 is missing).
+    /// Have a [`reaper`] remove the mount if the daemon dies, however it
+    /// dies (both transports; no fusermount3 needed).
     pub auto_unmount: bool,
     /// The source shown in /proc/mounts; empty means `portroot:<repo>@<ref>`.
     pub fsname: String,
@@ -105,7 +105,7 @@ pub struct MountedFs {
     /// The io_uring queue threads, when requests come through them.
     rings: Option<ring::Rings>,
     ring_requests: Arc<AtomicU64>,
-    /// Removes the mount if this process dies without unmounting (io_uring).
+    /// Removes the mount if this process dies without unmounting.
     reaper: Option<reaper::Reaper>,
 }
 
@@ -152,15 +152,13 @@ impl MountedFs {
             return Ok(());
         };
         let started = Instant::now();
-        // Unmount ourselves rather than leave it to fusermount3: in auto-unmount
-        // mode fuser only closes the helper's socket and the helper's unmount
-        // races with our join. A busy mount is detached lazily and the join
-        // waits for its last user.
+        // Unmount ourselves rather than leave it to fuser's drop, so a busy
+        // mount is detached lazily and the join waits for its last user.
         let unmounted = unmount_path(&self.mountpoint);
         match session.umount_and_join() {
             Ok(()) => {}
-            // Without fusermount3, fuser unmounts with umount2 itself, which
-            // says EINVAL for the mount we already removed.
+            // fuser unmounts with umount2 itself, which says EINVAL for the
+            // mount we already removed.
             Err(e) if unmounted && e.raw_os_error() == Some(libc::EINVAL) => {}
             Err(source) => {
                 return Err(FsError::Io {
@@ -285,15 +283,6 @@ fn escape_mountinfo(path: &Path) -> String {
     out
 }
 
-fn have_fusermount() -> bool {
-    if std::env::var_os("FUSERMOUNT_PATH").is_some() {
-        return true;
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .any(|d| d.join("fusermount3").is_file() || d.join("fusermount").is_file())
-}
-
 /// Mount `view` of the repository at `git_dir` on `mountpoint`. The ref is
 /// resolved and the mount point checked first; returns once the kernel has
 /// completed the FUSE handshake, so the tree is readable.
@@ -316,7 +305,7 @@ pub fn mount(
     } else {
         opts.fsname.clone()
     };
-    let mut options = vec![
+    let options = vec![
         MountOption::FSName(fsname.clone()),
         MountOption::Subtype("portroot".into()),
         MountOption::RO,
@@ -325,20 +314,10 @@ pub fn mount(
         MountOption::NoSuid,
         MountOption::NoAtime,
     ];
-    if opts.auto_unmount {
-        if have_fusermount() {
-            options.push(MountOption::AutoUnmount);
-        } else {
-            warn!("fusermount3 not found: a killed daemon will leave a dead mount behind");
-        }
-    }
     let mut config = Config::default();
     config.mount_options = options;
     config.acl = if opts.allow_other {
         SessionACL::All
-    } else if opts.auto_unmount {
-        // auto_unmount needs an allow_* option; root-and-owner is the narrowest.
-        SessionACL::RootAndOwner
     } else {
         SessionACL::Owner
     };
@@ -403,10 +382,10 @@ pub fn mount(
             }
         }
     }
-    // fusermount3's auto-unmount cannot be relied on through io_uring (see
-    // `reaper`); a reaper of our own removes the mount if we die.
-    let reaper = match &rings {
-        Some(_) if opts.auto_unmount => match reaper::Reaper::spawn(&mountpoint) {
+    // A reaper of our own removes the mount if we die, through either
+    // transport (see `reaper` for why not fusermount3's auto-unmount).
+    let reaper = match opts.auto_unmount {
+        true => match reaper::Reaper::spawn(&mountpoint) {
             Ok(r) => Some(r),
             Err(source) => {
                 drop(session);
@@ -417,7 +396,7 @@ pub fn mount(
                 });
             }
         },
-        _ => None,
+        false => None,
     };
     let session = session
         .spawn()

@@ -1,14 +1,18 @@
 //! A small watcher process that removes the mount if the daemon dies without
-//! unmounting, for mounts served through io_uring.
+//! unmounting, through either transport.
 //!
-//! fusermount3's `auto_unmount` helper waits for the daemon's socket to close,
-//! then unmounts only if opening the mount point says ENOTCONN. Through
-//! /dev/fuse that holds at once: the kernel aborts the connection when the
-//! daemon's last /dev/fuse descriptor closes. Through io_uring the queued
+//! It replaces fusermount3's `auto_unmount` helper, for three reasons. That
+//! helper waits for the daemon's socket to close, then unmounts only if
+//! opening the mount point says ENOTCONN. Through io_uring the queued
 //! commands keep the device open until the kernel's asynchronous ring teardown
 //! has run (measured: between 0.5 and 2 s after a SIGKILL), so the helper finds
 //! a live mount, leaves it, and the mount turns into a dead ENOTCONN directory
-//! a moment later.
+//! a moment later. It unmounts by path, so when the old mount was already
+//! removed and a new one made on the same path, it can take the new one. And
+//! it needs the setuid `fusermount3` of the fuse3 package, which a fresh
+//! machine lacks. Through /dev/fuse the reaper works the same way: the kernel
+//! aborts the connection when the daemon's last descriptor closes, the pipe
+//! ends with the daemon, and the mount is detached.
 //!
 //! The reaper is forked at mount time. It keeps nothing of the daemon open but
 //! the read end of a pipe whose write end only the daemon holds (close-on-exec,

@@ -85,6 +85,7 @@ const READDIR: u32 = 28;
 const RELEASEDIR: u32 = 29;
 const ACCESS: u32 = 34;
 const CREATE: u32 = 35;
+const IOCTL: u32 = 39;
 const FALLOCATE: u32 = 43;
 const READDIRPLUS: u32 = 44;
 const RENAME2: u32 = 45;
@@ -562,6 +563,8 @@ fn dispatch(fs: &GitFs, r: &Request, out: &mut [u8]) -> Result<usize, Errno> {
         // keeps its page and directory caches across opens.
         OPEN | OPENDIR | FLUSH => Err(Errno::ENOSYS),
         RELEASE | RELEASEDIR => Ok(0),
+        // "Not a terminal", as the fuser adapter answers (Python's isatty).
+        IOCTL => Err(Errno::ENOTTY),
         SETATTR | SYMLINK | MKNOD | MKDIR | UNLINK | RMDIR | RENAME | LINK | WRITE | SETXATTR
         | REMOVEXATTR | CREATE | FALLOCATE | RENAME2 | COPY_FILE_RANGE | TMPFILE => {
             Err(Errno::EROFS)

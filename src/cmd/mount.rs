@@ -210,7 +210,7 @@ fn run_daemon(git_dir: &Path, args: &MountArgs) -> anyhow::Result<ExitCode> {
     // READY_FD right before exec); nothing else in this process owns it.
     let mut ready = args.ready_fd.map(|fd| unsafe { File::from_raw_fd(fd) });
     if let Some(f) = &ready {
-        // Children (fusermount3) must not inherit the pipe, or the parent's read
+        // Children must not inherit the pipe, or the parent's read
         // would only end when they do.
         // SAFETY: fcntl on an fd we own, with no pointers involved.
         unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
@@ -387,9 +387,10 @@ fn mount_fstype(path: &Path) -> Option<(String, String)> {
     })
 }
 
-/// Whether a mount is one of ours: `fuse.portroot` when fusermount3 mounted it
-/// with its subtype, plain `fuse` with our `portroot:` source when the kernel
-/// was asked directly (no fusermount3 on the host).
+/// Whether a mount is one of ours: plain `fuse` with our `portroot:` source
+/// (the daemon asks the kernel directly), or `fuse.portroot` when fusermount3
+/// mounted it with its subtype (earlier versions did, and fuser still does for
+/// a mount made without root).
 fn is_portroot_mount(fstype: &str, source: &str) -> bool {
     fstype == "fuse.portroot" || (fstype == "fuse" && source.starts_with("portroot:"))
 }
