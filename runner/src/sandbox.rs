@@ -658,14 +658,17 @@ fn apply_op(op: &MountOp, chroot: &Chroot) -> Result<()> {
         }
         MountOp::Mqueue { target } => {
             let dir = chroot.dir(target)?;
-            mount(
+            match mount(
                 Some("mqueue"),
                 &fd_path(&dir),
                 Some("mqueue"),
                 MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
                 None::<&str>,
-            )
-            .map_err(sys("mounting mqueue on", chroot.show(target)))
+            ) {
+                // A kernel without POSIX message queues: nothing to mount.
+                Err(Errno::ENODEV) => Ok(()),
+                done => done.map_err(sys("mounting mqueue on", chroot.show(target))),
+            }
         }
         MountOp::Symlink { target, points_to } => {
             let (parent, name) = chroot.parent(target)?;
