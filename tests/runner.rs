@@ -151,14 +151,16 @@ fn assert_same_listing(after: &BTreeMap<PathBuf, String>, before: &BTreeMap<Path
 }
 
 /// The directories of one sandbox-helper test.
-struct Sandbox {
+pub(crate) struct Sandbox {
     _tmp: tempfile::TempDir,
-    base: PathBuf,
-    spec: SandboxSpec,
+    /// Holds `rootfs/`, `upper/`, `work/`, `root/`, the trees and caches.
+    pub(crate) base: PathBuf,
+    /// What the helper is given.
+    pub(crate) spec: SandboxSpec,
 }
 
 impl Sandbox {
-    fn new(script: &str) -> Sandbox {
+    pub(crate) fn new(script: &str) -> Sandbox {
         let tmp = tempfile::tempdir().unwrap();
         let base = tmp.path().to_owned();
         make_rootfs(&base.join("rootfs"));
@@ -239,7 +241,7 @@ impl Sandbox {
         }
     }
 
-    fn run(&self) -> Output {
+    pub(crate) fn run(&self) -> Output {
         let path = self.base.join("spec.json");
         self.spec.save(&path).unwrap();
         Command::new(util::bin())
@@ -251,7 +253,7 @@ impl Sandbox {
     }
 }
 
-fn stdout(out: &Output) -> String {
+pub(crate) fn stdout(out: &Output) -> String {
     assert!(
         out.status.success(),
         "sandbox failed with {}\nstdout:\n{}\nstderr:\n{}",
@@ -606,7 +608,7 @@ fn commit_and_tag(
     }
 }
 
-fn run_dirs(store: &Path) -> Vec<PathBuf> {
+pub(crate) fn run_dirs(store: &Path) -> Vec<PathBuf> {
     match fs::read_dir(store.join("runs")) {
         Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
         Err(_) => Vec::new(),

@@ -9,6 +9,7 @@ mod config;
 mod e2e;
 mod fs_mount;
 mod import;
+mod isolation;
 mod layer;
 mod runner;
 mod stage;

@@ -1,15 +1,40 @@
 //! Mount plans: the pure description of how one chroot is put together.
 //!
 //! [`MountPlan::for_chroot`] turns a [`ChrootLayout`] (stage layers, the job's
-//! upper/work directories, the trees and caches to bind) into a list of
-//! [`MountOp`]s in the one fixed order the sandbox applies them:
+//! upper/work directories, the trees and caches to bind) into two lists of
+//! [`MountOp`]s in the one fixed order the sandbox applies them.
+//!
+//! [`MountPlan::ops`], applied by the sandbox's init as root of the host's
+//! user namespace, before `pivot_root`:
 //!
 //! 1. the overlay (upper over the stage layers) on the job's `root/`;
-//! 2. the read-only trees (`/var/db/repos/gentoo`, `--repo-ref`s) and the
-//!    read-write caches (DISTDIR, PKGDIR);
+//! 2. the trees (`/var/db/repos/gentoo`, `--repo-ref`s: read-only) and the
+//!    caches (DISTDIR, PKGDIR: writable), all `nosuid,nodev`;
 //! 3. `proc` (inside the new PID namespace, so it shows the job's processes);
-//! 4. `/dev` and `/sys` bound recursively with slave propagation, `/sys`
-//!    read-only, so nothing done inside reaches the host's mounts.
+//! 4. a private `/dev` as bubblewrap's `--dev` makes it: a tmpfs with `null`,
+//!    `zero`, `full`, `random`, `urandom` and `tty` bound from the host, the
+//!    `fd`/`stdin`/`stdout`/`stderr` links, a fresh devpts with
+//!    `ptmx -> pts/ptmx`, a private `/dev/shm` and a fresh `/dev/mqueue`;
+//! 5. `/sys` bound recursively, then read-only all the way down
+//!    (`mount_setattr(2)` with `AT_RECURSIVE`); a per-job cgroup mount goes
+//!    right after it (see [`MountPlan::for_chroot`]);
+//! 6. `/sys/firmware` and `/sys/devices/virtual/powercap` masked.
+//!
+//! The job then gets its own user namespace (ids mapped onto themselves) and
+//! mount namespace, in which the kernel locks every mount above: the job can
+//! neither unmount nor remount any of them read-write (mount_namespaces(7),
+//! "restrictions on mount namespaces").
+//!
+//! [`MountPlan::job_ops`], applied inside the job's user namespace after
+//! `pivot_root`: `/proc` as container runtimes leave it (runc's and moby's
+//! default `readonlyPaths` and `maskedPaths`): `/proc/sys`,
+//! `/proc/sysrq-trigger`, `/proc/irq`, `/proc/bus` and `/proc/fs` read-only,
+//! `/proc/kcore`, `/proc/keys`, `/proc/timer_list`, `/proc/sched_debug` and
+//! the like masked. These are made in the job's namespace on purpose: the
+//! kernel lets a user namespace mount a fresh `proc` (portage's pid-sandbox
+//! does) only while some `proc` in its mount namespace has no *locked* mount
+//! covering part of it (`mnt_already_visible()` in fs/namespace.c), so locked
+//! masks would break every ebuild phase under `FEATURES=pid-sandbox`.
 //!
 //! Nothing here touches the system: the sandbox (`sandbox.rs`) only executes
 //! the plan, and the unit tests below pin the order and the option escaping.
@@ -46,6 +71,38 @@ pub struct ChrootLayout {
     pub binds: Vec<Bind>,
 }
 
+/// Per-mount flags set on a bind after it is made, with `mount_setattr(2)`:
+/// on the bind alone, or on its whole tree if the bind is recursive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Attrs {
+    /// `MOUNT_ATTR_RDONLY`.
+    pub readonly: bool,
+    /// `MOUNT_ATTR_NOSUID`: setuid and file capabilities are ignored.
+    pub nosuid: bool,
+    /// `MOUNT_ATTR_NODEV`: device nodes cannot be opened.
+    pub nodev: bool,
+    /// `MOUNT_ATTR_NOEXEC`.
+    pub noexec: bool,
+}
+
+impl Attrs {
+    /// `nosuid,nodev`: what every tree and cache bind gets.
+    pub const NOSUID_NODEV: Attrs = Attrs {
+        readonly: false,
+        nosuid: true,
+        nodev: true,
+        noexec: false,
+    };
+
+    /// The same, read-only.
+    pub fn readonly(self) -> Attrs {
+        Attrs {
+            readonly: true,
+            ..self
+        }
+    }
+}
+
 /// One step of a [`MountPlan`]. Targets other than the overlay's are absolute
 /// paths *inside* the chroot, resolved without leaving it when applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,22 +114,74 @@ pub enum MountOp {
         /// `lowerdir=..,upperdir=..,workdir=..`, escaped.
         options: OsString,
     },
-    /// Bind `source` (host path) on `target` (inside the chroot).
+    /// Bind the directory `source` (host path) on `target` (inside the chroot).
     Bind {
         /// Host directory.
         source: PathBuf,
         /// Path inside the chroot.
         target: PathBuf,
-        /// `MS_REC`: take the submounts along (`/dev/pts`, `/sys/fs/cgroup`).
+        /// `MS_REC`: take the submounts along (`/sys/fs/cgroup`); `attrs`
+        /// and `slave` then apply to all of them.
         recursive: bool,
-        /// Remount read-only afterwards, keeping the flags already set.
-        readonly: bool,
+        /// Set on the bind afterwards (`readonly` here replaces bubblewrap's
+        /// second `MS_REMOUNT|MS_BIND|MS_RDONLY`: `mount_setattr` changes
+        /// only the flags it is given, so nothing needs repeating).
+        attrs: Attrs,
         /// Make it a slave so unmounts inside never propagate out.
         slave: bool,
+    },
+    /// Bind the host's node `source` (a device) on an empty file created at
+    /// `target` (inside the chroot), as bubblewrap's `--dev` does.
+    BindNode {
+        /// Host device node, e.g. `/dev/null`.
+        source: PathBuf,
+        /// Path inside the chroot.
+        target: PathBuf,
     },
     /// Mount a fresh `proc` on `target` (inside the chroot).
     Proc {
         /// Usually `/proc`.
+        target: PathBuf,
+    },
+    /// Mount a fresh tmpfs on `target` (inside the chroot).
+    Tmpfs {
+        /// Path inside the chroot.
+        target: PathBuf,
+        /// Mode of its root directory, e.g. `0o1777` for `/dev/shm`.
+        mode: u32,
+        /// Mount flags.
+        attrs: Attrs,
+    },
+    /// Mount a new devpts instance on `target`, with
+    /// `newinstance,ptmxmode=0666,mode=620` (bubblewrap's options): the job
+    /// sees only its own pseudo-terminals.
+    Devpts {
+        /// Usually `/dev/pts`.
+        target: PathBuf,
+    },
+    /// Mount the job's IPC namespace's POSIX message queues on `target`.
+    Mqueue {
+        /// Usually `/dev/mqueue`.
+        target: PathBuf,
+    },
+    /// Create the symlink `target -> points_to` (inside the chroot).
+    Symlink {
+        /// The link, inside the chroot.
+        target: PathBuf,
+        /// What it points to, stored as is.
+        points_to: PathBuf,
+    },
+    /// Bind `target` over itself, then make it read-only; skipped if the
+    /// kernel has no such path (runc's `readonlyPaths`).
+    ReadOnlyPath {
+        /// Path inside the chroot.
+        target: PathBuf,
+    },
+    /// Hide `target`: `/dev/null` bound over a file, an empty read-only tmpfs
+    /// over a directory; skipped if the kernel has no such path (runc's
+    /// `maskedPaths`).
+    Mask {
+        /// Path inside the chroot.
         target: PathBuf,
     },
 }
@@ -83,7 +192,14 @@ impl MountOp {
         match self {
             MountOp::Overlay { target, .. }
             | MountOp::Bind { target, .. }
-            | MountOp::Proc { target } => target,
+            | MountOp::BindNode { target, .. }
+            | MountOp::Proc { target }
+            | MountOp::Tmpfs { target, .. }
+            | MountOp::Devpts { target }
+            | MountOp::Mqueue { target }
+            | MountOp::Symlink { target, .. }
+            | MountOp::ReadOnlyPath { target }
+            | MountOp::Mask { target } => target,
         }
     }
 }
@@ -93,9 +209,56 @@ impl MountOp {
 pub struct MountPlan {
     /// The chroot root (host path), the overlay's mount point.
     pub root: PathBuf,
-    /// The steps, in the order they must be applied.
+    /// The steps applied as root of the host's user namespace, before
+    /// `pivot_root`, in this order; the first is the overlay. The job's user
+    /// namespace sees all of them locked.
     pub ops: Vec<MountOp>,
+    /// The steps applied inside the job's user namespace after `pivot_root`
+    /// (targets relative to the new `/`), in this order.
+    pub job_ops: Vec<MountOp>,
 }
+
+/// The host's device nodes bound into every job's `/dev` (bubblewrap's
+/// `--dev` list). No block device, no `console`, no `kmsg`.
+pub const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// `/dev` links to the job's own descriptors. bubblewrap also makes
+/// `core -> /proc/kcore`, which `/proc` masks anyway: left out.
+pub const DEV_LINKS: [(&str, &str); 5] = [
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("ptmx", "pts/ptmx"),
+];
+
+/// Read-only in every job: runc's (and moby's) default `readonlyPaths`.
+/// `/proc/sys` matters most: the job's uid 0 is the host's uid 0, which may
+/// write every sysctl that checks no capability (`kernel.core_pattern`).
+pub const PROC_READONLY: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Masked in every job's `/proc`: runc's (and moby's) default `maskedPaths`.
+pub const PROC_MASKED: [&str; 9] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+];
+
+/// Masked under the read-only `/sys`: firmware tables, and the power meters
+/// of `powercap` (moby masks it since CVE-2020-8694).
+pub const SYS_MASKED: [&str; 2] = ["/sys/firmware", "/sys/devices/virtual/powercap"];
 
 impl MountPlan {
     /// The plan for one job's chroot, in the fixed order described in the
@@ -109,26 +272,81 @@ impl MountPlan {
             source: b.source.clone(),
             target: b.target.clone(),
             recursive: false,
-            readonly: !b.writable,
+            attrs: if b.writable {
+                Attrs::NOSUID_NODEV
+            } else {
+                Attrs::NOSUID_NODEV.readonly()
+            },
             slave: false,
         }));
         ops.push(MountOp::Proc {
             target: PathBuf::from("/proc"),
         });
-        for (dir, readonly) in [("/dev", false), ("/sys", true)] {
-            ops.push(MountOp::Bind {
-                source: PathBuf::from(dir),
-                target: PathBuf::from(dir),
-                recursive: true,
-                readonly,
-                slave: true,
-            });
-        }
+        ops.extend(dev_ops());
+        ops.push(MountOp::Bind {
+            source: PathBuf::from("/sys"),
+            target: PathBuf::from("/sys"),
+            recursive: true,
+            attrs: Attrs {
+                noexec: true,
+                ..Attrs::NOSUID_NODEV.readonly()
+            },
+            slave: true,
+        });
+        // A writable per-job cgroup (cgroup2 at /sys/fs/cgroup) goes here:
+        // after /sys is read-only all the way down, before the job's user
+        // namespace locks everything.
+        ops.extend(
+            SYS_MASKED
+                .iter()
+                .map(|p| MountOp::Mask { target: p.into() }),
+        );
+
+        let mut job_ops: Vec<MountOp> = PROC_READONLY
+            .iter()
+            .map(|p| MountOp::ReadOnlyPath { target: p.into() })
+            .collect();
+        job_ops.extend(
+            PROC_MASKED
+                .iter()
+                .map(|p| MountOp::Mask { target: p.into() }),
+        );
         MountPlan {
             root: layout.root.clone(),
             ops,
+            job_ops,
         }
     }
+}
+
+/// A private `/dev` (bubblewrap's `setup_newroot`, `SETUP_MOUNT_DEV`).
+fn dev_ops() -> Vec<MountOp> {
+    let dev = Path::new("/dev");
+    let mut ops = vec![MountOp::Tmpfs {
+        target: dev.to_owned(),
+        mode: 0o755,
+        attrs: Attrs::NOSUID_NODEV,
+    }];
+    ops.extend(DEV_NODES.iter().map(|n| MountOp::BindNode {
+        source: dev.join(n),
+        target: dev.join(n),
+    }));
+    ops.extend(DEV_LINKS.iter().map(|(name, to)| MountOp::Symlink {
+        target: dev.join(name),
+        points_to: PathBuf::from(to),
+    }));
+    ops.push(MountOp::Devpts {
+        target: dev.join("pts"),
+    });
+    ops.push(MountOp::Tmpfs {
+        target: dev.join("shm"),
+        mode: 0o1777,
+        attrs: Attrs::NOSUID_NODEV,
+    });
+    ops.push(MountOp::Mqueue {
+        target: dev.join("mqueue"),
+    });
+    ops
 }
 
 /// Overlayfs options for `layers` (top first) under `upper`/`work`.
@@ -188,27 +406,45 @@ mod tests {
         }
     }
 
+    fn targets(ops: &[MountOp]) -> Vec<String> {
+        ops.iter()
+            .map(|op| op.target().to_str().unwrap().to_owned())
+            .collect()
+    }
+
     #[test]
-    fn plan_order_is_overlay_binds_proc_dev_sys() {
+    fn plan_order_is_overlay_binds_proc_dev_sys_then_masks() {
         let plan = MountPlan::for_chroot(&layout());
-        let targets: Vec<_> = plan.ops.iter().map(|op| op.target().to_owned()).collect();
-        let want: Vec<PathBuf> = [
+        let want = [
             "/r/1/root",
             "/var/db/repos/gentoo",
             "/var/cache/binpkgs",
             "/proc",
             "/dev",
+            "/dev/null",
+            "/dev/zero",
+            "/dev/full",
+            "/dev/random",
+            "/dev/urandom",
+            "/dev/tty",
+            "/dev/fd",
+            "/dev/stdin",
+            "/dev/stdout",
+            "/dev/stderr",
+            "/dev/ptmx",
+            "/dev/pts",
+            "/dev/shm",
+            "/dev/mqueue",
             "/sys",
-        ]
-        .iter()
-        .map(PathBuf::from)
-        .collect();
-        assert_eq!(targets, want);
+            "/sys/firmware",
+            "/sys/devices/virtual/powercap",
+        ];
+        assert_eq!(targets(&plan.ops), want);
         assert_eq!(plan.root, PathBuf::from("/r/1/root"));
     }
 
     #[test]
-    fn trees_are_readonly_caches_writable_sys_readonly_slave() {
+    fn binds_are_nosuid_nodev_trees_readonly_sys_readonly_all_the_way_down() {
         let plan = MountPlan::for_chroot(&layout());
         let flags: Vec<_> = plan
             .ops
@@ -217,22 +453,132 @@ mod tests {
                 MountOp::Bind {
                     target,
                     recursive,
-                    readonly,
+                    attrs,
                     slave,
                     ..
-                } => Some((target.to_str().unwrap(), *recursive, *readonly, *slave)),
+                } => Some((target.to_str().unwrap(), *recursive, *attrs, *slave)),
+                _ => None,
+            })
+            .collect();
+        let ro = Attrs::NOSUID_NODEV.readonly();
+        assert_eq!(
+            flags,
+            vec![
+                ("/var/db/repos/gentoo", false, ro, false),
+                ("/var/cache/binpkgs", false, Attrs::NOSUID_NODEV, false),
+                ("/sys", true, Attrs { noexec: true, ..ro }, true),
+            ]
+        );
+    }
+
+    #[test]
+    fn dev_is_a_private_tmpfs_with_bubblewraps_nodes_and_links() {
+        let plan = MountPlan::for_chroot(&layout());
+        let dev: Vec<_> = plan
+            .ops
+            .iter()
+            .filter(|op| op.target().starts_with("/dev"))
+            .collect();
+        assert!(matches!(
+            dev[0],
+            MountOp::Tmpfs { target, mode: 0o755, attrs } if target == Path::new("/dev") && *attrs == Attrs::NOSUID_NODEV
+        ));
+        // Only character devices come from the host: nothing a job could
+        // reach the disks through.
+        let nodes: Vec<_> = dev
+            .iter()
+            .filter_map(|op| match op {
+                MountOp::BindNode { source, target } => {
+                    assert_eq!(source, target);
+                    Some(target.to_str().unwrap())
+                }
                 _ => None,
             })
             .collect();
         assert_eq!(
-            flags,
-            vec![
-                ("/var/db/repos/gentoo", false, true, false),
-                ("/var/cache/binpkgs", false, false, false),
-                ("/dev", true, false, true),
-                ("/sys", true, true, true),
+            nodes,
+            [
+                "/dev/null",
+                "/dev/zero",
+                "/dev/full",
+                "/dev/random",
+                "/dev/urandom",
+                "/dev/tty"
             ]
         );
+        let links: Vec<_> = dev
+            .iter()
+            .filter_map(|op| match op {
+                MountOp::Symlink { target, points_to } => {
+                    Some(format!("{} -> {}", target.display(), points_to.display()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            links,
+            [
+                "/dev/fd -> /proc/self/fd",
+                "/dev/stdin -> /proc/self/fd/0",
+                "/dev/stdout -> /proc/self/fd/1",
+                "/dev/stderr -> /proc/self/fd/2",
+                "/dev/ptmx -> pts/ptmx",
+            ]
+        );
+        assert!(dev.contains(&&MountOp::Devpts {
+            target: "/dev/pts".into()
+        }));
+        assert!(dev.contains(&&MountOp::Tmpfs {
+            target: "/dev/shm".into(),
+            mode: 0o1777,
+            attrs: Attrs::NOSUID_NODEV,
+        }));
+        assert!(dev.contains(&&MountOp::Mqueue {
+            target: "/dev/mqueue".into()
+        }));
+        assert!(!targets(&plan.ops).iter().any(|t| t == "/dev/core"));
+    }
+
+    #[test]
+    fn job_ops_make_proc_readonly_then_mask_it() {
+        let plan = MountPlan::for_chroot(&layout());
+        let ro: Vec<_> = plan
+            .job_ops
+            .iter()
+            .take_while(|op| matches!(op, MountOp::ReadOnlyPath { .. }))
+            .map(|op| op.target().to_str().unwrap())
+            .collect();
+        assert_eq!(
+            ro,
+            [
+                "/proc/bus",
+                "/proc/fs",
+                "/proc/irq",
+                "/proc/sys",
+                "/proc/sysrq-trigger"
+            ]
+        );
+        let masked: Vec<_> = plan.job_ops[ro.len()..]
+            .iter()
+            .map(|op| {
+                assert!(matches!(op, MountOp::Mask { .. }), "{op:?}");
+                op.target().to_str().unwrap()
+            })
+            .collect();
+        for p in [
+            "/proc/kcore",
+            "/proc/keys",
+            "/proc/timer_list",
+            "/proc/sched_debug",
+        ] {
+            assert!(masked.contains(&p), "{p} not masked: {masked:?}");
+        }
+        // Nothing in the job's namespace but /proc: everything else is
+        // mounted before it and so locked.
+        assert!(plan
+            .job_ops
+            .iter()
+            .all(|op| op.target().starts_with("/proc/")));
     }
 
     #[test]

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+use crate::caches::Refused;
 use crate::conf::ChrootConf;
 use crate::error::{io, Error, Result};
 use crate::job::{Job, JobOutcome, JobStatus};
@@ -81,6 +82,10 @@ pub struct RunRecord {
     pub jobs: Vec<String>,
     /// Set when the run ended (not when it was killed).
     pub outcomes: Option<Vec<JobOutcome>>,
+    /// What the run left in PKGDIR that was refused and moved out of it
+    /// (see `caches::check_pkgdir`), when the run ended.
+    #[serde(default)]
+    pub refused: Vec<Refused>,
 }
 
 impl RunRecord {
@@ -601,6 +606,7 @@ mod tests {
             keep: false,
             jobs: vec!["1".into()],
             outcomes: None,
+            refused: Vec::new(),
         }
     }
 

@@ -11,14 +11,24 @@
 //! 2. `fork`: the child is PID 1 of the new PID namespace. It dies with the
 //!    helper (`PR_SET_PDEATHSIG`), and every job process dies with it;
 //! 3. PID 1 brings `lo` up (`--network none`), sets the hostname, applies the
-//!    plan (overlay → trees and caches → proc → dev → sys), reads the host's
-//!    `resolv.conf`, `pivot_root`s into the chroot and detaches the old root,
-//!    writes the portage configuration, then forks the job's
-//!    `/bin/bash --login` with an environment of just `HOME` and `TERM`, and
-//!    reaps every orphan until the job's shell exits. A batch job has no
-//!    controlling terminal (the helper drops it first) and its own process
-//!    group, but stays in the caller's session and so in its scheduler
-//!    autogroup, with the tree mounts' daemon threads.
+//!    plan's first part (overlay → trees and caches → proc → dev → sys, see
+//!    `plan.rs`), reads the host's `resolv.conf`, `pivot_root`s into the
+//!    chroot and detaches the old root, and writes the portage configuration;
+//! 4. PID 1 enters the job's user namespace: `unshare(CLONE_NEWUSER)`, the
+//!    helper (still root of the host's namespace) maps every uid and gid onto
+//!    itself, then `unshare(CLONE_NEWNS)`. In that mount namespace the kernel
+//!    locks every mount made so far, and it checks every host-wide capability
+//!    (clock, modules, reboot, the host's network, remounting a host
+//!    filesystem) against the initial namespace, where the job has none;
+//!    while the job keeps full capabilities over namespaces it creates itself,
+//!    which is what portage's ipc-, network-, pid- and mount-sandbox need.
+//!    PID 1 then applies the plan's `/proc` part and drops from the bounding
+//!    set the capabilities no build needs ([`DROPPED_CAPS`]);
+//! 5. PID 1 forks the job's `/bin/bash --login` with an environment of just
+//!    `HOME` and `TERM`, and reaps every orphan until the job's shell exits.
+//!    A batch job has no controlling terminal (the helper drops it first) and
+//!    its own process group, but stays in the caller's session and so in its
+//!    scheduler autogroup, with the tree mounts' daemon threads.
 //!
 //! Mount targets inside the chroot are resolved with `openat2(RESOLVE_IN_ROOT)`
 //! and mounted through `/proc/self/fd/N`, so a symlink in the stage (say
@@ -33,14 +43,13 @@ use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::stat::{mkdirat, Mode};
-use nix::sys::statvfs::{statvfs, FsFlags};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{fork, ForkResult, Pid};
+use nix::unistd::{fork, pipe2, ForkResult, Pid};
 use serde::{Deserialize, Serialize};
 
 use crate::conf::ChrootConf;
 use crate::error::{io, sys, Error, Result};
-use crate::plan::{ChrootLayout, MountOp, MountPlan};
+use crate::plan::{Attrs, ChrootLayout, MountOp, MountPlan};
 
 /// Exit status of the helper when the sandbox could not be set up (the job
 /// never ran); the reason is on the job's log. Same convention as `env`/`chroot`.
@@ -131,6 +140,16 @@ pub fn run(spec: &SandboxSpec) -> Result<i32> {
         None::<&str>,
     )
     .map_err(sys("making private", "/"))?;
+    // Opened now: once the init has pivoted, this process's `/proc` is the
+    // job's, where the init's pid as we know it means nothing.
+    let proc_dir = nix::fcntl::open(
+        "/proc",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(sys("opening", "/proc"))?;
+    let (from_init, to_helper) = pipe2(OFlag::O_CLOEXEC).map_err(pipe_error)?;
+    let (from_helper, to_init) = pipe2(OFlag::O_CLOEXEC).map_err(pipe_error)?;
 
     // SAFETY: the helper is single-threaded (a fresh exec of our binary that
     // started no threads), so the child may allocate and run ordinary code.
@@ -139,7 +158,12 @@ pub fn run(spec: &SandboxSpec) -> Result<i32> {
         source,
     })? {
         ForkResult::Child => {
-            let code = match init(spec) {
+            drop((proc_dir, from_init, to_init));
+            let ids = IdHandshake {
+                to_helper,
+                from_helper,
+            };
+            let code = match init(spec, ids) {
                 Ok(code) => code,
                 Err(err) => {
                     eprintln!("portroot sandbox: {}", chain(&err));
@@ -148,8 +172,155 @@ pub fn run(spec: &SandboxSpec) -> Result<i32> {
             };
             std::process::exit(code);
         }
-        ForkResult::Parent { child } => wait_exit(child),
+        ForkResult::Parent { child } => {
+            drop((to_helper, from_helper));
+            let mapped = map_ids(&proc_dir, child, from_init, to_init);
+            let code = wait_exit(child)?;
+            mapped.map(|()| code)
+        }
     }
+}
+
+fn pipe_error(source: Errno) -> Error {
+    Error::Proc {
+        what: "creating a pipe to the sandbox init",
+        source,
+    }
+}
+
+/// The uid and gid map of every job: each id onto itself, over the whole
+/// range, as the initial namespace's own `/proc/self/uid_map` reads. So every
+/// file keeps its owner (the stage's, portage's 250, whatever a distfile or
+/// package carries) and nothing shows as the overflow id; the namespace only
+/// takes away what the kernel checks against the initial namespace.
+pub const ID_MAP: &str = "0 0 4294967295\n";
+
+/// The init's side of the id mapping: it says when it is in its new user
+/// namespace, and waits until the helper has written the maps (which only a
+/// process of the parent namespace may do for more than one id,
+/// user_namespaces(7)).
+struct IdHandshake {
+    to_helper: OwnedFd,
+    from_helper: OwnedFd,
+}
+
+impl IdHandshake {
+    /// `unshare(CLONE_NEWUSER)`, have the helper map the ids, then
+    /// `unshare(CLONE_NEWNS)`: the mount namespace, owned by the new user
+    /// namespace, holds every mount made so far locked.
+    fn enter_user_namespace(self) -> Result<()> {
+        unshare(CloneFlags::CLONE_NEWUSER).map_err(|source| Error::Proc {
+            what: "creating the job's user namespace",
+            source,
+        })?;
+        nix::unistd::write(&self.to_helper, b"u").map_err(|source| Error::Proc {
+            what: "asking the helper to map the job's ids",
+            source,
+        })?;
+        let mut answer = [0u8; 1];
+        loop {
+            match nix::unistd::read(&self.from_helper, &mut answer) {
+                Ok(1) => break,
+                Ok(_) => {
+                    return Err(Error::Invalid(
+                        "the helper did not map the job's user and group ids".into(),
+                    ))
+                }
+                Err(Errno::EINTR) => continue,
+                Err(source) => {
+                    return Err(Error::Proc {
+                        what: "waiting for the job's id maps",
+                        source,
+                    })
+                }
+            }
+        }
+        unshare(CloneFlags::CLONE_NEWNS).map_err(|source| Error::Proc {
+            what: "creating the job's mount namespace",
+            source,
+        })
+    }
+}
+
+/// The helper's side: when the init asks, write its uid and gid maps
+/// ([`ID_MAP`]) through `proc_dir` (the helper's `/proc`) and answer. If the
+/// init ends before asking (its setup failed), there is nothing to do.
+fn map_ids(proc_dir: &OwnedFd, init: Pid, from_init: OwnedFd, to_init: OwnedFd) -> Result<()> {
+    let mut asked = [0u8; 1];
+    loop {
+        match nix::unistd::read(&from_init, &mut asked) {
+            Ok(0) => return Ok(()),
+            Ok(_) => break,
+            Err(Errno::EINTR) => continue,
+            Err(source) => {
+                return Err(Error::Proc {
+                    what: "waiting for the sandbox init",
+                    source,
+                })
+            }
+        }
+    }
+    for file in ["uid_map", "gid_map"] {
+        let rel = PathBuf::from(format!("{init}/{file}"));
+        let shown = Path::new("/proc").join(&rel);
+        let fd = nix::fcntl::openat(
+            proc_dir.as_fd(),
+            &rel,
+            OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(sys("opening", &shown))?;
+        // The kernel takes a map in one write(2) only.
+        let n = nix::unistd::write(&fd, ID_MAP.as_bytes()).map_err(sys("writing", &shown))?;
+        if n != ID_MAP.len() {
+            return Err(sys("writing", &shown)(Errno::EIO));
+        }
+    }
+    nix::unistd::write(&to_init, b"m").map_err(|source| Error::Proc {
+        what: "telling the sandbox init its ids are mapped",
+        source,
+    })?;
+    Ok(())
+}
+
+/// Capabilities taken out of the job's bounding set (numbers from
+/// linux/capability.h): no build loads modules, does raw I/O, sets the clock,
+/// reboots, reads the kernel log, administers an LSM or loads BPF or perf
+/// programs. In the job's user namespace the kernel would refuse most of them
+/// anyway (it checks them against the initial namespace); dropping them also
+/// keeps setuid programs in the job from ever holding them.
+pub const DROPPED_CAPS: [(libc::c_int, &str); 9] = [
+    (16, "CAP_SYS_MODULE"),
+    (17, "CAP_SYS_RAWIO"),
+    (22, "CAP_SYS_BOOT"),
+    (25, "CAP_SYS_TIME"),
+    (32, "CAP_MAC_OVERRIDE"),
+    (33, "CAP_MAC_ADMIN"),
+    (34, "CAP_SYSLOG"),
+    (38, "CAP_PERFMON"),
+    (39, "CAP_BPF"),
+];
+
+/// Drop [`DROPPED_CAPS`] from the bounding set. Must run inside the job's
+/// user namespace: creating one resets the bounding set to full.
+fn drop_bounding_caps() -> Result<()> {
+    for (cap, name) in DROPPED_CAPS {
+        // SAFETY: prctl(PR_CAPBSET_DROP) takes a capability number and changes
+        // only this thread's bounding set.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        match Errno::result(rc) {
+            Ok(_) => {}
+            // An older kernel that does not know this capability.
+            Err(Errno::EINVAL) => tracing::debug!(cap = name, "capability unknown to the kernel"),
+            Err(source) => {
+                return Err(Error::Proc {
+                    what: "dropping capabilities from the bounding set",
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Give up the controlling terminal, if any, without leaving the session
@@ -203,7 +374,7 @@ fn wait_exit(child: Pid) -> Result<i32> {
 }
 
 /// PID 1 of the job's namespaces: set up, start the shell, reap.
-fn init(spec: &SandboxSpec) -> Result<i32> {
+fn init(spec: &SandboxSpec, ids: IdHandshake) -> Result<i32> {
     // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag on this process.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
         return Err(Error::Proc {
@@ -228,6 +399,9 @@ fn init(spec: &SandboxSpec) -> Result<i32> {
     }
     enter_root(&plan.root)?;
     conf.write(Path::new("/"))?;
+    ids.enter_user_namespace()?;
+    apply_job(&plan)?;
+    drop_bounding_caps()?;
 
     let shell = Path::new("/bin/bash");
     if !shell.exists() {
@@ -294,104 +468,335 @@ fn reap(main: Pid) -> Result<i32> {
     }
 }
 
-/// Apply `plan` in order. Every error names the mount target.
+/// Apply the plan's first part, [`MountPlan::ops`], in order, as root of the
+/// host's user namespace. Every error names the mount target.
 pub fn apply(plan: &MountPlan) -> Result<()> {
     let mut root_fd: Option<OwnedFd> = None;
     for op in &plan.ops {
         tracing::debug!(target = %op.target().display(), "mounting");
-        match op {
-            MountOp::Overlay { target, options } => {
-                mount(
-                    Some("overlay"),
-                    target,
-                    Some("overlay"),
-                    MsFlags::empty(),
-                    Some(options.as_os_str()),
-                )
-                .map_err(sys("mounting overlay on", target))?;
-                let fd = nix::fcntl::open(
-                    target,
-                    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(sys("opening", target))?;
-                root_fd = Some(fd);
-            }
-            MountOp::Bind {
-                source,
+        if let MountOp::Overlay { target, options } = op {
+            mount(
+                Some("overlay"),
                 target,
-                recursive,
-                readonly,
-                slave,
-            } => {
-                let root = root_fd.as_ref().ok_or_else(no_root)?;
-                let dir = open_dir_in_root(root, target, &plan.root)?;
-                let at = fd_path(&dir);
-                let mut flags = MsFlags::MS_BIND;
-                if *recursive {
-                    flags |= MsFlags::MS_REC;
-                }
-                mount(Some(source), &at, None::<&str>, flags, None::<&str>)
-                    .map_err(sys("binding", plan.root.join(rel(target))))?;
-                // `dir` still names the directory *under* the new mount;
-                // propagation and remount must act on the mount itself.
-                let top = open_dir_in_root(root, target, &plan.root)?;
-                let at = fd_path(&top);
-                if *slave {
-                    mount(
-                        None::<&str>,
-                        &at,
-                        None::<&str>,
-                        MsFlags::MS_SLAVE | MsFlags::MS_REC,
-                        None::<&str>,
-                    )
-                    .map_err(sys("making slave", plan.root.join(rel(target))))?;
-                }
-                if *readonly {
-                    remount_readonly(&at, source)
-                        .map_err(sys("remounting read-only", plan.root.join(rel(target))))?;
-                }
-            }
-            MountOp::Proc { target } => {
-                let root = root_fd.as_ref().ok_or_else(no_root)?;
-                let dir = open_dir_in_root(root, target, &plan.root)?;
-                mount(
-                    Some("proc"),
-                    &fd_path(&dir),
-                    Some("proc"),
-                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                    None::<&str>,
-                )
-                .map_err(sys("mounting proc on", plan.root.join(rel(target))))?;
-            }
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(options.as_os_str()),
+            )
+            .map_err(sys("mounting overlay on", target))?;
+            let fd = nix::fcntl::open(
+                target,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(sys("opening", target))?;
+            root_fd = Some(fd);
+            continue;
         }
+        let root = root_fd.as_ref().ok_or_else(no_root)?;
+        apply_op(op, &Chroot::new(root, &plan.root))?;
     }
     Ok(())
+}
+
+/// Apply the plan's second part, [`MountPlan::job_ops`], in order, in the
+/// job's namespaces after `pivot_root` (so `/` is the chroot).
+pub fn apply_job(plan: &MountPlan) -> Result<()> {
+    let slash = Path::new("/");
+    let root = nix::fcntl::open(
+        slash,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(sys("opening", slash))?;
+    for op in &plan.job_ops {
+        tracing::debug!(target = %op.target().display(), "mounting");
+        apply_op(op, &Chroot::new(&root, slash))?;
+    }
+    Ok(())
+}
+
+/// The chroot a step applies to: its root directory and, for messages, the
+/// path that directory has.
+struct Chroot<'a> {
+    fd: &'a OwnedFd,
+    path: &'a Path,
+}
+
+impl<'a> Chroot<'a> {
+    fn new(fd: &'a OwnedFd, path: &'a Path) -> Chroot<'a> {
+        Chroot { fd, path }
+    }
+
+    /// `inside` as shown in errors: under the chroot's path.
+    fn show(&self, inside: &Path) -> PathBuf {
+        self.path.join(rel(inside))
+    }
+
+    /// The directory `inside`, created as needed (see [`open_dir_in_root`]).
+    fn dir(&self, inside: &Path) -> Result<OwnedFd> {
+        open_dir_in_root(self.fd, inside, self.path)
+    }
+
+    /// `inside` itself, whatever it is, without following a final symlink;
+    /// `None` if it does not exist.
+    fn existing(&self, inside: &Path) -> Result<Option<OwnedFd>> {
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        match openat2(self.fd.as_fd(), inside, how) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(sys("opening", self.show(inside))(e)),
+        }
+    }
+
+    /// The directory that holds `inside` (created as needed) and its name.
+    fn parent<'p>(&self, inside: &'p Path) -> Result<(OwnedFd, &'p OsStr)> {
+        match (inside.parent(), inside.file_name()) {
+            (Some(parent), Some(name)) => Ok((self.dir(parent)?, name)),
+            _ => Err(Error::Invalid(format!(
+                "mount target {} has no parent directory",
+                inside.display()
+            ))),
+        }
+    }
+}
+
+/// One step of either part of the plan, but the overlay.
+fn apply_op(op: &MountOp, chroot: &Chroot) -> Result<()> {
+    match op {
+        MountOp::Overlay { .. } => Err(Error::Invalid(
+            "the overlay can only be the plan's first step".into(),
+        )),
+        MountOp::Bind {
+            source,
+            target,
+            recursive,
+            attrs,
+            slave,
+        } => {
+            let shown = chroot.show(target);
+            let dir = chroot.dir(target)?;
+            let mut flags = MsFlags::MS_BIND;
+            if *recursive {
+                flags |= MsFlags::MS_REC;
+            }
+            mount(
+                Some(source),
+                &fd_path(&dir),
+                None::<&str>,
+                flags,
+                None::<&str>,
+            )
+            .map_err(sys("binding", &shown))?;
+            // `dir` still names the directory *under* the new mount; the
+            // attributes must go on the mount itself.
+            let top = chroot.dir(target)?;
+            set_mount_attrs(&top, *recursive, *attrs, *slave)
+                .map_err(sys("setting mount attributes of", &shown))
+        }
+        MountOp::BindNode { source, target } => {
+            let shown = chroot.show(target);
+            let (parent, name) = chroot.parent(target)?;
+            let file = nix::fcntl::openat(
+                parent.as_fd(),
+                name,
+                OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_WRONLY
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o444),
+            )
+            .map_err(sys("creating", &shown))?;
+            mount(
+                Some(source),
+                &fd_path(&file),
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(sys("binding", &shown))
+        }
+        MountOp::Proc { target } => {
+            let dir = chroot.dir(target)?;
+            mount(
+                Some("proc"),
+                &fd_path(&dir),
+                Some("proc"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                None::<&str>,
+            )
+            .map_err(sys("mounting proc on", chroot.show(target)))
+        }
+        MountOp::Tmpfs {
+            target,
+            mode,
+            attrs,
+        } => {
+            let dir = chroot.dir(target)?;
+            let options = format!("mode={mode:o}");
+            mount(
+                Some("tmpfs"),
+                &fd_path(&dir),
+                Some("tmpfs"),
+                ms_flags(*attrs),
+                Some(options.as_str()),
+            )
+            .map_err(sys("mounting tmpfs on", chroot.show(target)))
+        }
+        MountOp::Devpts { target } => {
+            let dir = chroot.dir(target)?;
+            mount(
+                Some("devpts"),
+                &fd_path(&dir),
+                Some("devpts"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                Some("newinstance,ptmxmode=0666,mode=620"),
+            )
+            .map_err(sys("mounting devpts on", chroot.show(target)))
+        }
+        MountOp::Mqueue { target } => {
+            let dir = chroot.dir(target)?;
+            match mount(
+                Some("mqueue"),
+                &fd_path(&dir),
+                Some("mqueue"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                None::<&str>,
+            ) {
+                // A kernel without POSIX message queues: nothing to mount.
+                Err(Errno::ENODEV) => Ok(()),
+                done => done.map_err(sys("mounting mqueue on", chroot.show(target))),
+            }
+        }
+        MountOp::Symlink { target, points_to } => {
+            let (parent, name) = chroot.parent(target)?;
+            nix::unistd::symlinkat(points_to.as_path(), parent.as_fd(), name)
+                .map_err(sys("creating symlink", chroot.show(target)))
+        }
+        MountOp::ReadOnlyPath { target } => {
+            let shown = chroot.show(target);
+            let Some(fd) = chroot.existing(target)? else {
+                tracing::debug!(target = %shown.display(), "not on this kernel: not made read-only");
+                return Ok(());
+            };
+            let at = fd_path(&fd);
+            mount(
+                Some(&at),
+                &at,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(sys("binding", &shown))?;
+            let top = chroot
+                .existing(target)?
+                .ok_or_else(|| sys("reopening", &shown)(Errno::ENOENT))?;
+            let ro = Attrs {
+                readonly: true,
+                ..Attrs::default()
+            };
+            set_mount_attrs(&top, true, ro, false).map_err(sys("making read-only", &shown))
+        }
+        MountOp::Mask { target } => {
+            let shown = chroot.show(target);
+            let Some(fd) = chroot.existing(target)? else {
+                tracing::debug!(target = %shown.display(), "not on this kernel: not masked");
+                return Ok(());
+            };
+            let st = nix::sys::stat::fstat(&fd).map_err(sys("inspecting", &shown))?;
+            let flags =
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+            if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                mount(
+                    Some("tmpfs"),
+                    &fd_path(&fd),
+                    Some("tmpfs"),
+                    flags,
+                    Some("mode=0555"),
+                )
+            } else {
+                mount(
+                    Some("/dev/null"),
+                    &fd_path(&fd),
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+            }
+            .map_err(sys("masking", &shown))
+        }
+    }
 }
 
 fn no_root() -> Error {
     Error::Invalid("mount plan does not start with the overlay".into())
 }
 
-/// A read-only bind needs a second mount call; it must repeat the flags the
-/// source already has (nosuid, nodev, ...) or the kernel refuses or clears
-/// them (bubblewrap's `bind_mount`).
-fn remount_readonly(at: &Path, source: &Path) -> nix::Result<()> {
-    let st = statvfs(source)?;
-    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
-    for (have, set) in [
-        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
-        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+/// Flags of a fresh mount for `attrs`.
+fn ms_flags(attrs: Attrs) -> MsFlags {
+    let mut flags = MsFlags::empty();
+    for (on, flag) in [
+        (attrs.readonly, MsFlags::MS_RDONLY),
+        (attrs.nosuid, MsFlags::MS_NOSUID),
+        (attrs.nodev, MsFlags::MS_NODEV),
+        (attrs.noexec, MsFlags::MS_NOEXEC),
     ] {
-        if st.flags().contains(have) {
-            flags |= set;
+        if on {
+            flags |= flag;
         }
     }
-    mount(None::<&str>, at, None::<&str>, flags, None::<&str>)
+    flags
+}
+
+/// Set `attrs` (and slave propagation) on the mount whose root `fd` is, and
+/// with `recursive` on every mount below it, in one `mount_setattr(2)`.
+///
+/// Unlike a `MS_REMOUNT|MS_BIND` remount (bubblewrap's way) it changes only
+/// the flags it is given, so none of the flags already set need repeating,
+/// and it reaches the submounts (`/sys/fs/cgroup/*`), which a remount never
+/// does. Called through `syscall(2)`: the libc crate has the syscall number
+/// and `struct mount_attr` but no wrapper (glibc has one only since 2.36).
+fn set_mount_attrs(fd: &OwnedFd, recursive: bool, attrs: Attrs, slave: bool) -> nix::Result<()> {
+    let mut set = 0;
+    for (on, attr) in [
+        (attrs.readonly, libc::MOUNT_ATTR_RDONLY),
+        (attrs.nosuid, libc::MOUNT_ATTR_NOSUID),
+        (attrs.nodev, libc::MOUNT_ATTR_NODEV),
+        (attrs.noexec, libc::MOUNT_ATTR_NOEXEC),
+    ] {
+        if on {
+            set |= attr;
+        }
+    }
+    if set == 0 && !slave {
+        return Ok(());
+    }
+    let attr = libc::mount_attr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: if slave { libc::MS_SLAVE } else { 0 },
+        userns_fd: 0,
+    };
+    let mut flags = libc::AT_EMPTY_PATH;
+    if recursive {
+        flags |= libc::AT_RECURSIVE;
+    }
+    // SAFETY: mount_setattr reads `size_of::<mount_attr>()` bytes from
+    // `attr`, which lives across the call, and the empty path is a valid
+    // NUL-terminated string; `fd` is an open descriptor.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            flags as libc::c_uint,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    Errno::result(rc).map(drop)
 }
 
 fn fd_path(fd: &OwnedFd) -> PathBuf {
@@ -450,6 +855,9 @@ fn enter_root(root: &Path) -> Result<()> {
             umount2(".", MntFlags::MNT_DETACH).map_err(sys("detaching old root from", root))?;
         }
         // pivot_root refuses when / is the initramfs rootfs: chroot instead.
+        // The kernel then refuses the job's user namespace too (a chrooted
+        // process may not create one, user_namespaces(7)), so the job never
+        // starts without its isolation.
         Err(Errno::EINVAL) => nix::unistd::chroot(".").map_err(sys("chrooting into", root))?,
         Err(e) => return Err(sys("pivoting into", root)(e)),
     }

@@ -25,6 +25,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
+use portroot_runner::caches::{self, Refused};
 use portroot_runner::conf::{ChrootConf, RepoConf};
 use portroot_runner::job::{self, Job, JobOutcome, JobStatus};
 use portroot_runner::layer::{LayerLease, LayerStore};
@@ -398,13 +399,45 @@ pub(super) fn private_mount_namespace() -> anyhow::Result<()> {
 }
 
 /// The shared DISTDIR and PKGDIR (the store's unless configured), created
-/// on first use.
+/// on first use: DISTDIR `root:portage` mode 2775 as Gentoo has it.
 fn ensure_caches(resolved: &Resolved) -> anyhow::Result<()> {
     for bind in &resolved.caches {
         let dir = &bind.source;
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        if bind.target == Path::new(DISTDIR) {
+            caches::create_distdir(dir)?;
+        } else {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
     }
     Ok(())
+}
+
+/// Refuse what the run left in PKGDIR that a binhost must not serve: move it
+/// into `runs/<id>/refused/` (see [`print_refused`]).
+fn check_binhost(record: &RunRecord, run_dir: &RunDir) -> anyhow::Result<Vec<Refused>> {
+    let Some(pkgdir) = record
+        .caches
+        .iter()
+        .find(|b| b.target == Path::new(PKGDIR))
+        .map(|b| &b.source)
+    else {
+        return Ok(Vec::new());
+    };
+    Ok(caches::check_pkgdir(pkgdir, &run_dir.path.join("refused"))?)
+}
+
+/// One line per refused file, after the table.
+fn print_refused(record: &RunRecord) {
+    let pkgdir = record.caches.iter().find(|b| b.target == Path::new(PKGDIR));
+    for r in &record.refused {
+        let was = pkgdir.map_or_else(|| r.path.clone(), |b| b.source.join(&r.path));
+        eprintln!(
+            "portroot: refused {}: {}; moved to {}",
+            was.display(),
+            r.reason,
+            r.moved_to.display()
+        );
+    }
 }
 
 /// Mount every tree of the run (in this process, in its private namespace),
@@ -674,14 +707,18 @@ pub(super) fn run_batch(
             }
         }
     }
+    let refused = check_binhost(&record, &run_dir);
     record.outcomes = Some(outcomes.clone());
+    record.refused = refused.as_ref().map_or_else(|_| Vec::new(), Clone::clone);
     run_dir.save(&record)?;
     print_table(&outcomes, &run_dir.path);
+    print_refused(&record);
     let nfailed = outcomes.iter().filter(|o| !o.status.success()).count();
-    info!(run = %id, jobs = total, failed = nfailed, secs = started.elapsed().as_secs_f64(), "run finished");
+    info!(run = %id, jobs = total, failed = nfailed, refused = record.refused.len(), secs = started.elapsed().as_secs_f64(), "run finished");
     if let Some(e) = finish_err.or(cleanup_err) {
         return Err(e);
     }
+    let refused = refused.context("checking the binhost")?;
     let sig = signal.load(Ordering::SeqCst);
     if sig != 0 {
         eprintln!("portroot: interrupted: run {id} stopped");
@@ -689,6 +726,13 @@ pub(super) fn run_batch(
     }
     if nfailed > 0 {
         eprintln!("portroot: {nfailed} of {total} jobs failed");
+        return Ok(ExitCode::from(1));
+    }
+    if !refused.is_empty() {
+        eprintln!(
+            "portroot: {} file(s) refused from the binhost",
+            refused.len()
+        );
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
@@ -777,6 +821,7 @@ fn run_record(id: &str, resolved: &Resolved, keep: bool, jobs: Vec<String>) -> R
         keep,
         jobs,
         outcomes: None,
+        refused: Vec::new(),
     }
 }
 
