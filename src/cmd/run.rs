@@ -397,12 +397,27 @@ pub(super) fn private_mount_namespace() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The gid of Gentoo's `portage` group (acct-group/portage), the same on
+/// every stage.
+const PORTAGE_GID: u32 = 250;
+
 /// The shared DISTDIR and PKGDIR (the store's unless configured), created
-/// on first use.
+/// on first use. A new DISTDIR is made `root:portage` mode 2775, as Gentoo
+/// ships `/var/cache/distfiles`: with FEATURES=userfetch portage fetches as
+/// the portage user, and otherwise chmods the directory itself on its first
+/// fetch. A directory that already exists is the user's and left alone.
 fn ensure_caches(resolved: &Resolved) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     for bind in &resolved.caches {
         let dir = &bind.source;
+        let new = !dir.exists();
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        if new && bind.target == Path::new(DISTDIR) {
+            std::os::unix::fs::chown(dir, Some(0), Some(PORTAGE_GID))
+                .with_context(|| format!("chowning {}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2775))
+                .with_context(|| format!("chmodding {}", dir.display()))?;
+        }
     }
     Ok(())
 }
