@@ -8,5 +8,6 @@
 //! none at all).
 
 pub mod deb;
+pub mod gentoo;
 pub mod portage;
 pub mod stage;
