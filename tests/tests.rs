@@ -10,6 +10,7 @@ mod e2e;
 mod fs_mount;
 mod import;
 mod layer;
+mod portage;
 mod runner;
 mod stage;
 mod sync;
