@@ -53,6 +53,7 @@ struct PortageStore {
 
 impl PortageStore {
     fn new(f: &GentooFixture) -> PortageStore {
+        let started = Instant::now();
         let tmp = tempfile::tempdir().unwrap();
         let s = PortageStore {
             tmp,
@@ -68,6 +69,10 @@ impl PortageStore {
             util::portroot(&s.store())
                 .args(["-q", "stage", "add", "--name", "gentoo"])
                 .arg(&f.stage.tarball),
+        );
+        eprintln!(
+            "snapshot imported and stage added in {:.1} s",
+            started.elapsed().as_secs_f64()
         );
         s
     }
