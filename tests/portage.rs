@@ -141,11 +141,11 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// A loopback HTTP mirror serving the files of one directory by their base
-/// name, whatever directory the request names (`GENTOO_MIRRORS` asks for
-/// `/distfiles/NAME`, a `local` mirror for `/NAME`). Records every request
-/// line. Stops when dropped.
-struct Mirror {
+/// A loopback HTTP mirror serving the files below one directory by their
+/// path, or else by their base name whatever directory the request names
+/// (`GENTOO_MIRRORS` asks for `/distfiles/NAME`, a `local` mirror for
+/// `/NAME`). Records every request line. Stops when dropped.
+pub(crate) struct Mirror {
     url: String,
     requests: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
@@ -209,10 +209,17 @@ fn answer(conn: TcpStream, dir: &Path, requests: &Mutex<Vec<String>>) -> std::io
     requests.lock().unwrap().push(line.trim().to_owned());
     let mut words = line.split_whitespace();
     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let name = path.rsplit('/').next().unwrap_or("");
-    let file = (!name.is_empty() && !name.starts_with('.'))
-        .then(|| fs::read(dir.join(name)).ok())
-        .flatten();
+    // The path below `dir` if it names a file there (a binhost's
+    // `Packages`, `CATEGORY/PN/*.gpkg.tar`), else the base name alone; never
+    // a `..` or hidden component.
+    let rel = path.trim_start_matches('/');
+    let safe =
+        |p: &str| !p.is_empty() && p.split('/').all(|c| !c.is_empty() && !c.starts_with('.'));
+    let name = rel.rsplit('/').next().unwrap_or("");
+    let file = [rel, name]
+        .into_iter()
+        .filter(|p| safe(p))
+        .find_map(|p| fs::read(dir.join(p)).ok());
     let mut conn = conn;
     match file {
         Some(body) => {
