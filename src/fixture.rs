@@ -1,6 +1,8 @@
 //! Deterministic fixtures shaped like the real thing: portage snapshot tarballs as
 //! the mirrors pack them, small but real stage tarballs, and real Debian
-//! packages fetched into a cache on first use.
+//! packages fetched into a cache on first use; and the real thing itself, a
+//! stage that runs portage with a small ebuild repository ([`gentoo`]),
+//! built from the package registries into the same cache.
 //!
 //! They live in the library, not in `tests/`, because the integration tests, the
 //! benchmarks and `portroot demo` all build their data with them, and none of
@@ -8,5 +10,6 @@
 //! none at all).
 
 pub mod deb;
+pub mod gentoo;
 pub mod portage;
 pub mod stage;

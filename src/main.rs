@@ -198,10 +198,125 @@ fn init_logging(verbose: u8, quiet: bool) {
         (false, 2) => "debug",
         (false, _) => "trace",
     };
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_target(false)
+        .with_target(false);
+    tracing_subscriber::registry()
+        .with(InterruptedReplies)
+        .with(filter)
+        .with(fmt)
         .init();
+}
+
+/// Drops fuser's `Failed to send FUSE reply: ... (os error 2)`. The kernel
+/// answers a reply with ENOENT when the request is no longer pending: its
+/// caller was interrupted or killed while the daemon worked on it (a job's
+/// processes dying with its PID namespace, portage's pid-sandbox killing
+/// strays). libfuse ignores exactly this error for that reason (`fuse_send_msg`
+/// in lib/fuse_lowlevel.c: "ENOENT means the operation was interrupted");
+/// fuser logs it at error level, which put an ERROR line on `portroot run`'s
+/// output now and then. Every other send failure still shows.
+struct InterruptedReplies;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for InterruptedReplies {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        // fuser logs through the `log` crate: the target and message arrive
+        // as fields of the bridged event.
+        #[derive(Default)]
+        struct Fields {
+            target: String,
+            message: String,
+        }
+        impl tracing::field::Visit for Fields {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "log.target" {
+                    value.clone_into(&mut self.target);
+                }
+            }
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.message = format!("{value:?}");
+                }
+            }
+        }
+        if *event.metadata().level() != tracing::Level::ERROR {
+            return true;
+        }
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        !is_interrupted_reply(&fields.target, &fields.message)
+    }
+}
+
+/// Whether a log line is fuser's report of a reply to a request the kernel
+/// no longer holds (see [`InterruptedReplies`]).
+fn is_interrupted_reply(target: &str, message: &str) -> bool {
+    let enoent = std::io::Error::from_raw_os_error(libc::ENOENT).to_string();
+    target.starts_with("fuser::")
+        && message.starts_with("Failed to send FUSE reply")
+        && message.ends_with(&enoent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_fusers_enoent_reply_failures_are_dropped() {
+        let send = "Failed to send FUSE reply";
+        assert!(is_interrupted_reply(
+            "fuser::reply",
+            &format!("{send}: No such file or directory (os error 2)")
+        ));
+        assert!(!is_interrupted_reply(
+            "fuser::reply",
+            &format!("{send}: Bad file descriptor (os error 9)")
+        ));
+        assert!(!is_interrupted_reply(
+            "portroot_fs",
+            &format!("{send}: No such file or directory (os error 2)")
+        ));
+    }
+
+    /// Counts the events that reach it.
+    struct Count(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Count {
+        fn on_event(
+            &self,
+            _event: &tracing::Event<'_>,
+            _ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn bridged_enoent_reply_failure_never_reaches_the_output() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let subscriber = tracing_subscriber::registry()
+            .with(InterruptedReplies)
+            .with(Count(seen.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            // The fields tracing-log gives an event bridged from `log`.
+            tracing::error!(
+                log.target = "fuser::reply",
+                "Failed to send FUSE reply: No such file or directory (os error 2)"
+            );
+            tracing::error!(
+                log.target = "fuser::reply",
+                "Failed to send FUSE reply: Bad file descriptor (os error 9)"
+            );
+            tracing::warn!("mount busy, detaching lazily");
+        });
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
 }

@@ -5,7 +5,7 @@
 //! stages/<sha256>/       rootfs/ + stage.json; a name points at a digest
 //! layers/<name>/         a committed upper dir + layer.json (its parent chain)
 //! runs/<run-id>/<job>/   upper/ work/ root/ log status
-//! distfiles/             shared DISTDIR (read-write for jobs)
+//! distfiles/             shared DISTDIR (read-write for jobs; made root:portage 2775)
 //! binpkgs/               shared PKGDIR = the binary package server's directory
 //! tmp/                   scratch space on the same filesystem, for atomic renames
 //! ```

@@ -11,6 +11,7 @@ mod fs_mount;
 mod import;
 mod isolation;
 mod layer;
+mod portage;
 mod runner;
 mod stage;
 mod sync;

@@ -399,7 +399,10 @@ pub(super) fn private_mount_namespace() -> anyhow::Result<()> {
 }
 
 /// The shared DISTDIR and PKGDIR (the store's unless configured), created
-/// on first use: DISTDIR `root:portage` mode 2775 as Gentoo has it.
+/// on first use. A new DISTDIR is made `root:portage` mode 2775, as Gentoo
+/// ships `/var/cache/distfiles`: with FEATURES=userfetch portage fetches as
+/// the portage user, and otherwise chmods the directory itself on its first
+/// fetch. A directory that already exists is the user's and left alone.
 fn ensure_caches(resolved: &Resolved) -> anyhow::Result<()> {
     for bind in &resolved.caches {
         let dir = &bind.source;
