@@ -119,6 +119,9 @@ fn main() -> ExitCode {
         Err(err) => err.exit(),
     };
     init_logging(cli.verbose, cli.quiet);
+    if only_prints(&cli.command) {
+        end_quietly_on_closed_pipe();
+    }
     // Commands that take no defaults must work whatever the files say: the
     // sandbox helper and the shell's generated completions above all.
     let needs_config = !cli.no_config
@@ -170,6 +173,33 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Whether the command only reads and prints: those end the way git and
+/// ripgrep do when the reader of their output goes away (`| head`).
+fn only_prints(command: &Command) -> bool {
+    use cmd::{config::ConfigCmd, layer::LayerCmd, snapshot::SnapshotCmd, stage::StageCmd};
+    matches!(
+        command,
+        Command::Snapshot(SnapshotCmd::List(_) | SnapshotCmd::Diff(_))
+            | Command::Stage(StageCmd::List)
+            | Command::Layer(LayerCmd::List(_))
+            | Command::Config(ConfigCmd::Show | ConfigCmd::Example)
+            | Command::Ps(_)
+            | Command::Completions { .. }
+            | Command::Man
+    )
+}
+
+/// Let a write to a closed pipe end the process by SIGPIPE, silently, as
+/// git does, instead of Rust's default (the signal ignored, `println!`
+/// panicking on EPIPE with exit 101). Only for the commands that hold
+/// nothing to clean up: a run or an import must never die half-way on a
+/// closed terminal pipe, so they keep the default.
+fn end_quietly_on_closed_pipe() {
+    // SAFETY: setting a signal's disposition to SIG_DFL installs no handler
+    // code; this runs before any thread is started.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
 /// `portroot completions SHELL`: generated from the clap definition, so they

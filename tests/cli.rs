@@ -30,3 +30,37 @@ fn completions_and_man_page_are_generated() {
     assert!(man.starts_with(".ie") || man.contains(".TH"), "{man}");
     assert!(man.contains("portroot"));
 }
+
+#[test]
+fn printing_commands_end_quietly_on_a_closed_pipe() {
+    use std::os::unix::process::ExitStatusExt;
+    // `portroot ... | head` once the reader has gone: the first write meets a
+    // closed pipe. The command must end as git does (SIGPIPE, or success),
+    // never with a panic or an error line.
+    let store = tempfile::tempdir().expect("store");
+    for args in [
+        &["completions", "bash"][..],
+        &["man"],
+        &["--no-config", "config", "example"],
+        &["stage", "list"],
+        &["layer", "list"],
+    ] {
+        let (reader, writer) = nix::unistd::pipe().expect("pipe");
+        drop(reader);
+        let out = util::portroot(store.path())
+            .args(args)
+            .stdout(std::process::Stdio::from(writer))
+            .output()
+            .expect("spawn portroot");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+            "{args:?}: {}\n{stderr}",
+            out.status
+        );
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("error"),
+            "{args:?} printed:\n{stderr}"
+        );
+    }
+}
