@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod archive;
+pub mod cgroup;
 pub mod conf;
 pub mod error;
 pub mod job;
