@@ -9,7 +9,10 @@
 //!    read-write caches (DISTDIR, PKGDIR);
 //! 3. `proc` (inside the new PID namespace, so it shows the job's processes);
 //! 4. `/dev` and `/sys` bound recursively with slave propagation, `/sys`
-//!    read-only, so nothing done inside reaches the host's mounts.
+//!    read-only, so nothing done inside reaches the host's mounts;
+//! 5. last, once `/sys` is in place and only when the job has a cgroup
+//!    namespace ([`MountPlan::mount_cgroup`]): a fresh cgroup2 over the
+//!    host's, showing only the job's own group, writable.
 //!
 //! Nothing here touches the system: the sandbox (`sandbox.rs`) only executes
 //! the plan, and the unit tests below pin the order and the option escaping.
@@ -75,6 +78,12 @@ pub enum MountOp {
         /// Usually `/proc`.
         target: PathBuf,
     },
+    /// Mount a fresh cgroup2 on `target` (inside the chroot). Made in the
+    /// job's cgroup namespace, it shows only the namespace's root group.
+    Cgroup {
+        /// Usually `/sys/fs/cgroup`.
+        target: PathBuf,
+    },
 }
 
 impl MountOp {
@@ -83,7 +92,8 @@ impl MountOp {
         match self {
             MountOp::Overlay { target, .. }
             | MountOp::Bind { target, .. }
-            | MountOp::Proc { target } => target,
+            | MountOp::Proc { target }
+            | MountOp::Cgroup { target } => target,
         }
     }
 }
@@ -128,6 +138,16 @@ impl MountPlan {
             root: layout.root.clone(),
             ops,
         }
+    }
+}
+
+impl MountPlan {
+    /// Add the job's own cgroup2 at `target` (the host's v2 mount point,
+    /// under `/sys`), after everything else: it covers part of `/sys`.
+    pub fn mount_cgroup(&mut self, target: &Path) {
+        self.ops.push(MountOp::Cgroup {
+            target: target.to_owned(),
+        });
     }
 }
 
@@ -232,6 +252,20 @@ mod tests {
                 ("/dev", true, false, true),
                 ("/sys", true, true, true),
             ]
+        );
+    }
+
+    #[test]
+    fn the_cgroup_step_comes_after_sys() {
+        let mut plan = MountPlan::for_chroot(&layout());
+        plan.mount_cgroup(Path::new("/sys/fs/cgroup"));
+        let n = plan.ops.len();
+        assert_eq!(plan.ops[n - 2].target(), Path::new("/sys"));
+        assert_eq!(
+            plan.ops[n - 1],
+            MountOp::Cgroup {
+                target: "/sys/fs/cgroup".into()
+            }
         );
     }
 

@@ -5,13 +5,14 @@
 //! the binary started by a pool worker, so that no namespace or mount work ever
 //! happens in the threaded runner. The steps, in order:
 //!
-//! 1. `unshare(NEWNS|NEWPID|NEWUTS|NEWIPC [|NEWNET])` and make `/` recursively
+//! 1. join the job's cgroup (`cgroup.rs`), `unshare(NEWNS|NEWPID|NEWUTS|
+//!    NEWIPC [|NEWNET] [|NEWCGROUP])`, move into the group's leaf, and make `/` recursively
 //!    private, so nothing mounted below reaches the run's (or the host's)
 //!    namespace, and everything vanishes when the last process exits;
 //! 2. `fork`: the child is PID 1 of the new PID namespace. It dies with the
 //!    helper (`PR_SET_PDEATHSIG`), and every job process dies with it;
 //! 3. PID 1 brings `lo` up (`--network none`), sets the hostname, applies the
-//!    plan (overlay → trees and caches → proc → dev → sys), reads the host's
+//!    plan (overlay → trees and caches → proc → dev → sys → the job's cgroup2), reads the host's
 //!    `resolv.conf`, `pivot_root`s into the chroot and detaches the old root,
 //!    writes the portage configuration, then forks the job's
 //!    `/bin/bash --login` with an environment of just `HOME` and `TERM`, and
@@ -38,6 +39,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 use serde::{Deserialize, Serialize};
 
+use crate::cgroup::{self, CgroupSpec};
 use crate::conf::ChrootConf;
 use crate::error::{io, sys, Error, Result};
 use crate::plan::{ChrootLayout, MountOp, MountPlan};
@@ -81,6 +83,10 @@ pub struct SandboxSpec {
     pub command: Command,
     /// `TERM` passed through, as the seed's `env -i TERM=$TERM`.
     pub term: Option<String>,
+    /// The job's cgroup, joined before the namespaces are made; `None`
+    /// runs the job in the helper's cgroup, without a cgroup namespace.
+    #[serde(default)]
+    pub cgroup: Option<CgroupSpec>,
 }
 
 impl SandboxSpec {
@@ -119,10 +125,19 @@ pub fn run(spec: &SandboxSpec) -> Result<i32> {
     if spec.network == Network::None {
         flags |= CloneFlags::CLONE_NEWNET;
     }
+    if let Some(cg) = &spec.cgroup {
+        // The groups joined now become the roots of the job's cgroup
+        // namespace; the move into the leaf below happens inside it.
+        cgroup::join(&cg.enter)?;
+        flags |= CloneFlags::CLONE_NEWCGROUP;
+    }
     unshare(flags).map_err(|source| Error::Proc {
         what: "creating namespaces",
         source,
     })?;
+    if let Some(cg) = &spec.cgroup {
+        cgroup::join(&cg.then)?;
+    }
     mount(
         None::<&str>,
         "/",
@@ -218,7 +233,10 @@ fn init(spec: &SandboxSpec) -> Result<i32> {
         what: "setting the hostname",
         source,
     })?;
-    let plan = MountPlan::for_chroot(&spec.layout);
+    let mut plan = MountPlan::for_chroot(&spec.layout);
+    if let Some(at) = spec.cgroup.as_ref().and_then(|c| c.mount.as_deref()) {
+        plan.mount_cgroup(at);
+    }
     apply(&plan)?;
 
     let mut conf = spec.conf.clone();
@@ -363,6 +381,28 @@ pub fn apply(plan: &MountPlan) -> Result<()> {
                     None::<&str>,
                 )
                 .map_err(sys("mounting proc on", plan.root.join(rel(target))))?;
+            }
+            MountOp::Cgroup { target } => {
+                let root = root_fd.as_ref().ok_or_else(no_root)?;
+                let shown = plan.root.join(rel(target));
+                // The host's cgroup2, bound in with /sys, is the same
+                // superblock, and the kernel refuses a filesystem on its own
+                // root (EBUSY, do_add_mount): detach it first, in this
+                // namespace only (/sys is a slave).
+                let dir = open_dir_in_root(root, target, &plan.root)?;
+                match umount2(&fd_path(&dir), MntFlags::MNT_DETACH) {
+                    Ok(()) | Err(Errno::EINVAL) => {}
+                    Err(e) => return Err(sys("detaching the host's cgroup2 from", shown)(e)),
+                }
+                let dir = open_dir_in_root(root, target, &plan.root)?;
+                mount(
+                    Some("cgroup2"),
+                    &fd_path(&dir),
+                    Some("cgroup2"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                    None::<&str>,
+                )
+                .map_err(sys("mounting cgroup2 on", plan.root.join(rel(target))))?;
             }
         }
     }
@@ -554,6 +594,11 @@ mod tests {
             network: Network::None,
             command: Command::Script("true".into()),
             term: Some("xterm".into()),
+            cgroup: Some(CgroupSpec {
+                enter: vec!["/sys/fs/cgroup/portroot/r/1/ns".into()],
+                then: vec!["/sys/fs/cgroup/portroot/r/1/ns/init".into()],
+                mount: Some("/sys/fs/cgroup".into()),
+            }),
         };
         let path = dir.path().join("spec.json");
         spec.save(&path).unwrap();
