@@ -459,11 +459,19 @@ impl RunCgroup {
             parts.push("no cgroup hierarchy: jobs run without groups, limits or accounting".into());
         }
         let view = match &self.private_mount {
+            Some(at) if at == Path::new("/sys/fs/cgroup") => {
+                "each job's /sys/fs/cgroup is a writable cgroup2 showing only its own group"
+                    .to_owned()
+            }
             Some(at) => format!(
-                "each job's {} is a writable cgroup2 showing only its own group",
+                "each job's /sys/fs/cgroup is the host's v1 tree, read-only (portage's \
+                 FEATURES=cgroup cannot make groups there), and its {} a writable cgroup2 \
+                 showing only its own group",
                 at.display()
             ),
-            None => "each job's /sys/fs/cgroup is the host's, read-only (no cgroup v2 under /sys to give it one of its own)".into(),
+            None => "each job's /sys/fs/cgroup is the host's, read-only (no cgroup v2 under /sys \
+                     to give it one of its own)"
+                .to_owned(),
         };
         format!("job cgroups: {}; {view}", parts.join(", "))
     }
