@@ -577,3 +577,42 @@ fn gc_removes_the_cgroups_of_a_killed_run() {
         assert!(!g.exists(), "{} left after gc", g.display());
     }
 }
+
+#[test]
+fn sigterm_of_the_run_leaves_no_cgroup() {
+    if !util::require_root() || !have_cgroup2() {
+        return;
+    }
+    let rs = RunStore::new();
+    let cookies = rs.store().join("binpkgs");
+    let mut child = rs
+        .run()
+        .args(["--repeat", "3", "--jobs", "2", "--"])
+        .arg("touch /var/cache/binpkgs/started-$(hostname); busybox setsid sleep 1017 & sleep 600")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !(cookies.join("started-1").exists() && cookies.join("started-2").exists()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "jobs never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (_, record) = the_run(&rs.store());
+    let groups = run_cgroups(&record);
+    assert!(!groups.is_empty(), "run.json names no cgroup");
+    assert!(groups.iter().all(|g| g.join("1").is_dir()), "{groups:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(128 + 15));
+    for g in &groups {
+        assert!(!g.exists(), "{} left after SIGTERM", g.display());
+    }
+    assert!(processes(&["sleep", "1017"]).is_empty());
+}
