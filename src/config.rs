@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
+use portroot_runner::cgroup::{self, Cpus};
+
 use crate::cmd::mount::IoUringArg;
 use crate::cmd::run::{Layout, NetworkArg};
 
@@ -120,6 +122,15 @@ pub struct RunConfig {
     /// The `local` mirror URL.
     #[serde(default, deserialize_with = "url")]
     pub local_mirror: Option<String>,
+    /// Memory per job in bytes (at least 1M).
+    #[serde(default, deserialize_with = "memory")]
+    pub memory: Option<u64>,
+    /// CPUs' worth of time per job (0.01 to 4096).
+    #[serde(default, deserialize_with = "cpus")]
+    pub cpus: Option<Cpus>,
+    /// Processes per job (1 to [`cgroup::MAX_PIDS`]).
+    #[serde(default, deserialize_with = "pids")]
+    pub pids: Option<u64>,
 }
 
 /// `[mount]`: how `portroot mount` serves a tree.
@@ -200,6 +211,9 @@ impl Config {
                 distfiles: over.run.distfiles.or(self.run.distfiles),
                 binpkgs: over.run.binpkgs.or(self.run.binpkgs),
                 local_mirror: over.run.local_mirror.or(self.run.local_mirror),
+                memory: over.run.memory.or(self.run.memory),
+                cpus: over.run.cpus.or(self.run.cpus),
+                pids: over.run.pids.or(self.run.pids),
             },
             mount: MountConfig {
                 cache_size: over.mount.cache_size.or(self.mount.cache_size),
@@ -254,6 +268,9 @@ impl Config {
             ("run.distfiles", r.distfiles.as_deref().map(path)),
             ("run.binpkgs", r.binpkgs.as_deref().map(path)),
             ("run.local_mirror", r.local_mirror.as_deref().map(quoted)),
+            ("run.memory", r.memory.map(|b| b.to_string())),
+            ("run.cpus", r.cpus.map(|c| c.to_string())),
+            ("run.pids", r.pids.map(|n| n.to_string())),
             (
                 "mount.cache_size",
                 self.mount.cache_size.map(|b| b.to_string()),
@@ -507,6 +524,46 @@ fn threads<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
     Ok(u16::try_from(n).ok())
 }
 
+fn memory<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let bytes = size(d)?.unwrap_or_default();
+    cgroup::check_memory(bytes)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn pids<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    d.deserialize_i64(Bounded {
+        what: "pids",
+        min: 1,
+        max: cgroup::MAX_PIDS,
+    })
+    .map(Some)
+}
+
+/// A CPU count: an integer, a float or a string such as "1.5".
+fn cpus<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cpus>, D::Error> {
+    struct CpusVisitor;
+    impl serde::de::Visitor<'_> for CpusVisitor {
+        type Value = Cpus;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a CPU count such as 2 or 0.5")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Cpus, E> {
+            Cpus::parse(&v.to_string()).map_err(E::custom)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Cpus, E> {
+            Cpus::parse(&v.to_string()).map_err(E::custom)
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Cpus, E> {
+            Cpus::parse(&v.to_string()).map_err(E::custom)
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Cpus, E> {
+            Cpus::parse(v).map_err(E::custom)
+        }
+    }
+    d.deserialize_any(CpusVisitor).map(Some)
+}
+
 /// A size as bytes (an integer) or text with a K, M or G suffix.
 fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     struct SizeVisitor;
@@ -592,6 +649,9 @@ mod tests {
             c.run.local_mirror.as_deref(),
             Some("http://mirror.lan/gentoo")
         );
+        assert_eq!(c.run.memory, Some(8 << 30));
+        assert_eq!(c.run.cpus, Some(Cpus::parse("2.5").unwrap()));
+        assert_eq!(c.run.pids, Some(4096));
         assert_eq!(c.mount.cache_size, Some(1 << 30));
         assert_eq!(c.mount.threads, Some(2));
         assert_eq!(c.mount.io_uring, Some(IoUringArg::Auto));
@@ -616,6 +676,11 @@ mod tests {
             Some(512 << 10)
         );
         assert_eq!(parse("").unwrap(), Config::default());
+        let c = parse("[run]\nmemory = 67108864\ncpus = 1\npids = \"x\"").unwrap_err();
+        assert!(c.contains("4:8: invalid type"), "{c}");
+        let c = parse("[run]\nmemory = 67108864\ncpus = \"0.5\"").unwrap();
+        assert_eq!(c.run.memory, Some(64 << 20));
+        assert_eq!(c.run.cpus.map(|c| c.to_string()).as_deref(), Some("0.5"));
     }
 
     #[test]
@@ -658,6 +723,16 @@ mod tests {
             ("repo = \"../x\"\n", "1:8: invalid repository name"),
             ("[sync]\nx = 1\n", "1:2: unknown field `sync`"),
             ("[run\n", "1:5: "),
+            (
+                "[run]\nmemory = \"512\"\n",
+                "2:10: memory limit must be at least 1M, not 512 bytes",
+            ),
+            (
+                "[run]\ncpus = 0.001\n",
+                "2:8: CPU count must be 0.01 to 4096, not 0.001",
+            ),
+            ("[run]\ncpus = \"two\"\n", "2:8: bad CPU count \"two\""),
+            ("[run]\npids = 0\n", "2:8: pids must be 1 to 4194304, not 0"),
         ];
         for (text, want) in cases {
             let err = parse(text).expect_err(text);

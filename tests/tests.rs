@@ -4,6 +4,7 @@
 
 mod util;
 
+mod cgroup;
 mod cli;
 mod config;
 mod e2e;

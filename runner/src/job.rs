@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cgroup::Usage;
 use crate::error::{Error, Result};
 
 /// One unit of work: a script run in its own chroot.
@@ -28,6 +29,9 @@ pub enum JobStatus {
     /// The script exited with this status (0 is success); `128 + N` if a
     /// signal N killed it.
     Exited(i32),
+    /// The kernel's OOM killer killed a process of the job (it hit its
+    /// memory limit) and the job failed.
+    Oom,
     /// The sandbox could not be set up; the reason is in the log.
     SetupFailed,
     /// The run was interrupted before or while the job ran.
@@ -49,6 +53,7 @@ impl std::fmt::Display for JobStatus {
             JobStatus::Exited(0) => write!(f, "ok"),
             JobStatus::Exited(code) if *code > 128 => write!(f, "signal {}", code - 128),
             JobStatus::Exited(code) => write!(f, "exit {code}"),
+            JobStatus::Oom => write!(f, "oom"),
             JobStatus::SetupFailed => write!(f, "setup failed"),
             JobStatus::Cancelled => write!(f, "cancelled"),
             JobStatus::Error(msg) => write!(f, "error: {msg}"),
@@ -67,6 +72,27 @@ pub struct JobOutcome {
     pub duration: Duration,
     /// Its log (stdout and stderr).
     pub log: PathBuf,
+    /// What it used, as its cgroup counted (empty without one).
+    #[serde(default)]
+    pub usage: Usage,
+}
+
+impl JobOutcome {
+    /// The job's `status` file: the status on the first line, then what
+    /// the job used, one `key value` a line (keys only when counted).
+    pub fn status_record(&self) -> String {
+        let mut out = format!("{}\n", self.status);
+        if let Some(cpu) = self.usage.cpu {
+            out.push_str(&format!("cpu_seconds {:.3}\n", cpu.as_secs_f64()));
+        }
+        if let Some(peak) = self.usage.peak_memory {
+            out.push_str(&format!("peak_memory_bytes {peak}\n"));
+        }
+        if self.usage.oom_kills > 0 {
+            out.push_str(&format!("oom_kills {}\n", self.usage.oom_kills));
+        }
+        out
+    }
 }
 
 /// The script for the words after `--`: one word is taken as is (it may be a
@@ -221,10 +247,32 @@ mod tests {
     }
 
     #[test]
+    fn status_record_has_the_status_first_then_usage() {
+        let mut o = JobOutcome {
+            name: "a".into(),
+            status: JobStatus::Oom,
+            duration: Duration::ZERO,
+            log: "log".into(),
+            usage: Usage::default(),
+        };
+        assert_eq!(o.status_record(), "oom\n");
+        o.usage = Usage {
+            cpu: Some(Duration::from_millis(1500)),
+            peak_memory: Some(4096),
+            oom_kills: 1,
+        };
+        assert_eq!(
+            o.status_record(),
+            "oom\ncpu_seconds 1.500\npeak_memory_bytes 4096\noom_kills 1\n"
+        );
+    }
+
+    #[test]
     fn status_display() {
         assert_eq!(JobStatus::Exited(0).to_string(), "ok");
         assert_eq!(JobStatus::Exited(3).to_string(), "exit 3");
         assert_eq!(JobStatus::Exited(137).to_string(), "signal 9");
+        assert_eq!(JobStatus::Oom.to_string(), "oom");
         assert!(!JobStatus::SetupFailed.success());
     }
 }

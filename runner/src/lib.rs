@@ -9,6 +9,7 @@
 
 pub mod archive;
 pub mod caches;
+pub mod cgroup;
 pub mod conf;
 pub mod error;
 pub mod job;

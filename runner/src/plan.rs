@@ -16,9 +16,11 @@
 //!    `fd`/`stdin`/`stdout`/`stderr` links, a fresh devpts with
 //!    `ptmx -> pts/ptmx`, a private `/dev/shm` and a fresh `/dev/mqueue`;
 //! 5. `/sys` bound recursively, then read-only all the way down
-//!    (`mount_setattr(2)` with `AT_RECURSIVE`); a per-job cgroup mount goes
-//!    right after it (see [`MountPlan::for_chroot`]);
-//! 6. `/sys/firmware` and `/sys/devices/virtual/powercap` masked.
+//!    (`mount_setattr(2)` with `AT_RECURSIVE`);
+//! 6. `/sys/firmware` and `/sys/devices/virtual/powercap` masked;
+//! 7. last, only when the job has a cgroup namespace
+//!    ([`MountPlan::mount_cgroup`]): a fresh cgroup2 over the host's at
+//!    `/sys/fs/cgroup`, showing only the job's own group, writable.
 //!
 //! The job then gets its own user namespace (ids mapped onto themselves) and
 //! mount namespace, in which the kernel locks every mount above: the job can
@@ -184,6 +186,12 @@ pub enum MountOp {
         /// Path inside the chroot.
         target: PathBuf,
     },
+    /// Mount a fresh cgroup2 on `target` (inside the chroot). Made in the
+    /// job's cgroup namespace, it shows only the namespace's root group.
+    Cgroup {
+        /// Usually `/sys/fs/cgroup`.
+        target: PathBuf,
+    },
 }
 
 impl MountOp {
@@ -199,7 +207,8 @@ impl MountOp {
             | MountOp::Mqueue { target }
             | MountOp::Symlink { target, .. }
             | MountOp::ReadOnlyPath { target }
-            | MountOp::Mask { target } => target,
+            | MountOp::Mask { target }
+            | MountOp::Cgroup { target } => target,
         }
     }
 }
@@ -347,6 +356,18 @@ fn dev_ops() -> Vec<MountOp> {
         target: dev.join("mqueue"),
     });
     ops
+}
+
+impl MountPlan {
+    /// Add the job's own cgroup2 at `target` (the host's v2 mount point,
+    /// under `/sys`), after everything else in the first part: it covers part
+    /// of the read-only `/sys`, and is made before the job's user namespace so
+    /// the job cannot unmount it.
+    pub fn mount_cgroup(&mut self, target: &Path) {
+        self.ops.push(MountOp::Cgroup {
+            target: target.to_owned(),
+        });
+    }
 }
 
 /// Overlayfs options for `layers` (top first) under `upper`/`work`.
@@ -579,6 +600,24 @@ mod tests {
             .job_ops
             .iter()
             .all(|op| op.target().starts_with("/proc/")));
+    }
+
+    #[test]
+    fn the_cgroup_step_comes_after_sys() {
+        let mut plan = MountPlan::for_chroot(&layout());
+        plan.mount_cgroup(Path::new("/sys/fs/cgroup"));
+        let n = plan.ops.len();
+        let sys = plan
+            .ops
+            .iter()
+            .position(|op| op.target() == Path::new("/sys"));
+        assert!(sys.is_some_and(|i| i < n - 1), "{:?}", plan.ops);
+        assert_eq!(
+            plan.ops[n - 1],
+            MountOp::Cgroup {
+                target: "/sys/fs/cgroup".into()
+            }
+        );
     }
 
     #[test]

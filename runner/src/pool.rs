@@ -71,6 +71,7 @@ where
                             status: JobStatus::Cancelled,
                             duration: Default::default(),
                             log: Default::default(),
+                            usage: Default::default(),
                         }
                     } else {
                         let _ = ev_tx.send(Event::Started(job.name.clone()));
@@ -105,6 +106,7 @@ mod tests {
             status,
             duration: Duration::ZERO,
             log: "log".into(),
+            usage: Default::default(),
         }
     }
 

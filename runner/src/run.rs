@@ -11,6 +11,9 @@
 //! <job>/          upper/ work/ root/ spec.json log status
 //! ```
 //!
+//! Each job also has a cgroup, `portroot/<run-id>/<job>` under the runner's
+//! own (`cgroup.rs`), named in `run.json` so `gc` removes it after a SIGKILL.
+//!
 //! The directory is built as `runs/.new-<id>` with its lock already held, then
 //! renamed into place, so `gc` never sees a half-made run without a live owner.
 //! After the run, each job keeps only `log` and `status` unless `--keep`.
@@ -26,6 +29,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::caches::Refused;
+use crate::cgroup::{self, Limits, RunCgroup};
 use crate::conf::ChrootConf;
 use crate::error::{io, Error, Result};
 use crate::job::{Job, JobOutcome, JobStatus};
@@ -80,6 +84,13 @@ pub struct RunRecord {
     pub keep: bool,
     /// The job names, in order.
     pub jobs: Vec<String>,
+    /// What each job may use.
+    #[serde(default)]
+    pub limits: Limits,
+    /// The run's cgroup, `portroot/<id>`, in every hierarchy: what `gc`
+    /// removes if the runner was killed.
+    #[serde(default)]
+    pub cgroups: Vec<PathBuf>,
     /// Set when the run ended (not when it was killed).
     pub outcomes: Option<Vec<JobOutcome>>,
     /// What the run left in PKGDIR that was refused and moved out of it
@@ -120,6 +131,7 @@ impl RunRecord {
             network: self.network,
             command,
             term,
+            cgroup: None,
         }
     }
 }
@@ -394,6 +406,9 @@ pub fn gc(runs_dir: &Path, all: bool) -> Result<GcReport> {
             }
             Err(e) => return Err(e),
         };
+        if let Some(record) = &run.record {
+            cgroup::remove_run_groups(&record.cgroups)?;
+        }
         fs::remove_dir_all(&run.path).map_err(io("removing", &run.path))?;
         tracing::debug!(run = %run.id, "removed dead run");
         report.removed.push(run.id);
@@ -495,14 +510,15 @@ impl Helper {
     }
 }
 
-/// Set up, run and record one job of `record`: its directory, its spec, the
-/// helper (output to the log), and the status file. Never fails: problems
-/// become the outcome's status.
+/// Set up, run and record one job of `record`: its directory, its cgroup
+/// (in `cgroups`, if any), its spec, the helper (output to the log), and the
+/// status file. Never fails: problems become the outcome's status.
 pub fn execute_job(
     run: &RunDir,
     record: &RunRecord,
     helper: &Helper,
     children: &Children,
+    cgroups: Option<&RunCgroup>,
     job: &Job,
     term: Option<String>,
 ) -> JobOutcome {
@@ -510,20 +526,38 @@ pub fn execute_job(
     let dir = run.job(&job.name);
     let start = Instant::now();
     tracing::debug!("starting");
-    let status = match spawn_job(&dir, record, helper, children, job, term) {
-        Ok(code) if code == SETUP_FAILED => JobStatus::SetupFailed,
-        Ok(code) => JobStatus::Exited(code),
+    let mut usage = cgroup::Usage::default();
+    let status = match cgroups.map(|c| c.create_job(&job.name)).transpose() {
         Err(e) => JobStatus::Error(e.to_string()),
+        Ok(group) => {
+            let spec = group.as_ref().map(|g| g.spec.clone());
+            let spawned = spawn_job(&dir, record, helper, children, job, term, spec);
+            if let Some(group) = group {
+                let (used, err) = group.finish();
+                usage = used;
+                if let Some(e) = err {
+                    tracing::warn!(error = %e, "cleaning up the job's cgroup");
+                }
+            }
+            match spawned {
+                Ok(code) if code == SETUP_FAILED => JobStatus::SetupFailed,
+                Ok(code) if code != 0 && usage.oom_kills > 0 => JobStatus::Oom,
+                Ok(code) => JobStatus::Exited(code),
+                Err(e) => JobStatus::Error(e.to_string()),
+            }
+        }
     };
     let duration = start.elapsed();
     tracing::debug!(%status, secs = duration.as_secs_f64(), "finished");
-    let _ = fs::write(dir.status(), format!("{status}\n"));
-    JobOutcome {
+    let outcome = JobOutcome {
         name: job.name.clone(),
         status,
         duration,
         log: dir.log(),
-    }
+        usage,
+    };
+    let _ = fs::write(dir.status(), outcome.status_record());
+    outcome
 }
 
 fn spawn_job(
@@ -533,11 +567,13 @@ fn spawn_job(
     children: &Children,
     job: &Job,
     term: Option<String>,
+    cgroup: Option<cgroup::CgroupSpec>,
 ) -> Result<i32> {
     for d in [dir.0.clone(), dir.upper(), dir.work(), dir.root()] {
         fs::create_dir_all(&d).map_err(io("creating", &d))?;
     }
-    let spec = record.spec(dir, &job.name, Command::Script(job.script.clone()), term);
+    let mut spec = record.spec(dir, &job.name, Command::Script(job.script.clone()), term);
+    spec.cgroup = cgroup;
     spec.save(&dir.spec())?;
     let log = File::create(dir.log()).map_err(io("creating", dir.log()))?;
     let log2 = log.try_clone().map_err(io("duplicating", dir.log()))?;
@@ -577,6 +613,19 @@ pub fn seconds(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64())
 }
 
+/// Bytes as shown in the final table: `512K`, `12.3M`, `1.5G`.
+pub fn bytes(n: u64) -> String {
+    const K: f64 = 1024.0;
+    let f = n as f64;
+    if f < K * K {
+        format!("{:.0}K", f / K)
+    } else if f < K * K * K {
+        format!("{:.1}M", f / (K * K))
+    } else {
+        format!("{:.1}G", f / (K * K * K))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -605,6 +654,8 @@ mod tests {
             network: Network::Host,
             keep: false,
             jobs: vec!["1".into()],
+            limits: Limits::default(),
+            cgroups: vec![],
             outcomes: None,
             refused: Vec::new(),
         }

@@ -5,14 +5,15 @@
 //! the binary started by a pool worker, so that no namespace or mount work ever
 //! happens in the threaded runner. The steps, in order:
 //!
-//! 1. `unshare(NEWNS|NEWPID|NEWUTS|NEWIPC [|NEWNET])` and make `/` recursively
+//! 1. join the job's cgroup (`cgroup.rs`), `unshare(NEWNS|NEWPID|NEWUTS|
+//!    NEWIPC [|NEWNET] [|NEWCGROUP])`, move into the group's leaf, and make `/` recursively
 //!    private, so nothing mounted below reaches the run's (or the host's)
 //!    namespace, and everything vanishes when the last process exits;
 //! 2. `fork`: the child is PID 1 of the new PID namespace. It dies with the
 //!    helper (`PR_SET_PDEATHSIG`), and every job process dies with it;
 //! 3. PID 1 brings `lo` up (`--network none`), sets the hostname, applies the
-//!    plan's first part (overlay → trees and caches → proc → dev → sys, see
-//!    `plan.rs`), reads the host's `resolv.conf`, `pivot_root`s into the
+//!    plan's first part (overlay → trees and caches → proc → dev → sys → the
+//!    job's cgroup2, see `plan.rs`), reads the host's `resolv.conf`, `pivot_root`s into the
 //!    chroot and detaches the old root, and writes the portage configuration;
 //! 4. PID 1 enters the job's user namespace: `unshare(CLONE_NEWUSER)`, the
 //!    helper (still root of the host's namespace) maps every uid and gid onto
@@ -47,6 +48,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, pipe2, ForkResult, Pid};
 use serde::{Deserialize, Serialize};
 
+use crate::cgroup::{self, CgroupSpec};
 use crate::conf::ChrootConf;
 use crate::error::{io, sys, Error, Result};
 use crate::plan::{Attrs, ChrootLayout, MountOp, MountPlan};
@@ -90,6 +92,10 @@ pub struct SandboxSpec {
     pub command: Command,
     /// `TERM` passed through, as the seed's `env -i TERM=$TERM`.
     pub term: Option<String>,
+    /// The job's cgroup, joined before the namespaces are made; `None`
+    /// runs the job in the helper's cgroup, without a cgroup namespace.
+    #[serde(default)]
+    pub cgroup: Option<CgroupSpec>,
 }
 
 impl SandboxSpec {
@@ -128,10 +134,19 @@ pub fn run(spec: &SandboxSpec) -> Result<i32> {
     if spec.network == Network::None {
         flags |= CloneFlags::CLONE_NEWNET;
     }
+    if let Some(cg) = &spec.cgroup {
+        // The groups joined now become the roots of the job's cgroup
+        // namespace; the move into the leaf below happens inside it.
+        cgroup::join(&cg.enter)?;
+        flags |= CloneFlags::CLONE_NEWCGROUP;
+    }
     unshare(flags).map_err(|source| Error::Proc {
         what: "creating namespaces",
         source,
     })?;
+    if let Some(cg) = &spec.cgroup {
+        cgroup::join(&cg.then)?;
+    }
     mount(
         None::<&str>,
         "/",
@@ -389,7 +404,10 @@ fn init(spec: &SandboxSpec, ids: IdHandshake) -> Result<i32> {
         what: "setting the hostname",
         source,
     })?;
-    let plan = MountPlan::for_chroot(&spec.layout);
+    let mut plan = MountPlan::for_chroot(&spec.layout);
+    if let Some(at) = spec.cgroup.as_ref().and_then(|c| c.mount.as_deref()) {
+        plan.mount_cgroup(at);
+    }
     apply(&plan)?;
 
     let mut conf = spec.conf.clone();
@@ -727,6 +745,27 @@ fn apply_op(op: &MountOp, chroot: &Chroot) -> Result<()> {
             }
             .map_err(sys("masking", &shown))
         }
+        MountOp::Cgroup { target } => {
+            let shown = chroot.show(target);
+            // The host's cgroup2, bound in with /sys, is the same
+            // superblock, and the kernel refuses a filesystem on its own
+            // root (EBUSY, do_add_mount): detach it first, in this
+            // namespace only (/sys is a slave).
+            let dir = chroot.dir(target)?;
+            match umount2(&fd_path(&dir), MntFlags::MNT_DETACH) {
+                Ok(()) | Err(Errno::EINVAL) => {}
+                Err(e) => return Err(sys("detaching the host's cgroup2 from", &shown)(e)),
+            }
+            let dir = chroot.dir(target)?;
+            mount(
+                Some("cgroup2"),
+                &fd_path(&dir),
+                Some("cgroup2"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                None::<&str>,
+            )
+            .map_err(sys("mounting cgroup2 on", &shown))
+        }
     }
 }
 
@@ -962,6 +1001,11 @@ mod tests {
             network: Network::None,
             command: Command::Script("true".into()),
             term: Some("xterm".into()),
+            cgroup: Some(CgroupSpec {
+                enter: vec!["/sys/fs/cgroup/portroot/r/1/ns".into()],
+                then: vec!["/sys/fs/cgroup/portroot/r/1/ns/init".into()],
+                mount: Some("/sys/fs/cgroup".into()),
+            }),
         };
         let path = dir.path().join("spec.json");
         spec.save(&path).unwrap();

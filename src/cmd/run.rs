@@ -26,6 +26,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use portroot_runner::caches::{self, Refused};
+use portroot_runner::cgroup::{self, Cpus, Limits, RunCgroup};
 use portroot_runner::conf::{ChrootConf, RepoConf};
 use portroot_runner::job::{self, Job, JobOutcome, JobStatus};
 use portroot_runner::layer::{LayerLease, LayerStore};
@@ -97,6 +98,30 @@ pub struct ChrootArgs {
     /// order they were built, bottom first: the last one named is on top.
     #[arg(long = "layer", value_name = "LAYER")]
     pub(super) layers: Vec<String>,
+    /// Memory each job may use, RAM and swap together (e.g. 4G); a job
+    /// killed for it ends as `oom` [default: the config's `run.memory`,
+    /// else unlimited].
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
+    memory: Option<u64>,
+    /// CPUs' worth of time each job may use, fractions allowed (e.g. 1.5)
+    /// [default: the config's `run.cpus`, else unlimited].
+    #[arg(long, value_name = "N", value_parser = Cpus::parse)]
+    cpus: Option<Cpus>,
+    /// Processes and threads each job may have at once [default: the
+    /// config's `run.pids`, else unlimited].
+    #[arg(long, value_name = "N", value_parser = parse_pids)]
+    pids: Option<u64>,
+}
+
+/// `--memory`: a size, at least 1M.
+fn parse_memory(s: &str) -> Result<u64, String> {
+    super::mount::parse_size(s).and_then(cgroup::check_memory)
+}
+
+/// `--pids`: 1 to the kernel's largest pid count.
+fn parse_pids(s: &str) -> Result<u64, String> {
+    let n: u64 = s.trim().parse().map_err(|_| format!("bad number {s:?}"))?;
+    cgroup::check_pids(n)
 }
 
 /// Arguments of `portroot run`.
@@ -201,6 +226,7 @@ struct Resolved {
     caches: Vec<Bind>,
     conf: ChrootConf,
     network: Network,
+    limits: Limits,
 }
 
 /// DISTDIR and PKGDIR inside the chroot. They stay under /var/cache with the
@@ -298,6 +324,7 @@ fn resolve(
             NetworkArg::Host => Network::Host,
             NetworkArg::None => Network::None,
         },
+        limits: defaults.limits,
     })
 }
 
@@ -313,6 +340,7 @@ struct ChrootDefaults {
     binpkgs: PathBuf,
     /// The store repository served as the gentoo tree.
     main_repo: String,
+    limits: Limits,
 }
 
 fn chroot_defaults(ctx: &Ctx, args: &ChrootArgs) -> anyhow::Result<ChrootDefaults> {
@@ -363,7 +391,25 @@ fn chroot_defaults(ctx: &Ctx, args: &ChrootArgs) -> anyhow::Result<ChrootDefault
             .repo
             .clone()
             .unwrap_or_else(|| portroot::store::DEFAULT_REPO.to_owned()),
+        limits: limits(ctx, args),
     })
+}
+
+/// Each job's limits: flags, else the configuration, else none.
+fn limits(ctx: &Ctx, args: &ChrootArgs) -> Limits {
+    let conf = &ctx.config.merged.run;
+    Limits {
+        memory: args.memory.or(conf.memory),
+        cpus: args.cpus.or(conf.cpus),
+        pids: args.pids.or(conf.pids),
+    }
+}
+
+/// The run's cgroup `portroot/<id>` under ours, with each job's `limits`
+/// checked against the controllers there are.
+fn run_cgroup(id: &str, limits: Limits) -> anyhow::Result<RunCgroup> {
+    let hierarchies = cgroup::detect_hierarchies()?;
+    Ok(RunCgroup::create(&hierarchies, id, limits)?)
 }
 
 /// Fail early, with one line, if `reference` does not exist in the repository.
@@ -632,6 +678,7 @@ pub(super) fn run_batch(
     }
 
     private_mount_namespace()?;
+    let cgroups = run_cgroup(&id, resolved.limits)?;
     ensure_caches(&resolved)?;
     let mut record = run_record(
         &id,
@@ -639,6 +686,7 @@ pub(super) fn run_batch(
         keep,
         jobs.iter().map(|j| j.name.clone()).collect(),
     );
+    record.cgroups = cgroups.paths();
     // Before any thread exists (the FUSE sessions start some), so that every
     // thread inherits the blocked mask and only ours sees the signals.
     let cancel = Arc::new(AtomicBool::new(false));
@@ -664,7 +712,10 @@ pub(super) fn run_batch(
         jobs,
         workers,
         &cancel,
-        |job| runs::execute_job(&run_dir, &record, &helper, &children, job, term.clone()),
+        |job| {
+            let cg = Some(&cgroups);
+            runs::execute_job(&run_dir, &record, &helper, &children, cg, job, term.clone())
+        },
         |ev| {
             match ev {
                 Event::Started(_) => running += 1,
@@ -690,6 +741,9 @@ pub(super) fn run_batch(
     }
 
     drop(mounts);
+    // Every job's group is gone already; the run's goes before the record
+    // says the run ended.
+    drop(cgroups);
     let mut cleanup_err = None;
     if let Err(e) = std::fs::remove_dir_all(run_dir.path.join("repos")) {
         cleanup_err.get_or_insert(anyhow::Error::from(e).context("removing the tree mount points"));
@@ -756,7 +810,7 @@ fn progress_bar(ctx: &Ctx, total: usize) -> Option<indicatif::ProgressBar> {
 }
 
 fn print_table(outcomes: &[JobOutcome], run_path: &Path) {
-    let rows: Vec<[String; 4]> = outcomes
+    let rows: Vec<[String; 6]> = outcomes
         .iter()
         .map(|o| {
             let log = if o.log.as_os_str().is_empty() {
@@ -768,11 +822,13 @@ fn print_table(outcomes: &[JobOutcome], run_path: &Path) {
                 o.name.clone(),
                 o.status.to_string(),
                 runs::seconds(o.duration),
+                o.usage.cpu.map_or_else(|| "-".into(), runs::seconds),
+                o.usage.peak_memory.map_or_else(|| "-".into(), runs::bytes),
                 log,
             ]
         })
         .collect();
-    let header = ["JOB", "STATUS", "SECONDS", "LOG"].map(String::from);
+    let header = ["JOB", "STATUS", "SECONDS", "CPU", "PEAK", "LOG"].map(String::from);
     let mut widths = header.clone().map(|h| h.len());
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -781,14 +837,18 @@ fn print_table(outcomes: &[JobOutcome], run_path: &Path) {
     }
     for row in std::iter::once(&header).chain(&rows) {
         println!(
-            "{:<w0$}  {:<w1$}  {:>w2$}  {}",
+            "{:<w0$}  {:<w1$}  {:>w2$}  {:>w3$}  {:>w4$}  {}",
             row[0],
             row[1],
             row[2],
             row[3],
+            row[4],
+            row[5],
             w0 = widths[0],
             w1 = widths[1],
-            w2 = widths[2]
+            w2 = widths[2],
+            w3 = widths[3],
+            w4 = widths[4],
         );
     }
     println!("run {}", run_path.display());
@@ -823,6 +883,8 @@ fn run_record(id: &str, resolved: &Resolved, keep: bool, jobs: Vec<String>) -> R
         network: resolved.network,
         keep,
         jobs,
+        limits: resolved.limits,
+        cgroups: Vec::new(),
         outcomes: None,
         refused: Vec::new(),
     }
@@ -832,7 +894,7 @@ fn run_record(id: &str, resolved: &Resolved, keep: bool, jobs: Vec<String>) -> R
 pub fn shell(ctx: &Ctx, args: ShellArgs) -> anyhow::Result<ExitCode> {
     let runs_dir = ctx.store.runs_dir();
     let term = std::env::var("TERM").ok();
-    let (run_dir, record, job, remove_after, _leases) =
+    let (run_dir, record, job, remove_after, cgroups, _leases) =
         if let (Some(id), Some(job)) = (&args.run, &args.job) {
             let (run_dir, record) = RunDir::reopen(&runs_dir, id)?;
             if !record.jobs.contains(job) {
@@ -844,7 +906,15 @@ pub fn shell(ctx: &Ctx, args: ShellArgs) -> anyhow::Result<ExitCode> {
             let stage = lease_stage(ctx, &record.stage_digest)?;
             let layers = lease_layers(ctx, &record.stage_digest, &record.layer_names)?;
             private_mount_namespace()?;
-            (run_dir, record, job.clone(), false, (stage, layers))
+            let cgroups = run_cgroup(id, limits(ctx, &args.chroot))?;
+            (
+                run_dir,
+                record,
+                job.clone(),
+                false,
+                cgroups,
+                (stage, layers),
+            )
         } else {
             let id = runs::new_run_id(SystemTime::now());
             let (Some(stage), Some(tag)) = (&args.stage, &args.tag) else {
@@ -852,13 +922,16 @@ pub fn shell(ctx: &Ctx, args: ShellArgs) -> anyhow::Result<ExitCode> {
             };
             let resolved = resolve(ctx, stage, tag, &args.chroot, &runs_dir.join(&id))?;
             private_mount_namespace()?;
+            let cgroups = run_cgroup(&id, resolved.limits)?;
             ensure_caches(&resolved)?;
-            let record = run_record(&id, &resolved, false, vec!["shell".into()]);
+            let mut record = run_record(&id, &resolved, false, vec!["shell".into()]);
+            record.cgroups = cgroups.paths();
             (
                 RunDir::create(&runs_dir, &record)?,
                 record,
                 "shell".to_owned(),
                 true,
+                cgroups,
                 (resolved.stage, resolved.layers),
             )
         };
@@ -876,7 +949,9 @@ pub fn shell(ctx: &Ctx, args: ShellArgs) -> anyhow::Result<ExitCode> {
         for d in [dir.0.clone(), dir.upper(), dir.work(), dir.root()] {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         }
-        let spec = record.spec(&dir, &job, sandbox::Command::Interactive, term);
+        let group = cgroups.create_job(&job)?;
+        let mut spec = record.spec(&dir, &job, sandbox::Command::Interactive, term);
+        spec.cgroup = Some(group.spec.clone());
         let spec_path = dir.0.join("shell.json");
         spec.save(&spec_path)?;
         if !std::io::stdin().is_terminal() {
@@ -885,14 +960,19 @@ pub fn shell(ctx: &Ctx, args: ShellArgs) -> anyhow::Result<ExitCode> {
         let status = helper()
             .command(&spec_path)
             .status()
-            .context("starting the sandbox helper")?;
+            .context("starting the sandbox helper");
         let _ = std::fs::remove_file(&spec_path);
+        if let (_, Some(e)) = group.finish() {
+            tracing::warn!(error = %e, "cleaning up the shell's cgroup");
+        }
+        let status = status?;
         use std::os::unix::process::ExitStatusExt;
         Ok(status
             .code()
             .or_else(|| status.signal().map(|s| 128 + s))
             .unwrap_or(1))
     })();
+    drop(cgroups);
     if remove_after {
         std::fs::remove_dir_all(&run_dir.path)
             .with_context(|| format!("removing {}", run_dir.path.display()))?;
