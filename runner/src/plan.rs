@@ -302,9 +302,9 @@ impl MountPlan {
             },
             slave: true,
         });
-        // A writable per-job cgroup (cgroup2 at /sys/fs/cgroup) goes here:
-        // after /sys is read-only all the way down, before the job's user
-        // namespace locks everything.
+        // The job's writable cgroup2 ([`MountPlan::mount_cgroup`]) is
+        // appended after these: over the read-only /sys, before the job's
+        // user namespace locks everything.
         ops.extend(
             SYS_MASKED
                 .iter()
