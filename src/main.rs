@@ -35,7 +35,7 @@ struct Cli {
     #[arg(long, global = true, env = "PORTROOT_STORE", default_value = DEFAULT_STORE, value_name = "DIR")]
     store: PathBuf,
 
-    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides it.
+    /// More log output (-v: info, -vv: debug, -vvv: trace). RUST_LOG overrides it.
     #[arg(short, long, global = true, action = ArgAction::Count)]
     verbose: u8,
 
