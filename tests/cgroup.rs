@@ -244,8 +244,10 @@ fn jobs_get_groups_of_their_own_on_v1() {
     }
     let rs = RunStore::new();
     let memory = v1_own("memory").unwrap();
+    // Each job waits (boundedly) for the test to look at its group first: a
+    // job that ended before the look would leave its group empty.
     let script = r#"touch /var/cache/binpkgs/in-$(hostname)
-n=0; while [ $(ls /var/cache/binpkgs | grep -c ^in-) -lt 3 ] && [ $n -lt 300 ]; do sleep 0.05; n=$((n+1)); done
+n=0; while [ ! -e /var/cache/binpkgs/go ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n+1)); done
 grep -e memory -e pids -e '^0::' /proc/self/cgroup"#;
     let child = rs
         .run()
@@ -279,6 +281,7 @@ grep -e memory -e pids -e '^0::' /proc/self/cgroup"#;
             memory.display()
         );
     }
+    fs::write(cookies.join("go"), "").unwrap();
     let out = child.wait_with_output().unwrap();
     let (table, err) = text(&out);
     assert!(out.status.success(), "{table}\n{err}");
