@@ -145,6 +145,16 @@ impl Store {
     }
 }
 
+/// clap's value parser for a name given on the command line: what
+/// [`is_valid_name`] accepts, or a usage error (exit 2) saying the rule.
+pub fn parse_name(name: &str) -> Result<String, String> {
+    if is_valid_name(name) {
+        Ok(name.to_owned())
+    } else {
+        Err("a name is 1 to 128 letters, digits and `._+-`, not starting with a dot".into())
+    }
+}
+
 /// Check that a user-given name (repository, stage, layer, job) is a single,
 /// harmless path component: letters, digits and `._+-`, not starting with a dot.
 pub fn is_valid_name(name: &str) -> bool {

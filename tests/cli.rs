@@ -64,3 +64,26 @@ fn printing_commands_end_quietly_on_a_closed_pipe() {
         );
     }
 }
+
+#[test]
+fn counts_and_names_out_of_range_are_usage_errors() {
+    // Wrong command lines exit 2 (clap's usage errors), before anything is
+    // looked up in the store.
+    let store = tempfile::tempdir().expect("store");
+    for args in [
+        &[
+            "run", "--stage", "s", "--tag", "t", "--jobs", "0", "--", "true",
+        ][..],
+        &[
+            "run", "--stage", "s", "--tag", "t", "--repeat", "0", "--", "true",
+        ],
+        &["demo", "--jobs", "0"],
+        &["stage", "add", "x.tar", "--name", "../x"],
+        &["snapshot", "list", "--repo", "../../x"],
+        &["mount", "--repo", ".hidden", "--all", "/nonexistent"],
+        &["layer", "create", "a/b", "--stage", "s", "--", "true"],
+    ] {
+        let err = util::fails(util::portroot(store.path()).args(args), 2);
+        assert!(err.contains("invalid value"), "{args:?}: {err}");
+    }
+}

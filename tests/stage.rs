@@ -410,9 +410,9 @@ fn names_resolve_move_and_list() {
         s.portroot()
             .args(["stage", "add", "--name", "../x"])
             .arg(&xz),
-        1,
+        2,
     );
-    assert!(err.contains("invalid stage name"), "{err}");
+    assert!(err.contains("invalid value '../x'"), "{err}");
     let err = util::fails(s.portroot().args(["stage", "rm", "nonesuch"]), 1);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("no stage nonesuch"), "{err}");

@@ -33,7 +33,7 @@ use super::Ctx;
     sudo portroot --store /tmp/pr demo      # an explicit, empty store")]
 pub struct DemoArgs {
     /// How many build jobs to run in parallel chroots.
-    #[arg(short, long, default_value_t = 4, value_name = "N")]
+    #[arg(short, long, default_value_t = 4, value_name = "N", value_parser = super::run::at_least_one())]
     pub jobs: usize,
 
     /// Keep the demo store (and print where it is) instead of removing it.
@@ -46,9 +46,6 @@ const SNAPSHOTS: u32 = 3;
 
 /// `portroot demo`.
 pub fn demo(ctx: &Ctx, args: DemoArgs) -> anyhow::Result<ExitCode> {
-    if args.jobs == 0 {
-        bail!("--jobs must be at least 1");
-    }
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!(

@@ -49,7 +49,7 @@ Examples:
   portroot run --stage stage4 --layer python --layer sci --tag 2026-08-20 -- emerge -e @sci")]
 pub struct CreateArgs {
     /// The new layer's name.
-    #[arg(value_name = "NAME")]
+    #[arg(value_name = "NAME", value_parser = portroot::store::parse_name)]
     name: String,
     /// The stage (name or digest) the job runs over.
     #[arg(long, value_name = "STAGE")]

@@ -42,7 +42,7 @@ const READY: &str = "ready";
 pub struct MountArgs {
     /// A repository of the store (`repos/NAME.git`) [default: the config's
     /// `repo`, else gentoo].
-    #[arg(long, value_name = "NAME", conflicts_with = "git_dir")]
+    #[arg(long, value_name = "NAME", conflicts_with = "git_dir", value_parser = portroot::store::parse_name)]
     pub repo: Option<String>,
 
     /// Any git repository instead: a bare repo or a `.git` directory.

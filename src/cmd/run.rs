@@ -148,10 +148,10 @@ pub struct RunArgs {
     chroot: ChrootArgs,
     /// How many chroots run at once [default: the config's `run.jobs`, else
     /// the number of CPUs].
-    #[arg(long, short = 'j', value_name = "N")]
+    #[arg(long, short = 'j', value_name = "N", value_parser = at_least_one())]
     jobs: Option<usize>,
     /// Run the command as N jobs named 1..N.
-    #[arg(long, value_name = "N", conflicts_with = "job_file")]
+    #[arg(long, value_name = "N", conflicts_with = "job_file", value_parser = at_least_one())]
     repeat: Option<usize>,
     /// One job per line, `NAME<TAB>COMMAND`; `-` reads standard input.
     #[arg(long, value_name = "FILE")]
@@ -1055,4 +1055,10 @@ pub fn internal(_ctx: &Ctx, cmd: InternalCmd) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// clap's value parser for a count that must be at least 1 (a usage error,
+/// exit 2, otherwise).
+pub fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
 }

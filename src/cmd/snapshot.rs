@@ -66,7 +66,7 @@ Example:
 pub struct RepoArg {
     /// The snapshot repository in the store (repos/NAME.git) [default: the
     /// config's `repo`, else gentoo].
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = portroot::store::parse_name)]
     repo: Option<String>,
 }
 

@@ -73,7 +73,7 @@ pub struct AddArgs {
     #[arg(value_name = "FILE")]
     file: PathBuf,
     /// The name to give it (default: the file name without .tar.xz etc.).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = portroot::store::parse_name)]
     name: Option<String>,
 }
 
