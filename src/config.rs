@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer};
 
 use portroot_runner::cgroup::{self, Cpus};
+use portroot_runner::plan::TmpfsMount;
 
 use crate::cmd::mount::IoUringArg;
 use crate::cmd::run::{Layout, NetworkArg};
@@ -131,6 +132,9 @@ pub struct RunConfig {
     /// Processes per job (1 to [`cgroup::MAX_PIDS`]).
     #[serde(default, deserialize_with = "pids")]
     pub pids: Option<u64>,
+    /// tmpfs mounts in every job, `PATH[=SIZE]` (see [`parse_tmpfs`]).
+    #[serde(default, deserialize_with = "tmpfs")]
+    pub tmpfs: Option<Vec<TmpfsMount>>,
 }
 
 /// `[mount]`: how `portroot mount` serves a tree.
@@ -214,6 +218,7 @@ impl Config {
                 memory: over.run.memory.or(self.run.memory),
                 cpus: over.run.cpus.or(self.run.cpus),
                 pids: over.run.pids.or(self.run.pids),
+                tmpfs: over.run.tmpfs.or(self.run.tmpfs),
             },
             mount: MountConfig {
                 cache_size: over.mount.cache_size.or(self.mount.cache_size),
@@ -271,6 +276,13 @@ impl Config {
             ("run.memory", r.memory.map(|b| b.to_string())),
             ("run.cpus", r.cpus.map(|c| c.to_string())),
             ("run.pids", r.pids.map(|n| n.to_string())),
+            (
+                "run.tmpfs",
+                r.tmpfs.as_deref().map(|t| {
+                    let specs: Vec<String> = t.iter().map(tmpfs_spec).collect();
+                    list(&specs)
+                }),
+            ),
             (
                 "mount.cache_size",
                 self.mount.cache_size.map(|b| b.to_string()),
@@ -462,6 +474,48 @@ fn repo_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error
     Ok(Some(name))
 }
 
+/// `PATH[=SIZE]` of `--tmpfs` and `run.tmpfs`: an absolute path inside the
+/// chroot, not `/` and without `..`, and an optional size (`8G`, bytes).
+pub fn parse_tmpfs(spec: &str) -> Result<TmpfsMount, String> {
+    let (path, size) = match spec.split_once('=') {
+        Some((p, s)) => (p, Some(crate::cmd::mount::parse_size(s)?)),
+        None => (spec, None),
+    };
+    let target = PathBuf::from(path);
+    let plain = target.components().all(|c| {
+        matches!(
+            c,
+            std::path::Component::RootDir | std::path::Component::Normal(_)
+        )
+    });
+    if !target.is_absolute() || target.parent().is_none() || !plain {
+        return Err(format!(
+            "tmpfs path {path:?} must be absolute inside the chroot, not / and without .."
+        ));
+    }
+    if size == Some(0) {
+        return Err(format!("tmpfs size in {spec:?} must be more than 0"));
+    }
+    Ok(TmpfsMount { target, size })
+}
+
+/// `PATH[=BYTES]`, as [`parse_tmpfs`] reads it back.
+fn tmpfs_spec(t: &TmpfsMount) -> String {
+    match t.size {
+        Some(bytes) => format!("{}={bytes}", t.target.display()),
+        None => t.target.display().to_string(),
+    }
+}
+
+fn tmpfs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<TmpfsMount>>, D::Error> {
+    let specs = Vec::<String>::deserialize(d)?;
+    specs
+        .iter()
+        .map(|s| parse_tmpfs(s).map_err(serde::de::Error::custom))
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
 fn features<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
     let words = Vec::<String>::deserialize(d)?;
     for w in &words {
@@ -591,6 +645,23 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, String> {
         Config::parse(text, Path::new("/etc/portroot/portroot.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn tmpfs_specs_are_absolute_paths_with_an_optional_size() {
+        let c = parse("[run]\ntmpfs = [\"/var/tmp/portage=8G\", \"/scratch\"]").unwrap();
+        let t = c.run.tmpfs.unwrap();
+        assert_eq!(t[0].target, Path::new("/var/tmp/portage"));
+        assert_eq!(t[0].size, Some(8 << 30));
+        assert_eq!(
+            (t[1].target.as_path(), t[1].size),
+            (Path::new("/scratch"), None)
+        );
+        for bad in ["relative", "/", "/a/../b", "/x=0", "/x=lots"] {
+            assert!(parse_tmpfs(bad).is_err(), "{bad}");
+        }
+        let e = parse("[run]\ntmpfs = [\"tmp\"]").unwrap_err();
+        assert!(e.contains("2:9") && e.contains("must be absolute"), "{e}");
     }
 
     /// The example with every `# key = value` line uncommented.

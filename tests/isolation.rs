@@ -324,3 +324,42 @@ fn distfiles_are_created_root_portage_2775() {
     // The setgid directory hands its group to what jobs download.
     assert_eq!(fs::metadata(distfiles.join("f")).unwrap().gid(), 250);
 }
+
+#[test]
+fn tmpfs_covers_a_directory_with_its_owner_and_mode_and_keeps_nothing() {
+    if !util::require_root() {
+        return;
+    }
+    let rs = RunStore::new();
+    // /tmp is the stage's (root, 1777): the tmpfs takes its owner and mode.
+    // /scratch is not in the stage: made for the mount. Nothing written to
+    // either reaches the job's upper directory.
+    util::ok(rs.run().args([
+        "--keep",
+        "--tmpfs",
+        "/tmp=16M",
+        "--tmpfs",
+        "/scratch",
+        "--",
+        "grep -e ' /tmp ' -e ' /scratch ' /proc/mounts | sed 's/^/mnt: /';\
+         stat -c 'owner: %u:%g %a' /tmp; echo in-ram > /tmp/f; echo s > /scratch/g",
+    ]));
+    let run = run_dirs(&rs.store()).pop().expect("a run");
+    let log = fs::read_to_string(run.join("1").join("log")).unwrap();
+    let tmp = log
+        .lines()
+        .find(|l| l.starts_with("mnt: tmpfs /tmp "))
+        .unwrap_or_else(|| panic!("no tmpfs at /tmp: {log}"));
+    let opts = tmp.split(' ').nth(4).unwrap();
+    assert!(has_opt(opts, "size=16384k"), "{tmp}");
+    assert!(has_opt(opts, "nosuid") && has_opt(opts, "nodev"), "{tmp}");
+    assert!(log.contains("mnt: tmpfs /scratch "), "{log}");
+    assert!(log.contains("owner: 0:0 1777"), "{log}");
+    let upper = run.join("1").join("upper");
+    assert!(upper.is_dir(), "--keep keeps the upper directory");
+    assert!(!upper.join("tmp/f").exists());
+    assert!(!upper.join("scratch/g").exists());
+    // A bad spec is a usage error.
+    let err = util::fails(rs.run().args(["--tmpfs", "relative", "--", "true"]), 2);
+    assert!(err.contains("must be absolute"), "{err}");
+}

@@ -211,6 +211,7 @@ impl Sandbox {
                         writable: true,
                     },
                 ],
+                tmpfs: Vec::new(),
             },
             conf: ChrootConf {
                 repos: vec![

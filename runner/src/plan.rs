@@ -71,6 +71,22 @@ pub struct ChrootLayout {
     pub root: PathBuf,
     /// Trees and caches bound inside, in this order.
     pub binds: Vec<Bind>,
+    /// Fresh tmpfs mounts over directories of the chroot (`--tmpfs`), made
+    /// before the binds.
+    #[serde(default)]
+    pub tmpfs: Vec<TmpfsMount>,
+}
+
+/// A tmpfs over a directory of the chroot, for build directories such as
+/// `/var/tmp/portage` in RAM (tinderbox's way). It takes the owner and mode
+/// of the directory it covers, so portage sees the stage's permissions, and
+/// its files never reach the job's upper directory or a layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpfsMount {
+    /// Absolute path inside the chroot.
+    pub target: PathBuf,
+    /// The size limit in bytes; `None` is the kernel's default (half of RAM).
+    pub size: Option<u64>,
 }
 
 /// Per-mount flags set on a bind after it is made, with `mount_setattr(2)`:
@@ -186,6 +202,14 @@ pub enum MountOp {
         /// Path inside the chroot.
         target: PathBuf,
     },
+    /// Mount a fresh tmpfs on `target` (inside the chroot, created if
+    /// missing) with the owner and mode of the directory it covers.
+    TmpfsOver {
+        /// Path inside the chroot.
+        target: PathBuf,
+        /// `size=` in bytes, if any.
+        size: Option<u64>,
+    },
     /// Mount a fresh cgroup2 on `target` (inside the chroot). Made in the
     /// job's cgroup namespace, it shows only the namespace's root group.
     Cgroup {
@@ -208,6 +232,7 @@ impl MountOp {
             | MountOp::Symlink { target, .. }
             | MountOp::ReadOnlyPath { target }
             | MountOp::Mask { target }
+            | MountOp::TmpfsOver { target, .. }
             | MountOp::Cgroup { target } => target,
         }
     }
@@ -277,6 +302,11 @@ impl MountPlan {
             target: layout.root.clone(),
             options: overlay_options(&layout.layers, &layout.upper, &layout.work),
         }];
+        // Before the binds, so a tree or cache below a tmpfs stays visible.
+        ops.extend(layout.tmpfs.iter().map(|t| MountOp::TmpfsOver {
+            target: t.target.clone(),
+            size: t.size,
+        }));
         ops.extend(layout.binds.iter().map(|b| MountOp::Bind {
             source: b.source.clone(),
             target: b.target.clone(),
@@ -424,7 +454,26 @@ mod tests {
                     writable: true,
                 },
             ],
+            tmpfs: Vec::new(),
         }
+    }
+
+    #[test]
+    fn tmpfs_mounts_come_after_the_overlay_before_the_binds() {
+        let mut l = layout();
+        l.tmpfs.push(TmpfsMount {
+            target: "/var/tmp/portage".into(),
+            size: Some(8 << 30),
+        });
+        let plan = MountPlan::for_chroot(&l);
+        assert_eq!(
+            plan.ops[1],
+            MountOp::TmpfsOver {
+                target: "/var/tmp/portage".into(),
+                size: Some(8 << 30)
+            }
+        );
+        assert_eq!(plan.ops[2].target(), Path::new("/var/db/repos/gentoo"));
     }
 
     fn targets(ops: &[MountOp]) -> Vec<String> {

@@ -33,7 +33,7 @@ use crate::cgroup::{self, Limits, RunCgroup};
 use crate::conf::ChrootConf;
 use crate::error::{io, Error, Result};
 use crate::job::{Job, JobOutcome, JobStatus};
-use crate::plan::{Bind, ChrootLayout};
+use crate::plan::{Bind, ChrootLayout, TmpfsMount};
 use crate::sandbox::{Command, Network, SandboxSpec, SETUP_FAILED};
 
 /// One tree mounted for the run: a git repository at a ref.
@@ -87,6 +87,9 @@ pub struct RunRecord {
     /// What each job may use.
     #[serde(default)]
     pub limits: Limits,
+    /// tmpfs mounts in every job (`--tmpfs`).
+    #[serde(default)]
+    pub tmpfs: Vec<TmpfsMount>,
     /// The run's cgroup, `portroot/<id>`, in every hierarchy: what `gc`
     /// removes if the runner was killed.
     #[serde(default)]
@@ -126,6 +129,7 @@ impl RunRecord {
                 work: dir.work(),
                 root: dir.root(),
                 binds,
+                tmpfs: self.tmpfs.clone(),
             },
             conf: self.conf.clone(),
             network: self.network,
@@ -655,6 +659,7 @@ mod tests {
             keep: false,
             jobs: vec!["1".into()],
             limits: Limits::default(),
+            tmpfs: vec![],
             cgroups: vec![],
             outcomes: None,
             refused: Vec::new(),

@@ -745,6 +745,31 @@ fn apply_op(op: &MountOp, chroot: &Chroot) -> Result<()> {
             }
             .map_err(sys("masking", &shown))
         }
+        MountOp::TmpfsOver { target, size } => {
+            let shown = chroot.show(target);
+            let dir = chroot.dir(target)?;
+            // The covered directory's owner and mode, so the build directory
+            // keeps the stage's permissions (portage:portage 0775 and the
+            // like) with nothing of the stage's contents.
+            let st = nix::sys::stat::fstat(&dir).map_err(sys("inspecting", &shown))?;
+            let mut options = format!(
+                "mode={:o},uid={},gid={}",
+                st.st_mode & 0o7777,
+                st.st_uid,
+                st.st_gid
+            );
+            if let Some(bytes) = size {
+                options.push_str(&format!(",size={bytes}"));
+            }
+            mount(
+                Some("tmpfs"),
+                &fd_path(&dir),
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some(options.as_str()),
+            )
+            .map_err(sys("mounting tmpfs on", &shown))
+        }
         MountOp::Cgroup { target } => {
             let shown = chroot.show(target);
             // The host's cgroup2, bound in with /sys, is the same
@@ -988,6 +1013,7 @@ mod tests {
                 work: "/r/w".into(),
                 root: "/r/root".into(),
                 binds: vec![],
+                tmpfs: vec![],
             },
             conf: ChrootConf {
                 repos: vec![],

@@ -55,7 +55,7 @@ fn default_of(key: &str, store: &portroot::store::Store) -> String {
             "{} (the number of CPUs)",
             std::thread::available_parallelism().map_or(1, |n| n.get())
         ),
-        "run.features" | "run.make_conf_lines" | "run.local_mirror" => "none".into(),
+        "run.features" | "run.make_conf_lines" | "run.local_mirror" | "run.tmpfs" => "none".into(),
         "run.memory" | "run.cpus" | "run.pids" => "unlimited".into(),
         "run.distfiles" => format!("\"{}\"", store.distfiles_dir().display()),
         "run.binpkgs" => format!("\"{}\"", store.binpkgs_dir().display()),

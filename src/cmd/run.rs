@@ -30,7 +30,7 @@ use portroot_runner::cgroup::{self, Cpus, Limits, RunCgroup};
 use portroot_runner::conf::{ChrootConf, RepoConf};
 use portroot_runner::job::{self, Job, JobOutcome, JobStatus};
 use portroot_runner::layer::{LayerLease, LayerStore};
-use portroot_runner::plan::Bind;
+use portroot_runner::plan::{Bind, TmpfsMount};
 use portroot_runner::pool::{self, Event};
 use portroot_runner::run::{self as runs, Children, Helper, RunDir, RunRecord, TreeRecord};
 use portroot_runner::sandbox::{self, Network, SandboxSpec};
@@ -111,6 +111,11 @@ pub struct ChrootArgs {
     /// config's `run.pids`, else unlimited].
     #[arg(long, value_name = "N", value_parser = parse_pids)]
     pids: Option<u64>,
+    /// A fresh tmpfs over this directory of every job, with its owner and
+    /// mode, e.g. `/var/tmp/portage=8G` for builds in RAM; repeat for more.
+    /// Replaces the config's `run.tmpfs`.
+    #[arg(long = "tmpfs", value_name = "PATH[=SIZE]", value_parser = crate::config::parse_tmpfs)]
+    tmpfs: Vec<TmpfsMount>,
 }
 
 /// `--memory`: a size, at least 1M.
@@ -227,6 +232,7 @@ struct Resolved {
     conf: ChrootConf,
     network: Network,
     limits: Limits,
+    tmpfs: Vec<TmpfsMount>,
 }
 
 /// DISTDIR and PKGDIR inside the chroot. They stay under /var/cache with the
@@ -325,6 +331,7 @@ fn resolve(
             NetworkArg::None => Network::None,
         },
         limits: defaults.limits,
+        tmpfs: defaults.tmpfs,
     })
 }
 
@@ -341,6 +348,7 @@ struct ChrootDefaults {
     /// The store repository served as the gentoo tree.
     main_repo: String,
     limits: Limits,
+    tmpfs: Vec<TmpfsMount>,
 }
 
 fn chroot_defaults(ctx: &Ctx, args: &ChrootArgs) -> anyhow::Result<ChrootDefaults> {
@@ -392,6 +400,11 @@ fn chroot_defaults(ctx: &Ctx, args: &ChrootArgs) -> anyhow::Result<ChrootDefault
             .clone()
             .unwrap_or_else(|| portroot::store::DEFAULT_REPO.to_owned()),
         limits: limits(ctx, args),
+        tmpfs: if args.tmpfs.is_empty() {
+            conf.tmpfs.clone().unwrap_or_default()
+        } else {
+            args.tmpfs.clone()
+        },
     })
 }
 
@@ -884,6 +897,7 @@ fn run_record(id: &str, resolved: &Resolved, keep: bool, jobs: Vec<String>) -> R
         keep,
         jobs,
         limits: resolved.limits,
+        tmpfs: resolved.tmpfs.clone(),
         cgroups: Vec::new(),
         outcomes: None,
         refused: Vec::new(),
