@@ -19,7 +19,7 @@ use crate::util;
 /// Run `cmd` in a private mount namespace where `/sys/fs/cgroup` is a
 /// cgroup2 mount of the whole v2 hierarchy, as on a unified host (the v1
 /// hierarchies mounted below the host's `/sys/fs/cgroup` are hidden).
-fn on_v2(cmd: &mut Command) -> &mut Command {
+pub(crate) fn on_v2(cmd: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt;
     // SAFETY: between fork and exec only raw syscalls on static C strings:
     // nothing allocates or takes a lock.
@@ -52,7 +52,7 @@ fn on_v2(cmd: &mut Command) -> &mut Command {
 }
 
 /// Whether the kernel has cgroup v2 (mounted anywhere, or mountable).
-fn have_cgroup2() -> bool {
+pub(crate) fn have_cgroup2() -> bool {
     let ok = fs::read_to_string("/proc/filesystems").is_ok_and(|s| s.contains("\tcgroup2\n"));
     if !ok {
         eprintln!("skipped: no cgroup2 in this kernel");
@@ -93,7 +93,7 @@ fn v1_own(controller: &str) -> Option<PathBuf> {
 
 /// Whether the test host has v1 memory, cpu and pids hierarchies; else the
 /// v1 tests print `skipped` (a pure v2 host runs the v2 ones only).
-fn have_v1() -> bool {
+pub(crate) fn have_v1() -> bool {
     let ok = ["memory", "cpu", "pids"]
         .iter()
         .all(|c| v1_own(c).is_some());

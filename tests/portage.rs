@@ -528,3 +528,46 @@ fn emerge_world_prints_no_warning_on_the_runners_output() {
         "{log}"
     );
 }
+
+/// Each job runs emerge in the background and, while it runs, looks for
+/// the group portage's `FEATURES=cgroup` makes for it (`emerge-<pid>`) in
+/// the job's own `/sys/fs/cgroup`; then waits for emerge.
+const EMERGE_IN_ITS_CGROUP: &str = "emerge --buildpkg --oneshot app-fixture/app & e=$!; seen=; \
+     while kill -0 $e 2>/dev/null; do \
+     [ -n \"$(find /sys/fs/cgroup -maxdepth 3 -name 'emerge-*' 2>/dev/null)\" ] && seen=1; \
+     sleep 0.05; \
+     done; wait $e; rc=$?; [ -n \"$seen\" ] && echo portage-cgroup-seen; exit $rc";
+
+#[test]
+fn overlapping_emerges_with_features_cgroup_all_build_on_cgroup2_and_v1() {
+    let Some(f) = fixture() else { return };
+    // portroot's make.conf FEATURES carry `cgroup` (the seed's). Before jobs
+    // had cgroups of their own, every job's emerge was PID 2 of its PID
+    // namespace and used the host's one `portage/emerge-2`: the first to
+    // finish removed it and killed the others.
+    let s = PortageStore::new(f);
+    let mirror = Mirror::serve(&f.repo.distfiles);
+    let mirrors = format!("GENTOO_MIRRORS=\"{}\"", mirror.url);
+    let jobs = s.tmp.path().join("jobs");
+    fs::write(
+        &jobs,
+        (1..=3)
+            .map(|i| format!("j{i}\t{EMERGE_IN_ITS_CGROUP}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let jobs = jobs.to_string_lossy().into_owned();
+    let args = ["--make-conf", &mirrors, "--jobs", "3", "--job-file", &jobs];
+    // The machine as it is (v1 or hybrid on this kind of host): all build.
+    ok_with_logs(&s, s.run(&args));
+    // A cgroup2 at /sys/fs/cgroup, as on every current systemd host: portage
+    // makes its groups in each job's own tree, and all three build.
+    if crate::cgroup::have_cgroup2() {
+        let mut cmd = s.run(&args);
+        crate::cgroup::on_v2(&mut cmd);
+        ok_with_logs(&s, cmd);
+        for (job, log) in s.logs() {
+            assert!(log.contains("portage-cgroup-seen"), "job {job}: {log}");
+        }
+    }
+}
