@@ -89,6 +89,11 @@ impl PortageStore {
         c
     }
 
+    /// `run` with `mirror` as GENTOO_MIRRORS, the one job running `script`.
+    fn emerge(&self, mirror: &Mirror, script: &str) -> Command {
+        self.run(&["--make-conf", &mirror.gentoo_mirrors(), "--", script])
+    }
+
     /// The logs of every job of the newest run, by job name.
     fn logs(&self) -> BTreeMap<String, String> {
         let runs = self.store().join("runs");
@@ -179,6 +184,11 @@ impl Mirror {
             addr,
             thread: Some(thread),
         }
+    }
+
+    /// The make.conf line that points portage at this mirror.
+    fn gentoo_mirrors(&self) -> String {
+        format!("GENTOO_MIRRORS=\"{}\"", self.url)
     }
 
     fn requests(&self) -> Vec<String> {
@@ -306,16 +316,7 @@ fn emerge_buildpkg_writes_gpkgs_listed_once_in_packages() {
     let Some(f) = fixture() else { return };
     let s = PortageStore::new(f);
     let mirror = Mirror::serve(&f.repo.distfiles);
-    let mirrors = format!("GENTOO_MIRRORS=\"{}\"", mirror.url);
-    ok_with_logs(
-        &s,
-        s.run(&[
-            "--make-conf",
-            &mirrors,
-            "--",
-            "emerge --buildpkg app-fixture/app",
-        ]),
-    );
+    ok_with_logs(&s, s.emerge(&mirror, "emerge --buildpkg app-fixture/app"));
     let log = &s.logs()["1"];
     assert_eq!(
         log.matches(">>> Creating binpkg").count(),
@@ -353,26 +354,15 @@ fn emerge_usepkgonly_installs_without_building() {
     let Some(f) = fixture() else { return };
     let s = PortageStore::new(f);
     let mirror = Mirror::serve(&f.repo.distfiles);
-    let mirrors = format!("GENTOO_MIRRORS=\"{}\"", mirror.url);
-    ok_with_logs(
-        &s,
-        s.run(&[
-            "--make-conf",
-            &mirrors,
-            "--",
-            "emerge --buildpkg app-fixture/app",
-        ]),
-    );
+    ok_with_logs(&s, s.emerge(&mirror, "emerge --buildpkg app-fixture/app"));
     let fetched = mirror.requests().len();
     // A later run, in a fresh chroot: from PKGDIR only, nothing fetched.
     ok_with_logs(
         &s,
-        s.run(&[
-            "--make-conf",
-            &mirrors,
-            "--",
+        s.emerge(
+            &mirror,
             "emerge --usepkgonly app-fixture/app && fixture-app && cat /usr/share/fixture/app",
-        ]),
+        ),
     );
     let log = &s.logs()["1"];
     assert_eq!(
@@ -400,7 +390,7 @@ fn four_parallel_jobs_leave_a_consistent_packages_index() {
     let Some(f) = fixture() else { return };
     let s = PortageStore::new(f);
     let mirror = Mirror::serve(&f.repo.distfiles);
-    let mirrors = format!("GENTOO_MIRRORS=\"{}\"", mirror.url);
+    let mirrors = mirror.gentoo_mirrors();
     let jobs = s.tmp.path().join("jobs");
     fs::write(
         &jobs,
@@ -492,7 +482,7 @@ fn emerge_world_prints_no_warning_on_the_runners_output() {
     let Some(f) = fixture() else { return };
     let s = PortageStore::new(f);
     let mirror = Mirror::serve(&f.repo.distfiles);
-    let mirrors = format!("GENTOO_MIRRORS=\"{}\"", mirror.url);
+    let mirrors = mirror.gentoo_mirrors();
     // Without -q, and with -v: info and above show on stderr.
     let mut cmd = util::portroot(&s.store());
     cmd.args([
@@ -547,7 +537,7 @@ fn overlapping_emerges_with_features_cgroup_all_build_on_cgroup2_and_v1() {
     // finish removed it and killed the others.
     let s = PortageStore::new(f);
     let mirror = Mirror::serve(&f.repo.distfiles);
-    let mirrors = format!("GENTOO_MIRRORS=\"{}\"", mirror.url);
+    let mirrors = mirror.gentoo_mirrors();
     let jobs = s.tmp.path().join("jobs");
     fs::write(
         &jobs,
