@@ -52,6 +52,15 @@ pub(crate) fn on_v2(cmd: &mut Command) -> &mut Command {
 }
 
 /// Whether the kernel has cgroup v2 (mounted anywhere, or mountable).
+/// Poll `cond` every 20 ms; fail with `what` after 60 s.
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < Duration::from_secs(60), "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub(crate) fn have_cgroup2() -> bool {
     let ok = fs::read_to_string("/proc/filesystems").is_ok_and(|s| s.contains("\tcgroup2\n"));
     if !ok {
@@ -258,14 +267,9 @@ grep -e memory -e pids -e '^0::' /proc/self/cgroup"#;
         .unwrap();
     // While the jobs run, each has its own memory group under the runner's.
     let cookies = rs.store().join("binpkgs");
-    let start = Instant::now();
-    while !(1..=3).all(|i| cookies.join(format!("in-{i}")).exists()) {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "jobs never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("jobs never started", || {
+        (1..=3).all(|i| cookies.join(format!("in-{i}")).exists())
+    });
     let (run, record) = the_run(&rs.store());
     let id = record["id"].as_str().unwrap().to_owned();
     for job in ["1", "2", "3"] {
@@ -437,14 +441,9 @@ fn limits_from_flags_and_config_reach_the_job_group() {
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let start = Instant::now();
-        while !rs.store().join("binpkgs/started").exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "job never started"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until("job never started", || {
+            rs.store().join("binpkgs/started").exists()
+        });
         let id = fs::read_dir(rs.store().join("runs"))
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -561,14 +560,9 @@ fn gc_removes_the_cgroups_of_a_killed_run() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while !rs.store().join("binpkgs/started").exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "job never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("job never started", || {
+        rs.store().join("binpkgs/started").exists()
+    });
     child.kill().unwrap();
     child.wait().unwrap();
     let (_, record) = the_run(&rs.store());
@@ -596,14 +590,9 @@ fn sigterm_of_the_run_leaves_no_cgroup() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while !(cookies.join("started-1").exists() && cookies.join("started-2").exists()) {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "jobs never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("jobs never started", || {
+        cookies.join("started-1").exists() && cookies.join("started-2").exists()
+    });
     let (_, record) = the_run(&rs.store());
     let groups = run_cgroups(&record);
     assert!(!groups.is_empty(), "run.json names no cgroup");
