@@ -13,3 +13,8 @@ pub mod deb;
 pub mod gentoo;
 pub mod portage;
 pub mod stage;
+
+/// An io error that says what was done where, keeping the kind.
+fn at(what: &str, path: &std::path::Path, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
