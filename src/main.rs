@@ -169,10 +169,22 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("portroot: error: {err:#}");
+            // One line, whatever names (of files, of tar entries) it quotes.
+            eprintln!("portroot: error: {}", one_line(&format!("{err:#}")));
             ExitCode::from(1)
         }
     }
+}
+
+/// `text` with its control characters (a newline in a file name) escaped as
+/// in Rust strings, so that an error is always one line.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_debug().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
 }
 
 /// Whether the command only reads and prints: those end the way git and

@@ -32,7 +32,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use git2::{Oid, Repository, RepositoryInitOptions, Signature};
@@ -260,7 +260,12 @@ pub fn import_snapshot(store: &Store, opts: &ImportOptions, _lock: &ImportLock) 
     // thread: pack writes and the tree. Measured in benches/import.rs.
     let (tx, rx) = sync_channel::<Vec<Item>>(CHANNEL_DEPTH);
     let (done_tx, done_rx) = sync_channel::<Vec<Hashed>>(CHANNEL_DEPTH);
-    let rx = Mutex::new(rx);
+    // Every end of every channel is owned by the one thread that uses it, so
+    // that a thread that stops, for an error of its own or because its
+    // neighbour hung up, hangs up on both sides: the error travels up and
+    // down the pipeline and every thread ends. (The workers share the
+    // reader's channel: it closes when the last of them drops its handle.)
+    let rx = Arc::new(Mutex::new(rx));
     // Each worker checks the repository for objects it already has, through
     // its own handle (a Repository may move between threads, not be shared).
     let mut odbs = Vec::new();
@@ -291,10 +296,11 @@ pub fn import_snapshot(store: &Store, opts: &ImportOptions, _lock: &ImportLock) 
         let reader = s.spawn(move || read_entries(&file, batches, progress, want_md5));
         for (repo, start) in odbs.into_iter().zip(starts) {
             let done_tx = done_tx.clone();
-            let rx = &rx;
+            let rx = Arc::clone(&rx);
             s.spawn(move || hash_and_deflate(rx, done_tx, repo, start));
         }
         drop(done_tx);
+        drop(rx);
         let consumed = consume(done_rx, &mut pack);
         let streamed = match reader.join() {
             Ok(r) => r,
@@ -445,12 +451,40 @@ fn write_snapshot(
     facts: &CommitFacts,
     tag_name: &str,
 ) -> Result<Written> {
-    if let Some(pack) = pack {
-        pack.install(&repo.path().join("objects/pack"))?;
-        repo.odb()
-            .and_then(|o| o.refresh())
-            .map_err(Error::git("rescanning the object database"))?;
+    let installed = match pack {
+        Some(pack) => pack.install(&repo.path().join("objects/pack"))?,
+        None => Vec::new(),
+    };
+    // Until the refs moved, a failure (a full disk, say) takes out again what
+    // this import put into the repository: the pack and the loose commit and tag.
+    let mut loose = Vec::new();
+    let written = refer_snapshot(repo, root, timestamp, facts, tag_name, &mut loose);
+    if written.is_err() {
+        pack::uninstall(&installed);
+        for oid in loose {
+            let hex = oid.to_string();
+            let path = repo.path().join("objects").join(&hex[..2]).join(&hex[2..]);
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove an object of a failed import");
+            }
+        }
     }
+    written
+}
+
+/// The second half of [`write_snapshot`]: the commit, the tag and the refs.
+/// `loose` gets the objects written that the repository did not have.
+fn refer_snapshot(
+    repo: &Repository,
+    root: Oid,
+    timestamp: i64,
+    facts: &CommitFacts,
+    tag_name: &str,
+    loose: &mut Vec<Oid>,
+) -> Result<Written> {
+    repo.odb()
+        .and_then(|o| o.refresh())
+        .map_err(Error::git("rescanning the object database"))?;
     let tree = repo
         .find_tree(root)
         .map_err(Error::git(format!("reading tree {root}")))?;
@@ -482,15 +516,30 @@ fn write_snapshot(
         }
     };
     let parents: Vec<&git2::Commit> = parent.iter().collect();
-    let commit = repo
-        .commit(None, &sig, &sig, &facts.message(), &tree, &parents)
+    let odb = repo
+        .odb()
+        .map_err(Error::git("opening the object database"))?;
+    let buffer = repo
+        .commit_create_buffer(&sig, &sig, &facts.message(), &tree, &parents)
+        .map_err(Error::git("making the commit"))?;
+    let commit = object_id(ObjectKind::Commit, &buffer);
+    if !odb.exists(commit) {
+        loose.push(commit);
+    }
+    let written = odb
+        .write(git2::ObjectType::Commit, &buffer)
         .map_err(Error::git("writing the commit"))?;
+    debug_assert_eq!(written, commit);
     let commit_obj = repo
         .find_object(commit, Some(git2::ObjectType::Commit))
         .map_err(Error::git("reading the new commit"))?;
     let tag = repo
         .tag_annotation_create(tag_name, &commit_obj, &sig, &tag::tag_message(facts.date))
         .map_err(Error::git("writing the tag"))?;
+    // A tag object names its commit: a new commit means a new tag.
+    if loose.contains(&commit) {
+        loose.push(tag);
+    }
 
     let moved_main = main_time.is_none_or(|t| t <= timestamp);
     let tag_ref = format!("refs/tags/{tag_name}");
@@ -607,7 +656,7 @@ impl Batches {
 /// `start`, it waits for the reader to call it in, and stops if the reader
 /// ends first. Stops when either channel closes.
 fn hash_and_deflate(
-    rx: &Mutex<Receiver<Vec<Item>>>,
+    rx: Arc<Mutex<Receiver<Vec<Item>>>>,
     tx: SyncSender<Vec<Hashed>>,
     repo: Option<Repository>,
     start: Option<Receiver<()>>,
@@ -778,6 +827,8 @@ struct TallyReader {
 struct Tally {
     md5: Option<Md5>,
     bytes: u64,
+    /// Bytes read since the decompressor last gave any output.
+    quiet: u64,
     bar: Option<indicatif::ProgressBar>,
 }
 
@@ -787,6 +838,7 @@ impl Tally {
             h.update(buf);
         }
         self.bytes += buf.len() as u64;
+        self.quiet += buf.len() as u64;
         if let Some(bar) = &self.bar {
             bar.set_position(self.bytes);
         }
@@ -795,6 +847,14 @@ impl Tally {
 
 impl Read for TallyReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.tally.borrow().quiet > MAX_QUIET_INPUT {
+            // Endless input the decompressor takes without a byte of output,
+            // such as zeros after an xz stream (read as stream padding).
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "more than 64 MiB of input without any output from the decompressor",
+            ));
+        }
         let n = self.file.read(buf)?;
         self.tally.borrow_mut().add(&buf[..n]);
         Ok(n)
@@ -810,6 +870,9 @@ fn progress_bar(len: u64) -> indicatif::ProgressBar {
     indicatif::ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::stderr())
         .with_style(style)
 }
+
+/// Compressed bytes the decompressor may take without giving any output.
+const MAX_QUIET_INPUT: u64 = 64 << 20;
 
 /// Bytes of decompressed tar per chunk handed from the decoding thread to
 /// the tar parser.
@@ -839,6 +902,7 @@ fn decode(
     let tally = Rc::new(RefCell::new(Tally {
         md5: want_md5.then(Md5::new),
         bytes: 0,
+        quiet: 0,
         bar: progress.then(|| progress_bar(len)),
     }));
     let reader = TallyReader {
@@ -862,7 +926,10 @@ fn decode(
         while filled < buf.len() {
             match stream.read(&mut buf[filled..]) {
                 Ok(0) => break,
-                Ok(n) => filled += n,
+                Ok(n) => {
+                    filled += n;
+                    tally.borrow_mut().quiet = 0;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     if filled > 0 {
@@ -884,9 +951,23 @@ fn decode(
     }
     drop(tx);
     drop(stream);
+    // Whatever follows the compressed stream is hashed too, but only up to the
+    // same padding a tar may have: endless input must end.
     let mut rest = Vec::new();
-    tail.read_to_end(&mut rest)
+    (&mut tail)
+        .take(MAX_TAR_PADDING + 1)
+        .read_to_end(&mut rest)
         .map_err(Error::io("reading", path))?;
+    if rest.len() as u64 > MAX_TAR_PADDING {
+        return Err(Error::Tar {
+            path: path.to_owned(),
+            entries: 0,
+            source: io::Error::new(
+                io::ErrorKind::InvalidData,
+                "more than 1 MiB of data after the end of the compressed stream",
+            ),
+        });
+    }
     let mut tally = tally.borrow_mut();
     tally.add(&rest);
     if let Some(bar) = tally.bar.take() {
@@ -905,6 +986,8 @@ struct ChunkReader {
     spare: SyncSender<Vec<u8>>,
     chunk: Vec<u8>,
     pos: usize,
+    /// Bytes handed out so far.
+    consumed: u64,
 }
 
 impl Read for ChunkReader {
@@ -925,6 +1008,7 @@ impl Read for ChunkReader {
         let n = buf.len().min(self.chunk.len() - self.pos);
         buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
         self.pos += n;
+        self.consumed += n as u64;
         Ok(n)
     }
 }
@@ -947,29 +1031,37 @@ fn read_entries(
         spare: spare_tx,
         chunk: Vec::new(),
         pos: 0,
+        consumed: 0,
     };
-    std::thread::scope(|s| {
-        let decoder = s.spawn(move || decode(file, path, chunk_tx, spare_rx, progress, want_md5));
-        let parsed = parse_entries(path, stream, tx);
-        // The parser dropped its end of the channel, so the decoder stops.
-        let decoded = match decoder.join() {
-            Ok(r) => r,
-            Err(panic) => std::panic::resume_unwind(panic),
-        };
-        let Some(entries) = parsed? else {
-            return Ok(None);
-        };
-        let decoded = decoded?.expect(
-            "invariant: the decoder reports its failures through the stream, which was read to its end",
-        );
-        Ok(Some(Streamed {
-            md5: decoded.md5,
-            compressed: decoded.compressed,
-            compression: decoded.compression,
-            entries,
-        }))
-    })
+    let owned = path.to_owned();
+    // Not a scoped thread: when the parser stops early, the decoder may sit in
+    // a read of a pipe that delivers nothing more, and the import must end
+    // anyway. It ends by itself at its next hand-over, on the closed channel.
+    let decoder =
+        std::thread::spawn(move || decode(file, &owned, chunk_tx, spare_rx, progress, want_md5));
+    let Some(entries) = parse_entries(path, stream, tx)? else {
+        return Ok(None);
+    };
+    // The parser read the stream to its end: the decoder is done.
+    let decoded = match decoder.join() {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
+    };
+    let decoded = decoded?.expect(
+        "invariant: the decoder reports its failures through the stream, which was read to its end",
+    );
+    Ok(Some(Streamed {
+        md5: decoded.md5,
+        compressed: decoded.compressed,
+        compression: decoded.compression,
+        entries,
+    }))
 }
+
+/// Zero bytes accepted after the end-of-archive blocks: the padding of the
+/// last record, for blocking factors up to 2048 (tar's default is 20, 10 KiB).
+/// Anything longer, like endless input (`/dev/zero`), is refused.
+const MAX_TAR_PADDING: u64 = 1 << 20;
 
 /// Walk the tar in `stream`; `Some(entries)` once all of it was read, `None`
 /// if the packer hung up.
@@ -987,9 +1079,12 @@ fn parse_entries(path: &Path, stream: ChunkReader, mut tx: Batches) -> Result<Op
     let mut splitter = PathSplitter::default();
     let mut batch = Vec::with_capacity(BATCH_ITEMS);
     let mut batch_bytes = 0;
+    // Where the next header would start, after the last entry's data.
+    let mut data_end = 0u64;
     for entry in archive.entries().map_err(tar_err(0))? {
         let mut entry = entry.map_err(tar_err(entries))?;
         entries += 1;
+        data_end = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
         let kind = entry.header().entry_type();
         if kind.is_pax_global_extensions() {
             continue;
@@ -1089,11 +1184,58 @@ fn parse_entries(path: &Path, stream: ChunkReader, mut tx: Batches) -> Result<Op
         return Ok(None);
     }
     drop(tx);
-    // Read the decompressed stream to its end, where the decoder reports a bad
-    // trailer, if any.
-    let mut stream = archive.into_inner();
-    io::copy(&mut stream, &mut io::sink()).map_err(tar_err(entries))?;
+    let stream = archive.into_inner();
+    check_tar_end(path, stream, data_end, entries)?;
     Ok(Some(entries))
+}
+
+/// After the tar reader stopped, at the first zero block or at the end of the
+/// input: check that the archive really ended there (two zero blocks, then
+/// only zero padding, [`MAX_TAR_PADDING`] at most), and read the stream to its
+/// end, where the decoder reports a bad trailer, if any.
+fn check_tar_end(path: &Path, mut stream: ChunkReader, data_end: u64, entries: u64) -> Result<()> {
+    let truncated = |problem: &str| Error::Tar {
+        path: path.to_owned(),
+        entries,
+        source: io::Error::new(io::ErrorKind::InvalidData, problem.to_owned()),
+    };
+    // The reader stopped at the end of the input if it read nothing past the
+    // last entry's data; else it read the first zero block.
+    if stream.consumed < data_end + 512 {
+        return Err(truncated("no end-of-archive blocks"));
+    }
+    let mut trailing = 0u64;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(Error::Tar {
+                    path: path.to_owned(),
+                    entries,
+                    source: one_line(e),
+                })
+            }
+        };
+        if let Some(at) = buf[..n].iter().position(|b| *b != 0) {
+            if trailing + (at as u64) < 512 {
+                return Err(truncated("only one end-of-archive block"));
+            }
+            return Err(truncated("data after the end of the archive"));
+        }
+        trailing += n as u64;
+        if trailing > MAX_TAR_PADDING {
+            return Err(truncated(
+                "more than 1 MiB of padding after the end of the archive",
+            ));
+        }
+    }
+    if trailing < 512 {
+        return Err(truncated("only one end-of-archive block"));
+    }
+    Ok(())
 }
 
 /// The tar reader quotes raw header bytes in some errors: keep the message to

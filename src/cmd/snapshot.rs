@@ -155,7 +155,7 @@ fn import(ctx: &Ctx, a: ImportArgs) -> anyhow::Result<ExitCode> {
     if a.no_verify {
         eprintln!(
             "portroot: warning: --no-verify: neither md5 sum nor signature of {} is checked",
-            a.file.display()
+            a.file.display().to_string().escape_debug()
         );
     }
     let opts = ImportOptions {

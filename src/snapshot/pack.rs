@@ -338,15 +338,32 @@ pub struct FinishedPack {
 }
 
 impl FinishedPack {
-    /// Move the pack, then its index, into `objects_pack_dir`.
-    pub fn install(self, objects_pack_dir: &Path) -> Result<()> {
+    /// Move the pack, then its index, into `objects_pack_dir`; the paths
+    /// they now have, for [`uninstall`] if what follows fails. If the index
+    /// cannot be moved, the pack is taken out again.
+    pub fn install(self, objects_pack_dir: &Path) -> Result<Vec<PathBuf>> {
         fs::create_dir_all(objects_pack_dir).map_err(Error::io("creating", objects_pack_dir))?;
+        let mut installed = Vec::new();
         for from in [&self.pack, &self.idx] {
             let to =
                 objects_pack_dir.join(from.file_name().expect("invariant: pack files have names"));
-            fs::rename(from, &to).map_err(Error::io("installing", &to))?;
+            if let Err(e) = fs::rename(from, &to) {
+                uninstall(&installed);
+                return Err(Error::io("installing", &to)(e));
+            }
+            installed.push(to);
         }
-        Ok(())
+        Ok(installed)
+    }
+}
+
+/// Take an installed pack out of the repository again: the index first, so
+/// that no reader ever finds an index without its pack.
+pub fn uninstall(installed: &[PathBuf]) {
+    for path in installed.iter().rev() {
+        if let Err(e) = fs::remove_file(path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove a pack of a failed import");
+        }
     }
 }
 

@@ -89,22 +89,25 @@ pub(crate) fn unpack(
                     archive_err(e)
                 }
             })?;
+            // From the header, not from what was read: an entry whose data
+            // is skipped (a directory with a size) is read past only by the
+            // next header's read.
+            data_end = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
             u.entry(&mut entry, tarball, tick)?;
             entries_seen += 1;
-            data_end = consumed.get();
             tick();
         }
     }
     // The tar reader stops at the first zero block or at end of input; only the
     // former is a complete archive. A zero block was read iff more than the last
-    // entry's data (rounded up to a block) was consumed.
+    // entry's data, rounded up to a block, was consumed.
     if entries_seen == 0 {
         return Err(Error::Truncated {
             path: tarball.to_owned(),
             detail: "no entries".into(),
         });
     }
-    if consumed.get() <= data_end.div_ceil(512) * 512 {
+    if consumed.get() <= data_end {
         return Err(Error::Truncated {
             path: tarball.to_owned(),
             detail: "no end-of-archive blocks".into(),
