@@ -1,7 +1,7 @@
 //! Importing portage snapshot tarballs into git, and reading them back.
 //!
 //! ```text
-//! FILE --(gpgv)--> read: md5 + progress --> decompress                   [decoder thread]
+//! FILE --read once: md5, gpgv's stdin, progress --> decompress          [decoder thread]
 //!      --bounded channel of chunks--> tar entries, path checks             [reader thread]
 //!      --bounded channel--> blob ids, deflate                              [2 worker threads]
 //!      --bounded channel--> one pack, each object once; the tree            [calling thread]
@@ -13,7 +13,9 @@
 //! hashed and deflated, and the bounded channel caps how many are in flight.
 //! All objects go into one pack in the store's `tmp/` (see [`pack`]), and the
 //! pack only enters the repository once the whole tarball has been read,
-//! verified and judged newer, so bad input leaves the repository untouched.
+//! verified (gpgv's verdict on the bytes read, see [`verify`]) and judged
+//! newer, so bad input leaves the repository untouched. Each channel end
+//! belongs to one thread, so an error in any thread ends them all.
 //! Refs move last, together, in one libgit2 reference transaction, under an
 //! exclusive `flock` held for the whole import ([`ImportLock`]).
 
@@ -220,11 +222,15 @@ pub fn import_snapshot(store: &Store, opts: &ImportOptions, _lock: &ImportLock) 
     let _enter = span.enter();
     let started = Instant::now();
 
+    // The signature is checked over the bytes this import reads (see
+    // [`verify`]): gpgv runs along and its verdict is in before the pack
+    // enters the repository.
+    let mut signature = match (&opts.keyring, opts.verify) {
+        (Some(keyring), true) => Some(verify::SignatureCheck::start(&opts.file, keyring)?),
+        _ => None,
+    };
+    let gpgv = signature.as_mut().and_then(|s| s.input());
     let expected_md5 = if opts.verify {
-        if let Some(keyring) = &opts.keyring {
-            verify::verify_signature(&opts.file, keyring)?;
-            debug!(keyring = %keyring.display(), "signature verified");
-        }
         match opts
             .md5sum
             .clone()
@@ -293,7 +299,7 @@ pub fn import_snapshot(store: &Store, opts: &ImportOptions, _lock: &ImportLock) 
     }
     let batches = Batches { tx, idle };
     let (consumed, streamed) = std::thread::scope(|s| {
-        let reader = s.spawn(move || read_entries(&file, batches, progress, want_md5));
+        let reader = s.spawn(move || read_entries(&file, batches, progress, want_md5, gpgv));
         for (repo, start) in odbs.into_iter().zip(starts) {
             let done_tx = done_tx.clone();
             let rx = Arc::clone(&rx);
@@ -317,6 +323,10 @@ pub fn import_snapshot(store: &Store, opts: &ImportOptions, _lock: &ImportLock) 
         entries = streamed.entries,
         "tarball read"
     );
+    if let Some(check) = signature {
+        check.finish()?;
+        debug!("signature verified");
+    }
 
     if let (Some(expected), Some(actual)) = (&expected_md5, &streamed.md5) {
         if expected != actual {
@@ -826,6 +836,8 @@ struct TallyReader {
 
 struct Tally {
     md5: Option<Md5>,
+    /// The signature check's gpgv, fed the same bytes.
+    gpgv: Option<verify::GpgvInput>,
     bytes: u64,
     /// Bytes read since the decompressor last gave any output.
     quiet: u64,
@@ -836,6 +848,9 @@ impl Tally {
     fn add(&mut self, buf: &[u8]) {
         if let Some(h) = &mut self.md5 {
             h.update(buf);
+        }
+        if let Some(g) = &mut self.gpgv {
+            g.feed(buf);
         }
         self.bytes += buf.len() as u64;
         self.quiet += buf.len() as u64;
@@ -894,6 +909,7 @@ fn decode(
     spare: Receiver<Vec<u8>>,
     progress: bool,
     want_md5: bool,
+    gpgv: Option<verify::GpgvInput>,
 ) -> Result<Option<Decoded>> {
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     // A second handle on the same open file (same offset), to read whatever the
@@ -901,6 +917,7 @@ fn decode(
     let mut tail = file.try_clone().map_err(Error::io("opening", path))?;
     let tally = Rc::new(RefCell::new(Tally {
         md5: want_md5.then(Md5::new),
+        gpgv,
         bytes: 0,
         quiet: 0,
         bar: progress.then(|| progress_bar(len)),
@@ -970,6 +987,8 @@ fn decode(
     }
     let mut tally = tally.borrow_mut();
     tally.add(&rest);
+    // The end of gpgv's input.
+    tally.gpgv = None;
     if let Some(bar) = tally.bar.take() {
         bar.finish_and_clear();
     }
@@ -1022,6 +1041,7 @@ fn read_entries(
     tx: Batches,
     progress: bool,
     want_md5: bool,
+    gpgv: Option<verify::GpgvInput>,
 ) -> Result<Option<Streamed>> {
     let file = File::open(path).map_err(Error::io("opening", path))?;
     let (chunk_tx, chunk_rx) = sync_channel(CHUNK_DEPTH);
@@ -1037,8 +1057,9 @@ fn read_entries(
     // Not a scoped thread: when the parser stops early, the decoder may sit in
     // a read of a pipe that delivers nothing more, and the import must end
     // anyway. It ends by itself at its next hand-over, on the closed channel.
-    let decoder =
-        std::thread::spawn(move || decode(file, &owned, chunk_tx, spare_rx, progress, want_md5));
+    let decoder = std::thread::spawn(move || {
+        decode(file, &owned, chunk_tx, spare_rx, progress, want_md5, gpgv)
+    });
     let Some(entries) = parse_entries(path, stream, tx)? else {
         return Ok(None);
     };

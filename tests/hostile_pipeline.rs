@@ -552,3 +552,153 @@ fn a_full_disk_fails_the_import_cleanly() {
     drop(_mount);
     util::assert_no_mounts_under(env.tmp.path());
 }
+
+/// Serve `first` to the first reader of the FIFO at `fifo`, then `second` to
+/// any later reader, until `stop` is set. Returns how many readers got `second`.
+fn two_faced_fifo(
+    fifo: &Path,
+    first: Vec<u8>,
+    second: Vec<u8>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::Ordering;
+    mkfifo(fifo);
+    let fifo = fifo.to_owned();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + BOUND;
+        // Blocks until the first reader opens it.
+        let mut w = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        let _ = w.write_all(&first);
+        drop(w);
+        // A writer opening while the first reader still reads would join its
+        // stream: wait until that reader has closed the FIFO.
+        while held_open(&fifo) && !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut served = 0;
+        while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+            // Non-blocking: fails with ENXIO while nobody reads.
+            match fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)
+            {
+                Ok(mut w) => {
+                    served += 1;
+                    let mut rest = &second[..];
+                    while !rest.is_empty() && !stop.load(Ordering::SeqCst) {
+                        match w.write(rest) {
+                            Ok(n) => rest = &rest[n..],
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                                std::thread::sleep(Duration::from_millis(1))
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        served
+    })
+}
+
+/// Whether any process has `path` open.
+fn held_open(path: &Path) -> bool {
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return false;
+    };
+    for p in procs.flatten() {
+        let Ok(fds) = fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|fd| fs::read_link(fd.path()).is_ok_and(|l| l == path))
+        {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn what_is_signed_is_what_is_imported() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let env = Env::new();
+    let gpg = util::Gpg::new();
+    let keyring = env.dir("keys").join("release.gpg");
+    gpg.keyring(&keyring);
+    let key = keyring.to_str().unwrap();
+    let tree = PortageTree::small(45);
+    let signed = env.snapshot(&tree, Compression::Xz, "signed");
+    gpg.sign(&signed);
+    // Unsigned, and a day newer: imported, it would become the new main.
+    let other = env.snapshot(&tree.next_day(), Compression::Xz, "other");
+
+    // A FIFO serving the signed bytes to the first open and the other bytes
+    // to the next: the import reads it once, so it imports the signed ones.
+    let dir = env.dir("fifo");
+    let fifo = dir.join(signed.file_name().unwrap());
+    fs::copy(
+        format!("{}.gpgsig", signed.display()),
+        format!("{}.gpgsig", fifo.display()),
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = two_faced_fifo(
+        &fifo,
+        fs::read(&signed).unwrap(),
+        fs::read(&other).unwrap(),
+        Arc::clone(&stop),
+    );
+    let (out, _) = bounded(&mut env.import(&fifo, &["--keyring", key]), BOUND);
+    stop.store(true, Ordering::SeqCst);
+    let served_other = server.join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.starts_with("imported "), "{stdout}");
+    assert_eq!(served_other, 0, "the import opened the file twice");
+    let git = |args: &[&str]| util::ok(Command::new("git").arg("-C").arg(env.repo()).args(args));
+    assert_eq!(git(&["tag"]).lines().count(), 1);
+    let imported = git(&["rev-parse", "main^{tree}"]);
+    // The signed file itself, imported elsewhere, gives the same tree.
+    let check = Env::new();
+    check.imports(&signed, &["--keyring", key]);
+    let expected = util::ok(
+        Command::new("git")
+            .arg("-C")
+            .arg(check.repo())
+            .args(["rev-parse", "main^{tree}"]),
+    );
+    assert_eq!(
+        imported, expected,
+        "the imported tree is not the signed one"
+    );
+    env.fsck();
+    env.assert_no_scratch();
+
+    // A bad signature over a FIFO: nothing referenced, no pack, no scratch.
+    let bad = env.dir("bad").join(other.file_name().unwrap());
+    fs::copy(
+        format!("{}.gpgsig", signed.display()),
+        format!("{}.gpgsig", bad.display()),
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = two_faced_fifo(
+        &bad,
+        fs::read(&other).unwrap(),
+        fs::read(&other).unwrap(),
+        Arc::clone(&stop),
+    );
+    env.refused(&bad, &["--keyring", key], "BAD signature");
+    stop.store(true, Ordering::SeqCst);
+    assert_eq!(
+        server.join().unwrap(),
+        0,
+        "the import opened the file twice"
+    );
+}

@@ -1,13 +1,18 @@
 //! Checking a snapshot before it is trusted: the mirrors' `.md5sum` file and the
 //! detached OpenPGP signature `.gpgsig`, as emerge-webrsync checks them.
 //!
-//! The md5 is computed over the compressed bytes while they stream through the
-//! importer (no second read); it is compared before anything is installed.
-//! The signature is checked with `gpgv --keyring KEYRING SIG FILE` before the
-//! import starts, because gpgv reads the whole file itself.
+//! Both are checked over the very bytes the importer reads, in its one read of
+//! the file: the md5 is computed over the compressed bytes as they stream
+//! through, and the same bytes are fed to `gpgv --keyring KEYRING SIG -`
+//! ([`SignatureCheck`]). Both verdicts are in before anything enters the
+//! repository. (Letting gpgv read FILE itself would check one read of it and
+//! import another: a FIFO, or a file replaced in between, could serve signed
+//! bytes to gpgv and other bytes to the import.)
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
 
 use super::error::{Error, Result};
 
@@ -65,10 +70,9 @@ fn append_ext(path: &Path, ext: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Verify `tarball`'s detached signature `tarball.gpgsig` against `keyring`
-/// with gpgv. A missing signature, a missing keyring or a bad signature is an
-/// error naming the cause.
-pub fn verify_signature(tarball: &Path, keyring: &Path) -> Result<()> {
+/// `gpgv --keyring KEYRING TARBALL.gpgsig DATA`, after checking that the
+/// signature and the keyring exist.
+fn gpgv_command(tarball: &Path, keyring: &Path, data: &std::ffi::OsStr) -> Result<Command> {
     let sig = signature_file(tarball);
     let fail = |reason: String| Error::Signature {
         path: tarball.to_owned(),
@@ -82,24 +86,124 @@ pub fn verify_signature(tarball: &Path, keyring: &Path) -> Result<()> {
     }
     // gpgv takes the keyring path relative to ~/.gnupg unless it has a slash.
     let keyring = std::path::absolute(keyring).map_err(Error::io("resolving", keyring))?;
-    let out = Command::new("gpgv")
-        .arg("--keyring")
-        .arg(&keyring)
-        .arg(&sig)
-        .arg(tarball)
-        .output()
-        .map_err(Error::io("running gpgv for", tarball))?;
-    if out.status.success() {
+    let mut cmd = Command::new("gpgv");
+    cmd.arg("--keyring").arg(&keyring).arg(&sig).arg(data);
+    Ok(cmd)
+}
+
+/// gpgv's verdict as an error naming `tarball`: its last line.
+fn gpgv_verdict(tarball: &Path, status: ExitStatus, stderr: &[u8]) -> Result<()> {
+    if status.success() {
         return Ok(());
     }
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(stderr);
     let reason = stderr
         .lines()
         .rev()
         .find(|l| !l.trim().is_empty())
         .map(|l| format!("gpgv: {}", l.trim().trim_start_matches("gpgv: ")))
-        .unwrap_or_else(|| format!("gpgv exited with {}", out.status));
-    Err(fail(reason))
+        .unwrap_or_else(|| format!("gpgv exited with {status}"));
+    Err(Error::Signature {
+        path: tarball.to_owned(),
+        reason,
+    })
+}
+
+/// Verify `tarball`'s detached signature `tarball.gpgsig` against `keyring`
+/// with gpgv reading the file itself. Only for a private copy nobody else
+/// writes (`snapshot sync`'s download); the importer uses [`SignatureCheck`].
+/// A missing signature, a missing keyring or a bad signature is an error
+/// naming the cause.
+pub fn verify_signature(tarball: &Path, keyring: &Path) -> Result<()> {
+    let out = gpgv_command(tarball, keyring, tarball.as_os_str())?
+        .output()
+        .map_err(Error::io("running gpgv for", tarball))?;
+    gpgv_verdict(tarball, out.status, &out.stderr)
+}
+
+/// A gpgv checking `tarball.gpgsig` over the bytes fed to its [`GpgvInput`]:
+/// the importer's own read of the tarball. Dropped before [`finish`]
+/// (an import that failed), it kills gpgv.
+///
+/// [`finish`]: SignatureCheck::finish
+pub struct SignatureCheck {
+    tarball: PathBuf,
+    child: Option<Child>,
+    input: Option<GpgvInput>,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+}
+
+impl SignatureCheck {
+    /// Start gpgv for `tarball`'s signature against `keyring`.
+    pub fn start(tarball: &Path, keyring: &Path) -> Result<SignatureCheck> {
+        let mut child = gpgv_command(tarball, keyring, "-".as_ref())?
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(Error::io("running gpgv for", tarball))?;
+        let input = child.stdin.take().map(|s| GpgvInput { stdin: Some(s) });
+        // Drained on a thread of its own, so gpgv never blocks on it.
+        let stderr = child.stderr.take().map(|mut e| {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                let _ = e.read_to_end(&mut v);
+                v
+            })
+        });
+        Ok(SignatureCheck {
+            tarball: tarball.to_owned(),
+            child: Some(child),
+            input,
+            stderr,
+        })
+    }
+
+    /// Where the tarball's bytes go, in order; taken once.
+    pub fn input(&mut self) -> Option<GpgvInput> {
+        self.input.take()
+    }
+
+    /// gpgv's verdict, once its input was fed and dropped.
+    pub fn finish(mut self) -> Result<()> {
+        drop(self.input.take());
+        let child = self.child.take().expect("invariant: finish runs once");
+        let out = child
+            .wait_with_output()
+            .map_err(Error::io("running gpgv for", &self.tarball))?;
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default();
+        gpgv_verdict(&self.tarball, out.status, &stderr)
+    }
+}
+
+impl Drop for SignatureCheck {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The pipe into a [`SignatureCheck`]'s gpgv.
+pub struct GpgvInput {
+    stdin: Option<ChildStdin>,
+}
+
+impl GpgvInput {
+    /// Feed `bytes` to gpgv. If gpgv has gone (it gave up on a bad
+    /// signature file, say), the rest is dropped: its verdict says why.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if let Some(stdin) = &mut self.stdin {
+            if stdin.write_all(bytes).is_err() {
+                self.stdin = None;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
