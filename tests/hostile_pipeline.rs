@@ -18,6 +18,9 @@ use crate::util;
 /// debug build on a loaded machine; the hangs this guards against never end.
 const BOUND: Duration = Duration::from_secs(30);
 
+/// How long a refused import of a few MB may take, the fault found early.
+const QUICK: Duration = Duration::from_secs(5);
+
 /// Run `cmd` and wait at most `bound`; a command still running then is
 /// killed and the test fails. Returns the output and how long it took.
 fn bounded(cmd: &mut Command, bound: Duration) -> (Output, Duration) {
@@ -271,16 +274,18 @@ fn an_early_bad_entry_in_a_big_tarball_ends_the_import_and_frees_the_lock() {
 
     // Into an empty store, then into one with a snapshot.
     for round in 0..2 {
-        let line = env.refused(
+        let line = env.refused_within(
             &dup,
             &[],
             "entry \"gentoo/app-misc/dup/dup-1.ebuild\": duplicate path",
+            QUICK,
         );
         assert!(line.contains("dup.tar"), "{line}");
-        env.refused(
+        env.refused_within(
             &clash,
             &[],
             "entry \"gentoo/app-misc/clash/inside\": a parent directory is a file",
+            QUICK,
         );
         // The lock is free: the next import neither waits nor fails.
         if round == 0 {
@@ -300,10 +305,11 @@ fn endless_input_ends_with_an_error() {
     let env = Env::new();
     let tree = PortageTree::small(42);
     let good = env.snapshot(&tree, Compression::Xz, "good");
-    let line = env.refused(
+    let line = env.refused_within(
         Path::new("/dev/zero"),
         &["--no-verify"],
         "padding after the end of the archive",
+        QUICK,
     );
     assert!(line.contains("/dev/zero"), "{line}");
 
@@ -517,7 +523,7 @@ fn a_full_disk_fails_the_import_cleanly() {
     let good = env.snapshot(&tree, Compression::Xz, "good");
     env.imports(&good, &[]);
 
-    // Three MiB of content nothing compresses.
+    // Three MiB of content nothing compresses, early in the tarball.
     let mut b = tar::Builder::new(Vec::new());
     add_file(
         &mut b,
@@ -540,9 +546,10 @@ fn a_full_disk_fails_the_import_cleanly() {
             &data,
         );
     }
-    add_many(&mut b, 100);
+    // And many more entries after it, to fill every channel behind the packer.
+    add_many(&mut b, 6000);
     let big = write(&env.dir("big"), "big.tar", &b.into_inner().unwrap());
-    env.refused(&big, &["--no-verify"], "No space left on device");
+    env.refused_within(&big, &["--no-verify"], "No space left on device", QUICK);
 
     // The space is back and the lock free: the next snapshot imports.
     let next = env.snapshot(&tree.next_day(), Compression::Xz, "next");
@@ -595,6 +602,13 @@ fn two_faced_fifo(
                             }
                             Err(_) => break,
                         }
+                    }
+                    drop(w);
+                    while held_open(&fifo)
+                        && !stop.load(Ordering::SeqCst)
+                        && Instant::now() < deadline
+                    {
+                        std::thread::sleep(Duration::from_millis(5));
                     }
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(5)),
