@@ -6,7 +6,7 @@
 //! a Gentoo-sized tree, then serialises the trees bottom-up in git's entry
 //! order into whatever the caller writes objects to (the import's pack).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use git2::Oid;
 
@@ -77,6 +77,26 @@ impl PathSplitter {
         let Some((&top, rest)) = parts.split_first() else {
             return Err(Error::entry(raw, "empty path"));
         };
+        if let Some(long) = rest.iter().find(|p| p.len() > NAME_MAX) {
+            return Err(Error::entry(
+                raw,
+                format!(
+                    "a name of {} bytes, longer than Linux allows ({NAME_MAX})",
+                    long.len()
+                ),
+            ));
+        }
+        let len = rest
+            .iter()
+            .map(|p| p.len() + 1)
+            .sum::<usize>()
+            .saturating_sub(1);
+        if len >= PATH_MAX {
+            return Err(Error::entry(
+                raw,
+                format!("a path of {len} bytes, longer than Linux can open (PATH_MAX {PATH_MAX})"),
+            ));
+        }
         match &self.top {
             None => self.top = Some(top.to_owned()),
             Some(t) if t == top => {}
@@ -95,11 +115,149 @@ impl PathSplitter {
         if rest[0] == ".git" || rest == [".gitignore"] {
             return Ok(SnapshotPath::Excluded);
         }
-        if rest.iter().any(|p| p.eq_ignore_ascii_case(".git")) {
-            return Err(Error::entry(raw, "a .git directory below the root"));
+        if let Some(name) = rest
+            .iter()
+            .find(|p| special_name(p) == Some(Special::DotGit))
+        {
+            return Err(Error::entry(
+                raw,
+                format!("{name:?} is a spelling of .git (git refuses such trees)"),
+            ));
         }
         Ok(SnapshotPath::Inside(rest.join("/")))
     }
+}
+
+/// The longest path, in bytes with its terminating NUL, that Linux opens
+/// (`PATH_MAX`): a longer one could never be read through a mount. It also
+/// bounds the depth of the tree (at most 2048 levels), and so the recursion
+/// that writes and frees it.
+pub const PATH_MAX: usize = 4096;
+
+/// The longest file name Linux file systems take (`NAME_MAX`).
+pub const NAME_MAX: usize = 255;
+
+/// The most symlinks one resolution follows, as the kernel's `MAXSYMLINKS`.
+pub const MAX_SYMLINK_HOPS: usize = 40;
+
+/// What a tar entry is, for the checks that depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A directory.
+    Dir,
+    /// A regular file, with its content.
+    File,
+    /// A symlink.
+    Symlink,
+    /// A hardlink to another file of the snapshot.
+    Hardlink,
+}
+
+/// The names git's fsck treats specially, in any spelling it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Special {
+    DotGit,
+    Gitmodules,
+    Gitattributes,
+    Gitignore,
+    Mailmap,
+}
+
+/// Which of git's special names `name` is a spelling of, the way git's fsck
+/// and `verify_path` see names (fsck.c `is_hfs_dot*`, `is_ntfs_dot*`): code
+/// points HFS+ ignores left out, ASCII case folded, and on NTFS each
+/// backslash-separated part with an alternate data stream (`:...`) and
+/// trailing dots and spaces cut, and the 8.3 short names (`git~1`,
+/// `gitmod~4`, `gi7eba~1`). This matches a little more than git does (any
+/// `~` suffix), never less.
+fn special_name(name: &str) -> Option<Special> {
+    if !name.contains(['.', '~']) {
+        return None;
+    }
+    let folded: String = name
+        .chars()
+        .filter(|c| !is_hfs_ignorable(*c))
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let mut found = None;
+    for part in folded.split('\\') {
+        let part = part.split(':').next().unwrap_or("");
+        let part = part.trim_end_matches(['.', ' ']);
+        let this = match part {
+            ".git" | "git~1" => Special::DotGit,
+            ".gitmodules" => Special::Gitmodules,
+            ".gitattributes" => Special::Gitattributes,
+            ".gitignore" => Special::Gitignore,
+            ".mailmap" => Special::Mailmap,
+            p if p.starts_with("gitmod~") || p.starts_with("gi7eba~") => Special::Gitmodules,
+            p if p.starts_with("gitatt~") || p.starts_with("gi7d29~") => Special::Gitattributes,
+            p if p.starts_with("gitign~") || p.starts_with("gi250a~") => Special::Gitignore,
+            p if p.starts_with("mailma~") || p.starts_with("maba30~") => Special::Mailmap,
+            _ => continue,
+        };
+        // .git wins over the others: it is refused everywhere.
+        if found.is_none() || this == Special::DotGit {
+            found = Some(this);
+        }
+    }
+    found
+}
+
+/// The code points HFS+ ignores in names (git's utf8.c `next_hfs_char`).
+fn is_hfs_ignorable(c: char) -> bool {
+    matches!(c, '\u{200c}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{206a}'..='\u{206f}' | '\u{feff}')
+}
+
+/// git's fsck refuses `.gitattributes` lines this long or longer
+/// (`ATTR_MAX_LINE_LENGTH`).
+const ATTR_MAX_LINE_LENGTH: usize = 2048;
+
+/// Refuse what `git fsck --strict` would flag about the entry at `path`
+/// (inside the snapshot) of kind `kind`, beyond what [`PathSplitter`]
+/// refuses by path alone:
+///
+/// - `.gitmodules`, in any spelling, of any kind. A portage tree has no
+///   submodules, and git's checks of its content (names, URLs, paths,
+///   update commands, each in git's own config syntax) are easy to get
+///   subtly wrong, so it is refused outright rather than validated.
+/// - `.gitattributes` that is not a regular file (git checks its content,
+///   and a directory or symlink there fails fsck), or whose lines reach
+///   2048 bytes; a hardlinked one too, since its content was not read here.
+/// - `.gitignore` and `.mailmap` as symlinks (git flags them; a portage tree
+///   never needs them).
+pub fn check_entry(raw: &[u8], path: &str, kind: EntryKind, data: Option<&[u8]>) -> Result<()> {
+    let mut parts = path.split('/').peekable();
+    while let Some(name) = parts.next() {
+        let last = parts.peek().is_none();
+        let kind = if last { kind } else { EntryKind::Dir };
+        let problem = match (special_name(name), kind) {
+            (Some(Special::Gitmodules), _) => format!(
+                "{name:?} is a .gitmodules (a portage tree has no submodules, and git checks its content)"
+            ),
+            (Some(Special::Gitattributes), EntryKind::File) => {
+                let too_long = data
+                    .unwrap_or_default()
+                    .split(|b| *b == b'\n')
+                    .any(|line| {
+                        let line = line.split(|b| *b == 0).next().unwrap_or_default();
+                        line.len() >= ATTR_MAX_LINE_LENGTH
+                    });
+                if !too_long {
+                    continue;
+                }
+                format!("{name:?} has lines of {ATTR_MAX_LINE_LENGTH} bytes or more (git refuses it)")
+            }
+            (Some(Special::Gitattributes), _) => {
+                format!("{name:?} is a .gitattributes that is not a plain file (git checks its content)")
+            }
+            (Some(Special::Gitignore | Special::Mailmap), EntryKind::Symlink) => {
+                format!("{name:?} is a symlink (git flags it)")
+            }
+            _ => continue,
+        };
+        return Err(Error::entry(raw, problem));
+    }
+    Ok(())
 }
 
 /// Check that a symlink at `link` (inside the snapshot) pointing at `target`
@@ -110,6 +268,15 @@ pub fn check_symlink(raw: &[u8], link: &str, target: &[u8]) -> Result<()> {
         .map_err(|_| Error::entry(raw, "symlink target is not UTF-8"))?;
     if target.is_empty() {
         return Err(Error::entry(raw, "symlink with an empty target"));
+    }
+    if target.len() >= PATH_MAX {
+        return Err(Error::entry(
+            raw,
+            format!(
+                "symlink target of {} bytes, longer than Linux can follow (PATH_MAX {PATH_MAX})",
+                target.len()
+            ),
+        ));
     }
     if target.starts_with('/') {
         return Err(Error::entry(
@@ -151,7 +318,16 @@ enum Node {
 pub struct TreeBuilder {
     root: Dir,
     files: u64,
+    /// Symlink targets by blob id (the blob is the target).
+    targets: HashMap<Oid, String>,
+    /// Every symlink as (raw entry path, path), to resolve once all are in.
+    symlinks: Vec<(Vec<u8>, String)>,
 }
+
+/// Lookups [`TreeBuilder::check_symlinks`] may spend on one snapshot: a
+/// portage tree's few hundred short links take a few thousand, and hostile
+/// chains of long targets stay bounded in time (well under a second).
+const SYMLINK_STEPS: u64 = 1 << 25;
 
 impl TreeBuilder {
     /// An empty tree.
@@ -194,6 +370,106 @@ impl TreeBuilder {
             };
         }
         Err(Error::entry(raw, "empty path"))
+    }
+
+    /// Add the symlink at `path` to `target`, whose blob is `oid`.
+    pub fn insert_symlink(&mut self, raw: &[u8], path: &str, oid: Oid, target: &str) -> Result<()> {
+        self.insert(raw, path, FileMode::Symlink, oid)?;
+        self.targets.entry(oid).or_insert_with(|| target.to_owned());
+        self.symlinks.push((raw.to_vec(), path.to_owned()));
+        Ok(())
+    }
+
+    /// Resolve every symlink against the whole tree, as the kernel would
+    /// through a mount of it, following links through links in any order,
+    /// and refuse any whose resolution climbs above the root at any point
+    /// (`a/up -> ..` with `a/esc -> up/..`), or that takes more than
+    /// [`MAX_SYMLINK_HOPS`] links (a loop). A walk that reaches a missing
+    /// name or a file ends there: the kernel's lookup would fail too.
+    pub fn check_symlinks(&self) -> Result<()> {
+        let mut budget = SYMLINK_STEPS;
+        for (raw, path) in &self.symlinks {
+            self.resolve(raw, path, &mut budget)?;
+        }
+        Ok(())
+    }
+
+    fn resolve(&self, raw: &[u8], link: &str, budget: &mut u64) -> Result<()> {
+        // The directories from the root down to where the walk is.
+        let mut dirs: Vec<&Dir> = vec![&self.root];
+        let (parent, name) = match link.rsplit_once('/') {
+            Some((p, n)) => (Some(p), n),
+            None => (None, link),
+        };
+        for part in parent.into_iter().flat_map(|p| p.split('/')) {
+            match dirs.last().and_then(|d| d.entries.get(part)) {
+                Some(Node::Dir(d)) => dirs.push(d),
+                _ => return Ok(()),
+            }
+        }
+        // Names still to walk, the next one last.
+        let mut todo: Vec<&str> = vec![name];
+        let mut hops = 0;
+        while let Some(part) = todo.pop() {
+            if *budget == 0 {
+                return Err(Error::entry(
+                    raw,
+                    format!("symlinks take more than {SYMLINK_STEPS} lookups to resolve"),
+                ));
+            }
+            *budget -= 1;
+            let Some(&here) = dirs.last() else {
+                unreachable!("invariant: the root is never popped")
+            };
+            match part {
+                "" | "." => {}
+                ".." if dirs.len() == 1 => {
+                    let target = self.target_of(link).unwrap_or("?");
+                    let problem =
+                        format!("symlink {target:?} escapes the snapshot through other symlinks");
+                    return Err(Error::entry(raw, problem));
+                }
+                ".." => {
+                    dirs.pop();
+                }
+                name => match here.entries.get(name) {
+                    Some(Node::Dir(d)) => dirs.push(d),
+                    Some(Node::File(FileMode::Symlink, oid)) => {
+                        hops += 1;
+                        if hops > MAX_SYMLINK_HOPS {
+                            return Err(Error::entry(
+                                raw,
+                                format!(
+                                    "symlink resolves through more than {MAX_SYMLINK_HOPS} symlinks (a loop?)"
+                                ),
+                            ));
+                        }
+                        let Some(target) = self.targets.get(oid) else {
+                            return Ok(());
+                        };
+                        if target.starts_with('/') {
+                            return Err(Error::entry(
+                                raw,
+                                format!("symlink resolves through absolute symlink {target:?}"),
+                            ));
+                        }
+                        todo.extend(target.split('/').rev());
+                    }
+                    // A file ends the walk (or fails it, with names left);
+                    // so does a name that is not there.
+                    Some(Node::File(..)) | None => return Ok(()),
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// The target of the symlink at `path`.
+    fn target_of(&self, path: &str) -> Option<&str> {
+        match self.get(path)? {
+            (FileMode::Symlink, oid) => self.targets.get(&oid).map(String::as_str),
+            _ => None,
+        }
     }
 
     /// Whether `path` is already a directory (so a later file there would clash).
@@ -327,6 +603,58 @@ mod tests {
         assert!(check_symlink(b"x", "a", b"/etc").is_err());
         assert!(check_symlink(b"x", "a", b"").is_err());
         assert!(check_symlink(b"x", "a/b", b"./c/../../d").is_ok());
+    }
+
+    #[test]
+    fn git_spellings_are_recognised() {
+        for (name, want) in [
+            (".git", Some(Special::DotGit)),
+            (".GIT", Some(Special::DotGit)),
+            (".g\u{200c}it", Some(Special::DotGit)),
+            ("\u{feff}.git", Some(Special::DotGit)),
+            ("git~1", Some(Special::DotGit)),
+            ("GIT~1. ", Some(Special::DotGit)),
+            (".git::$INDEX_ALLOCATION", Some(Special::DotGit)),
+            ("a\\.git", Some(Special::DotGit)),
+            (".gitmodules", Some(Special::Gitmodules)),
+            ("gi7eba~4", Some(Special::Gitmodules)),
+            (".GitAttributes ", Some(Special::Gitattributes)),
+            ("gitign~1", Some(Special::Gitignore)),
+            (".mailmap.", Some(Special::Mailmap)),
+            (".github", None),
+            (".gitkeep", None),
+            ("git~12", None),
+            ("foo-1.ebuild", None),
+        ] {
+            assert_eq!(special_name(name), want, "{name:?}");
+        }
+        assert!(check_entry(b"x", "a/.gitmodules", EntryKind::File, Some(b"")).is_err());
+        assert!(check_entry(b"x", ".gitattributes/b", EntryKind::File, Some(b"")).is_err());
+        assert!(check_entry(b"x", "a/.gitattributes", EntryKind::File, Some(b"* text\n")).is_ok());
+        assert!(check_entry(b"x", "a/.gitignore", EntryKind::Symlink, None).is_err());
+        assert!(check_entry(b"x", "a/.gitignore", EntryKind::File, Some(b"")).is_ok());
+    }
+
+    #[test]
+    fn symlink_chains_resolve_against_the_tree() {
+        let resolve = |links: &[(&str, &str)]| {
+            let mut t = TreeBuilder::new();
+            t.insert(b"f", "d/f", FileMode::Regular, Oid::ZERO_SHA1)
+                .unwrap();
+            for (link, target) in links {
+                let oid = object_id(ObjectKind::Blob, target.as_bytes());
+                t.insert_symlink(link.as_bytes(), link, oid, target)
+                    .unwrap();
+            }
+            t.check_symlinks().map_err(|e| e.to_string())
+        };
+        assert!(resolve(&[("a/up", ".."), ("a/esc", "up/..")]).is_err());
+        assert!(resolve(&[("a/esc", "up/.."), ("a/up", "..")]).is_err());
+        assert!(resolve(&[("a/up", ".."), ("a/in", "up/d/f")]).is_ok());
+        assert!(resolve(&[("a/l", "m"), ("a/m", "l")])
+            .unwrap_err()
+            .contains("more than 40"));
+        assert!(resolve(&[("a/gone", "missing/x")]).is_ok());
     }
 
     #[test]
