@@ -130,8 +130,9 @@ impl PathSplitter {
 
 /// The longest path, in bytes with its terminating NUL, that Linux opens
 /// (`PATH_MAX`): a longer one could never be read through a mount. It also
-/// bounds the depth of the tree (at most 2048 levels), and so the recursion
-/// that writes and frees it.
+/// bounds the depth of the tree (at most 2048 levels), which git's own tools
+/// walk recursively (building, writing and freeing it here need no stack
+/// per level).
 pub const PATH_MAX: usize = 4096;
 
 /// The longest file name Linux file systems take (`NAME_MAX`).
@@ -504,27 +505,71 @@ impl TreeBuilder {
     where
         F: FnMut(&[u8]) -> Result<Oid>,
     {
-        let mut buf = Vec::new();
-        write_dir(&self.root, &mut write, &mut buf)
-    }
-}
-
-fn write_dir<F>(dir: &Dir, write: &mut F, scratch: &mut Vec<u8>) -> Result<Oid>
-where
-    F: FnMut(&[u8]) -> Result<Oid>,
-{
-    // Children first; then this tree, in git's order: names compare as bytes,
-    // with a directory's name compared as if it ended in '/'.
-    let mut items: Vec<(&str, &'static str, Oid, bool)> = Vec::with_capacity(dir.entries.len());
-    for (name, node) in &dir.entries {
-        match node {
-            Node::File(mode, oid) => items.push((name, mode.as_str(), *oid, false)),
-            Node::Dir(sub) => {
-                let oid = write_dir(sub, write, scratch)?;
-                items.push((name, "40000", oid, true));
+        // Depth-first with a stack of its own, not recursion: the trees go
+        // out children first, each directory once all its entries are known.
+        struct Frame<'a> {
+            name: &'a str,
+            entries: std::collections::btree_map::Iter<'a, String, Node>,
+            items: Vec<Item<'a>>,
+        }
+        fn frame<'a>(name: &'a str, dir: &'a Dir) -> Frame<'a> {
+            Frame {
+                name,
+                entries: dir.entries.iter(),
+                items: Vec::with_capacity(dir.entries.len()),
+            }
+        }
+        let mut scratch = Vec::new();
+        let mut stack = vec![frame("", &self.root)];
+        loop {
+            let Some(top) = stack.last_mut() else {
+                unreachable!("invariant: the root frame returns before it is popped")
+            };
+            match top.entries.next() {
+                Some((name, Node::File(mode, oid))) => {
+                    top.items.push((name, mode.as_str(), *oid, false))
+                }
+                Some((name, Node::Dir(sub))) => stack.push(frame(name, sub)),
+                None => {
+                    let Some(done) = stack.pop() else {
+                        unreachable!("invariant: the stack was not empty")
+                    };
+                    let oid = write_tree(done.items, &mut write, &mut scratch)?;
+                    match stack.last_mut() {
+                        Some(parent) => parent.items.push((done.name, "40000", oid, true)),
+                        None => return Ok(oid),
+                    }
+                }
             }
         }
     }
+}
+
+impl Drop for TreeBuilder {
+    /// Free the directories with a stack, not recursively: the default drop
+    /// of nested maps recurses once per level.
+    fn drop(&mut self) {
+        let mut stack = vec![std::mem::take(&mut self.root)];
+        while let Some(mut dir) = stack.pop() {
+            for (_, node) in std::mem::take(&mut dir.entries) {
+                if let Node::Dir(sub) = node {
+                    stack.push(sub);
+                }
+            }
+        }
+    }
+}
+
+/// A tree entry to serialise: name, mode, id, whether it is a directory.
+type Item<'a> = (&'a str, &'static str, Oid, bool);
+
+/// Serialise one tree from its entries and hand it to `write`.
+fn write_tree<F>(mut items: Vec<Item<'_>>, write: &mut F, scratch: &mut Vec<u8>) -> Result<Oid>
+where
+    F: FnMut(&[u8]) -> Result<Oid>,
+{
+    // git's order: names compare as bytes, with a directory's name compared
+    // as if it ended in '/'.
     items.sort_by(|a, b| {
         let ka =
             a.0.as_bytes()
@@ -655,6 +700,38 @@ mod tests {
             .unwrap_err()
             .contains("more than 40"));
         assert!(resolve(&[("a/gone", "missing/x")]).is_ok());
+    }
+
+    /// Building, writing and freeing a tree never recurse per level: a tree
+    /// far deeper than any path allows fits a small stack.
+    #[test]
+    fn deep_trees_need_no_stack_per_level() {
+        let worker = std::thread::Builder::new().stack_size(256 << 10);
+        let root = worker
+            .spawn(|| {
+                let path = format!("{}f", "d/".repeat(100_000));
+                let mut t = TreeBuilder::new();
+                t.insert(b"deep", &path, FileMode::Regular, Oid::ZERO_SHA1)
+                    .unwrap();
+                let oid = object_id(ObjectKind::Blob, b"..");
+                t.insert_symlink(b"up", &format!("{path}x"), oid, "..")
+                    .unwrap();
+                t.check_symlinks().unwrap();
+                let mut trees = 0;
+                let root = t
+                    .write(|bytes| {
+                        trees += 1;
+                        Ok(object_id(ObjectKind::Tree, bytes))
+                    })
+                    .unwrap();
+                assert_eq!(trees, 100_001);
+                drop(t);
+                root
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_ne!(root, Oid::ZERO_SHA1);
     }
 
     #[test]
