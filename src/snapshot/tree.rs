@@ -172,7 +172,9 @@ enum Special {
 /// `gitmod~4`, `gi7eba~1`). This matches a little more than git does (any
 /// `~` suffix), never less.
 fn special_name(name: &str) -> Option<Special> {
-    if !name.contains(['.', '~']) {
+    // The common case, without allocating: plain ASCII (so nothing HFS+
+    // ignores), one NTFS part, and neither a leading dot nor a short name.
+    if name.is_ascii() && !name.starts_with('.') && !name.contains(['~', '\\']) {
         return None;
     }
     let folded: String = name
