@@ -110,6 +110,8 @@ impl Tarball {
         });
         h.set_size(data.len() as u64);
         h.set_mtime(TS0 as u64);
+        h.set_uid(0);
+        h.set_gid(0);
         h.as_gnu_mut().unwrap().linkname[..link.len()].copy_from_slice(link.as_bytes());
         if name.len() <= 100 {
             h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(&name);
@@ -120,6 +122,9 @@ impl Tarball {
             l.set_entry_type(tar::EntryType::GNULongName);
             l.set_mode(0o644);
             l.set_size(name.len() as u64 + 1);
+            l.set_uid(0);
+            l.set_gid(0);
+            l.set_mtime(0);
             l.set_cksum();
             let mut long = name.clone();
             long.push(0);
@@ -676,4 +681,36 @@ fn paths_too_deep_for_linux_are_refused_not_a_crash() {
         env.git(&["cat-file", "-p", &format!("2026-08-21:{deepest}")]),
         "deepest"
     );
+}
+
+#[test]
+fn stage_add_refuses_a_path_too_deep_in_one_short_line() {
+    if !util::require_root() {
+        return;
+    }
+    let env = Env::empty();
+    let mut t = Tarball {
+        b: tar::Builder::new(Vec::new()),
+        top: ".".to_owned(),
+    };
+    t.dir("")
+        .dir("etc")
+        .file("etc/passwd", b"root:x:0:0::/root:/bin/sh\n");
+    t.file(&deep(100_000), b"deep");
+    let file = t.write(&env.scratch());
+    let ran = env.run(&["stage", "add", file.to_str().unwrap(), "--name", "deep"]);
+    assert_eq!(ran.code, Some(1), "{}{}", ran.stdout, ran.stderr);
+    assert!(
+        ran.stderr.contains("longer than Linux can open"),
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(ran.stderr.trim().lines().count(), 1, "{}", ran.stderr);
+    assert!(ran.stderr.len() < 1000, "an unreadably long line");
+    let list = env.run(&["stage", "list"]);
+    assert!(!list.stdout.contains("deep"), "{}", list.stdout);
+    let left: Vec<_> = fs::read_dir(env.store().join("tmp"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "scratch left: {left:?}");
 }
