@@ -327,11 +327,6 @@ pub struct TreeBuilder {
     symlinks: Vec<(Vec<u8>, String)>,
 }
 
-/// Lookups [`TreeBuilder::check_symlinks`] may spend on one snapshot: a
-/// portage tree's few hundred short links take a few thousand, and hostile
-/// chains of long targets stay bounded in time (well under a second).
-const SYMLINK_STEPS: u64 = 1 << 25;
-
 impl TreeBuilder {
     /// An empty tree.
     pub fn new() -> TreeBuilder {
@@ -386,95 +381,32 @@ impl TreeBuilder {
     /// Resolve every symlink against the whole tree, as the kernel would
     /// through a mount of it, following links through links in any order,
     /// and refuse any whose resolution climbs above the root at any point
-    /// (`a/up -> ..` with `a/esc -> up/..`), or that takes more than
+    /// (`a/up -> ..` with `a/esc -> up/..`), or that follows more than
     /// [`MAX_SYMLINK_HOPS`] links (a loop). A walk that reaches a missing
     /// name or a file ends there: the kernel's lookup would fail too.
+    ///
+    /// Each link's target is walked once and its result remembered, so the
+    /// work is linear in the targets' length, whatever the chains.
     pub fn check_symlinks(&self) -> Result<()> {
-        let mut budget = SYMLINK_STEPS;
+        let mut resolver = Resolver::new(self);
         for (raw, path) in &self.symlinks {
-            self.resolve(raw, path, &mut budget)?;
-        }
-        Ok(())
-    }
-
-    fn resolve(&self, raw: &[u8], link: &str, budget: &mut u64) -> Result<()> {
-        // The directories from the root down to where the walk is.
-        let mut dirs: Vec<&Dir> = vec![&self.root];
-        let (parent, name) = match link.rsplit_once('/') {
-            Some((p, n)) => (Some(p), n),
-            None => (None, link),
-        };
-        for part in parent.into_iter().flat_map(|p| p.split('/')) {
-            match dirs.last().and_then(|d| d.entries.get(part)) {
-                Some(Node::Dir(d)) => dirs.push(d),
-                _ => return Ok(()),
-            }
-        }
-        // Names still to walk, the next one last.
-        let mut todo: Vec<&str> = vec![name];
-        let mut hops = 0;
-        while let Some(part) = todo.pop() {
-            if *budget == 0 {
-                return Err(Error::entry(
-                    raw,
-                    format!("symlinks take more than {SYMLINK_STEPS} lookups to resolve"),
-                ));
-            }
-            *budget -= 1;
-            let Some(&here) = dirs.last() else {
-                unreachable!("invariant: the root is never popped")
-            };
-            match part {
-                "" | "." => {}
-                ".." if dirs.len() == 1 => {
-                    let target = self.target_of(link).unwrap_or("?");
-                    let problem =
-                        format!("symlink {target:?} escapes the snapshot through other symlinks");
-                    return Err(Error::entry(raw, problem));
-                }
-                ".." => {
-                    dirs.pop();
-                }
-                name => match here.entries.get(name) {
-                    Some(Node::Dir(d)) => dirs.push(d),
-                    Some(Node::File(FileMode::Symlink, oid)) => {
-                        hops += 1;
-                        if hops > MAX_SYMLINK_HOPS {
-                            return Err(Error::entry(
-                                raw,
-                                format!(
-                                    "symlink resolves through more than {MAX_SYMLINK_HOPS} symlinks (a loop?)"
-                                ),
-                            ));
-                        }
-                        let Some(target) = self.targets.get(oid) else {
-                            return Ok(());
-                        };
-                        if target.starts_with('/') {
-                            return Err(Error::entry(
-                                raw,
-                                format!("symlink resolves through absolute symlink {target:?}"),
-                            ));
-                        }
-                        todo.extend(target.split('/').rev());
+            let mut dir = &self.root;
+            let mut parts = path.split('/').peekable();
+            while let Some(part) = parts.next() {
+                match dir.entries.get(part) {
+                    Some(Node::Dir(d)) if parts.peek().is_some() => dir = d,
+                    Some(node @ Node::File(FileMode::Symlink, oid)) if parts.peek().is_none() => {
+                        let target = self.targets.get(oid).map_or("", String::as_str);
+                        resolver
+                            .link(node, dir, target, 1)
+                            .map_err(|fail| Error::entry(raw, fail.problem(target)))?;
                     }
-                    // A file ends the walk (or fails it, with names left);
-                    // so does a name that is not there.
-                    Some(Node::File(..)) | None => return Ok(()),
-                },
+                    _ => break,
+                }
             }
         }
         Ok(())
     }
-
-    /// The target of the symlink at `path`.
-    fn target_of(&self, path: &str) -> Option<&str> {
-        match self.get(path)? {
-            (FileMode::Symlink, oid) => self.targets.get(&oid).map(String::as_str),
-            _ => None,
-        }
-    }
-
     /// Whether `path` is already a directory (so a later file there would clash).
     pub fn is_dir(&self, path: &str) -> bool {
         let mut dir = &self.root;
@@ -544,6 +476,150 @@ impl TreeBuilder {
                 }
             }
         }
+    }
+}
+
+/// Where a symlink leads: a directory, or the end of any walk through it
+/// (a file, or a name that is not there).
+#[derive(Clone, Copy)]
+enum Resolved<'a> {
+    Dir(&'a Dir),
+    End,
+}
+
+/// Why a symlink is refused.
+enum Fail {
+    Escape,
+    TooMany,
+    Absolute(String),
+}
+
+impl Fail {
+    fn problem(&self, target: &str) -> String {
+        // A target may be 4 KB: keep its two ends.
+        let target = match target.char_indices().nth(160) {
+            Some(_) => {
+                let head: String = target.chars().take(100).collect();
+                let tail: Vec<char> = target.chars().rev().take(40).collect();
+                let tail: String = tail.into_iter().rev().collect();
+                format!("{head}...{tail}")
+            }
+            None => target.to_owned(),
+        };
+        match self {
+            Fail::Escape => {
+                format!("symlink {target:?} escapes the snapshot through other symlinks")
+            }
+            Fail::TooMany => format!(
+                "symlink {target:?} resolves through more than {MAX_SYMLINK_HOPS} symlinks (a loop?)"
+            ),
+            Fail::Absolute(t) => format!("symlink {target:?} resolves through absolute symlink {t:?}"),
+        }
+    }
+}
+
+/// What [`Resolver`] knows of a link: being resolved (met again: a loop),
+/// or resolved, with the links its resolution followed, itself included.
+enum Memo<'a> {
+    Busy,
+    Done(Resolved<'a>, usize),
+}
+
+/// Symlink resolution over a whole [`TreeBuilder`], remembering each link's
+/// result. Nodes and directories are told apart by address (the tree does
+/// not move while this lives).
+struct Resolver<'a> {
+    tree: &'a TreeBuilder,
+    parents: HashMap<*const Dir, &'a Dir>,
+    memo: HashMap<*const Node, Memo<'a>>,
+}
+
+impl<'a> Resolver<'a> {
+    fn new(tree: &'a TreeBuilder) -> Resolver<'a> {
+        let mut parents = HashMap::new();
+        let mut stack = vec![&tree.root];
+        while let Some(dir) = stack.pop() {
+            for node in dir.entries.values() {
+                if let Node::Dir(sub) = node {
+                    parents.insert(sub as *const Dir, dir);
+                    stack.push(sub);
+                }
+            }
+        }
+        Resolver {
+            tree,
+            parents,
+            memo: HashMap::new(),
+        }
+    }
+
+    /// Resolve the link `node` in directory `dir` pointing to `target`, met
+    /// `nesting` links deep; returns where it leads and the links followed.
+    fn link(
+        &mut self,
+        node: &'a Node,
+        dir: &'a Dir,
+        target: &'a str,
+        nesting: usize,
+    ) -> std::result::Result<(Resolved<'a>, usize), Fail> {
+        let key = node as *const Node;
+        match self.memo.get(&key) {
+            Some(Memo::Done(r, hops)) => return Ok((*r, *hops)),
+            Some(Memo::Busy) => return Err(Fail::TooMany),
+            None => {}
+        }
+        if nesting > MAX_SYMLINK_HOPS {
+            return Err(Fail::TooMany);
+        }
+        if target.starts_with('/') {
+            return Err(Fail::Absolute(target.to_owned()));
+        }
+        self.memo.insert(key, Memo::Busy);
+        let root = &self.tree.root;
+        let mut here = dir;
+        let mut hops = 1;
+        let mut end = false;
+        for part in target.split('/') {
+            match part {
+                "" | "." => {}
+                ".." if std::ptr::eq(here, root) => return Err(Fail::Escape),
+                ".." => match self.parents.get(&(here as *const Dir)) {
+                    Some(parent) => here = parent,
+                    None => unreachable!("invariant: every directory but the root has a parent"),
+                },
+                name => match here.entries.get(name) {
+                    Some(Node::Dir(d)) => here = d,
+                    Some(link @ Node::File(FileMode::Symlink, oid)) => {
+                        let next = self.tree.targets.get(oid).map_or("", String::as_str);
+                        let (to, more) = self.link(link, here, next, nesting + 1)?;
+                        hops += more;
+                        if hops > MAX_SYMLINK_HOPS {
+                            return Err(Fail::TooMany);
+                        }
+                        match to {
+                            Resolved::Dir(d) => here = d,
+                            Resolved::End => {
+                                end = true;
+                                break;
+                            }
+                        }
+                    }
+                    // A file ends the walk (or fails it, with names left);
+                    // so does a name that is not there.
+                    Some(Node::File(..)) | None => {
+                        end = true;
+                        break;
+                    }
+                },
+            }
+        }
+        let to = if end {
+            Resolved::End
+        } else {
+            Resolved::Dir(here)
+        };
+        self.memo.insert(key, Memo::Done(to, hops));
+        Ok((to, hops))
     }
 }
 
