@@ -474,6 +474,18 @@ fn names_git_refuses_are_refused() {
             "lines of 2048 bytes or more",
         ),
         (
+            "a/.gitattributes",
+            &|t| {
+                t.raw(
+                    tar::EntryType::Link,
+                    "a/.gitattributes",
+                    "gentoo-x/profiles/repo_name",
+                    b"",
+                );
+            },
+            "not a plain file",
+        ),
+        (
             "eclass/.gitignore",
             &|t| {
                 t.symlink("eclass/.gitignore", "../profiles/repo_name");
