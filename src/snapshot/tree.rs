@@ -1,10 +1,14 @@
 //! From tar entry paths to git trees.
 //!
 //! [`SnapshotPath`] turns a raw tar path into a path inside the snapshot (top
-//! directory stripped, nothing that could escape), and [`TreeBuilder`] keeps
+//! directory stripped, nothing that could escape, nothing longer than Linux
+//! opens), [`check_entry`] refuses what `git fsck --strict` would flag
+//! (`.git` in any spelling, `.gitmodules`, ...), and [`TreeBuilder`] keeps
 //! every file's (mode, blob id) in memory, about 100 bytes per entry, ~13 MB for
 //! a Gentoo-sized tree, then serialises the trees bottom-up in git's entry
-//! order into whatever the caller writes objects to (the import's pack).
+//! order into whatever the caller writes objects to (the import's pack),
+//! after resolving every symlink against the whole tree
+//! ([`TreeBuilder::check_symlinks`]).
 
 use std::collections::{BTreeMap, HashMap};
 
