@@ -44,7 +44,9 @@ use tracing::{debug, info, info_span};
 pub use self::error::{Error, Result};
 use self::pack::{object_id, Deflater, FinishedPack, ObjectKind, PackWriter, PackedObject};
 use self::tag::{CommitFacts, SnapshotDate, SnapshotTag, MAIN_REF};
-use self::tree::{check_symlink, FileMode, PathSplitter, SnapshotPath, TreeBuilder};
+use self::tree::{
+    check_entry, check_symlink, EntryKind, FileMode, PathSplitter, SnapshotPath, TreeBuilder,
+};
 use crate::store::Store;
 use portroot_runner::archive::{decompress, Compression};
 
@@ -90,6 +92,9 @@ pub struct ImportOptions {
     pub allow_older: bool,
     /// Replace a tag that exists with a different tree.
     pub force: bool,
+    /// Accept a snapshot stamped more than a day past this machine's clock
+    /// (see [`tag::check_timestamp`]).
+    pub allow_future: bool,
     /// The snapshot date when the tarball has no `metadata/timestamp.x`
     /// (it also overrides one that is there).
     pub date: Option<SnapshotDate>,
@@ -108,6 +113,7 @@ impl ImportOptions {
             verify: true,
             allow_older: false,
             force: false,
+            allow_future: false,
             date: None,
             progress: false,
         }
@@ -338,6 +344,7 @@ pub fn import_snapshot(store: &Store, opts: &ImportOptions, _lock: &ImportLock) 
         }
         debug!(md5 = %actual, "md5 verified");
     }
+    consumed.tree.check_symlinks()?;
     if consumed.tree.files() == 0 {
         return Err(Error::Empty {
             path: opts.file.clone(),
@@ -352,6 +359,7 @@ pub fn import_snapshot(store: &Store, opts: &ImportOptions, _lock: &ImportLock) 
             })
         }
     };
+    tag::check_timestamp(timestamp, tag::now(), opts.allow_future)?;
     let date = SnapshotDate::from_timestamp(timestamp);
     let tag_name = date.to_string();
 
@@ -737,7 +745,8 @@ fn hash_one(item: Item, odb: Option<&git2::Odb<'_>>, deflater: &mut Deflater) ->
                     oid,
                     packed,
                     size: 0,
-                    keep: None,
+                    // The target, to resolve chains once the tree is whole.
+                    keep: Some(target.into_bytes()),
                 }
             }
             Item::Hardlink { raw, path, target } => Hashed::Hardlink { raw, path, target },
@@ -786,6 +795,12 @@ fn consume(rx: Receiver<Vec<Hashed>>, pack: &mut PackWriter) -> Result<Consumed>
             } => {
                 if let Some(p) = &packed {
                     pack.add_packed(oid, p)?;
+                }
+                if mode == FileMode::Symlink {
+                    let target = keep.as_deref().map(String::from_utf8_lossy);
+                    out.tree
+                        .insert_symlink(&raw, &path, oid, target.as_deref().unwrap_or(""))?;
+                    continue;
                 }
                 out.tree.insert(&raw, &path, mode, oid)?;
                 out.bytes += size;
@@ -1121,7 +1136,10 @@ fn parse_entries(path: &Path, stream: ChunkReader, mut tx: Batches) -> Result<Op
                     "a file at the top level: a snapshot has one top directory",
                 ))
             }
-            SnapshotPath::Inside(_) if kind.is_dir() => continue,
+            SnapshotPath::Inside(p) if kind.is_dir() => {
+                check_entry(&raw, &p, EntryKind::Dir, None)?;
+                continue;
+            }
             SnapshotPath::Inside(p) => p,
         };
         let item = match kind {
@@ -1136,6 +1154,7 @@ fn parse_entries(path: &Path, stream: ChunkReader, mut tx: Batches) -> Result<Op
                 let exec = entry.header().mode().map_err(tar_err(entries))? & 0o100 != 0;
                 let mut data = Vec::with_capacity(size as usize);
                 entry.read_to_end(&mut data).map_err(tar_err(entries))?;
+                check_entry(&raw, &path, EntryKind::File, Some(&data))?;
                 Item::File {
                     raw,
                     path,
@@ -1149,6 +1168,7 @@ fn parse_entries(path: &Path, stream: ChunkReader, mut tx: Batches) -> Result<Op
                     .map(|t| t.into_owned())
                     .unwrap_or_default();
                 check_symlink(&raw, &path, &target)?;
+                check_entry(&raw, &path, EntryKind::Symlink, None)?;
                 let target =
                     String::from_utf8(target).expect("invariant: check_symlink accepts only UTF-8");
                 Item::Symlink { raw, path, target }
@@ -1168,6 +1188,7 @@ fn parse_entries(path: &Path, stream: ChunkReader, mut tx: Batches) -> Result<Op
                         ));
                     }
                 };
+                check_entry(&raw, &path, EntryKind::Hardlink, None)?;
                 Item::Hardlink { raw, path, target }
             }
             tar::EntryType::Char | tar::EntryType::Block => {

@@ -10,6 +10,7 @@ mod config;
 mod e2e;
 mod fs_mount;
 mod hostile_pipeline;
+mod hostile_tree;
 mod import;
 mod isolation;
 mod layer;

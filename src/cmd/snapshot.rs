@@ -106,6 +106,10 @@ pub struct ImportArgs {
     /// Replace a tag that exists with a different tree.
     #[arg(long)]
     force: bool,
+    /// Accept a snapshot stamped more than a day past this machine's clock
+    /// (for a machine whose clock is behind).
+    #[arg(long)]
+    allow_future: bool,
     /// The snapshot date, for tarballs without metadata/timestamp.x (overrides it).
     #[arg(long, value_name = "YYYY-MM-DD")]
     date: Option<String>,
@@ -171,6 +175,7 @@ fn import(ctx: &Ctx, a: ImportArgs) -> anyhow::Result<ExitCode> {
         verify: !a.no_verify,
         allow_older: a.allow_older,
         force: a.force,
+        allow_future: a.allow_future,
         date,
         progress: ctx.progress(),
     };
@@ -341,6 +346,10 @@ pub struct SyncArgs {
     /// Seconds to wait for a connection, and for each read, before a mirror counts as down.
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     timeout: u64,
+    /// Accept a snapshot stamped more than a day past this machine's clock
+    /// (for a machine whose clock is behind).
+    #[arg(long)]
+    allow_future: bool,
 }
 
 /// Arguments of `snapshot push` and `snapshot fetch`.
@@ -380,6 +389,7 @@ fn sync(ctx: &Ctx, a: SyncArgs) -> anyhow::Result<ExitCode> {
     opts.verify = !a.no_verify;
     opts.progress = ctx.progress();
     opts.timeout = std::time::Duration::from_secs(a.timeout);
+    opts.allow_future = a.allow_future;
     clean_up_on_signal(ctx, "downloads removed")?;
     let lock = ImportLock::acquire(&ctx.store, &opts.repo, true, |lock| {
         eprintln!(

@@ -58,6 +58,27 @@ pub enum Error {
         /// The first line of the file.
         content: String,
     },
+    /// The snapshot's timestamp is before any portage snapshot, or too far
+    /// ahead for git to record.
+    #[error("snapshot timestamp {timestamp} ({when}) is {problem}")]
+    BadTime {
+        /// The unix time, from `metadata/timestamp.x` or `--date`.
+        timestamp: i64,
+        /// It as a UTC date, or why it is none.
+        when: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The snapshot's timestamp is ahead of this machine's clock.
+    #[error("snapshot timestamp {timestamp} ({when}) is more than a day past this machine's clock ({now}); use --allow-future if the clock is behind")]
+    Future {
+        /// The unix time, from `metadata/timestamp.x` or `--date`.
+        timestamp: i64,
+        /// It as a UTC date.
+        when: String,
+        /// The clock, as a UTC date.
+        now: String,
+    },
     /// A date given on the command line is not `YYYY-MM-DD`.
     #[error("invalid date {0:?}: expected YYYY-MM-DD")]
     BadDate(String),
@@ -199,11 +220,26 @@ impl Error {
 
     /// An [`Error::BadEntry`] for the raw entry path `entry`.
     pub(crate) fn entry(entry: &[u8], problem: impl Into<String>) -> Error {
+        // A hostile entry path may be megabytes long: keep its two ends.
+        const KEEP: usize = 120;
+        let shown = |bytes: &[u8]| match std::str::from_utf8(bytes) {
+            Ok(text) => text.escape_debug().to_string(),
+            Err(_) => bytes.escape_ascii().to_string(),
+        };
+        let entry = if entry.len() <= 3 * KEEP {
+            shown(entry)
+        } else {
+            let head = entry.len().min(KEEP);
+            let tail = entry.len() - KEEP;
+            format!(
+                "{}...({} bytes)...{}",
+                shown(&entry[..head]),
+                entry.len(),
+                shown(&entry[tail..])
+            )
+        };
         Error::BadEntry {
-            entry: match std::str::from_utf8(entry) {
-                Ok(text) => text.escape_debug().to_string(),
-                Err(_) => entry.escape_ascii().to_string(),
-            },
+            entry,
             problem: problem.into(),
         }
     }

@@ -131,6 +131,8 @@ pub struct SyncOptions {
     pub progress: bool,
     /// Connect timeout and the longest a read may stall.
     pub timeout: Duration,
+    /// Accept a snapshot stamped more than a day past this machine's clock.
+    pub allow_future: bool,
 }
 
 impl SyncOptions {
@@ -153,6 +155,7 @@ impl SyncOptions {
             verify: true,
             progress: false,
             timeout: Duration::from_secs(30),
+            allow_future: false,
         }
     }
 }
@@ -677,6 +680,7 @@ fn import(store: &Store, opts: &SyncOptions, tarball: &Path, lock: &ImportLock) 
     io.verify = opts.verify;
     io.keyring = None;
     io.allow_older = opts.revert.is_some();
+    io.allow_future = opts.allow_future;
     io.progress = opts.progress;
     import_snapshot(store, &io, lock)
 }

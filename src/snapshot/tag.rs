@@ -108,6 +108,55 @@ pub fn parse_timestamp_x(content: &[u8]) -> Result<i64> {
         })
 }
 
+/// The earliest snapshot timestamp accepted, 2000-01-01 00:00 UTC: portage
+/// snapshots start years later, so anything earlier is a forged or broken
+/// stamp (and would sort before every real snapshot).
+pub const EARLIEST_TIMESTAMP: i64 = 946_684_800;
+
+/// The latest timestamp accepted even with `--allow-future`: the last second
+/// the commit times git tools write here can hold (2106-02-07), so that the
+/// tag date and the commit time always agree.
+pub const LATEST_TIMESTAMP: i64 = u32::MAX as i64;
+
+/// The clock, as unix seconds.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Refuse a snapshot timestamp outside the sane window: before 2000-01-01,
+/// or more than a day past `now` (unless `allow_future`), or past what a
+/// commit time holds. A stamp in the future would make every real snapshot
+/// after it "older" and refused.
+pub fn check_timestamp(timestamp: i64, now: i64, allow_future: bool) -> Result<()> {
+    let when = |t: i64| {
+        chrono::DateTime::from_timestamp(t, 0).map_or_else(
+            || "not a date".to_owned(),
+            |d| d.format("%Y-%m-%d %H:%M UTC").to_string(),
+        )
+    };
+    let bad = |problem: &str| Error::BadTime {
+        timestamp,
+        when: when(timestamp),
+        problem: problem.to_owned(),
+    };
+    if timestamp < EARLIEST_TIMESTAMP {
+        return Err(bad("before 2000-01-01: not a portage snapshot"));
+    }
+    if timestamp > LATEST_TIMESTAMP {
+        return Err(bad("past 2106-02-07, beyond what a git commit time holds"));
+    }
+    if !allow_future && timestamp > now.saturating_add(DAY) {
+        return Err(Error::Future {
+            timestamp,
+            when: when(timestamp),
+            now: when(now),
+        });
+    }
+    Ok(())
+}
+
 /// The upstream commit id in `metadata/timestamp.commit` (`<sha1> <unix> <iso>`),
 /// when it has one.
 pub fn parse_timestamp_commit(content: &[u8]) -> Option<String> {
@@ -264,6 +313,18 @@ mod tests {
             Some(sha)
         );
         assert_eq!(parse_timestamp_commit(b"nonsense"), None);
+    }
+
+    #[test]
+    fn timestamps_must_be_in_the_window() {
+        let now = 1_796_000_000;
+        assert!(check_timestamp(1_787_273_100, now, false).is_ok());
+        assert!(check_timestamp(now + DAY, now, false).is_ok());
+        assert!(check_timestamp(now + DAY + 1, now, false).is_err());
+        assert!(check_timestamp(now + 30 * DAY, now, true).is_ok());
+        assert!(check_timestamp(EARLIEST_TIMESTAMP - 1, now, true).is_err());
+        assert!(check_timestamp(i64::MAX, now, true).is_err());
+        assert!(check_timestamp(LATEST_TIMESTAMP, i64::MAX, false).is_ok());
     }
 
     #[test]

@@ -1,12 +1,16 @@
 //! From tar entry paths to git trees.
 //!
 //! [`SnapshotPath`] turns a raw tar path into a path inside the snapshot (top
-//! directory stripped, nothing that could escape), and [`TreeBuilder`] keeps
+//! directory stripped, nothing that could escape, nothing longer than Linux
+//! opens), [`check_entry`] refuses what `git fsck --strict` would flag
+//! (`.git` in any spelling, `.gitmodules`, ...), and [`TreeBuilder`] keeps
 //! every file's (mode, blob id) in memory, about 100 bytes per entry, ~13 MB for
 //! a Gentoo-sized tree, then serialises the trees bottom-up in git's entry
-//! order into whatever the caller writes objects to (the import's pack).
+//! order into whatever the caller writes objects to (the import's pack),
+//! after resolving every symlink against the whole tree
+//! ([`TreeBuilder::check_symlinks`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use git2::Oid;
 
@@ -77,6 +81,26 @@ impl PathSplitter {
         let Some((&top, rest)) = parts.split_first() else {
             return Err(Error::entry(raw, "empty path"));
         };
+        if let Some(long) = rest.iter().find(|p| p.len() > NAME_MAX) {
+            return Err(Error::entry(
+                raw,
+                format!(
+                    "a name of {} bytes, longer than Linux allows ({NAME_MAX})",
+                    long.len()
+                ),
+            ));
+        }
+        let len = rest
+            .iter()
+            .map(|p| p.len() + 1)
+            .sum::<usize>()
+            .saturating_sub(1);
+        if len >= PATH_MAX {
+            return Err(Error::entry(
+                raw,
+                format!("a path of {len} bytes, longer than Linux can open (PATH_MAX {PATH_MAX})"),
+            ));
+        }
         match &self.top {
             None => self.top = Some(top.to_owned()),
             Some(t) if t == top => {}
@@ -95,11 +119,152 @@ impl PathSplitter {
         if rest[0] == ".git" || rest == [".gitignore"] {
             return Ok(SnapshotPath::Excluded);
         }
-        if rest.iter().any(|p| p.eq_ignore_ascii_case(".git")) {
-            return Err(Error::entry(raw, "a .git directory below the root"));
+        if let Some(name) = rest
+            .iter()
+            .find(|p| special_name(p) == Some(Special::DotGit))
+        {
+            return Err(Error::entry(
+                raw,
+                format!("{name:?} is a spelling of .git (git refuses such trees)"),
+            ));
         }
         Ok(SnapshotPath::Inside(rest.join("/")))
     }
+}
+
+/// The longest path, in bytes with its terminating NUL, that Linux opens
+/// (`PATH_MAX`): a longer one could never be read through a mount. It also
+/// bounds the depth of the tree (at most 2048 levels), which git's own tools
+/// walk recursively (building, writing and freeing it here need no stack
+/// per level).
+pub const PATH_MAX: usize = 4096;
+
+/// The longest file name Linux file systems take (`NAME_MAX`).
+pub const NAME_MAX: usize = 255;
+
+/// The most symlinks one resolution follows, as the kernel's `MAXSYMLINKS`.
+pub const MAX_SYMLINK_HOPS: usize = 40;
+
+/// What a tar entry is, for the checks that depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A directory.
+    Dir,
+    /// A regular file, with its content.
+    File,
+    /// A symlink.
+    Symlink,
+    /// A hardlink to another file of the snapshot.
+    Hardlink,
+}
+
+/// The names git's fsck treats specially, in any spelling it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Special {
+    DotGit,
+    Gitmodules,
+    Gitattributes,
+    Gitignore,
+    Mailmap,
+}
+
+/// Which of git's special names `name` is a spelling of, the way git's fsck
+/// and `verify_path` see names (fsck.c `is_hfs_dot*`, `is_ntfs_dot*`): code
+/// points HFS+ ignores left out, ASCII case folded, and on NTFS each
+/// backslash-separated part with an alternate data stream (`:...`) and
+/// trailing dots and spaces cut, and the 8.3 short names (`git~1`,
+/// `gitmod~4`, `gi7eba~1`). This matches a little more than git does (any
+/// `~` suffix), never less.
+fn special_name(name: &str) -> Option<Special> {
+    // The common case, without allocating: plain ASCII (so nothing HFS+
+    // ignores), one NTFS part, and neither a leading dot nor a short name.
+    if name.is_ascii() && !name.starts_with('.') && !name.contains(['~', '\\']) {
+        return None;
+    }
+    let folded: String = name
+        .chars()
+        .filter(|c| !is_hfs_ignorable(*c))
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let mut found = None;
+    for part in folded.split('\\') {
+        let part = part.split(':').next().unwrap_or("");
+        let part = part.trim_end_matches(['.', ' ']);
+        let this = match part {
+            ".git" | "git~1" => Special::DotGit,
+            ".gitmodules" => Special::Gitmodules,
+            ".gitattributes" => Special::Gitattributes,
+            ".gitignore" => Special::Gitignore,
+            ".mailmap" => Special::Mailmap,
+            p if p.starts_with("gitmod~") || p.starts_with("gi7eba~") => Special::Gitmodules,
+            p if p.starts_with("gitatt~") || p.starts_with("gi7d29~") => Special::Gitattributes,
+            p if p.starts_with("gitign~") || p.starts_with("gi250a~") => Special::Gitignore,
+            p if p.starts_with("mailma~") || p.starts_with("maba30~") => Special::Mailmap,
+            _ => continue,
+        };
+        // .git wins over the others: it is refused everywhere.
+        if found.is_none() || this == Special::DotGit {
+            found = Some(this);
+        }
+    }
+    found
+}
+
+/// The code points HFS+ ignores in names (git's utf8.c `next_hfs_char`).
+fn is_hfs_ignorable(c: char) -> bool {
+    matches!(c, '\u{200c}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{206a}'..='\u{206f}' | '\u{feff}')
+}
+
+/// git's fsck refuses `.gitattributes` lines this long or longer
+/// (`ATTR_MAX_LINE_LENGTH`).
+const ATTR_MAX_LINE_LENGTH: usize = 2048;
+
+/// Refuse what `git fsck --strict` would flag about the entry at `path`
+/// (inside the snapshot) of kind `kind`, beyond what [`PathSplitter`]
+/// refuses by path alone:
+///
+/// - `.gitmodules`, in any spelling, of any kind. A portage tree has no
+///   submodules, and git's checks of its content (names, URLs, paths,
+///   update commands, each in git's own config syntax) are easy to get
+///   subtly wrong, so it is refused outright rather than validated.
+/// - `.gitattributes` that is not a regular file (git checks its content,
+///   and a directory or symlink there fails fsck), or whose lines reach
+///   2048 bytes; a hardlinked one too, since its content was not read here.
+/// - `.gitignore` and `.mailmap` as symlinks (git flags them; a portage tree
+///   never needs them).
+pub fn check_entry(raw: &[u8], path: &str, kind: EntryKind, data: Option<&[u8]>) -> Result<()> {
+    let mut parts = path.split('/').peekable();
+    while let Some(name) = parts.next() {
+        let last = parts.peek().is_none();
+        let kind = if last { kind } else { EntryKind::Dir };
+        let problem = match (special_name(name), kind) {
+            (Some(Special::Gitmodules), _) => format!(
+                "{name:?} is a .gitmodules (a portage tree has no submodules, and git checks its content)"
+            ),
+            (Some(Special::Gitattributes), EntryKind::File) => {
+                let too_long = data
+                    .unwrap_or_default()
+                    .split(|b| *b == b'\n')
+                    .any(|line| {
+                        let line = line.split(|b| *b == 0).next().unwrap_or_default();
+                        line.len() >= ATTR_MAX_LINE_LENGTH
+                    });
+                if !too_long {
+                    continue;
+                }
+                format!("{name:?} has lines of {ATTR_MAX_LINE_LENGTH} bytes or more (git refuses it)")
+            }
+            (Some(Special::Gitattributes), _) => {
+                format!("{name:?} is a .gitattributes that is not a plain file (git checks its content)")
+            }
+            (Some(Special::Gitignore | Special::Mailmap), EntryKind::Symlink) => {
+                format!("{name:?} is a symlink (git flags it)")
+            }
+            _ => continue,
+        };
+        return Err(Error::entry(raw, problem));
+    }
+    Ok(())
 }
 
 /// Check that a symlink at `link` (inside the snapshot) pointing at `target`
@@ -110,6 +275,15 @@ pub fn check_symlink(raw: &[u8], link: &str, target: &[u8]) -> Result<()> {
         .map_err(|_| Error::entry(raw, "symlink target is not UTF-8"))?;
     if target.is_empty() {
         return Err(Error::entry(raw, "symlink with an empty target"));
+    }
+    if target.len() >= PATH_MAX {
+        return Err(Error::entry(
+            raw,
+            format!(
+                "symlink target of {} bytes, longer than Linux can follow (PATH_MAX {PATH_MAX})",
+                target.len()
+            ),
+        ));
     }
     if target.starts_with('/') {
         return Err(Error::entry(
@@ -151,6 +325,10 @@ enum Node {
 pub struct TreeBuilder {
     root: Dir,
     files: u64,
+    /// Symlink targets by blob id (the blob is the target).
+    targets: HashMap<Oid, String>,
+    /// Every symlink as (raw entry path, path), to resolve once all are in.
+    symlinks: Vec<(Vec<u8>, String)>,
 }
 
 impl TreeBuilder {
@@ -196,6 +374,43 @@ impl TreeBuilder {
         Err(Error::entry(raw, "empty path"))
     }
 
+    /// Add the symlink at `path` to `target`, whose blob is `oid`.
+    pub fn insert_symlink(&mut self, raw: &[u8], path: &str, oid: Oid, target: &str) -> Result<()> {
+        self.insert(raw, path, FileMode::Symlink, oid)?;
+        self.targets.entry(oid).or_insert_with(|| target.to_owned());
+        self.symlinks.push((raw.to_vec(), path.to_owned()));
+        Ok(())
+    }
+
+    /// Resolve every symlink against the whole tree, as the kernel would
+    /// through a mount of it, following links through links in any order,
+    /// and refuse any whose resolution climbs above the root at any point
+    /// (`a/up -> ..` with `a/esc -> up/..`), or that follows more than
+    /// [`MAX_SYMLINK_HOPS`] links (a loop). A walk that reaches a missing
+    /// name or a file ends there: the kernel's lookup would fail too.
+    ///
+    /// Each link's target is walked once and its result remembered, so the
+    /// work is linear in the targets' length, whatever the chains.
+    pub fn check_symlinks(&self) -> Result<()> {
+        let mut resolver = Resolver::new(self);
+        for (raw, path) in &self.symlinks {
+            let mut dir = &self.root;
+            let mut parts = path.split('/').peekable();
+            while let Some(part) = parts.next() {
+                match dir.entries.get(part) {
+                    Some(Node::Dir(d)) if parts.peek().is_some() => dir = d,
+                    Some(node @ Node::File(FileMode::Symlink, oid)) if parts.peek().is_none() => {
+                        let target = self.targets.get(oid).map_or("", String::as_str);
+                        resolver
+                            .link(node, dir, target, 1)
+                            .map_err(|fail| Error::entry(raw, fail.problem(target)))?;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        Ok(())
+    }
     /// Whether `path` is already a directory (so a later file there would clash).
     pub fn is_dir(&self, path: &str) -> bool {
         let mut dir = &self.root;
@@ -228,27 +443,215 @@ impl TreeBuilder {
     where
         F: FnMut(&[u8]) -> Result<Oid>,
     {
-        let mut buf = Vec::new();
-        write_dir(&self.root, &mut write, &mut buf)
-    }
-}
-
-fn write_dir<F>(dir: &Dir, write: &mut F, scratch: &mut Vec<u8>) -> Result<Oid>
-where
-    F: FnMut(&[u8]) -> Result<Oid>,
-{
-    // Children first; then this tree, in git's order: names compare as bytes,
-    // with a directory's name compared as if it ended in '/'.
-    let mut items: Vec<(&str, &'static str, Oid, bool)> = Vec::with_capacity(dir.entries.len());
-    for (name, node) in &dir.entries {
-        match node {
-            Node::File(mode, oid) => items.push((name, mode.as_str(), *oid, false)),
-            Node::Dir(sub) => {
-                let oid = write_dir(sub, write, scratch)?;
-                items.push((name, "40000", oid, true));
+        // Depth-first with a stack of its own, not recursion: the trees go
+        // out children first, each directory once all its entries are known.
+        struct Frame<'a> {
+            name: &'a str,
+            entries: std::collections::btree_map::Iter<'a, String, Node>,
+            items: Vec<Item<'a>>,
+        }
+        fn frame<'a>(name: &'a str, dir: &'a Dir) -> Frame<'a> {
+            Frame {
+                name,
+                entries: dir.entries.iter(),
+                items: Vec::with_capacity(dir.entries.len()),
+            }
+        }
+        let mut scratch = Vec::new();
+        let mut stack = vec![frame("", &self.root)];
+        loop {
+            let Some(top) = stack.last_mut() else {
+                unreachable!("invariant: the root frame returns before it is popped")
+            };
+            match top.entries.next() {
+                Some((name, Node::File(mode, oid))) => {
+                    top.items.push((name, mode.as_str(), *oid, false))
+                }
+                Some((name, Node::Dir(sub))) => stack.push(frame(name, sub)),
+                None => {
+                    let Some(done) = stack.pop() else {
+                        unreachable!("invariant: the stack was not empty")
+                    };
+                    let oid = write_tree(done.items, &mut write, &mut scratch)?;
+                    match stack.last_mut() {
+                        Some(parent) => parent.items.push((done.name, "40000", oid, true)),
+                        None => return Ok(oid),
+                    }
+                }
             }
         }
     }
+}
+
+/// Where a symlink leads: a directory, or the end of any walk through it
+/// (a file, or a name that is not there).
+#[derive(Clone, Copy)]
+enum Resolved<'a> {
+    Dir(&'a Dir),
+    End,
+}
+
+/// Why a symlink is refused.
+enum Fail {
+    Escape,
+    TooMany,
+    Absolute(String),
+}
+
+impl Fail {
+    fn problem(&self, target: &str) -> String {
+        // A target may be 4 KB: keep its two ends.
+        let target = match target.char_indices().nth(160) {
+            Some(_) => {
+                let head: String = target.chars().take(100).collect();
+                let tail: Vec<char> = target.chars().rev().take(40).collect();
+                let tail: String = tail.into_iter().rev().collect();
+                format!("{head}...{tail}")
+            }
+            None => target.to_owned(),
+        };
+        match self {
+            Fail::Escape => {
+                format!("symlink {target:?} escapes the snapshot through other symlinks")
+            }
+            Fail::TooMany => format!(
+                "symlink {target:?} resolves through more than {MAX_SYMLINK_HOPS} symlinks (a loop?)"
+            ),
+            Fail::Absolute(t) => format!("symlink {target:?} resolves through absolute symlink {t:?}"),
+        }
+    }
+}
+
+/// What [`Resolver`] knows of a link: being resolved (met again: a loop),
+/// or resolved, with the links its resolution followed, itself included.
+enum Memo<'a> {
+    Busy,
+    Done(Resolved<'a>, usize),
+}
+
+/// Symlink resolution over a whole [`TreeBuilder`], remembering each link's
+/// result. Nodes and directories are told apart by address (the tree does
+/// not move while this lives).
+struct Resolver<'a> {
+    tree: &'a TreeBuilder,
+    parents: HashMap<*const Dir, &'a Dir>,
+    memo: HashMap<*const Node, Memo<'a>>,
+}
+
+impl<'a> Resolver<'a> {
+    fn new(tree: &'a TreeBuilder) -> Resolver<'a> {
+        let mut parents = HashMap::new();
+        let mut stack = vec![&tree.root];
+        while let Some(dir) = stack.pop() {
+            for node in dir.entries.values() {
+                if let Node::Dir(sub) = node {
+                    parents.insert(sub as *const Dir, dir);
+                    stack.push(sub);
+                }
+            }
+        }
+        Resolver {
+            tree,
+            parents,
+            memo: HashMap::new(),
+        }
+    }
+
+    /// Resolve the link `node` in directory `dir` pointing to `target`, met
+    /// `nesting` links deep; returns where it leads and the links followed.
+    fn link(
+        &mut self,
+        node: &'a Node,
+        dir: &'a Dir,
+        target: &'a str,
+        nesting: usize,
+    ) -> std::result::Result<(Resolved<'a>, usize), Fail> {
+        let key = node as *const Node;
+        match self.memo.get(&key) {
+            Some(Memo::Done(r, hops)) => return Ok((*r, *hops)),
+            Some(Memo::Busy) => return Err(Fail::TooMany),
+            None => {}
+        }
+        if nesting > MAX_SYMLINK_HOPS {
+            return Err(Fail::TooMany);
+        }
+        if target.starts_with('/') {
+            return Err(Fail::Absolute(target.to_owned()));
+        }
+        self.memo.insert(key, Memo::Busy);
+        let root = &self.tree.root;
+        let mut here = dir;
+        let mut hops = 1;
+        let mut end = false;
+        for part in target.split('/') {
+            match part {
+                "" | "." => {}
+                ".." if std::ptr::eq(here, root) => return Err(Fail::Escape),
+                ".." => match self.parents.get(&(here as *const Dir)) {
+                    Some(parent) => here = parent,
+                    None => unreachable!("invariant: every directory but the root has a parent"),
+                },
+                name => match here.entries.get(name) {
+                    Some(Node::Dir(d)) => here = d,
+                    Some(link @ Node::File(FileMode::Symlink, oid)) => {
+                        let next = self.tree.targets.get(oid).map_or("", String::as_str);
+                        let (to, more) = self.link(link, here, next, nesting + 1)?;
+                        hops += more;
+                        if hops > MAX_SYMLINK_HOPS {
+                            return Err(Fail::TooMany);
+                        }
+                        match to {
+                            Resolved::Dir(d) => here = d,
+                            Resolved::End => {
+                                end = true;
+                                break;
+                            }
+                        }
+                    }
+                    // A file ends the walk (or fails it, with names left);
+                    // so does a name that is not there.
+                    Some(Node::File(..)) | None => {
+                        end = true;
+                        break;
+                    }
+                },
+            }
+        }
+        let to = if end {
+            Resolved::End
+        } else {
+            Resolved::Dir(here)
+        };
+        self.memo.insert(key, Memo::Done(to, hops));
+        Ok((to, hops))
+    }
+}
+
+impl Drop for TreeBuilder {
+    /// Free the directories with a stack, not recursively: the default drop
+    /// of nested maps recurses once per level.
+    fn drop(&mut self) {
+        let mut stack = vec![std::mem::take(&mut self.root)];
+        while let Some(mut dir) = stack.pop() {
+            for (_, node) in std::mem::take(&mut dir.entries) {
+                if let Node::Dir(sub) = node {
+                    stack.push(sub);
+                }
+            }
+        }
+    }
+}
+
+/// A tree entry to serialise: name, mode, id, whether it is a directory.
+type Item<'a> = (&'a str, &'static str, Oid, bool);
+
+/// Serialise one tree from its entries and hand it to `write`.
+fn write_tree<F>(mut items: Vec<Item<'_>>, write: &mut F, scratch: &mut Vec<u8>) -> Result<Oid>
+where
+    F: FnMut(&[u8]) -> Result<Oid>,
+{
+    // git's order: names compare as bytes, with a directory's name compared
+    // as if it ended in '/'.
     items.sort_by(|a, b| {
         let ka =
             a.0.as_bytes()
@@ -327,6 +730,90 @@ mod tests {
         assert!(check_symlink(b"x", "a", b"/etc").is_err());
         assert!(check_symlink(b"x", "a", b"").is_err());
         assert!(check_symlink(b"x", "a/b", b"./c/../../d").is_ok());
+    }
+
+    #[test]
+    fn git_spellings_are_recognised() {
+        for (name, want) in [
+            (".git", Some(Special::DotGit)),
+            (".GIT", Some(Special::DotGit)),
+            (".g\u{200c}it", Some(Special::DotGit)),
+            ("\u{feff}.git", Some(Special::DotGit)),
+            ("git~1", Some(Special::DotGit)),
+            ("GIT~1. ", Some(Special::DotGit)),
+            (".git::$INDEX_ALLOCATION", Some(Special::DotGit)),
+            ("a\\.git", Some(Special::DotGit)),
+            (".gitmodules", Some(Special::Gitmodules)),
+            ("gi7eba~4", Some(Special::Gitmodules)),
+            (".GitAttributes ", Some(Special::Gitattributes)),
+            ("gitign~1", Some(Special::Gitignore)),
+            (".mailmap.", Some(Special::Mailmap)),
+            (".github", None),
+            (".gitkeep", None),
+            ("git~12", None),
+            ("foo-1.ebuild", None),
+        ] {
+            assert_eq!(special_name(name), want, "{name:?}");
+        }
+        assert!(check_entry(b"x", "a/.gitmodules", EntryKind::File, Some(b"")).is_err());
+        assert!(check_entry(b"x", ".gitattributes/b", EntryKind::File, Some(b"")).is_err());
+        assert!(check_entry(b"x", "a/.gitattributes", EntryKind::File, Some(b"* text\n")).is_ok());
+        assert!(check_entry(b"x", "a/.gitignore", EntryKind::Symlink, None).is_err());
+        assert!(check_entry(b"x", "a/.gitignore", EntryKind::File, Some(b"")).is_ok());
+    }
+
+    #[test]
+    fn symlink_chains_resolve_against_the_tree() {
+        let resolve = |links: &[(&str, &str)]| {
+            let mut t = TreeBuilder::new();
+            t.insert(b"f", "d/f", FileMode::Regular, Oid::ZERO_SHA1)
+                .unwrap();
+            for (link, target) in links {
+                let oid = object_id(ObjectKind::Blob, target.as_bytes());
+                t.insert_symlink(link.as_bytes(), link, oid, target)
+                    .unwrap();
+            }
+            t.check_symlinks().map_err(|e| e.to_string())
+        };
+        assert!(resolve(&[("a/up", ".."), ("a/esc", "up/..")]).is_err());
+        assert!(resolve(&[("a/esc", "up/.."), ("a/up", "..")]).is_err());
+        assert!(resolve(&[("a/up", ".."), ("a/in", "up/d/f")]).is_ok());
+        assert!(resolve(&[("a/l", "m"), ("a/m", "l")])
+            .unwrap_err()
+            .contains("more than 40"));
+        assert!(resolve(&[("a/gone", "missing/x")]).is_ok());
+    }
+
+    /// Building, writing and freeing a tree never recurse per level: a tree
+    /// far deeper than any path allows fits a small stack.
+    #[test]
+    fn deep_trees_need_no_stack_per_level() {
+        let worker = std::thread::Builder::new().stack_size(256 << 10);
+        let root = worker
+            .spawn(|| {
+                let path = format!("{}f", "d/".repeat(100_000));
+                let mut t = TreeBuilder::new();
+                t.insert(b"deep", &path, FileMode::Regular, Oid::ZERO_SHA1)
+                    .unwrap();
+                let oid = object_id(ObjectKind::Blob, b"..");
+                t.insert_symlink(b"up", &format!("{path}x"), oid, "..")
+                    .unwrap();
+                t.check_symlinks().unwrap();
+                let mut trees = 0;
+                let root = t
+                    .write(|bytes| {
+                        trees += 1;
+                        Ok(object_id(ObjectKind::Tree, bytes))
+                    })
+                    .unwrap();
+                assert_eq!(trees, 100_001);
+                drop(t);
+                root
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_ne!(root, Oid::ZERO_SHA1);
     }
 
     #[test]

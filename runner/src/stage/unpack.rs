@@ -194,6 +194,11 @@ pub(crate) fn components(name: &[u8]) -> std::result::Result<Vec<&[u8]>, &'stati
     if name[0] == b'/' {
         return Err("absolute path");
     }
+    // Linux opens no path this long (PATH_MAX, with its NUL): refused here in
+    // a word rather than by the kernel with the whole name in the message.
+    if name.len() >= 4096 {
+        return Err("path of 4096 bytes or more, longer than Linux can open (PATH_MAX)");
+    }
     let comps: Vec<&[u8]> = name
         .split(|b| *b == b'/')
         .filter(|c| !c.is_empty() && *c != b".")
@@ -207,6 +212,16 @@ pub(crate) fn components(name: &[u8]) -> std::result::Result<Vec<&[u8]>, &'stati
 /// An archive name as messages show it: lossy UTF-8 with control characters
 /// escaped, so a hostile name cannot break the one-line error.
 fn shown_name(raw: &[u8]) -> String {
+    // A hostile name may be megabytes long: keep its two ends.
+    const KEEP: usize = 120;
+    if raw.len() > 3 * KEEP {
+        return format!(
+            "{}...({} bytes)...{}",
+            shown_name(&raw[..KEEP]),
+            raw.len(),
+            shown_name(&raw[raw.len() - KEEP..])
+        );
+    }
     String::from_utf8_lossy(raw)
         .chars()
         .flat_map(|c| {
@@ -752,6 +767,8 @@ mod tests {
             Err("path leaves the root through ..")
         );
         assert_eq!(components(b""), Err("empty name"));
+        assert!(components("d/".repeat(2048).as_bytes()).is_err());
+        assert!(components("d/".repeat(2047).as_bytes()).is_ok());
         // `..` as part of a longer name is just a name.
         assert_eq!(components(b"a/..b").unwrap(), vec![&b"a"[..], b"..b"]);
     }
@@ -761,6 +778,11 @@ mod tests {
         assert_eq!(shown_name(b"./usr/bin/ls"), "./usr/bin/ls");
         assert_eq!(shown_name(b"a\nb\x1b[2J"), "a\\nb\\u{1b}[2J");
         assert_eq!(shown_name(b"caf\xc3\xa9"), "caf\u{e9}");
+        let long = shown_name("d/".repeat(100_000).as_bytes());
+        assert!(
+            long.len() < 300 && long.contains("...(200000 bytes)..."),
+            "{long}"
+        );
     }
 
     #[test]
