@@ -9,6 +9,7 @@ mod cli;
 mod config;
 mod e2e;
 mod fs_mount;
+mod hostile_misc;
 mod import;
 mod isolation;
 mod layer;
