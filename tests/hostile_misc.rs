@@ -378,10 +378,7 @@ fn hostile_config_values_that_fail_later_are_refused_at_load() {
             "make_conf_lines",
         ),
         ("[run]\nmake_conf_lines = [\"A=1\\r\"]\n", "make_conf_lines"),
-        (
-            "[run]\nlocal_mirror = \"http://x/\\u0000\"\n",
-            "local_mirror",
-        ),
+        ("mirrors = []\n", "mirrors"),
     ] {
         config_refused(text, key);
     }
@@ -394,6 +391,21 @@ fn hostile_config_values_that_fail_later_are_refused_at_load() {
         2,
     );
     assert!(err.contains("cache-size"), "{err}");
+    let err = util::fails(
+        util::portroot(tmp.path()).args([
+            "run",
+            "--stage",
+            "s",
+            "--tag",
+            "t",
+            "--make-conf",
+            "A=1\nB=2",
+            "--",
+            "true",
+        ]),
+        2,
+    );
+    assert!(err.contains("make-conf"), "{err}");
 }
 
 /// A bare repository made with git's own plumbing; `hostile` gets its path

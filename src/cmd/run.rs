@@ -84,7 +84,12 @@ pub struct ChrootArgs {
     features: Option<String>,
     /// A line appended to make.conf; repeat for more. Replaces the config's
     /// `run.make_conf_lines`.
-    #[arg(long = "make-conf", value_name = "LINE", allow_hyphen_values = true)]
+    #[arg(
+        long = "make-conf",
+        value_name = "LINE",
+        allow_hyphen_values = true,
+        value_parser = parse_make_conf_line
+    )]
     make_conf_lines: Vec<String>,
     /// The host directory shared as DISTDIR [default: the config's
     /// `run.distfiles`, else STORE/distfiles].
@@ -1069,6 +1074,12 @@ pub fn internal(_ctx: &Ctx, cmd: InternalCmd) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// clap's value parser for `--make-conf`: one line (see
+/// [`crate::config::check_make_conf_line`]).
+fn parse_make_conf_line(line: &str) -> Result<String, String> {
+    crate::config::check_make_conf_line(line).map(|()| line.to_owned())
 }
 
 /// clap's value parser for a count that must be at least 1 (a usage error,
