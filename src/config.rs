@@ -452,12 +452,8 @@ fn mirrors<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Er
         ));
     }
     for u in &list {
-        if u.contains("://") {
+        if !Path::new(u).is_absolute() {
             check_url(u).map_err(serde::de::Error::custom)?;
-        } else if !Path::new(u).is_absolute() {
-            return Err(serde::de::Error::custom(format!(
-                "mirrors: {u:?} is neither a URL nor an absolute path"
-            )));
         }
         portroot::snapshot::sync::Mirror::parse(u)
             .map_err(|e| serde::de::Error::custom(format!("mirrors: {e}")))?;
