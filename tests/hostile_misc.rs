@@ -289,7 +289,7 @@ fn mount_fixture(dir: &Path) -> PathBuf {
 
 fn is_mounted(at: &Path) -> bool {
     let at = at.to_string_lossy().into_owned();
-    util::mountpoints().iter().any(|m| *m == at)
+    util::mountpoints().contains(&at)
 }
 
 /// `portroot mount` at `at`, removed from outside with `umount ARGS`, then
@@ -500,7 +500,12 @@ fn fetch_refused(remote: &Remote, what: &str) {
     let line = one_line(&err);
     assert!(line.contains(what), "expected {what:?} in: {line}");
     assert_eq!(names(&store.join("repos")), Vec::<String>::new(), "repos/");
-    assert_eq!(names(&store.join("tmp")), Vec::<String>::new(), "tmp/");
+    // The import lock file stays, as after any import; nothing else.
+    let tmp_left: Vec<String> = names(&store.join("tmp"))
+        .into_iter()
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    assert_eq!(tmp_left, Vec::<String>::new(), "tmp/");
 }
 
 #[test]
@@ -514,7 +519,8 @@ fn hostile_fetch_refuses_tags_that_are_not_snapshot_dates() {
 
 #[test]
 fn hostile_fetch_refuses_malformed_trees() {
-    let cases: Vec<(&str, Box<dyn Fn(&Remote) -> String>)> = vec![
+    type Build = Box<dyn Fn(&Remote) -> String>;
+    let cases: Vec<(&str, Build)> = vec![
         (
             "sorted",
             Box::new(|r: &Remote| {
@@ -607,8 +613,8 @@ fn hostile_snapshot_diff_into_a_closed_pipe_ends_quietly() {
         out.status
     );
     assert!(stderr.is_empty(), "{stderr}");
-    // The same diff into a pipe that stays open prints every added file.
+    // The same diff into a pipe that stays open counts every added file.
     let full =
         util::ok(util::portroot(&store).args(["snapshot", "diff", "2026-08-20", "2026-08-21"]));
-    assert!(full.lines().count() >= 2990, "{full}");
+    assert!(full.contains("2990 files changed"), "{full}");
 }
