@@ -618,3 +618,62 @@ fn hostile_snapshot_diff_into_a_closed_pipe_ends_quietly() {
         util::ok(util::portroot(&store).args(["snapshot", "diff", "2026-08-20", "2026-08-21"]));
     assert!(full.contains("2990 files changed"), "{full}");
 }
+
+#[test]
+fn hostile_sigint_of_stage_rm_finishes_the_removal() {
+    if !util::require_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = tmp.path().join("store");
+    let tarball = tmp.path().join("big-stage.tar");
+    stage_tarball(&tarball, 60_000, 0);
+    let scratch = store.join("tmp");
+    // The removal may outrun the poll; a few tries catch it mid-way.
+    let mut caught = false;
+    for _ in 0..3 {
+        util::ok(
+            util::portroot(&store)
+                .args(["stage", "add", "--name", "big"])
+                .arg(&tarball),
+        );
+        let mut child = util::portroot(&store)
+            .args(["stage", "rm", "big"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning stage rm");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut mid_way = false;
+        while Instant::now() < deadline {
+            if names(&scratch).iter().any(|n| n.starts_with("removing-")) {
+                mid_way = child.try_wait().expect("try_wait").is_none();
+                break;
+            }
+            if child.try_wait().expect("try_wait").is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if mid_way {
+            signal(&child, nix::sys::signal::Signal::SIGINT);
+        }
+        let (status, err) = wait_child(&mut child, Duration::from_secs(60));
+        let left: Vec<String> = names(&scratch)
+            .into_iter()
+            .filter(|n| !n.ends_with(".lock"))
+            .collect();
+        assert_eq!(left, Vec::<String>::new(), "left in tmp/ ({status}: {err})");
+        assert!(
+            !names(&store.join("stages")).iter().any(|n| n.len() == 64),
+            "the stage is still there"
+        );
+        if mid_way && status.code() == Some(130) {
+            assert!(one_line(&err).contains("interrupted"), "{err}");
+            caught = true;
+            break;
+        }
+        assert!(status.success(), "{status}: {err}");
+    }
+    assert!(caught, "never caught stage rm mid-way");
+}

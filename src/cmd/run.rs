@@ -1039,17 +1039,20 @@ pub fn gc(ctx: &Ctx, args: GcArgs) -> anyhow::Result<ExitCode> {
     for id in &report.removed {
         info!(run = %id, "removed");
     }
+    // A killed `snapshot import`, `sync`, `fetch`, `stage add` or
+    // `stage export` (named by PID), first: an export's scratch directory
+    // names the file it left beside its output, which the lock-based
+    // collections below would not look at.
+    let scratch_leftovers = ctx.store.remove_dead_scratch();
     // A killed `stage add` or `stage rm` leaves its scratch directory in tmp/.
     let stage_leftovers =
         StageStore::new(ctx.store.stages_dir(), ctx.store.tmp_dir()).collect_garbage()?;
     // Likewise a killed `layer create` (while committing) or `layer rm`.
     let layer_leftovers =
         LayerStore::new(ctx.store.layers_dir(), ctx.store.tmp_dir()).collect_garbage()?;
-    // And a killed `snapshot import`, `sync` or `fetch`.
-    let snapshot_leftovers = ctx.store.remove_dead_scratch();
     if !ctx.quiet {
         eprintln!(
-            "removed {} run(s), {stage_leftovers} stage, {layer_leftovers} layer and {snapshot_leftovers} snapshot leftover(s); {} live, {} finished kept",
+            "removed {} run(s), {stage_leftovers} stage, {layer_leftovers} layer and {scratch_leftovers} other interrupted command leftover(s); {} live, {} finished kept",
             report.removed.len(),
             report.live,
             report.kept
