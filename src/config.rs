@@ -80,8 +80,9 @@ pub enum ConfigError {
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Snapshot mirrors for `snapshot sync`, tried in order.
-    #[serde(default, deserialize_with = "urls")]
+    /// Snapshot mirrors for `snapshot sync`, tried in order (at least one,
+    /// each one `snapshot sync` can read).
+    #[serde(default, deserialize_with = "mirrors")]
     pub mirrors: Option<Vec<String>>,
     /// The keyring snapshot signatures are checked against; when set, a
     /// signature is required (as `--keyring`).
@@ -112,7 +113,8 @@ pub struct RunConfig {
     /// FEATURES words added after portroot's own (checked by [`check_feature`]).
     #[serde(default, deserialize_with = "features")]
     pub features: Option<Vec<String>>,
-    /// Lines appended to make.conf, verbatim.
+    /// Lines appended to make.conf, verbatim (each one line).
+    #[serde(default, deserialize_with = "make_conf_lines")]
     pub make_conf_lines: Option<Vec<String>>,
     /// Host DISTDIR (absolute).
     #[serde(default, deserialize_with = "absolute_path")]
@@ -141,8 +143,8 @@ pub struct RunConfig {
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MountConfig {
-    /// Object cache budget in bytes.
-    #[serde(default, deserialize_with = "size")]
+    /// Object cache budget in bytes (more than 0).
+    #[serde(default, deserialize_with = "cache_size")]
     pub cache_size: Option<u64>,
     /// FUSE worker threads, 1 to 64.
     #[serde(default, deserialize_with = "threads")]
@@ -439,12 +441,44 @@ pub fn check_url(url: &str) -> Result<(), String> {
     }
 }
 
-fn urls<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+/// `mirrors`: at least one, each a URL `snapshot sync` reads (http, https,
+/// file://) or an absolute path, so that a mirror it would refuse is refused
+/// here already.
+fn mirrors<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
     let list = Vec::<String>::deserialize(d)?;
+    if list.is_empty() {
+        return Err(serde::de::Error::custom(
+            "mirrors is empty: name at least one mirror, or leave the key out for the default",
+        ));
+    }
     for u in &list {
-        check_url(u).map_err(serde::de::Error::custom)?;
+        if !Path::new(u).is_absolute() {
+            check_url(u).map_err(serde::de::Error::custom)?;
+        }
+        portroot::snapshot::sync::Mirror::parse(u)
+            .map_err(|e| serde::de::Error::custom(format!("mirrors: {e}")))?;
     }
     Ok(Some(list))
+}
+
+/// Check a make.conf line given whole: no line break or other control
+/// character (a tab aside), which would start a second line unseen.
+pub fn check_make_conf_line(line: &str) -> Result<(), String> {
+    if line.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(format!(
+            "make.conf line {line:?} holds a line break or another control character: give each line on its own"
+        ));
+    }
+    Ok(())
+}
+
+fn make_conf_lines<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    let lines = Vec::<String>::deserialize(d)?;
+    for l in &lines {
+        check_make_conf_line(l)
+            .map_err(|e| serde::de::Error::custom(format!("make_conf_lines: {e}")))?;
+    }
+    Ok(Some(lines))
 }
 
 fn url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -576,6 +610,13 @@ fn threads<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
         max: 64,
     })?;
     Ok(u16::try_from(n).ok())
+}
+
+fn cache_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let bytes = size(d)?.unwrap_or_default();
+    crate::cmd::mount::check_cache_size(bytes)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 fn memory<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {

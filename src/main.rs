@@ -166,6 +166,7 @@ fn main() -> ExitCode {
         Command::Completions { shell } => print_completions(shell),
         Command::Man => print_man(),
     };
+    cmd::signals::wait_if_interrupted();
     match result {
         Ok(code) => code,
         Err(err) => {

@@ -79,19 +79,25 @@ impl Store {
     }
 
     /// The name prefix of this process's scratch directories of `kind`
-    /// (`import`, `sync`, `fetch` in `tmp/`; `.new` in `repos/`): `KIND-PID-`,
-    /// so that a signal handler removes exactly its own and `gc` can tell a
-    /// dead process's from a live one's.
+    /// (`import`, `sync`, `fetch`, `stage`, `removing`, `export` in `tmp/`; `.new` in
+    /// `repos/`): `KIND-PID-`, so that a signal handler removes exactly its
+    /// own and `gc` can tell a dead process's from a live one's.
     pub fn scratch_prefix(kind: &str) -> String {
         format!("{kind}-{}-", std::process::id())
     }
 
-    /// Where the snapshot commands' scratch directories live, by kind.
-    fn scratch_places(&self) -> [(PathBuf, &'static str); 4] {
+    /// Where scratch directories live, by kind. `stage` is `stage add`'s
+    /// unpack and `removing` a stage `stage rm` took out of the store (the
+    /// stage store names them so); `export` is `stage export`'s, holding
+    /// its view of the layers and [`EXPORT_PARTIAL`].
+    fn scratch_places(&self) -> [(PathBuf, &'static str); 7] {
         [
             (self.tmp_dir(), "import"),
             (self.tmp_dir(), "sync"),
             (self.tmp_dir(), "fetch"),
+            (self.tmp_dir(), "stage"),
+            (self.tmp_dir(), "removing"),
+            (self.tmp_dir(), "export"),
             (self.repos_dir(), ".new"),
         ]
     }
@@ -111,10 +117,13 @@ impl Store {
                     .strip_prefix(&prefix)
                     .and_then(|rest| rest.split('-').next())
                     .and_then(|pid| pid.parse::<u32>().ok());
-                if !pid.is_some_and(&remove) {
+                if !pid.is_some_and(&remove) || !e.path().is_dir() {
                     continue;
                 }
-                match std::fs::remove_dir_all(e.path()) {
+                if kind == "export" {
+                    forget_export(&e.path());
+                }
+                match remove_tree(&e.path()) {
                     Ok(()) => removed += 1,
                     Err(err) => {
                         tracing::warn!("could not remove {}: {err}", e.path().display())
@@ -142,6 +151,50 @@ impl Store {
     /// Create `dir` (and parents) if missing.
     pub fn ensure(dir: &Path) -> io::Result<()> {
         std::fs::create_dir_all(dir)
+    }
+}
+
+/// The file in an `export-PID-*` scratch directory naming the temporary
+/// tarball `stage export` writes beside its output (an absolute path, the
+/// file itself only ever created after this names it), so that `gc` finds it
+/// after a `kill -9`; removed once the tarball is renamed into place.
+pub const EXPORT_PARTIAL: &str = "partial";
+
+/// Undo what the export whose scratch directory is `dir` left outside it:
+/// its view of the layers, mounted in our own mount namespace (a signal
+/// handler's case; a killed process's namespace went with it), and the
+/// temporary tarball [`EXPORT_PARTIAL`] names. Only a hidden file (`.NAME`)
+/// is removed, never what the record's path names if it is anything else.
+fn forget_export(dir: &Path) {
+    let _ = nix::mount::umount2(&dir.join("view"), nix::mount::MntFlags::MNT_DETACH);
+    let Ok(target) = std::fs::read(dir.join(EXPORT_PARTIAL)) else {
+        return;
+    };
+    use std::os::unix::ffi::OsStrExt;
+    let target = Path::new(std::ffi::OsStr::from_bytes(&target));
+    let hidden = target
+        .file_name()
+        .is_some_and(|n| n.as_bytes().starts_with(b"."));
+    let file = std::fs::symlink_metadata(target).is_ok_and(|m| m.is_file());
+    if target.is_absolute() && hidden && file {
+        match std::fs::remove_file(target) {
+            Ok(()) => tracing::info!(file = %target.display(), "removed an unfinished export"),
+            Err(e) => tracing::warn!("could not remove {}: {e}", target.display()),
+        }
+    }
+}
+
+/// `remove_dir_all`, again while the tree changes under it: a signal
+/// handler removes the scratch directory of work the main thread is still
+/// writing into.
+fn remove_tree(dir: &Path) -> io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(_) if tries < 100 => tries += 1,
+            other => return other,
+        }
     }
 }
 

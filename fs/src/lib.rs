@@ -107,6 +107,9 @@ pub struct MountedFs {
     ring_requests: Arc<AtomicU64>,
     /// Removes the mount if this process dies without unmounting.
     reaper: Option<reaper::Reaper>,
+    /// Our mount, as the kernel told it right after mounting: unmounting by
+    /// path is only done while the path still shows this one.
+    id: reaper::MountId,
 }
 
 impl MountedFs {
@@ -153,19 +156,41 @@ impl MountedFs {
         };
         let started = Instant::now();
         // Unmount ourselves rather than leave it to fuser's drop, so a busy
-        // mount is detached lazily and the join waits for its last user.
-        let unmounted = unmount_path(&self.mountpoint);
-        match session.umount_and_join() {
-            Ok(()) => {}
-            // fuser unmounts with umount2 itself, which says EINVAL for the
-            // mount we already removed.
-            Err(e) if unmounted && e.raw_os_error() == Some(libc::EINVAL) => {}
-            Err(source) => {
-                return Err(FsError::Io {
-                    what: "unmounting",
-                    path: self.mountpoint.clone(),
-                    source,
-                })
+        // mount is detached lazily and the join waits for its last user. By
+        // path, but only while the path still shows our mount: once it was
+        // removed from outside (`umount`, `umount -l`, `fusermount3 -u`), a
+        // new mount may already sit there, and it is not ours to take.
+        let finished = session.guard.is_finished();
+        let ours = !finished && reaper::MountId::at(&self.mountpoint).ok() == Some(self.id);
+        let unmounted = ours && unmount_path(&self.mountpoint);
+        // Detached from outside but still connected (a user keeps it open):
+        // end the connection itself, never what the path shows now.
+        let aborted = !finished && !ours && abort_connection(self.id);
+        if finished || unmounted || aborted {
+            // The connection is gone or going: wait for the session loop to
+            // end (a lazily detached mount ends with its last user). fuser's
+            // own unmount goes by path and, as it cannot always tell that
+            // the connection is gone (through io_uring above all), it took
+            // the next mount made on the same path: its handle is left
+            // undropped, keeping it from unmounting anything.
+            while !session.guard.is_finished() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::mem::forget(session);
+        } else if ours {
+            // Our umount2 failed: fuser may still manage (fusermount3 -u).
+            session.umount_and_join().map_err(|source| FsError::Io {
+                what: "unmounting",
+                path: self.mountpoint.clone(),
+                source,
+            })?;
+        } else {
+            // Removed from outside while in use, and no fusectl to end the
+            // connection: it ends with this process. Leave the path alone.
+            warn!(mountpoint = %self.mountpoint.display(), "detached from outside and still in use: the connection ends when this process exits");
+            std::mem::forget(session);
+            if let Some(rings) = self.rings.take() {
+                std::mem::forget(rings);
             }
         }
         // The connection is gone, so every queue thread has had its entries
@@ -184,6 +209,20 @@ impl Drop for MountedFs {
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
             warn!(error = %e, "unmount on drop failed");
+        }
+    }
+}
+
+/// End FUSE connection `id` through the fusectl filesystem, if mounted:
+/// the kernel then fails every pending and later request of that mount, and
+/// the session loop ends. Nothing happens by path. Says whether it did.
+fn abort_connection(id: reaper::MountId) -> bool {
+    let abort = format!("/sys/fs/fuse/connections/{}/abort", id.connection());
+    match std::fs::write(&abort, "1") {
+        Ok(()) => true,
+        Err(e) => {
+            debug!(error = %e, %abort, "could not abort the connection");
+            false
         }
     }
 }
@@ -384,8 +423,20 @@ pub fn mount(
     }
     // A reaper of our own removes the mount if we die, through either
     // transport (see `reaper` for why not fusermount3's auto-unmount).
+    let id = reaper::MountId::at(&mountpoint).map_err(|source| FsError::Io {
+        what: "reading the mount id of",
+        path: mountpoint.clone(),
+        source,
+    });
+    let id = match id {
+        Ok(id) => id,
+        Err(e) => {
+            drop(session);
+            return Err(e);
+        }
+    };
     let reaper = match opts.auto_unmount {
-        true => match reaper::Reaper::spawn(&mountpoint) {
+        true => match reaper::Reaper::spawn(&mountpoint, id) {
             Ok(r) => Some(r),
             Err(source) => {
                 drop(session);
@@ -431,6 +482,7 @@ pub fn mount(
         rings,
         ring_requests,
         reaper,
+        id,
     })
 }
 

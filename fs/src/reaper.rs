@@ -39,13 +39,31 @@ pub struct Reaper {
     pipe: Option<OwnedFd>,
 }
 
-/// Which mount the reaper is guarding.
+/// Which mount is at a path: what the reaper guards, and what the daemon
+/// checks before it unmounts by path (never someone else's mount made on
+/// the same path after ours was removed from outside).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct MountId {
+pub(crate) struct MountId {
     mnt_id: u64,
     /// Whether `mnt_id` is the never-reused 64-bit id (Linux 6.8+).
     unique: bool,
     dev: (u32, u32),
+}
+
+impl MountId {
+    /// The mount now at `path` (the topmost one).
+    pub(crate) fn at(path: &Path) -> std::io::Result<MountId> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = CString::new(path.as_os_str().as_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        mount_id(&path)
+    }
+
+    /// The FUSE connection number: the minor of the mount's device, as
+    /// /sys/fs/fuse/connections names it.
+    pub(crate) fn connection(&self) -> u32 {
+        self.dev.1
+    }
 }
 
 /// `statx` of `path` that never waits for the filesystem: the mount id and
@@ -81,11 +99,10 @@ unsafe fn statx_now(path: &CString, st: &mut libc::statx) -> libc::c_int {
 
 impl Reaper {
     /// Fork a reaper for the mount now at `mountpoint`.
-    pub fn spawn(mountpoint: &Path) -> std::io::Result<Reaper> {
+    pub(crate) fn spawn(mountpoint: &Path, id: MountId) -> std::io::Result<Reaper> {
         use std::os::unix::ffi::OsStrExt;
         let path = CString::new(mountpoint.as_os_str().as_bytes())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        let id = mount_id(&path)?;
         let mut title = b"portroot-reaper ".to_vec();
         title.extend_from_slice(mountpoint.as_os_str().as_bytes());
         let title = Title {

@@ -197,8 +197,10 @@ impl StageStore {
         };
 
         fs::create_dir_all(&self.tmp).map_err(io("creating", &self.tmp))?;
+        // `stage-PID-`: a signal handler removes its own (see the store's
+        // scratch prefixes); `collect_garbage` goes by the lock below.
         let work = tempfile::Builder::new()
-            .prefix("stage-")
+            .prefix(&format!("stage-{}-", std::process::id()))
             .tempdir_in(&self.tmp)
             .map_err(io("creating a directory in", &self.tmp))?;
         // Held until the directory is renamed into place or deleted, so that
@@ -390,9 +392,12 @@ impl StageStore {
         // deleting a big tree takes a while.
         fs::create_dir_all(&self.tmp).map_err(io("creating", &self.tmp))?;
         let _busy = lock_dir(&dir)?;
-        let doomed = self
-            .tmp
-            .join(format!("removing-{}-{}", stage.digest, unique()));
+        let doomed = self.tmp.join(format!(
+            "removing-{}-{}-{}",
+            std::process::id(),
+            stage.digest,
+            unique()
+        ));
         fs::rename(&dir, &doomed).map_err(io("moving away", &dir))?;
         drop(lock);
         for sub in [BY_NAME, BY_FILE] {

@@ -69,7 +69,7 @@ pub struct MountArgs {
 
     /// Object cache budget (bytes, or with a K, M or G suffix) [default: the
     /// config's `mount.cache_size`, else 256M].
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_cache_size)]
     pub cache_size: Option<u64>,
 
     /// FUSE worker threads [default: the config's `mount.threads`, else 2].
@@ -151,6 +151,20 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(1 << shift)
         .ok_or_else(|| format!("size {s:?} too large"))
+}
+
+/// A cache budget, for `--cache-size` and `mount.cache_size`: a size of
+/// more than 0 (an empty cache would fail the first read instead).
+pub(crate) fn parse_cache_size(s: &str) -> Result<u64, String> {
+    check_cache_size(parse_size(s)?)
+}
+
+/// Refuse an empty cache budget.
+pub(crate) fn check_cache_size(bytes: u64) -> Result<u64, String> {
+    if bytes == 0 {
+        return Err("cache_size must be more than 0".to_owned());
+    }
+    Ok(bytes)
 }
 
 /// `portroot mount`.
@@ -467,5 +481,9 @@ mod tests {
         assert!(parse_size("12Q").is_err());
         assert!(parse_size("M").is_err());
         assert!(parse_size("99999999999999G").is_err());
+        assert_eq!(parse_cache_size("1M"), Ok(1 << 20));
+        for empty in ["0", "0K", "0G"] {
+            assert!(parse_cache_size(empty).is_err(), "{empty}");
+        }
     }
 }

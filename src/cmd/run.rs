@@ -84,7 +84,12 @@ pub struct ChrootArgs {
     features: Option<String>,
     /// A line appended to make.conf; repeat for more. Replaces the config's
     /// `run.make_conf_lines`.
-    #[arg(long = "make-conf", value_name = "LINE", allow_hyphen_values = true)]
+    #[arg(
+        long = "make-conf",
+        value_name = "LINE",
+        allow_hyphen_values = true,
+        value_parser = parse_make_conf_line
+    )]
     make_conf_lines: Vec<String>,
     /// The host directory shared as DISTDIR [default: the config's
     /// `run.distfiles`, else STORE/distfiles].
@@ -1034,17 +1039,20 @@ pub fn gc(ctx: &Ctx, args: GcArgs) -> anyhow::Result<ExitCode> {
     for id in &report.removed {
         info!(run = %id, "removed");
     }
+    // A killed `snapshot import`, `sync`, `fetch`, `stage add` or
+    // `stage export` (named by PID), first: an export's scratch directory
+    // names the file it left beside its output, which the lock-based
+    // collections below would not look at.
+    let scratch_leftovers = ctx.store.remove_dead_scratch();
     // A killed `stage add` or `stage rm` leaves its scratch directory in tmp/.
     let stage_leftovers =
         StageStore::new(ctx.store.stages_dir(), ctx.store.tmp_dir()).collect_garbage()?;
     // Likewise a killed `layer create` (while committing) or `layer rm`.
     let layer_leftovers =
         LayerStore::new(ctx.store.layers_dir(), ctx.store.tmp_dir()).collect_garbage()?;
-    // And a killed `snapshot import`, `sync` or `fetch`.
-    let snapshot_leftovers = ctx.store.remove_dead_scratch();
     if !ctx.quiet {
         eprintln!(
-            "removed {} run(s), {stage_leftovers} stage, {layer_leftovers} layer and {snapshot_leftovers} snapshot leftover(s); {} live, {} finished kept",
+            "removed {} run(s), {stage_leftovers} stage, {layer_leftovers} layer and {scratch_leftovers} other interrupted command leftover(s); {} live, {} finished kept",
             report.removed.len(),
             report.live,
             report.kept
@@ -1069,6 +1077,12 @@ pub fn internal(_ctx: &Ctx, cmd: InternalCmd) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// clap's value parser for `--make-conf`: one line (see
+/// [`crate::config::check_make_conf_line`]).
+fn parse_make_conf_line(line: &str) -> Result<String, String> {
+    crate::config::check_make_conf_line(line).map(|()| line.to_owned())
 }
 
 /// clap's value parser for a count that must be at least 1 (a usage error,

@@ -179,7 +179,7 @@ fn import(ctx: &Ctx, a: ImportArgs) -> anyhow::Result<ExitCode> {
         date,
         progress: ctx.progress(),
     };
-    clean_up_on_signal(ctx, "unfinished import removed")?;
+    super::signals::clean_up_on_signal(ctx, "unfinished import removed")?;
     let lock = ImportLock::acquire(&ctx.store, &opts.repo, !a.no_wait, |lock| {
         eprintln!(
             "portroot: waiting for another import into {} (lock {})",
@@ -390,7 +390,7 @@ fn sync(ctx: &Ctx, a: SyncArgs) -> anyhow::Result<ExitCode> {
     opts.progress = ctx.progress();
     opts.timeout = std::time::Duration::from_secs(a.timeout);
     opts.allow_future = a.allow_future;
-    clean_up_on_signal(ctx, "downloads removed")?;
+    super::signals::clean_up_on_signal(ctx, "downloads removed")?;
     let lock = ImportLock::acquire(&ctx.store, &opts.repo, true, |lock| {
         eprintln!(
             "portroot: waiting for another import into {} (lock {})",
@@ -436,33 +436,6 @@ fn sync(ctx: &Ctx, a: SyncArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Block SIGINT and SIGTERM (call before any thread starts; children get a
-/// clean mask from std) and let one thread handle them: remove this process's
-/// scratch directories in the store (the refs are only ever moved at the end,
-/// atomically, so nothing else needs undoing) and exit 130, as a shell does
-/// for Ctrl-C. A download can stall in a read for the whole --timeout, so
-/// waiting for the main thread to notice would be no answer to Ctrl-C.
-fn clean_up_on_signal(ctx: &Ctx, what: &'static str) -> anyhow::Result<()> {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGTERM);
-    set.thread_block().context("blocking SIGINT and SIGTERM")?;
-    let store = ctx.store.clone();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            if let Ok(sig) = set.wait() {
-                let removed = store.remove_own_scratch();
-                tracing::info!(signal = ?sig, removed, "interrupted, {what}");
-                eprintln!("portroot: interrupted by {sig}, {what}");
-                std::process::exit(130);
-            }
-        })
-        .context("starting the signal thread")?;
-    Ok(())
-}
-
 fn push(ctx: &Ctx, a: RemoteArgs) -> anyhow::Result<ExitCode> {
     let repo = a.repo.name(ctx)?;
     let done = snapshot::remote::push(&ctx.store, &repo, &a.remote, a.force)
@@ -473,7 +446,7 @@ fn push(ctx: &Ctx, a: RemoteArgs) -> anyhow::Result<ExitCode> {
 
 fn fetch(ctx: &Ctx, a: RemoteArgs) -> anyhow::Result<ExitCode> {
     let repo = a.repo.name(ctx)?;
-    clean_up_on_signal(ctx, "unfinished fetch removed")?;
+    super::signals::clean_up_on_signal(ctx, "unfinished fetch removed")?;
     let lock = ImportLock::acquire(&ctx.store, &repo, true, |lock| {
         eprintln!(
             "portroot: waiting for another import into {repo} (lock {})",

@@ -1,13 +1,14 @@
 //! `portroot stage ...`: stage tarballs unpacked once into the store.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use portroot::store::{Store, EXPORT_PARTIAL};
 use portroot_runner::layer::{LayerStore, LowerView};
-use portroot_runner::stage::export::export_tree;
+use portroot_runner::stage::export::export_tree_noting;
 use portroot_runner::stage::{Stage, StageStore};
 
 use super::Ctx;
@@ -93,6 +94,9 @@ pub fn run(ctx: &Ctx, cmd: StageCmd) -> anyhow::Result<ExitCode> {
         StageCmd::List => list(&stages),
         StageCmd::Export(a) => export(ctx, &stages, a),
         StageCmd::Rm(a) => {
+            // A signal once the stage is out of the store finishes deleting
+            // its files before the exit (they are `removing-PID-*` in tmp/).
+            super::signals::clean_up_on_signal(ctx, "the stage's files removed")?;
             let stage = stages.resolve(&a.name)?;
             // Live runs hold the stage's lock; finished runs that kept their
             // chroots (`--keep`) hold nothing but still sit on it.
@@ -115,6 +119,7 @@ pub fn run(ctx: &Ctx, cmd: StageCmd) -> anyhow::Result<ExitCode> {
 }
 
 fn add(ctx: &Ctx, stages: &StageStore, a: AddArgs) -> anyhow::Result<ExitCode> {
+    super::signals::clean_up_on_signal(ctx, "unfinished stage removed")?;
     let start = Instant::now();
     let bar = if ctx.progress() {
         let len = std::fs::metadata(&a.file).map(|m| m.len()).unwrap_or(0);
@@ -185,30 +190,42 @@ fn export(ctx: &Ctx, stages: &StageStore, a: ExportArgs) -> anyhow::Result<ExitC
     lowers.push(stage.stage.rootfs.clone());
     // Over layers, the view is an overlay mount: keep it in a mount namespace
     // of our own (still single-threaded here), so it dies with us.
-    let scratch = if lowers.len() > 1 {
+    let layered = lowers.len() > 1;
+    if layered {
         super::run::private_mount_namespace()?;
-        let tmp = ctx.store.tmp_dir();
-        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        let dir = tempfile::Builder::new()
-            .prefix("export-")
-            .tempdir_in(&tmp)
-            .with_context(|| format!("creating a directory in {}", tmp.display()))?;
-        // Held while we export, so `gc` leaves the scratch directory alone.
-        let lock = nix::fcntl::Flock::lock(
-            std::fs::File::open(dir.path())
-                .with_context(|| format!("opening {}", dir.path().display()))?,
-            nix::fcntl::FlockArg::LockExclusive,
-        )
-        .map_err(|(_, e)| e)
-        .with_context(|| format!("locking {}", dir.path().display()))?;
-        Some((dir, lock))
+    }
+    super::signals::clean_up_on_signal(ctx, "unfinished export removed")?;
+    // Our scratch directory, named with our PID (see `Store::scratch_prefix`):
+    // the view's mount point, and the record of the temporary tarball
+    // written beside the output, for a signal's clean-up or `gc`'s.
+    let tmp = ctx.store.tmp_dir();
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let scratch = tempfile::Builder::new()
+        .prefix(&Store::scratch_prefix("export"))
+        .tempdir_in(&tmp)
+        .with_context(|| format!("creating a directory in {}", tmp.display()))?;
+    // Held while we export, so `gc` (the layer store's, which knows these
+    // directories by lock) leaves the scratch directory alone.
+    let _lock = nix::fcntl::Flock::lock(
+        std::fs::File::open(scratch.path())
+            .with_context(|| format!("opening {}", scratch.path().display()))?,
+        nix::fcntl::FlockArg::LockExclusive,
+    )
+    .map_err(|(_, e)| e)
+    .with_context(|| format!("locking {}", scratch.path().display()))?;
+    let view_dir = if layered {
+        scratch.path().join("view")
     } else {
-        None
+        PathBuf::new()
     };
-    let view_dir = scratch
-        .as_ref()
-        .map(|(d, _)| d.path().join("view"))
-        .unwrap_or_default();
+    let partial = scratch.path().join(EXPORT_PARTIAL);
+    let note = |path: &Path| -> std::io::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::path::absolute(path)?;
+        let new = scratch.path().join(format!("{EXPORT_PARTIAL}.new"));
+        std::fs::write(&new, path.as_os_str().as_bytes())?;
+        std::fs::rename(&new, &partial)
+    };
     let view = LowerView::mount(&lowers, &view_dir)?;
     let bar = ctx.progress().then(|| {
         ProgressBar::new_spinner().with_style(
@@ -224,7 +241,7 @@ fn export(ctx: &Ctx, stages: &StageStore, a: ExportArgs) -> anyhow::Result<ExitC
             }
         }
     };
-    let stats = export_tree(view.path(), &a.file, &progress);
+    let stats = export_tree_noting(view.path(), &a.file, &note, &progress);
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }

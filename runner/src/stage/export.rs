@@ -42,6 +42,18 @@ pub struct ExportStats {
 /// a temporary file in the same directory, renamed at the end). `progress`
 /// gets entries and data bytes written so far.
 pub fn export_tree(root: &Path, out: &Path, progress: &dyn Fn(u64, u64)) -> Result<ExportStats> {
+    export_tree_noting(root, out, &|_| Ok(()), progress)
+}
+
+/// [`export_tree`], calling `note` with the temporary file's path before the
+/// file is created (again for each name tried), so that the caller can
+/// record it where a clean-up after a `kill -9` will find it.
+pub fn export_tree_noting(
+    root: &Path,
+    out: &Path,
+    note: &dyn Fn(&Path) -> io::Result<()>,
+    progress: &dyn Fn(u64, u64),
+) -> Result<ExportStats> {
     let start = Instant::now();
     let dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -52,7 +64,17 @@ pub fn export_tree(root: &Path, out: &Path, progress: &dyn Fn(u64, u64)) -> Resu
         .ok_or_else(|| Error::Invalid(format!("{} is not a file name", out.display())))?;
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{}.", name.to_string_lossy()))
-        .tempfile_in(dir)
+        .make_in(dir, |path| {
+            note(path)?;
+            use std::os::unix::fs::OpenOptionsExt;
+            // As tempfile makes its own: 0600 until renamed into place.
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+        })
         .map_err(io("creating a temporary file in", dir))?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let stream = xz2::stream::MtStreamBuilder::new()
