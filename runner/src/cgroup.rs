@@ -6,10 +6,10 @@
 //! own cgroup in each once ([`detect_hierarchies`]) and creates
 //! `portroot/<run>` under that cgroup ([`RunCgroup`], removed on drop). A
 //! pool worker creates the job's group ([`JobCgroup`]) before it starts the
-//! sandbox helper; the helper joins it itself, single-threaded, before it
-//! unshares its namespaces (`sandbox.rs`, with [`CgroupSpec`]); after the
-//! helper exits the worker kills whatever is left, reads the usage and
-//! removes the group.
+//! sandbox helper; the helper puts the job's init in it ([`place`]) while
+//! the init mounts the chroot, and the init creates its cgroup namespace
+//! once there (`sandbox.rs`, with [`CgroupSpec`]); after the helper exits
+//! the worker kills whatever is left, reads the usage and removes the group.
 //!
 //! The layout, in each hierarchy:
 //!
@@ -26,7 +26,7 @@
 //! processes", Documentation/admin-guide/cgroup-v2.rst): the init therefore
 //! sits in the leaf `ns/init`, and `ns` can enable controllers for what the
 //! job creates beside it (portage's `FEATURES=cgroup` makes
-//! `portage/emerge-<pid>`). In v1 hierarchies the helper joins `<job>` itself:
+//! `portage/emerge-<pid>`). In v1 hierarchies the init sits in `<job>` itself:
 //! v1 has no such rule, and the job sees them only read-only.
 //!
 //! On a pure v2 host the runner's own group holds the runner, so it cannot
@@ -744,8 +744,9 @@ fn roles(groups: &[Group], v2_delegated: &[String]) -> Roles {
 /// How the sandbox helper joins its job's group: written to the job's spec.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CgroupSpec {
-    /// Groups to join before `unshare(CLONE_NEWCGROUP)`: they become the
-    /// roots of the job's cgroup namespace.
+    /// Groups the helper puts the job's init in before the init's
+    /// `unshare(CLONE_NEWCGROUP)`: they become the roots of the job's cgroup
+    /// namespace. (The helper itself stays outside: it only waits.)
     pub enter: Vec<PathBuf>,
     /// Groups to move to right after, inside that namespace (v2's `ns/init`).
     pub then: Vec<PathBuf>,
@@ -758,6 +759,14 @@ pub struct CgroupSpec {
 pub fn join(dirs: &[PathBuf]) -> Result<()> {
     for dir in dirs {
         write_file(&dir.join("cgroup.procs"), "0")?;
+    }
+    Ok(())
+}
+
+/// Put process `pid` (of the writer's PID namespace) in the groups `dirs`.
+pub fn place(dirs: &[PathBuf], pid: i32) -> Result<()> {
+    for dir in dirs {
+        write_file(&dir.join("cgroup.procs"), &pid.to_string())?;
     }
     Ok(())
 }
