@@ -763,10 +763,39 @@ pub fn join(dirs: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-/// Put process `pid` (of the writer's PID namespace) in the groups `dirs`.
-pub fn place(dirs: &[PathBuf], pid: i32) -> Result<()> {
-    for dir in dirs {
-        write_file(&dir.join("cgroup.procs"), &pid.to_string())?;
+/// The `cgroup.procs` files of the groups `dirs`, opened for writing now,
+/// for [`join_opened`] once their paths are out of reach (after
+/// `pivot_root`). The kernel checks a move against the cgroup namespace of
+/// the opener.
+pub fn open_procs(dirs: &[PathBuf]) -> Result<Vec<(PathBuf, fs::File)>> {
+    dirs.iter()
+        .map(|dir| {
+            let path = dir.join("cgroup.procs");
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io("opening", &path))?;
+            Ok((path, file))
+        })
+        .collect()
+}
+
+/// Join the groups whose `cgroup.procs` [`open_procs`] opened.
+pub fn join_opened(files: Vec<(PathBuf, fs::File)>) -> Result<()> {
+    write_opened(files, "0")
+}
+
+/// Put process `pid` (of the writer's PID namespace) in the groups whose
+/// `cgroup.procs` [`open_procs`] opened.
+pub fn place(files: Vec<(PathBuf, fs::File)>, pid: i32) -> Result<()> {
+    write_opened(files, &pid.to_string())
+}
+
+fn write_opened(files: Vec<(PathBuf, fs::File)>, what: &str) -> Result<()> {
+    use std::io::Write;
+    for (path, mut file) in files {
+        file.write_all(what.as_bytes())
+            .map_err(io("writing", &path))?;
     }
     Ok(())
 }

@@ -16,11 +16,11 @@
 //!    which so overlaps PID 1's mounts instead of preceding them;
 //! 3. PID 1 brings `lo` up (`--network none`), sets the hostname, applies the
 //!    plan's first part (overlay → trees and caches → proc → dev → sys, see
-//!    `plan.rs`); once the helper says it is in the job's cgroups, it
+//!    `plan.rs`), reads the host's `resolv.conf`, `pivot_root`s into the
+//!    chroot and detaches the old root, and writes the portage
+//!    configuration; once the helper says it is in the job's cgroups, it
 //!    `unshare(NEWCGROUP)`s (the groups become the namespace's roots), moves
-//!    into the v2 group's leaf and mounts the job's cgroup2; it reads the
-//!    host's `resolv.conf`, `pivot_root`s into the chroot and detaches the
-//!    old root, and writes the portage configuration;
+//!    into the v2 group's leaf and mounts the job's cgroup2;
 //! 4. PID 1 enters the job's user namespace: `unshare(CLONE_NEWUSER)`, the
 //!    helper (still root of the host's namespace) maps every uid and gid onto
 //!    itself, then `unshare(CLONE_NEWNS)`. In that mount namespace the kernel
@@ -160,6 +160,11 @@ pub fn run(spec: &SandboxSpec) -> Result<i32> {
         Mode::empty(),
     )
     .map_err(sys("opening", "/proc"))?;
+    // The same for the job's cgroups.
+    let groups = match &spec.cgroup {
+        Some(cg) => Some(cgroup::open_procs(&cg.enter)?),
+        None => None,
+    };
     let (from_init, to_helper) = pipe2(OFlag::O_CLOEXEC).map_err(pipe_error)?;
     let (from_helper, to_init) = pipe2(OFlag::O_CLOEXEC).map_err(pipe_error)?;
 
@@ -170,7 +175,7 @@ pub fn run(spec: &SandboxSpec) -> Result<i32> {
         source,
     })? {
         ForkResult::Child => {
-            drop((proc_dir, from_init, to_init));
+            drop((proc_dir, from_init, to_init, groups));
             let ids = IdHandshake {
                 to_helper,
                 from_helper,
@@ -186,9 +191,9 @@ pub fn run(spec: &SandboxSpec) -> Result<i32> {
         }
         ForkResult::Parent { child } => {
             drop((to_helper, from_helper));
-            if let Some(cg) = &spec.cgroup {
+            if let Some(groups) = groups {
                 // On failure the init reads end-of-file and gives up.
-                if let Err(e) = place_init(&cg.enter, child, &to_init) {
+                if let Err(e) = place_init(groups, child, &to_init) {
                     drop((from_init, to_init));
                     wait_exit(child)?;
                     return Err(e);
@@ -203,7 +208,7 @@ pub fn run(spec: &SandboxSpec) -> Result<i32> {
 
 /// Put the init `child` in the job's cgroups `groups` (which become the
 /// roots of its cgroup namespace) and tell it so.
-fn place_init(groups: &[PathBuf], child: Pid, to_init: &OwnedFd) -> Result<()> {
+fn place_init(groups: Vec<(PathBuf, std::fs::File)>, child: Pid, to_init: &OwnedFd) -> Result<()> {
     cgroup::place(groups, child.as_raw())?;
     nix::unistd::write(to_init, b"c").map_err(|source| Error::Proc {
         what: "telling the sandbox init it is in the job's cgroups",
@@ -434,24 +439,30 @@ fn init(spec: &SandboxSpec, ids: IdHandshake) -> Result<i32> {
     }
     let mut root = None;
     apply_ops(&plan, &plan.ops[..before_cgroup], &mut root)?;
-    if let Some(cg) = &spec.cgroup {
+    let mut conf = spec.conf.clone();
+    if conf.resolv_conf.is_none() {
+        // Missing on the host is fine (a build box without DNS): keep the stage's.
+        conf.resolv_conf = std::fs::read("/etc/resolv.conf").ok();
+    }
+    // v2's leaf, opened while its host path is still in reach.
+    let leaf = match &spec.cgroup {
+        Some(cg) => Some(cgroup::open_procs(&cg.then)?),
+        None => None,
+    };
+    // Still before the cgroups: the helper's move may be waiting for the
+    // kernel meanwhile. The cgroup2 mount below goes through `root`.
+    enter_root(&plan.root)?;
+    conf.write(Path::new("/"))?;
+    if let Some(leaf) = leaf {
         ids.wait_for_cgroups()?;
         unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|source| Error::Proc {
             what: "creating the job's cgroup namespace",
             source,
         })?;
         // Inside the namespace: v2's leaf below its root.
-        cgroup::join(&cg.then)?;
+        cgroup::join_opened(leaf)?;
     }
     apply_ops(&plan, &plan.ops[before_cgroup..], &mut root)?;
-
-    let mut conf = spec.conf.clone();
-    if conf.resolv_conf.is_none() {
-        // Missing on the host is fine (a build box without DNS): keep the stage's.
-        conf.resolv_conf = std::fs::read("/etc/resolv.conf").ok();
-    }
-    enter_root(&plan.root)?;
-    conf.write(Path::new("/"))?;
     ids.enter_user_namespace()?;
     apply_job(&plan)?;
     drop_bounding_caps()?;
