@@ -7,7 +7,8 @@
 //!
 //! `PORTROOT_BENCH_BEFORE=BINARY` compares with another build (the code
 //! before a change): for each N the two binaries run alternately, three times
-//! each, on the same store, and the medians are printed side by side.
+//! each (`PORTROOT_BENCH_PAIRS` times), on the same store, and the medians
+//! and quartiles are printed side by side.
 //! `PORTROOT_BENCH_NS=1,8` picks the Ns; `PORTROOT_BENCH_KEEP=1` keeps the
 //! store (for profiling) and prints where it is.
 //!
@@ -113,27 +114,46 @@ fn prepare(base: &Path) -> PathBuf {
     store
 }
 
-/// `before` and this build, alternately, three runs each per N: the medians.
+/// `before` and this build, alternately, three runs each per N (or
+/// `PORTROOT_BENCH_PAIRS`): the medians and quartiles.
 fn compare(store: &Path, before: &Path, ns: &[usize]) {
-    println!("before: {}", before.display());
+    let pairs: usize = std::env::var("PORTROOT_BENCH_PAIRS")
+        .ok()
+        .map(|v| v.parse().expect("PORTROOT_BENCH_PAIRS: a number"))
+        .unwrap_or(3);
     println!(
-        "{:>4}  {:>16}  {:>16}  {:>8}",
-        "N", "before ms/chroot", "after ms/chroot", "change"
+        "before: {}; {pairs} runs of each, alternating",
+        before.display()
+    );
+    println!(
+        "{:>4}  {:>24}  {:>24}  {:>8}",
+        "N", "before ms/chroot (q1-q3)", "after ms/chroot (q1-q3)", "median"
     );
     run_with(before, store, 1);
     run_portroot(store, 1);
     for &n in ns {
         let (mut b, mut a) = (Vec::new(), Vec::new());
-        for _ in 0..3 {
+        for _ in 0..pairs.max(1) {
             b.push(run_with(before, store, n));
             a.push(run_portroot(store, n));
         }
-        let median = |v: &mut Vec<Duration>| {
+        let quartiles = |v: &mut Vec<Duration>| {
             v.sort();
-            v[1].as_secs_f64() * 1000.0 / n as f64
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0 / n as f64;
+            (
+                ms(v[v.len() / 4]),
+                ms(v[v.len() / 2]),
+                ms(v[3 * v.len() / 4]),
+            )
         };
-        let (b, a) = (median(&mut b), median(&mut a));
-        println!("{n:>4}  {b:>16.2}  {a:>16.2}  {:>+7.2}", a - b);
+        let (b, a) = (quartiles(&mut b), quartiles(&mut a));
+        let show = |(q1, m, q3): (f64, f64, f64)| format!("{m:.2} ({q1:.2}-{q3:.2})");
+        println!(
+            "{n:>4}  {:>24}  {:>24}  {:>+8.2}",
+            show(b),
+            show(a),
+            a.1 - b.1
+        );
     }
     portroot(store, &["-q", "gc", "--all"]);
 }
