@@ -5,6 +5,13 @@
 //! The seed's way is sampled (3 chroots) and extrapolated linearly, as
 //! it is done one chroot at a time.
 //!
+//! `PORTROOT_BENCH_BEFORE=BINARY` compares with another build (the code
+//! before a change): for each N the two binaries run alternately, three times
+//! each (`PORTROOT_BENCH_PAIRS` times), on the same store, and the medians
+//! and quartiles are printed side by side.
+//! `PORTROOT_BENCH_NS=1,8` picks the Ns; `PORTROOT_BENCH_KEEP=1` keeps the
+//! store (for profiling) and prints where it is.
+//!
 //! Needs root. Prints figures and ratios; asserts nothing.
 
 use std::fs;
@@ -23,23 +30,23 @@ fn main() {
         eprintln!("bench run: skipped, needs root");
         return;
     }
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = tmp.path().join("store");
-    let tarball = tmp.path().join("stage.tar");
-    build_stage_tarball(&tmp.path().join("rootfs"), &tarball);
-    portroot(
-        &store,
-        &[
-            "-q",
-            "stage",
-            "add",
-            "--name",
-            "bench",
-            tarball.to_str().expect("utf-8"),
-        ],
-    );
+    let (_tmp, base) = workdir();
+    let ns: Vec<usize> = std::env::var("PORTROOT_BENCH_NS")
+        .ok()
+        .map(|v| {
+            v.split(',')
+                .map(|n| n.parse().expect("PORTROOT_BENCH_NS: numbers"))
+                .collect()
+        })
+        .unwrap_or_else(|| vec![1, 8, 32, 64]);
+    if let Some(before) = std::env::var_os("PORTROOT_BENCH_BEFORE") {
+        let store = prepare(&base);
+        compare(&store, Path::new(&before), &ns);
+        return;
+    }
+    let store = prepare(&base);
+    let tarball = base.join("stage.tar");
     let repo_dir = store.join("repos/gentoo.git");
-    build_tree_repo(&repo_dir);
     let stage_mb = fs::metadata(&tarball).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
     println!(
         "stage tarball {stage_mb:.1} MB, tree {TREE_FILES} files, {} CPUs",
@@ -52,8 +59,8 @@ fn main() {
 
     // Warm up page cache and the binary once.
     run_portroot(&store, 1);
-    let seed_per = seed_per_chroot(tmp.path(), &tarball, &repo_dir, 3);
-    for n in [1usize, 8, 32, 64] {
+    let seed_per = seed_per_chroot(&base, &tarball, &repo_dir, 3);
+    for n in ns {
         // Best of three: the box is shared, and the minimum is the figure
         // least disturbed by other load.
         let t = (0..3)
@@ -73,6 +80,84 @@ fn main() {
     portroot(&store, &["-q", "gc", "--all"]);
 }
 
+/// A temporary directory, removed on drop unless `PORTROOT_BENCH_KEEP` is
+/// set (then the guard is `None`).
+fn workdir() -> (Option<tempfile::TempDir>, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    if std::env::var_os("PORTROOT_BENCH_KEEP").is_some() {
+        let path = tmp.keep();
+        println!("store kept in {}", path.join("store").display());
+        (None, path)
+    } else {
+        let path = tmp.path().to_owned();
+        (Some(tmp), path)
+    }
+}
+
+/// A store under `base` with the stage `bench` and the tree tagged `bench`.
+fn prepare(base: &Path) -> PathBuf {
+    let store = base.join("store");
+    let tarball = base.join("stage.tar");
+    build_stage_tarball(&base.join("rootfs"), &tarball);
+    portroot(
+        &store,
+        &[
+            "-q",
+            "stage",
+            "add",
+            "--name",
+            "bench",
+            tarball.to_str().expect("utf-8"),
+        ],
+    );
+    build_tree_repo(&store.join("repos/gentoo.git"));
+    store
+}
+
+/// `before` and this build, alternately, three runs each per N (or
+/// `PORTROOT_BENCH_PAIRS`): the medians and quartiles.
+fn compare(store: &Path, before: &Path, ns: &[usize]) {
+    let pairs: usize = std::env::var("PORTROOT_BENCH_PAIRS")
+        .ok()
+        .map(|v| v.parse().expect("PORTROOT_BENCH_PAIRS: a number"))
+        .unwrap_or(3);
+    println!(
+        "before: {}; {pairs} runs of each, alternating",
+        before.display()
+    );
+    println!(
+        "{:>4}  {:>24}  {:>24}  {:>8}",
+        "N", "before ms/chroot (q1-q3)", "after ms/chroot (q1-q3)", "median"
+    );
+    run_with(before, store, 1);
+    run_portroot(store, 1);
+    for &n in ns {
+        let (mut b, mut a) = (Vec::new(), Vec::new());
+        for _ in 0..pairs.max(1) {
+            b.push(run_with(before, store, n));
+            a.push(run_portroot(store, n));
+        }
+        let quartiles = |v: &mut Vec<Duration>| {
+            v.sort();
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0 / n as f64;
+            (
+                ms(v[v.len() / 4]),
+                ms(v[v.len() / 2]),
+                ms(v[3 * v.len() / 4]),
+            )
+        };
+        let (b, a) = (quartiles(&mut b), quartiles(&mut a));
+        let show = |(q1, m, q3): (f64, f64, f64)| format!("{m:.2} ({q1:.2}-{q3:.2})");
+        println!(
+            "{n:>4}  {:>24}  {:>24}  {:>+8.2}",
+            show(b),
+            show(a),
+            a.1 - b.1
+        );
+    }
+    portroot(store, &["-q", "gc", "--all"]);
+}
+
 fn portroot(store: &Path, args: &[&str]) {
     let st = Command::new(BIN)
         .arg("--store")
@@ -85,9 +170,13 @@ fn portroot(store: &Path, args: &[&str]) {
 }
 
 fn run_portroot(store: &Path, n: usize) -> Duration {
+    run_with(Path::new(BIN), store, n)
+}
+
+fn run_with(bin: &Path, store: &Path, n: usize) -> Duration {
     let n_s = n.to_string();
     let start = Instant::now();
-    let out = Command::new(BIN)
+    let out = Command::new(bin)
         .arg("--store")
         .arg(store)
         .args([

@@ -608,3 +608,262 @@ fn sigterm_of_the_run_leaves_no_cgroup() {
     }
     assert!(processes(&["sleep", "1017"]).is_empty());
 }
+
+/// A v2 controller the cgroup2 root gives its children on this host,
+/// enabled there (the root may hold processes and pass controllers down):
+/// on the test VM the others are bound to v1 hierarchies and only
+/// `hugetlb` is free. `None` (the test skips) where none is.
+fn free_v2_controller() -> Option<String> {
+    let root = v2_host_path(Path::new(""));
+    let offered = fs::read_to_string(root.join("cgroup.controllers")).unwrap();
+    let Some(ctrl) = offered.split_whitespace().next().map(str::to_owned) else {
+        assert!(
+            std::env::var_os("PORTROOT_TEST_MUST_RUN").is_none(),
+            "the cgroup2 root offers no controller"
+        );
+        eprintln!("skipped: the cgroup2 root offers no controller on this host");
+        return None;
+    };
+    fs::write(root.join("cgroup.subtree_control"), format!("+{ctrl}")).unwrap();
+    Some(ctrl)
+}
+
+/// A v2 group of the test's own under the root, made free of processes
+/// and removed on drop.
+struct TestGroup {
+    /// The group, as the test sees it.
+    host: PathBuf,
+    /// Its name, under the root.
+    name: String,
+}
+
+impl TestGroup {
+    fn new(what: &str) -> TestGroup {
+        let name = format!("portroot-test-{what}-{}", std::process::id());
+        let host = v2_host_path(Path::new(&name));
+        fs::create_dir(&host).unwrap();
+        TestGroup { host, name }
+    }
+
+    /// Start `cmd` inside the group.
+    fn enter<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        use std::os::unix::process::CommandExt;
+        let procs = std::ffi::CString::new(
+            self.host
+                .join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap();
+        // SAFETY: between fork and exec only open, write and close on a
+        // string made before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let rc = libc::write(fd, c"0".as_ptr().cast(), 1);
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                if rc == 1 {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            })
+        }
+    }
+
+    fn procs(&self, sub: &str) -> Vec<u32> {
+        fs::read_to_string(self.host.join(sub).join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect()
+    }
+
+    fn subgroups(&self) -> Vec<String> {
+        fs::read_dir(&self.host)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_type().unwrap().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn subtree_control(&self) -> String {
+        fs::read_to_string(self.host.join("cgroup.subtree_control"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+}
+
+impl Drop for TestGroup {
+    fn drop(&mut self) {
+        let _ = fs::write(self.host.join("cgroup.kill"), "1");
+        fn remove(dir: &Path) {
+            for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove(&e.path());
+                }
+            }
+            let start = Instant::now();
+            while fs::remove_dir(dir).is_err() && start.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        remove(&self.host);
+    }
+}
+
+/// A job that prints the controllers its cgroup2 offers, says it started
+/// and waits (boundedly) for the test's go.
+const SHOW_CONTROLLERS: &str = r#"echo "controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
+touch /var/cache/binpkgs/started
+n=0; while [ ! -e /var/cache/binpkgs/go ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n+1)); done"#;
+
+#[test]
+fn a_runner_alone_in_its_v2_group_moves_into_a_leaf_and_back() {
+    if !util::require_root() || !have_cgroup2() {
+        return;
+    }
+    let Some(ctrl) = free_v2_controller() else {
+        return;
+    };
+    let group = TestGroup::new("leaf");
+    let rs = RunStore::new();
+    let cookies = rs.store().join("binpkgs");
+    let mut cmd = rs.run();
+    cmd.args(["--", SHOW_CONTROLLERS])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = on_v2(group.enter(&mut cmd)).spawn().unwrap();
+    wait_until("job never started", || cookies.join("started").exists());
+    // The runner left its group for the leaf, so the group could pass the
+    // controller down to the run's groups beside the leaf.
+    assert_eq!(group.procs(""), Vec::<u32>::new());
+    // (With the children it had then, such as the repository mount's reaper.)
+    assert!(
+        group.procs("portroot-runner").contains(&child.id()),
+        "{:?}",
+        group.procs("portroot-runner")
+    );
+    assert!(
+        group.subtree_control().contains(&ctrl),
+        "{}",
+        group.subtree_control()
+    );
+    let mut subs = group.subgroups();
+    subs.sort();
+    assert_eq!(subs, ["portroot", "portroot-runner"]);
+    fs::write(cookies.join("go"), "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (table, err) = text(&out);
+    assert!(out.status.success(), "{table}\n{err}");
+    let (run, record) = the_run(&rs.store());
+    let log = fs::read_to_string(run.join("1/log")).unwrap();
+    // The job's own cgroup2 offers it: passed down all the way.
+    assert!(
+        log.lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .any(|c| c == ctrl),
+        "{log}"
+    );
+    // The leaf was in run.json (for gc), and all is as before the run.
+    let leaf = format!("/sys/fs/cgroup/{}/portroot-runner", group.name);
+    assert!(
+        run_cgroups(&record).contains(&PathBuf::from(&leaf)),
+        "{record}"
+    );
+    assert_eq!(group.subgroups(), Vec::<String>::new());
+    assert_eq!(group.subtree_control(), "");
+}
+
+#[test]
+fn a_runner_sharing_its_v2_group_moves_nobody_and_says_why() {
+    if !util::require_root() || !have_cgroup2() {
+        return;
+    }
+    let Some(_) = free_v2_controller() else {
+        return;
+    };
+    let group = TestGroup::new("shared");
+    // A process that is not the runner's, as a login shell would be.
+    let mut neighbour = group
+        .enter(Command::new("sleep").arg("600"))
+        .spawn()
+        .unwrap();
+    let rs = RunStore::new();
+    let mut cmd = rs.run();
+    cmd.arg("-vv").args([
+        "--",
+        "echo \"controllers: $(cat /sys/fs/cgroup/cgroup.controllers)\"",
+    ]);
+    let out = util::run(on_v2(group.enter(&mut cmd)));
+    let (table, err) = text(&out);
+    // A limit that needs a controller the group is not given is refused
+    // in one line naming what the group is given.
+    let mut cmd = rs.run();
+    cmd.args(["--pids", "10", "--", "true"]);
+    let refused = util::fails(on_v2(group.enter(&mut cmd)), 1);
+    neighbour.kill().unwrap();
+    neighbour.wait().unwrap();
+    assert!(out.status.success(), "{table}\n{err}");
+    assert_eq!(refused.lines().count(), 1, "{refused}");
+    assert!(
+        refused.contains("--pids needs the pids controller")
+            && refused.contains(&format!("/sys/fs/cgroup/{} is given only", group.name)),
+        "{refused}"
+    );
+    let run = rs.store().join("runs").join(
+        fs::read_dir(rs.store().join("runs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .find(|n| rs.store().join("runs").join(n).join("1/log").exists())
+            .unwrap(),
+    );
+    let log = fs::read_to_string(run.join("1/log")).unwrap();
+    assert_eq!(log, "controllers: \n");
+    // The debug line names the group and the other process.
+    let why = format!(
+        "/sys/fs/cgroup/{} also holds processes not the runner's (pids {})",
+        group.name,
+        neighbour.id()
+    );
+    assert!(err.contains(&why), "{err}");
+    // Nothing was moved or made: the group stays a leaf.
+    assert_eq!(group.subgroups(), Vec::<String>::new());
+    assert_eq!(group.subtree_control(), "");
+}
+
+#[test]
+fn gc_removes_the_leaf_a_killed_v2_runner_left() {
+    if !util::require_root() || !have_cgroup2() {
+        return;
+    }
+    let Some(_) = free_v2_controller() else {
+        return;
+    };
+    let group = TestGroup::new("gc");
+    let rs = RunStore::new();
+    let cookies = rs.store().join("binpkgs");
+    let mut cmd = rs.run();
+    cmd.args(["--", SHOW_CONTROLLERS])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = on_v2(group.enter(&mut cmd)).spawn().unwrap();
+    wait_until("job never started", || cookies.join("started").exists());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut subs = group.subgroups();
+    subs.sort();
+    assert_eq!(subs, ["portroot", "portroot-runner"]);
+    util::ok(on_v2(util::portroot(&rs.store()).arg("gc")));
+    assert_eq!(group.subgroups(), Vec::<String>::new());
+    assert_eq!(group.subtree_control(), "");
+    assert_eq!(group.procs(""), Vec::<u32>::new());
+}

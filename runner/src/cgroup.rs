@@ -6,10 +6,10 @@
 //! own cgroup in each once ([`detect_hierarchies`]) and creates
 //! `portroot/<run>` under that cgroup ([`RunCgroup`], removed on drop). A
 //! pool worker creates the job's group ([`JobCgroup`]) before it starts the
-//! sandbox helper; the helper joins it itself, single-threaded, before it
-//! unshares its namespaces (`sandbox.rs`, with [`CgroupSpec`]); after the
-//! helper exits the worker kills whatever is left, reads the usage and
-//! removes the group.
+//! sandbox helper; the helper puts the job's init in it ([`place`]) while
+//! the init mounts the chroot, and the init creates its cgroup namespace
+//! once there (`sandbox.rs`, with [`CgroupSpec`]); after the helper exits
+//! the worker kills whatever is left, reads the usage and removes the group.
 //!
 //! The layout, in each hierarchy:
 //!
@@ -26,8 +26,17 @@
 //! processes", Documentation/admin-guide/cgroup-v2.rst): the init therefore
 //! sits in the leaf `ns/init`, and `ns` can enable controllers for what the
 //! job creates beside it (portage's `FEATURES=cgroup` makes
-//! `portage/emerge-<pid>`). In v1 hierarchies the helper joins `<job>` itself:
+//! `portage/emerge-<pid>`). In v1 hierarchies the init sits in `<job>` itself:
 //! v1 has no such rule, and the job sees them only read-only.
+//!
+//! On a pure v2 host the runner's own group holds the runner, so it cannot
+//! pass controllers down either: the runner then moves itself (only itself
+//! and its children) into the leaf `<runner's cgroup>/portroot-runner`, as
+//! systemd's delegation rules ask, and enables the controllers beside it;
+//! when the run ends it moves back and removes the leaf ([`RunCgroup`]'s
+//! drop), and `gc` removes a leaf a killed runner left. A group it shares
+//! with processes not its own (a login shell) it leaves alone: jobs then get
+//! no v2 controllers, and a limit that needs one is refused, naming them.
 //!
 //! On a hybrid host (controllers on v1 hierarchies, the v2 hierarchy without
 //! controllers) limits and accounting come from v1 and the kill from v2's
@@ -46,8 +55,9 @@ use crate::error::{io, Error, Result};
 /// The v1 controllers a job gets a group in, where mounted.
 const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "freezer"];
 
-/// The v2 controllers enabled for jobs where the runner's cgroup passes them down.
-const V2_CONTROLLERS: &[&str] = &["memory", "cpu", "pids"];
+/// The leaf a runner moves itself into on cgroup v2 when its own group must
+/// pass controllers down (see [`pass_down`]).
+pub const RUNNER_LEAF: &str = "portroot-runner";
 
 /// The period every CPU quota is given in, microseconds (the kernel's default).
 const CPU_PERIOD_US: u64 = 100_000;
@@ -369,6 +379,21 @@ pub struct RunCgroup {
     limits: Limits,
     /// Where the job's chroot gets a cgroup2 of its own (its namespace).
     private_mount: Option<PathBuf>,
+    /// What the runner changed in its own v2 group, undone on drop.
+    delegation: Option<Delegation>,
+}
+
+/// What [`pass_down`] did to the runner's own v2 group.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Delegation {
+    /// The runner's group.
+    own: PathBuf,
+    /// The controllers it enabled in `own`'s `cgroup.subtree_control`.
+    enabled: Vec<String>,
+    /// The leaf it moved into, if it did.
+    leaf: Option<PathBuf>,
+    /// Why `own` passes no controllers down, if it does not.
+    refused: Option<String>,
 }
 
 impl RunCgroup {
@@ -380,13 +405,19 @@ impl RunCgroup {
             roles: Roles::default(),
             limits,
             private_mount: None,
+            delegation: None,
         };
         let mut v2_delegated: Vec<String> = Vec::new();
         for h in hierarchies {
             let path = h.own.join("portroot").join(run);
             let v2 = h.v1.is_none();
-            if v2 {
-                enable_controllers(&h.own);
+            if v2 && rc.delegation.is_none() {
+                // Stored before anything can fail, so drop undoes it.
+                let d = rc.delegation.insert(Delegation {
+                    own: h.own.clone(),
+                    ..Delegation::default()
+                });
+                pass_down(d)?;
             }
             make_dir_all(&path)?;
             rc.groups.push(Group {
@@ -404,31 +435,38 @@ impl RunCgroup {
             }
         }
         rc.roles = roles(&rc.groups, &v2_delegated);
-        let missing: Vec<&str> = [
+        let missing: Vec<(&str, &str)> = [
             (
                 limits.memory.is_some() && rc.roles.memory.is_none(),
-                "--memory needs the memory controller",
+                "--memory",
+                "memory",
             ),
             (
                 limits.cpus.is_some() && rc.roles.cpu.is_none(),
-                "--cpus needs the cpu controller",
+                "--cpus",
+                "cpu",
             ),
             (
                 limits.pids.is_some() && rc.roles.pids.is_none(),
-                "--pids needs the pids controller",
+                "--pids",
+                "pids",
             ),
         ]
         .into_iter()
-        .filter_map(|(miss, what)| miss.then_some(what))
+        .filter_map(|(miss, flag, ctrl)| miss.then_some((flag, ctrl)))
         .collect();
         if !missing.is_empty() {
+            let needs: Vec<String> = missing
+                .iter()
+                .map(|(flag, ctrl)| format!("{flag} needs the {ctrl} controller"))
+                .collect();
+            let ctrls: Vec<&str> = missing.iter().map(|(_, c)| *c).collect();
             return Err(Error::Invalid(format!(
                 "{}, which no cgroup hierarchy gives the runner's jobs{}",
-                missing.join(", "),
-                if hierarchies.iter().any(|h| h.v1.is_none()) {
-                    " (cgroup v2 passes controllers down only from a cgroup without processes of its own)"
-                } else {
-                    ""
+                needs.join(", "),
+                match &rc.delegation {
+                    Some(d) => format!(" ({})", d.why_none(&ctrls)),
+                    None => String::new(),
                 }
             )));
         }
@@ -444,7 +482,10 @@ impl RunCgroup {
             .iter()
             .map(|g| {
                 if g.v2 {
-                    let ctrls = if v2_delegated.is_empty() {
+                    let refused = self.delegation.as_ref().and_then(|d| d.refused.as_ref());
+                    let ctrls = if let (true, Some(why)) = (v2_delegated.is_empty(), refused) {
+                        format!("no controllers: {why}")
+                    } else if v2_delegated.is_empty() {
                         "no controllers".to_owned()
                     } else {
                         v2_delegated.join(" ")
@@ -478,8 +519,14 @@ impl RunCgroup {
 
     /// The run's directories, one per hierarchy, for `run.json` (so `gc`
     /// can remove them after a SIGKILL).
+    /// The runner's leaf, if it moved into one, comes last.
     pub fn paths(&self) -> Vec<PathBuf> {
-        self.groups.iter().map(|g| g.path.clone()).collect()
+        let leaf = self.delegation.as_ref().and_then(|d| d.leaf.clone());
+        self.groups
+            .iter()
+            .map(|g| g.path.clone())
+            .chain(leaf)
+            .collect()
     }
 
     /// Create the group of job `name` with the run's limits.
@@ -528,7 +575,151 @@ impl Drop for RunCgroup {
                 let _ = fs::remove_dir(parent);
             }
         }
+        if let Some(d) = &self.delegation {
+            d.undo();
+        }
     }
+}
+
+impl Delegation {
+    /// Why `own` gives jobs none of the v2 controllers `needed`, for an
+    /// error naming a limit.
+    fn why_none(&self, needed: &[&str]) -> String {
+        let offered = read_words(&self.own.join("cgroup.controllers"));
+        if let Some(why) = &self.refused {
+            if needed.iter().all(|n| offered.iter().any(|o| o == n)) {
+                return why.clone();
+            }
+        }
+        format!(
+            "the runner's cgroup {} is given {} by its parent",
+            self.own.display(),
+            if offered.is_empty() {
+                "no controller".to_owned()
+            } else {
+                format!("only {}", offered.join(" "))
+            }
+        )
+    }
+
+    /// Disable what [`pass_down`] enabled, move the runner back and remove
+    /// its leaf, once no other group (another run's) is left beside the
+    /// leaf. Quiet: what stays is for the last runner out, or `gc`.
+    fn undo(&self) {
+        if self.enabled.is_empty() && self.leaf.is_none() {
+            return;
+        }
+        if subgroups(&self.own)
+            .iter()
+            .any(|s| Some(s) != self.leaf.as_ref())
+        {
+            return;
+        }
+        if !self.enabled.is_empty() {
+            let off: Vec<String> = self.enabled.iter().map(|c| format!("-{c}")).collect();
+            if let Err(e) = fs::write(self.own.join("cgroup.subtree_control"), off.join(" ")) {
+                tracing::debug!(cgroup = %self.own.display(), error = %e, "controllers left enabled");
+                return;
+            }
+        }
+        if let Some(leaf) = &self.leaf {
+            // This process and its children still there (a mount's reaper):
+            // another runner sharing the leaf stays in it.
+            let me = std::process::id() as i32;
+            let ours = pids_in(leaf).into_iter().filter(|&p| descends_from(p, me));
+            for pid in ours {
+                if let Err(e) = fs::write(self.own.join("cgroup.procs"), pid.to_string()) {
+                    tracing::debug!(cgroup = %self.own.display(), pid, error = %e, "not moved back");
+                }
+            }
+            let _ = fs::remove_dir(leaf);
+        }
+    }
+}
+
+/// Let the runner's own v2 group `own` pass every controller it is given
+/// down to the run's groups. cgroup v2 allows that only in a group without
+/// processes of its own (or the root): if `own` holds the runner and its
+/// children alone, move them into the leaf [`RUNNER_LEAF`] first; if it
+/// holds others, leave it and say why.
+fn pass_down(d: &mut Delegation) -> Result<()> {
+    let own = d.own.clone();
+    let offered = read_words(&own.join("cgroup.controllers"));
+    let on = read_words(&own.join("cgroup.subtree_control"));
+    let want: Vec<String> = offered.into_iter().filter(|c| !on.contains(c)).collect();
+    if want.is_empty() {
+        return Ok(());
+    }
+    // The root has no `cgroup.type` and no rule against processes.
+    let procs = pids_in(&own);
+    if own.join("cgroup.type").exists() && !procs.is_empty() {
+        let me = std::process::id() as i32;
+        let foreign: Vec<String> = procs
+            .iter()
+            .filter(|&&p| !descends_from(p, me))
+            .map(|p| p.to_string())
+            .collect();
+        if !foreign.is_empty() {
+            d.refused = Some(format!(
+                "the runner's cgroup {} also holds processes not the runner's (pids {}), and \
+                 cgroup v2 passes controllers down only from a group without processes: start \
+                 portroot in a cgroup of its own, e.g. with systemd-run --scope -p Delegate=yes",
+                own.display(),
+                foreign.join(" ")
+            ));
+            return Ok(());
+        }
+        let leaf = own.join(RUNNER_LEAF);
+        make_dir(&leaf)?;
+        d.leaf = Some(leaf.clone());
+        for pid in procs {
+            match fs::write(leaf.join("cgroup.procs"), pid.to_string()) {
+                // A child that exited meanwhile.
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                other => other.map_err(io("moving the runner into", &leaf))?,
+            }
+        }
+        tracing::debug!(leaf = %leaf.display(), "runner moved into a leaf cgroup");
+    }
+    let plus: Vec<String> = want.iter().map(|c| format!("+{c}")).collect();
+    match fs::write(own.join("cgroup.subtree_control"), plus.join(" ")) {
+        Ok(()) => d.enabled = want,
+        Err(e) => {
+            d.refused = Some(format!(
+                "enabling {} in {} failed: {e}",
+                want.join(" "),
+                own.join("cgroup.subtree_control").display()
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// Whether process `pid` is `ancestor` or one of its descendants.
+fn descends_from(pid: i32, ancestor: i32) -> bool {
+    let mut p = pid;
+    // A pid chain is short; the bound only guards against a cycle of
+    // reused pids read mid-change.
+    for _ in 0..64 {
+        if p == ancestor {
+            return true;
+        }
+        match fs::read_to_string(format!("/proc/{p}/stat"))
+            .ok()
+            .and_then(|s| parse_ppid(&s))
+        {
+            Some(pp) if pp > 0 => p = pp,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// The parent pid from a `/proc/<pid>/stat` line (the 4th field; the 2nd,
+/// the command name, may hold spaces and parentheses).
+fn parse_ppid(stat: &str) -> Option<i32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Which group serves which limit, accounting and kill: v2 where the run's
@@ -553,8 +744,9 @@ fn roles(groups: &[Group], v2_delegated: &[String]) -> Roles {
 /// How the sandbox helper joins its job's group: written to the job's spec.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CgroupSpec {
-    /// Groups to join before `unshare(CLONE_NEWCGROUP)`: they become the
-    /// roots of the job's cgroup namespace.
+    /// Groups the helper puts the job's init in before the init's
+    /// `unshare(CLONE_NEWCGROUP)`: they become the roots of the job's cgroup
+    /// namespace. (The helper itself stays outside: it only waits.)
     pub enter: Vec<PathBuf>,
     /// Groups to move to right after, inside that namespace (v2's `ns/init`).
     pub then: Vec<PathBuf>,
@@ -567,6 +759,43 @@ pub struct CgroupSpec {
 pub fn join(dirs: &[PathBuf]) -> Result<()> {
     for dir in dirs {
         write_file(&dir.join("cgroup.procs"), "0")?;
+    }
+    Ok(())
+}
+
+/// The `cgroup.procs` files of the groups `dirs`, opened for writing now,
+/// for [`join_opened`] once their paths are out of reach (after
+/// `pivot_root`). The kernel checks a move against the cgroup namespace of
+/// the opener.
+pub fn open_procs(dirs: &[PathBuf]) -> Result<Vec<(PathBuf, fs::File)>> {
+    dirs.iter()
+        .map(|dir| {
+            let path = dir.join("cgroup.procs");
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io("opening", &path))?;
+            Ok((path, file))
+        })
+        .collect()
+}
+
+/// Join the groups whose `cgroup.procs` [`open_procs`] opened.
+pub fn join_opened(files: Vec<(PathBuf, fs::File)>) -> Result<()> {
+    write_opened(files, "0")
+}
+
+/// Put process `pid` (of the writer's PID namespace) in the groups whose
+/// `cgroup.procs` [`open_procs`] opened.
+pub fn place(files: Vec<(PathBuf, fs::File)>, pid: i32) -> Result<()> {
+    write_opened(files, &pid.to_string())
+}
+
+fn write_opened(files: Vec<(PathBuf, fs::File)>, what: &str) -> Result<()> {
+    use std::io::Write;
+    for (path, mut file) in files {
+        file.write_all(what.as_bytes())
+            .map_err(io("writing", &path))?;
     }
     Ok(())
 }
@@ -778,13 +1007,18 @@ fn wait_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// Every pid in the group at `dir` and its subgroups.
-fn pids_below(dir: &Path) -> Vec<i32> {
-    let mut pids: Vec<i32> = fs::read_to_string(dir.join("cgroup.procs"))
+/// The pids in the group at `dir` itself.
+fn pids_in(dir: &Path) -> Vec<i32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.trim().parse().ok())
-        .collect();
+        .collect()
+}
+
+/// Every pid in the group at `dir` and its subgroups.
+fn pids_below(dir: &Path) -> Vec<i32> {
+    let mut pids = pids_in(dir);
     for sub in subgroups(dir) {
         pids.extend(pids_below(&sub));
     }
@@ -822,10 +1056,16 @@ fn remove_tree(dir: &Path, deadline: Instant) -> Result<()> {
 }
 
 /// Remove the run groups at `paths` (from a dead run's `run.json`), killing
-/// whatever is still in them.
+/// whatever is still in them. The runner's leaf among them is only removed
+/// once empty (another runner may share it), and its parent's controllers
+/// disabled once nothing is left below it.
 pub fn remove_run_groups(paths: &[PathBuf]) -> Result<()> {
     let deadline = Instant::now() + KILL_TIMEOUT;
     for path in paths.iter().filter(|p| p.is_dir()) {
+        if path.file_name() == Some(RUNNER_LEAF.as_ref()) {
+            remove_leaf(path);
+            continue;
+        }
         let g = Group {
             v2: path.join("cgroup.events").exists(),
             controllers: Vec::new(),
@@ -843,15 +1083,35 @@ pub fn remove_run_groups(paths: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-/// Enable the [`V2_CONTROLLERS`] that `dir` has for its children. Refused
+/// A dead runner's leaf: remove it if empty, and then, if nothing else is
+/// left in its parent (the runner's group), disable what the parent passed
+/// down (the runner enabled it: a group with processes has none enabled).
+fn remove_leaf(leaf: &Path) {
+    if !pids_in(leaf).is_empty() || fs::remove_dir(leaf).is_err() {
+        return;
+    }
+    let Some(own) = leaf.parent() else { return };
+    if !subgroups(own).is_empty() {
+        return;
+    }
+    let off: Vec<String> = read_words(&own.join("cgroup.subtree_control"))
+        .iter()
+        .map(|c| format!("-{c}"))
+        .collect();
+    if !off.is_empty() {
+        let _ = fs::write(own.join("cgroup.subtree_control"), off.join(" "));
+    }
+}
+
+/// Enable every controller `dir` is given for its children. Refused
 /// (EBUSY) when `dir` holds processes itself and is not the root: then its
 /// children get none, which [`RunCgroup::create`] reports if a limit needs one.
 fn enable_controllers(dir: &Path) {
     let have = read_words(&dir.join("cgroup.controllers"));
     let on = read_words(&dir.join("cgroup.subtree_control"));
-    let want: Vec<String> = V2_CONTROLLERS
+    let want: Vec<String> = have
         .iter()
-        .filter(|c| have.iter().any(|h| h == *c) && !on.iter().any(|o| o == *c))
+        .filter(|c| !on.contains(c))
         .map(|c| format!("+{c}"))
         .collect();
     if want.is_empty() {
@@ -1029,6 +1289,22 @@ mod tests {
         for bad in ["", ".", "x", "-1", "0", "0.001", "1.2345", "5000", "1e3"] {
             assert!(Cpus::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn ppid_of_a_stat_line_with_parentheses_in_the_name() {
+        assert_eq!(parse_ppid("42 (a) b (c)) S 7 42 42 0 -1"), Some(7));
+        assert_eq!(parse_ppid("1 (init) S 0 1 1"), Some(0));
+        assert_eq!(parse_ppid("garbage"), None);
+    }
+
+    #[test]
+    fn the_runner_descends_from_itself_and_its_parent_not_from_a_child() {
+        let me = std::process::id() as i32;
+        let parent = nix::unistd::getppid().as_raw();
+        assert!(descends_from(me, me));
+        assert!(descends_from(me, parent));
+        assert!(!descends_from(parent, me));
     }
 
     #[test]

@@ -90,7 +90,8 @@ pub struct RunRecord {
     /// tmpfs mounts in every job (`--tmpfs`).
     #[serde(default)]
     pub tmpfs: Vec<TmpfsMount>,
-    /// The run's cgroup, `portroot/<id>`, in every hierarchy: what `gc`
+    /// The run's cgroup, `portroot/<id>`, in every hierarchy, and last the
+    /// leaf the runner moved itself into on cgroup v2, if it did: what `gc`
     /// removes if the runner was killed.
     #[serde(default)]
     pub cgroups: Vec<PathBuf>,

@@ -5,16 +5,22 @@
 //! the binary started by a pool worker, so that no namespace or mount work ever
 //! happens in the threaded runner. The steps, in order:
 //!
-//! 1. join the job's cgroup (`cgroup.rs`), `unshare(NEWNS|NEWPID|NEWUTS|
-//!    NEWIPC [|NEWNET] [|NEWCGROUP])`, move into the group's leaf, and make `/` recursively
-//!    private, so nothing mounted below reaches the run's (or the host's)
-//!    namespace, and everything vanishes when the last process exits;
+//! 1. `unshare(NEWNS|NEWPID|NEWUTS|NEWIPC [|NEWNET])` and make `/`
+//!    recursively private, so nothing mounted below reaches the run's (or the
+//!    host's) namespace, and everything vanishes when the last process exits;
 //! 2. `fork`: the child is PID 1 of the new PID namespace. It dies with the
-//!    helper (`PR_SET_PDEATHSIG`), and every job process dies with it;
+//!    helper (`PR_SET_PDEATHSIG`), and every job process dies with it. The
+//!    helper puts it in the job's cgroups (`cgroup.rs`) meanwhile: moving a
+//!    process between cgroups waits for an RCU grace period (the kernel's
+//!    `cgroup_threadgroup_rwsem`, several milliseconds on a busy machine),
+//!    which so overlaps PID 1's mounts instead of preceding them;
 //! 3. PID 1 brings `lo` up (`--network none`), sets the hostname, applies the
-//!    plan's first part (overlay → trees and caches → proc → dev → sys → the
-//!    job's cgroup2, see `plan.rs`), reads the host's `resolv.conf`, `pivot_root`s into the
-//!    chroot and detaches the old root, and writes the portage configuration;
+//!    plan's first part (overlay → trees and caches → proc → dev → sys, see
+//!    `plan.rs`), reads the host's `resolv.conf`, `pivot_root`s into the
+//!    chroot and detaches the old root, and writes the portage
+//!    configuration; once the helper says it is in the job's cgroups, it
+//!    `unshare(NEWCGROUP)`s (the groups become the namespace's roots), moves
+//!    into the v2 group's leaf and mounts the job's cgroup2;
 //! 4. PID 1 enters the job's user namespace: `unshare(CLONE_NEWUSER)`, the
 //!    helper (still root of the host's namespace) maps every uid and gid onto
 //!    itself, then `unshare(CLONE_NEWNS)`. In that mount namespace the kernel
@@ -134,19 +140,10 @@ pub fn run(spec: &SandboxSpec) -> Result<i32> {
     if spec.network == Network::None {
         flags |= CloneFlags::CLONE_NEWNET;
     }
-    if let Some(cg) = &spec.cgroup {
-        // The groups joined now become the roots of the job's cgroup
-        // namespace; the move into the leaf below happens inside it.
-        cgroup::join(&cg.enter)?;
-        flags |= CloneFlags::CLONE_NEWCGROUP;
-    }
     unshare(flags).map_err(|source| Error::Proc {
         what: "creating namespaces",
         source,
     })?;
-    if let Some(cg) = &spec.cgroup {
-        cgroup::join(&cg.then)?;
-    }
     mount(
         None::<&str>,
         "/",
@@ -163,6 +160,11 @@ pub fn run(spec: &SandboxSpec) -> Result<i32> {
         Mode::empty(),
     )
     .map_err(sys("opening", "/proc"))?;
+    // The same for the job's cgroups.
+    let groups = match &spec.cgroup {
+        Some(cg) => Some(cgroup::open_procs(&cg.enter)?),
+        None => None,
+    };
     let (from_init, to_helper) = pipe2(OFlag::O_CLOEXEC).map_err(pipe_error)?;
     let (from_helper, to_init) = pipe2(OFlag::O_CLOEXEC).map_err(pipe_error)?;
 
@@ -173,7 +175,7 @@ pub fn run(spec: &SandboxSpec) -> Result<i32> {
         source,
     })? {
         ForkResult::Child => {
-            drop((proc_dir, from_init, to_init));
+            drop((proc_dir, from_init, to_init, groups));
             let ids = IdHandshake {
                 to_helper,
                 from_helper,
@@ -189,11 +191,30 @@ pub fn run(spec: &SandboxSpec) -> Result<i32> {
         }
         ForkResult::Parent { child } => {
             drop((to_helper, from_helper));
+            if let Some(groups) = groups {
+                // On failure the init reads end-of-file and gives up.
+                if let Err(e) = place_init(groups, child, &to_init) {
+                    drop((from_init, to_init));
+                    wait_exit(child)?;
+                    return Err(e);
+                }
+            }
             let mapped = map_ids(&proc_dir, child, from_init, to_init);
             let code = wait_exit(child)?;
             mapped.map(|()| code)
         }
     }
+}
+
+/// Put the init `child` in the job's cgroups `groups` (which become the
+/// roots of its cgroup namespace) and tell it so.
+fn place_init(groups: Vec<(PathBuf, std::fs::File)>, child: Pid, to_init: &OwnedFd) -> Result<()> {
+    cgroup::place(groups, child.as_raw())?;
+    nix::unistd::write(to_init, b"c").map_err(|source| Error::Proc {
+        what: "telling the sandbox init it is in the job's cgroups",
+        source,
+    })?;
+    Ok(())
 }
 
 fn pipe_error(source: Errno) -> Error {
@@ -220,6 +241,30 @@ struct IdHandshake {
 }
 
 impl IdHandshake {
+    /// Wait until the helper has put this process in the job's cgroups.
+    fn wait_for_cgroups(&self) -> Result<()> {
+        self.wait_for(b'c', "the helper did not put the job in its cgroups")
+    }
+
+    /// Read the helper's one-byte answer `want`; end-of-file means the
+    /// helper gave up (`failed` says on what).
+    fn wait_for(&self, want: u8, failed: &str) -> Result<()> {
+        let mut answer = [0u8; 1];
+        loop {
+            match nix::unistd::read(&self.from_helper, &mut answer) {
+                Ok(1) if answer[0] == want => return Ok(()),
+                Ok(_) => return Err(Error::Invalid(failed.into())),
+                Err(Errno::EINTR) => continue,
+                Err(source) => {
+                    return Err(Error::Proc {
+                        what: "waiting for the sandbox helper",
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
     /// `unshare(CLONE_NEWUSER)`, have the helper map the ids, then
     /// `unshare(CLONE_NEWNS)`: the mount namespace, owned by the new user
     /// namespace, holds every mount made so far locked.
@@ -232,24 +277,7 @@ impl IdHandshake {
             what: "asking the helper to map the job's ids",
             source,
         })?;
-        let mut answer = [0u8; 1];
-        loop {
-            match nix::unistd::read(&self.from_helper, &mut answer) {
-                Ok(1) => break,
-                Ok(_) => {
-                    return Err(Error::Invalid(
-                        "the helper did not map the job's user and group ids".into(),
-                    ))
-                }
-                Err(Errno::EINTR) => continue,
-                Err(source) => {
-                    return Err(Error::Proc {
-                        what: "waiting for the job's id maps",
-                        source,
-                    })
-                }
-            }
-        }
+        self.wait_for(b'm', "the helper did not map the job's user and group ids")?;
         unshare(CloneFlags::CLONE_NEWNS).map_err(|source| Error::Proc {
             what: "creating the job's mount namespace",
             source,
@@ -405,18 +433,36 @@ fn init(spec: &SandboxSpec, ids: IdHandshake) -> Result<i32> {
         source,
     })?;
     let mut plan = MountPlan::for_chroot(&spec.layout);
+    let before_cgroup = plan.ops.len();
     if let Some(at) = spec.cgroup.as_ref().and_then(|c| c.mount.as_deref()) {
         plan.mount_cgroup(at);
     }
-    apply(&plan)?;
-
+    let mut root = None;
+    apply_ops(&plan, &plan.ops[..before_cgroup], &mut root)?;
     let mut conf = spec.conf.clone();
     if conf.resolv_conf.is_none() {
         // Missing on the host is fine (a build box without DNS): keep the stage's.
         conf.resolv_conf = std::fs::read("/etc/resolv.conf").ok();
     }
+    // v2's leaf, opened while its host path is still in reach.
+    let leaf = match &spec.cgroup {
+        Some(cg) => Some(cgroup::open_procs(&cg.then)?),
+        None => None,
+    };
+    // Still before the cgroups: the helper's move may be waiting for the
+    // kernel meanwhile. The cgroup2 mount below goes through `root`.
     enter_root(&plan.root)?;
     conf.write(Path::new("/"))?;
+    if let Some(leaf) = leaf {
+        ids.wait_for_cgroups()?;
+        unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|source| Error::Proc {
+            what: "creating the job's cgroup namespace",
+            source,
+        })?;
+        // Inside the namespace: v2's leaf below its root.
+        cgroup::join_opened(leaf)?;
+    }
+    apply_ops(&plan, &plan.ops[before_cgroup..], &mut root)?;
     ids.enter_user_namespace()?;
     apply_job(&plan)?;
     drop_bounding_caps()?;
@@ -489,8 +535,13 @@ fn reap(main: Pid) -> Result<i32> {
 /// Apply the plan's first part, [`MountPlan::ops`], in order, as root of the
 /// host's user namespace. Every error names the mount target.
 pub fn apply(plan: &MountPlan) -> Result<()> {
-    let mut root_fd: Option<OwnedFd> = None;
-    for op in &plan.ops {
+    apply_ops(plan, &plan.ops, &mut None)
+}
+
+/// Apply `ops`, a part of `plan.ops`, in order; `root_fd` is the chroot once
+/// the overlay is mounted (by this part or an earlier one).
+fn apply_ops(plan: &MountPlan, ops: &[MountOp], root_fd: &mut Option<OwnedFd>) -> Result<()> {
+    for op in ops {
         tracing::debug!(target = %op.target().display(), "mounting");
         if let MountOp::Overlay { target, options } = op {
             mount(
@@ -507,7 +558,7 @@ pub fn apply(plan: &MountPlan) -> Result<()> {
                 Mode::empty(),
             )
             .map_err(sys("opening", target))?;
-            root_fd = Some(fd);
+            *root_fd = Some(fd);
             continue;
         }
         let root = root_fd.as_ref().ok_or_else(no_root)?;
