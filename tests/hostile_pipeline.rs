@@ -4,9 +4,9 @@
 //! is what is imported. Every import here runs under a time bound.
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use portroot::fixture::portage::{pack_snapshot, PortageTree};
@@ -20,49 +20,6 @@ const BOUND: Duration = Duration::from_secs(30);
 
 /// How long a refused import of a few MB may take, the fault found early.
 const QUICK: Duration = Duration::from_secs(5);
-
-/// Run `cmd` and wait at most `bound`; a command still running then is
-/// killed and the test fails. Returns the output and how long it took.
-fn bounded(cmd: &mut Command, bound: Duration) -> (Output, Duration) {
-    let started = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning portroot");
-    // Drain both pipes on threads, so a chatty child cannot block on them.
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > bound {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} still running after {bound:?}: killed");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let took = started.elapsed();
-    let output = Output {
-        status,
-        stdout: out_t.join().unwrap(),
-        stderr: err_t.join().unwrap(),
-    };
-    (output, took)
-}
 
 /// A store and room for tarballs.
 struct Env {
@@ -111,7 +68,7 @@ impl Env {
 
     /// Import `file`, which must succeed within the bound.
     fn imports(&self, file: &Path, args: &[&str]) -> String {
-        let (out, _) = bounded(&mut self.import(file, args), BOUND);
+        let (out, _) = util::run_within(&mut self.import(file, args), BOUND);
         assert!(out.status.success(), "import of {file:?} failed: {out:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
@@ -165,7 +122,7 @@ impl Env {
         bound: Duration,
     ) -> String {
         let before = self.state();
-        let (out, took) = bounded(&mut self.import(file, args), bound);
+        let (out, took) = util::run_within(&mut self.import(file, args), bound);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert_eq!(out.status.code(), Some(1), "{file:?}: {out:?}");
         let errors: Vec<&str> = err
@@ -439,7 +396,7 @@ fn stage_add_refuses_a_tar_without_end_of_archive_blocks() {
     b.append_data(&mut h, "var/", &[b'x'; 1000][..]).unwrap();
     let whole = b.into_inner().unwrap();
     let cut = write(tmp.path(), "stage-cut.tar", &without_end_blocks(&whole));
-    let (out, _) = bounded(
+    let (out, _) = util::run_within(
         util::portroot(&store).args(["stage", "add"]).arg(&cut),
         BOUND,
     );
@@ -452,7 +409,7 @@ fn stage_add_refuses_a_tar_without_end_of_archive_blocks() {
         .unwrap_or_default();
     assert!(stages.is_empty(), "{stages:?}");
     let whole = write(tmp.path(), "stage-whole.tar", &whole);
-    let (out, _) = bounded(
+    let (out, _) = util::run_within(
         util::portroot(&store).args(["stage", "add"]).arg(&whole),
         BOUND,
     );
@@ -480,7 +437,7 @@ fn a_newline_in_a_name_gives_one_line() {
         r#"evil\nname.tar"#,
     );
     assert!(line.contains("duplicate path"), "{line}");
-    let (out, _) = bounded(
+    let (out, _) = util::run_within(
         &mut env.import(&dir.join("evil\nname.tar"), &["--no-verify"]),
         BOUND,
     );
@@ -668,7 +625,7 @@ fn what_is_signed_is_what_is_imported() {
         fs::read(&other).unwrap(),
         Arc::clone(&stop),
     );
-    let (out, _) = bounded(&mut env.import(&fifo, &["--keyring", key]), BOUND);
+    let (out, _) = util::run_within(&mut env.import(&fifo, &["--keyring", key]), BOUND);
     stop.store(true, Ordering::SeqCst);
     let served_other = server.join().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::util;
@@ -28,33 +28,13 @@ struct Ran {
     stderr: String,
 }
 
-/// Run `cmd` with its output in files (so a chatty child never blocks on a
-/// pipe), killing it and failing the test past [`DEADLINE`].
-fn bounded(cmd: &mut Command, scratch: &Path) -> Ran {
-    let out = scratch.join("stdout");
-    let err = scratch.join("stderr");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&out).unwrap())
-        .stderr(fs::File::create(&err).unwrap())
-        .spawn()
-        .expect("spawning the command");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if started.elapsed() > DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} still running after {DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+/// Run `cmd`, killing it and failing the test past [`DEADLINE`].
+fn bounded(cmd: &mut Command) -> Ran {
+    let (out, _) = util::run_within(cmd, DEADLINE);
     Ran {
-        code: status.code(),
-        stdout: fs::read_to_string(&out).unwrap(),
-        stderr: fs::read_to_string(&err).unwrap(),
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
@@ -202,7 +182,7 @@ impl Env {
     }
 
     fn run(&self, args: &[&str]) -> Ran {
-        bounded(util::portroot(&self.store()).args(args), &self.scratch())
+        bounded(util::portroot(&self.store()).args(args))
     }
 
     fn import(&self, file: &Path, args: &[&str]) -> Ran {
@@ -212,25 +192,19 @@ impl Env {
     }
 
     fn git(&self, args: &[&str]) -> String {
-        let ran = bounded(
-            Command::new("git").arg("-C").arg(self.repo()).args(args),
-            &self.scratch(),
-        );
+        let ran = bounded(Command::new("git").arg("-C").arg(self.repo()).args(args));
         assert_eq!(ran.code, Some(0), "git {args:?}: {}", ran.stderr);
         ran.stdout
     }
 
     /// `git fsck --strict` finds nothing at all to say.
     fn fsck_clean(&self) {
-        let ran = bounded(
-            Command::new("git").arg("-C").arg(self.repo()).args([
-                "fsck",
-                "--strict",
-                "--no-dangling",
-                "--no-progress",
-            ]),
-            &self.scratch(),
-        );
+        let ran = bounded(Command::new("git").arg("-C").arg(self.repo()).args([
+            "fsck",
+            "--strict",
+            "--no-dangling",
+            "--no-progress",
+        ]));
         assert_eq!(ran.code, Some(0), "git fsck --strict: {}", ran.stderr);
         assert!(
             ran.stderr.trim().is_empty() && ran.stdout.trim().is_empty(),
@@ -650,7 +624,7 @@ fn sync_refuses_a_future_snapshot_unless_allowed() {
     let mut enc = xz2::write::XzEncoder::new(fs::File::create(&xz).unwrap(), 1);
     std::io::copy(&mut fs::File::open(&built).unwrap(), &mut enc).unwrap();
     enc.finish().unwrap();
-    let sum = bounded(Command::new("md5sum").arg(&xz), &env.scratch());
+    let sum = bounded(Command::new("md5sum").arg(&xz));
     let hex = sum.stdout.split_whitespace().next().unwrap().to_owned();
     fs::write(
         mirror.join("snapshots").join(format!("{name}.xz.md5sum")),

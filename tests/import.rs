@@ -75,6 +75,14 @@ impl Env {
         c
     }
 
+    /// Import `file` with `args`, which must succeed and leave a repository
+    /// that `git fsck --strict` finds clean. Returns stdout.
+    fn imports(&self, file: &Path, args: &[&str]) -> String {
+        let out = util::ok(&mut self.import(file, args));
+        self.fsck();
+        out
+    }
+
     fn git(&self, args: &[&str]) -> String {
         util::ok(Command::new("git").arg("-C").arg(self.repo()).args(args))
     }
@@ -224,7 +232,7 @@ fn import_round_trips_every_compression() {
     ] {
         let env = Env::new();
         let (dir, file) = env.snapshot(&tree, c);
-        let out = util::ok(&mut env.import(&file, &[]));
+        let out = env.imports(&file, &[]);
         assert!(
             out.starts_with("imported 2026-08-20: commit "),
             "{c}: {out}"
@@ -245,7 +253,7 @@ fn tag_and_commit_are_named_the_seeds_way() {
     let env = Env::new();
     let tree = PortageTree::small(5);
     let (dir, file) = env.snapshot(&tree, Compression::Xz);
-    util::ok(&mut env.import(&file, &[]));
+    env.imports(&file, &[]);
     let upstream = fs::read_to_string(dir.join("metadata/timestamp.commit")).unwrap();
     let upstream = upstream.split_whitespace().next().unwrap();
     let tag = env.git(&["cat-file", "tag", "2026-08-20"]);
@@ -273,7 +281,7 @@ fn tag_and_commit_are_named_the_seeds_way() {
 
     // The next day's commit has the first as its parent.
     let (_, next) = env.snapshot(&tree.next_day(), Compression::Xz);
-    let out = util::ok(&mut env.import(&next, &[]));
+    let out = env.imports(&next, &[]);
     assert!(out.starts_with("imported 2026-08-21"), "{out}");
     assert_eq!(
         env.git(&["rev-parse", "2026-08-21^{commit}^"]),
@@ -294,7 +302,7 @@ fn same_tarballs_give_the_same_commits_everywhere() {
     let (_, zst1) = b.snapshot(&tree.next_day(), Compression::Zstd);
     for (env, files) in [(&a, [&xz0, &xz1]), (&b, [&gz0, &zst1])] {
         for f in files {
-            util::ok(&mut env.import(f, &[]));
+            env.imports(f, &[]);
         }
     }
     for rev in ["2026-08-20", "2026-08-21", "main", "2026-08-21^{commit}"] {
@@ -310,9 +318,9 @@ fn same_tarballs_give_the_same_commits_everywhere() {
 fn reimport_is_a_no_op() {
     let env = Env::new();
     let (_, file) = env.snapshot(&PortageTree::small(2), Compression::Xz);
-    util::ok(&mut env.import(&file, &[]));
+    env.imports(&file, &[]);
     let before = env.state();
-    let out = util::ok(&mut env.import(&file, &[]));
+    let out = env.imports(&file, &[]);
     assert!(out.starts_with("no newer snapshot"), "{out}");
     assert_eq!(env.state(), before);
 }
@@ -323,13 +331,13 @@ fn older_snapshots_need_allow_older_and_changed_trees_need_force() {
     let tree = PortageTree::small(4);
     let (_, day0) = env.snapshot(&tree, Compression::Gzip);
     let (_, day1) = env.snapshot(&tree.next_day(), Compression::Gzip);
-    util::ok(&mut env.import(&day1, &[]));
+    env.imports(&day1, &[]);
     env.refused(
         &day0,
         &[],
         "older than the newest imported snapshot 2026-08-21",
     );
-    let out = util::ok(&mut env.import(&day0, &["--allow-older"]));
+    let out = env.imports(&day0, &["--allow-older"]);
     assert!(out.contains("main unmoved"), "{out}");
     assert_eq!(
         env.git(&["rev-parse", "main"]),
@@ -346,7 +354,7 @@ fn older_snapshots_need_allow_older_and_changed_trees_need_force() {
         &[],
         "tag 2026-08-21 already exists with a different tree",
     );
-    let out = util::ok(&mut env.import(&respun, &["--force"]));
+    let out = env.imports(&respun, &["--force"]);
     assert!(out.contains("replaced the old tag"), "{out}");
     assert_eq!(
         env.git(&["show", "2026-08-21:profiles/package.mask"]),
@@ -375,7 +383,7 @@ fn gitignore_is_never_honoured_and_old_portage_top_dirs_work() {
         &env.scratch("out"),
     )
     .unwrap();
-    util::ok(&mut env.import(&file, &[]));
+    env.imports(&file, &[]);
     let cache = env.git(&[
         "ls-tree",
         "-r",
@@ -458,7 +466,7 @@ fn store_with_one_snapshot() -> (Env, PortageTree) {
     let env = Env::new();
     let tree = PortageTree::small(21);
     let (_, file) = env.snapshot(&tree, Compression::Gzip);
-    util::ok(&mut env.import(&file, &[]));
+    env.imports(&file, &[]);
     (env, tree.next_day())
 }
 
@@ -638,7 +646,7 @@ fn timestamp_is_required_unless_dated() {
         &["--date", "2026-02-30"],
         "invalid date \"2026-02-30\"",
     );
-    let out = util::ok(&mut env.import(&file, &["--date", "2026-09-01"]));
+    let out = env.imports(&file, &["--date", "2026-09-01"]);
     assert!(out.starts_with("imported 2026-09-01"), "{out}");
     assert!(env
         .git(&["cat-file", "commit", "2026-09-01"])
@@ -663,7 +671,7 @@ fn md5_mismatch_is_refused() {
     let right = env.scratch("sums").join("right.md5");
     fs::rename(&default, &right).unwrap();
     fs::write(&default, format!("{}  x\n", "1".repeat(32))).unwrap();
-    let out = util::ok(&mut env.import(&day2, &["--md5sum", right.to_str().unwrap()]));
+    let out = env.imports(&day2, &["--md5sum", right.to_str().unwrap()]);
     assert!(out.starts_with("imported 2026-08-22"), "{out}");
 }
 
@@ -691,7 +699,7 @@ fn signatures_are_checked_with_gpgv() {
     env.refused(&file, &["--keyring", key], "signature check of");
 
     gpg.sign(&file);
-    let out = util::ok(&mut env.import(&file, &["--keyring", key]));
+    let out = env.imports(&file, &["--keyring", key]);
     assert!(out.starts_with("imported 2026-08-21"), "{out}");
 }
 
@@ -707,7 +715,7 @@ fn hardlinks_become_files_with_the_linked_content() {
             b"",
         )
     });
-    util::ok(&mut env.import(&file, &[]));
+    env.imports(&file, &[]);
     assert_eq!(
         env.git(&["show", "2026-08-21:linked.txt"]),
         env.git(&["show", "2026-08-21:header.txt"])
@@ -805,8 +813,8 @@ fn list_and_diff_show_snapshots_and_package_changes() {
     let tree = PortageTree::small(6);
     let (old_dir, day0) = env.snapshot(&tree, Compression::Xz);
     let (new_dir, day1) = env.snapshot(&tree.next_day(), Compression::Xz);
-    util::ok(&mut env.import(&day0, &[]));
-    util::ok(&mut env.import(&day1, &[]));
+    env.imports(&day0, &[]);
+    env.imports(&day1, &[]);
 
     let list = util::ok(env.portroot().args(["snapshot", "list"]));
     let lines: Vec<&str> = list.lines().collect();
@@ -981,5 +989,5 @@ fn interrupted_imports_leave_no_scratch_and_gc_clears_killed_ones() {
     env.fsck();
 
     // And the snapshot still imports.
-    util::ok(&mut env.import(&file, &[]));
+    env.imports(&file, &[]);
 }

@@ -2,8 +2,16 @@
 
 #![allow(dead_code)]
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long any command run through [`run`], [`ok`] or [`fails`] may take
+/// before the test fails: generous for a debug build on a loaded machine
+/// (a whole `emerge -e @world` of the portage fixture included), so that a
+/// hang is a failure and never a stuck suite.
+pub const COMMAND_BOUND: Duration = Duration::from_secs(900);
 
 /// The `portroot` binary under test.
 pub fn bin() -> PathBuf {
@@ -25,9 +33,50 @@ pub fn portroot(store: &Path) -> Command {
 }
 
 /// Run a command and return its output, with stdout/stderr printed on failure
-/// of the caller's assertions (via the returned strings).
+/// of the caller's assertions (via the returned strings). Bounded by
+/// [`COMMAND_BOUND`].
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("spawning the portroot binary")
+    run_within(cmd, COMMAND_BOUND).0
+}
+
+/// Run `cmd` (stdin closed) and wait at most `bound`; a command still running
+/// then is killed and the test fails. Returns the output and how long it took.
+pub fn run_within(cmd: &mut Command, bound: Duration) -> (Output, Duration) {
+    let started = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    // Drain both pipes on threads, so a chatty child cannot block on them.
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = pipe.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the command") {
+            break status;
+        }
+        if started.elapsed() > bound {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still running after {bound:?}: killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = started.elapsed();
+    let output = Output {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    };
+    (output, took)
 }
 
 /// Run and assert success, returning stdout as a string.
