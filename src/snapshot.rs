@@ -1118,6 +1118,9 @@ fn parse_entries(path: &Path, stream: ChunkReader, mut tx: Batches) -> Result<Op
     // Where the next header would start, after the last entry's data.
     let mut data_end = 0u64;
     for entry in archive.entries().map_err(tar_err(0))? {
+        if portroot_runner::interrupt::requested() {
+            return Err(Error::Interrupted);
+        }
         let mut entry = entry.map_err(tar_err(entries))?;
         entries += 1;
         data_end = entry.raw_file_position() + entry.size().div_ceil(512) * 512;

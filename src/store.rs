@@ -185,14 +185,18 @@ fn forget_export(dir: &Path) {
 }
 
 /// `remove_dir_all`, again while the tree changes under it: a signal
-/// handler removes the scratch directory of work the main thread is still
-/// writing into.
+/// handler removes the scratch of work the main thread may still be writing
+/// into when it did not stop in time ([`portroot_runner::interrupt`]). A
+/// writer only ever adds to directories that still exist, so retrying wins
+/// once the writer's own directory is gone; the retries are bounded in time.
 fn remove_tree(dir: &Path) -> io::Result<()> {
-    let mut tries = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
         match std::fs::remove_dir_all(dir) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(_) if tries < 100 => tries += 1,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(1))
+            }
             other => return other,
         }
     }

@@ -58,6 +58,10 @@ pub enum Error {
         /// The tarball.
         path: PathBuf,
     },
+    /// A signal asked the work to stop ([`crate::interrupt`]); the handler
+    /// removes what was written and reports the signal itself.
+    #[error("interrupted")]
+    Interrupted,
     /// The tarball ends early: inside an entry's data, or without the
     /// end-of-archive blocks.
     #[error("tarball {path} is truncated ({detail})")]

@@ -12,6 +12,7 @@ pub mod caches;
 pub mod cgroup;
 pub mod conf;
 pub mod error;
+pub mod interrupt;
 pub mod job;
 pub mod layer;
 pub mod plan;

@@ -10,6 +10,7 @@
 //! [`Store::remove_own_scratch`]: portroot::store::Store::remove_own_scratch
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -19,6 +20,13 @@ use super::Ctx;
 /// the one line) to the signal thread, instead of reporting the error its
 /// work meets as the scratch vanishes under it.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Set by the main thread once it stopped working after a signal.
+static PARKED: AtomicBool = AtomicBool::new(false);
+
+/// How long the signal thread waits for the main thread to stop writing into
+/// the scratch before it removes it anyway.
+const PARK_BOUND: Duration = Duration::from_secs(1);
 
 /// Block SIGINT and SIGTERM (call before any thread starts; children get a
 /// clean mask from std) and let one thread handle them as the module doc
@@ -37,6 +45,14 @@ pub fn clean_up_on_signal(ctx: &Ctx, what: &'static str) -> anyhow::Result<()> {
         .spawn(move || {
             if let Ok(sig) = set.wait() {
                 INTERRUPTED.store(true, Ordering::SeqCst);
+                // Writers stop at their next entry and the main thread parks
+                // in `wait_if_interrupted`; one stuck in a read (a stalled
+                // download) writes nothing, so the wait is bounded.
+                portroot_runner::interrupt::request();
+                let deadline = Instant::now() + PARK_BOUND;
+                while !PARKED.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
                 let removed = store.remove_own_scratch();
                 tracing::info!(signal = ?sig, removed, "interrupted, {what}");
                 eprintln!("portroot: interrupted by {sig}, {what}");
@@ -52,6 +68,7 @@ pub fn clean_up_on_signal(ctx: &Ctx, what: &'static str) -> anyhow::Result<()> {
 /// for it rather than print a second line or exit first.
 pub fn wait_if_interrupted() {
     if INTERRUPTED.load(Ordering::SeqCst) {
+        PARKED.store(true, Ordering::SeqCst);
         loop {
             std::thread::park();
         }

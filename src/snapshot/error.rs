@@ -19,6 +19,11 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A signal asked the import to stop
+    /// ([`portroot_runner::interrupt`]); the handler removes the scratch
+    /// and reports the signal itself.
+    #[error("interrupted")]
+    Interrupted,
     /// The compressed stream or the tar inside it is corrupt, truncated or not a tar.
     #[error("reading the tar stream of {path} (after {entries} entries): corrupt, truncated or not a tar")]
     Tar {

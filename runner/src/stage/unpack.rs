@@ -79,6 +79,9 @@ pub(crate) fn unpack(
     {
         let entries = archive.entries().map_err(archive_err)?;
         for entry in entries {
+            if crate::interrupt::requested() {
+                return Err(Error::Interrupted);
+            }
             let mut entry = entry.map_err(|e| {
                 if entries_seen == 0 {
                     // The very first header is bad: this was never a tar.
