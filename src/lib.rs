@@ -7,5 +7,6 @@
 #![warn(missing_docs)]
 
 pub mod fixture;
+pub mod run;
 pub mod snapshot;
 pub mod store;

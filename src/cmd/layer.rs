@@ -14,7 +14,9 @@ use clap::{Args, Subcommand};
 use portroot_runner::job::{self, Job};
 use portroot_runner::layer::{Layer, LayerStore, Provenance, RunnerWrites, TreeRef};
 
-use super::run::{run_batch, Batch, ChrootArgs, Finished};
+use portroot::run::Finished;
+
+use super::run::{run_batch, Batch, ChrootArgs};
 use super::stage::human_bytes;
 use super::Ctx;
 

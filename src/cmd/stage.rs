@@ -192,7 +192,7 @@ fn export(ctx: &Ctx, stages: &StageStore, a: ExportArgs) -> anyhow::Result<ExitC
     // of our own (still single-threaded here), so it dies with us.
     let layered = lowers.len() > 1;
     if layered {
-        super::run::private_mount_namespace()?;
+        portroot::run::private_mount_namespace()?;
     }
     super::signals::clean_up_on_signal(ctx, "unfinished export removed")?;
     // Our scratch directory, named with our PID (see `Store::scratch_prefix`):
