@@ -1,5 +1,6 @@
 //! A run as a library object: what `portroot run`, `shell` and `layer create`
-//! do between reading their arguments and printing.
+//! do between reading their arguments and printing (`layer create` is a run
+//! of one job whose chroot [`keep_job`] keeps).
 //!
 //! It lives in the root library because a run is the one place where the
 //! portage tree (the `fs` crate's FUSE mount) meets the chroots (the
@@ -25,9 +26,11 @@
 //!    binhost, record the outcomes and return them.
 
 mod execute;
+mod layer;
 mod pin;
 mod shell;
 
 pub use execute::{execute, private_mount_namespace, Batch, Finished, Outcome};
+pub use layer::keep_job;
 pub use pin::{pin, Pinned, Settings};
 pub use shell::{reenter, Shell};

@@ -82,11 +82,14 @@ pub struct MountOptions {
 /// The default cache budget: 256 MiB.
 pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 
+/// The default number of FUSE worker threads.
+pub const DEFAULT_THREADS: u16 = 2;
+
 impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
             cache_bytes: DEFAULT_CACHE_BYTES,
-            threads: 2,
+            threads: usize::from(DEFAULT_THREADS),
             allow_other: true,
             auto_unmount: true,
             fsname: String::new(),

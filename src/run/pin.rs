@@ -177,14 +177,11 @@ fn resolve_ref(git_dir: &Path, name: &str, reference: &str) -> anyhow::Result<St
     let repo = git2::Repository::open_bare(git_dir).map_err(|_| {
         anyhow::anyhow!("no repository {name} in the store ({})", git_dir.display())
     })?;
-    let found = repo
-        .revparse_single(&format!("refs/tags/{reference}"))
-        .or_else(|_| repo.revparse_single(reference))
-        .and_then(|o| {
-            o.peel_to_commit()
-                .map(|c| c.id())
-                .or_else(|_| o.peel_to_tree().map(|t| t.id()))
-        });
+    let found = portroot_fs::store::lookup(&repo, reference).and_then(|o| {
+        o.peel_to_commit()
+            .map(|c| c.id())
+            .or_else(|_| o.peel_to_tree().map(|t| t.id()))
+    });
     match found {
         Ok(id) => Ok(id.to_string()),
         Err(_) => bail!("no tag or ref {reference} in repository {name}"),

@@ -12,8 +12,8 @@ use portroot_runner::sandbox;
 use portroot_runner::stage::StageLease;
 
 use super::execute::{ensure_caches, helper, mount_trees, private_mount_namespace, run_cgroup};
-use super::pin::{lease_layers, lease_stage};
 use super::pin::Pinned;
+use super::pin::{lease_layers, lease_stage};
 use crate::store::Store;
 
 /// A shell ready to start: its run directory, record and cgroup made, its
