@@ -83,6 +83,8 @@ enum Command {
     Shell(cmd::run::ShellArgs),
     /// List live runs.
     Ps(cmd::run::PsArgs),
+    /// List every run the store keeps: when, over what, how it went.
+    Runs(cmd::run::RunsArgs),
     /// Remove what killed runs left behind in the store.
     Gc(cmd::run::GcArgs),
     /// Show the effective configuration, or print an example file.
@@ -159,6 +161,7 @@ fn main() -> ExitCode {
         Command::Run(a) => cmd::run::run(&ctx, a),
         Command::Shell(a) => cmd::run::shell(&ctx, a),
         Command::Ps(a) => cmd::run::ps(&ctx, a),
+        Command::Runs(a) => cmd::run::runs(&ctx, a),
         Command::Gc(a) => cmd::run::gc(&ctx, a),
         Command::Internal(c) => cmd::run::internal(&ctx, c),
         Command::Config(c) => cmd::config::run(&ctx, c),
@@ -199,6 +202,7 @@ fn only_prints(command: &Command) -> bool {
             | Command::Layer(LayerCmd::List(_))
             | Command::Config(ConfigCmd::Show | ConfigCmd::Example)
             | Command::Ps(_)
+            | Command::Runs(_)
             | Command::Completions { .. }
             | Command::Man
     )
