@@ -152,7 +152,7 @@ fn git(dir: &Path, args: &[&str]) -> String {
 
 /// How the loopback mirror answers.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Serve {
+pub(crate) enum Serve {
     /// The files as they are.
     Files,
     /// Tarballs with one byte flipped (their `.md5sum` untouched).
@@ -163,14 +163,14 @@ enum Serve {
 
 /// A tiny HTTP/1.1 server on 127.0.0.1 serving a directory, one thread,
 /// one request per connection. Stops and joins on drop.
-struct HttpMirror {
+pub(crate) struct HttpMirror {
     port: u16,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl HttpMirror {
-    fn start(root: &Path, serve: Serve) -> HttpMirror {
+    pub(crate) fn start(root: &Path, serve: Serve) -> HttpMirror {
         HttpMirror::start_with(root, serve, None)
     }
 
@@ -215,7 +215,7 @@ impl HttpMirror {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 

@@ -130,17 +130,29 @@ impl StageStore {
     /// far. Adding a tarball already in the store unpacks nothing and only sets
     /// `name` if one is given.
     pub fn add(&self, tarball: &Path, name: Option<&str>, progress: &dyn Fn(u64)) -> Result<Stage> {
-        self.add_tarball(tarball, name, progress).map(|a| a.stage)
+        self.add_tarball(tarball, name, None, progress)
+            .map(|a| a.stage)
     }
 
-    /// [`add`](Self::add), telling also whether anything was unpacked.
+    /// [`add`](Self::add), telling also whether anything was unpacked. With
+    /// `expected` (a hex sha256), the tarball is added only if the bytes read
+    /// have that digest (checked before anything is installed or named).
     pub fn add_tarball(
         &self,
         tarball: &Path,
         name: Option<&str>,
+        expected: Option<&str>,
         progress: &dyn Fn(u64),
     ) -> Result<Added> {
         let start = Instant::now();
+        let check = |digest: &str| match expected {
+            Some(want) if want != digest => Err(Error::DigestMismatch {
+                path: tarball.to_owned(),
+                got: digest.to_owned(),
+                want: want.to_owned(),
+            }),
+            _ => Ok(()),
+        };
         if let Some(name) = name {
             check_name(name)?;
         }
@@ -158,6 +170,7 @@ impl StageStore {
         if let Some(digest) = self.cached_digest(&key) {
             if self.stage_dir(&digest).is_dir() {
                 debug!(%digest, "tarball known by its file identity, not re-hashed");
+                check(&digest)?;
                 if let Some(name) = name {
                     self.set_name(name, &digest)?;
                 }
@@ -173,6 +186,7 @@ impl StageStore {
         // unpack.
         if self.list()?.iter().any(|s| s.tarball_bytes == meta.len()) {
             let digest = hash_file(tarball, progress)?;
+            check(&digest)?;
             if self.stage_dir(&digest).is_dir() {
                 debug!(%digest, "same content as a stage in the store");
                 if let Some(name) = name {
@@ -224,6 +238,8 @@ impl StageStore {
         } = finished.map_err(io("reading", tarball))?;
         progress(read.load(Ordering::Relaxed));
         debug!(%compression, %digest, "unpacked");
+        // Still in scratch: a wrong digest leaves nothing.
+        check(&digest)?;
 
         let dest = self.stage_dir(&digest);
         let unpacked = if dest.is_dir() {
