@@ -37,6 +37,7 @@ use tracing::{debug, info};
 
 use self::pipe::{Finished, Pipe};
 use crate::error::{io, Error, Result};
+use crate::name::{is_valid_name, NAME_RULE};
 
 /// Directory of the name symlinks inside `stages/`.
 const BY_NAME: &str = "by-name";
@@ -668,23 +669,12 @@ fn is_digest(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// A stage name is one harmless path component: letters, digits and `._+-`,
-/// not starting with a dot (the store's rule for every user-given name).
-pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'))
-}
-
 fn check_name(name: &str) -> Result<()> {
     if is_valid_name(name) && !is_digest(name) {
         Ok(())
     } else {
         Err(Error::Invalid(format!(
-            "invalid stage name {name:?}: use letters, digits and ._+- (not starting with a dot, not a digest)"
+            "invalid stage name {name:?}: a name is {NAME_RULE}, and not a digest"
         )))
     }
 }
