@@ -207,6 +207,15 @@ impl ImportLock {
     }
 }
 
+/// The repository `name` of `store` if it exists yet.
+fn open_existing(store: &Store, name: &str) -> Result<Option<Repository>> {
+    if store.repo_path(name).is_dir() {
+        open_repo(store, name).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
 /// Open the existing repository `name` of `store`.
 pub fn open_repo(store: &Store, name: &str) -> Result<Repository> {
     let path = store.repo_path(name);
@@ -236,37 +245,191 @@ pub fn import_snapshot(store: &Store, opts: &ImportOptions, _lock: &ImportLock) 
         _ => None,
     };
     let gpgv = signature.as_mut().and_then(|s| s.input());
-    let expected_md5 = if opts.verify {
-        match opts
-            .md5sum
-            .clone()
-            .or_else(|| verify::default_md5_file(&opts.file))
-        {
-            Some(f) => Some(verify::read_md5sum(&f, &opts.file)?),
-            None => {
-                debug!("no md5 sum file, md5 not checked");
-                None
-            }
+    let expected_md5 = expected_md5(opts)?;
+    let existing = open_existing(store, &opts.repo)?;
+
+    let (_work, mut pack) = scratch_pack(store)?;
+    let (consumed, streamed) = stream_into_pack(
+        opts,
+        existing.as_ref(),
+        expected_md5.is_some(),
+        gpgv,
+        &mut pack,
+    )?;
+    if let Some(check) = signature {
+        check.finish()?;
+        debug!("signature verified");
+    }
+    check_streamed(opts, expected_md5.as_deref(), &streamed, &consumed)?;
+    let timestamp = snapshot_timestamp(opts, &consumed)?;
+    tag::check_timestamp(timestamp, tag::now(), opts.allow_future)?;
+    let date = SnapshotDate::from_timestamp(timestamp);
+    let tag_name = date.to_string();
+
+    let (root, finished) = pack_trees(&consumed.tree, pack, existing.as_ref())?;
+    let new_objects = finished.as_ref().map_or(0, |f| f.objects);
+
+    // Judge the snapshot against what the repository has.
+    let tags = match &existing {
+        Some(r) => tag::list_tags(r)?,
+        None => Vec::new(),
+    };
+    let judgement = judge_tag(&tags, &tag_name, timestamp, root);
+    if let Some(outcome) = settle(&judgement, opts, date, &tag_name)? {
+        return Ok(outcome);
+    }
+    drop(existing);
+
+    let facts = consumed.facts(date);
+    let repo = ensure_repo(store, &opts.repo)?;
+    let written = write_snapshot(&repo, finished, root, timestamp, &facts, &tag_name)?;
+    let elapsed = started.elapsed();
+    info!(
+        tag = %tag_name,
+        commit = %written.commit,
+        files = facts.files,
+        bytes = facts.bytes,
+        new_objects,
+        secs = elapsed.as_secs_f64(),
+        "imported"
+    );
+    Ok(Outcome::Imported(Imported {
+        date,
+        commit: written.commit,
+        tree: root,
+        files: facts.files,
+        bytes: facts.bytes,
+        new_objects,
+        replaced: judgement == TagJudgement::Conflicting,
+        moved_main: written.moved_main,
+        elapsed,
+    }))
+}
+
+/// Where a snapshot stands against the tags a repository has, before the
+/// options (`--force`, `--allow-older`) have their say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TagJudgement {
+    /// No tag of its name, and newer than every tag (or the first).
+    New,
+    /// Its tag exists with the same tree: already imported.
+    Same {
+        /// The tagged commit.
+        commit: Oid,
+    },
+    /// Its tag exists with another tree (replaced only with `--force`).
+    Conflicting,
+    /// No tag of its name, but the newest tag has the same timestamp.
+    SameTime {
+        /// The newest tag's name.
+        newest: String,
+        /// The newest tag's commit.
+        commit: Oid,
+    },
+    /// No tag of its name, and older than the newest tag (imported only with
+    /// `--allow-older`).
+    Older {
+        /// The newest tag's name.
+        newest: String,
+    },
+}
+
+/// Judge a snapshot (tag `tag_name`, `timestamp`, tree `root`) against `tags`.
+fn judge_tag(tags: &[SnapshotTag], tag_name: &str, timestamp: i64, root: Oid) -> TagJudgement {
+    if let Some(t) = tags.iter().find(|t| t.name == tag_name) {
+        return if t.tree == root {
+            TagJudgement::Same { commit: t.commit }
+        } else {
+            TagJudgement::Conflicting
+        };
+    }
+    match tags.iter().max_by_key(|t| t.time) {
+        Some(n) if n.time == timestamp => TagJudgement::SameTime {
+            newest: n.name.clone(),
+            commit: n.commit,
+        },
+        Some(n) if n.time > timestamp => TagJudgement::Older {
+            newest: n.name.clone(),
+        },
+        _ => TagJudgement::New,
+    }
+}
+
+/// What the options make of a judgement: the outcome when the import stops
+/// here, `None` when it goes on to write the snapshot.
+fn settle(
+    judgement: &TagJudgement,
+    opts: &ImportOptions,
+    date: SnapshotDate,
+    tag_name: &str,
+) -> Result<Option<Outcome>> {
+    match judgement {
+        TagJudgement::Same { commit } => {
+            info!(tag = %tag_name, "snapshot already imported");
+            Ok(Some(Outcome::NoNewer {
+                date,
+                commit: *commit,
+            }))
         }
-    } else {
-        None
-    };
+        TagJudgement::SameTime { newest, commit } => {
+            info!(tag = %newest, "no newer snapshot");
+            Ok(Some(Outcome::NoNewer {
+                date,
+                commit: *commit,
+            }))
+        }
+        TagJudgement::Conflicting if !opts.force => Err(Error::TagExists {
+            tag: tag_name.to_owned(),
+        }),
+        TagJudgement::Older { newest } if !opts.allow_older => Err(Error::Older {
+            date: tag_name.to_owned(),
+            newest: newest.clone(),
+        }),
+        TagJudgement::New | TagJudgement::Conflicting | TagJudgement::Older { .. } => Ok(None),
+    }
+}
 
-    let repo_path = store.repo_path(&opts.repo);
-    let existing = if repo_path.is_dir() {
-        Some(open_repo(store, &opts.repo)?)
-    } else {
-        None
-    };
-
+/// A scratch directory in the store's `tmp/` (removed on drop) and a pack
+/// being written in it.
+fn scratch_pack(store: &Store) -> Result<(tempfile::TempDir, PackWriter)> {
     let tmp_root = store.tmp_dir();
     fs::create_dir_all(&tmp_root).map_err(Error::io("creating", &tmp_root))?;
     let work = tempfile::Builder::new()
         .prefix(&Store::scratch_prefix("import"))
         .tempdir_in(&tmp_root)
         .map_err(Error::io("creating a directory in", &tmp_root))?;
-    let mut pack = PackWriter::create(work.path())?;
+    let pack = PackWriter::create(work.path())?;
+    Ok((work, pack))
+}
 
+/// The md5 sum the tarball must have: from `--md5sum` or `FILE.md5sum`; none
+/// when there is no sum file or verification is off.
+fn expected_md5(opts: &ImportOptions) -> Result<Option<String>> {
+    if !opts.verify {
+        return Ok(None);
+    }
+    match opts
+        .md5sum
+        .clone()
+        .or_else(|| verify::default_md5_file(&opts.file))
+    {
+        Some(f) => Ok(Some(verify::read_md5sum(&f, &opts.file)?)),
+        None => {
+            debug!("no md5 sum file, md5 not checked");
+            Ok(None)
+        }
+    }
+}
+
+/// Run the pipeline over the tarball: every object into `pack`, the tree
+/// gathered in memory.
+fn stream_into_pack(
+    opts: &ImportOptions,
+    existing: Option<&Repository>,
+    want_md5: bool,
+    gpgv: Option<verify::GpgvInput>,
+    pack: &mut PackWriter,
+) -> Result<(Consumed, Streamed)> {
     // Reader thread: tar parsing, over a decoder thread of its own. Workers:
     // object ids and deflating (the heavier half on a Gentoo tree). This
     // thread: pack writes and the tree. Measured in benches/import.rs.
@@ -282,7 +445,7 @@ pub fn import_snapshot(store: &Store, opts: &ImportOptions, _lock: &ImportLock) 
     // its own handle (a Repository may move between threads, not be shared).
     let mut odbs = Vec::new();
     for _ in 0..WORKERS {
-        odbs.push(match &existing {
+        odbs.push(match existing {
             Some(r) => Some(
                 Repository::open_bare(r.path()).map_err(Error::git("opening the repository"))?,
             ),
@@ -291,7 +454,6 @@ pub fn import_snapshot(store: &Store, opts: &ImportOptions, _lock: &ImportLock) 
     }
     let file = opts.file.clone();
     let progress = opts.progress;
-    let want_md5 = expected_md5.is_some();
     let mut idle = Vec::new();
     let mut starts = Vec::new();
     for i in 0..WORKERS {
@@ -313,7 +475,7 @@ pub fn import_snapshot(store: &Store, opts: &ImportOptions, _lock: &ImportLock) 
         }
         drop(done_tx);
         drop(rx);
-        let consumed = consume(done_rx, &mut pack);
+        let consumed = consume(done_rx, pack);
         let streamed = match reader.join() {
             Ok(r) => r,
             Err(panic) => std::panic::resume_unwind(panic),
@@ -329,16 +491,22 @@ pub fn import_snapshot(store: &Store, opts: &ImportOptions, _lock: &ImportLock) 
         entries = streamed.entries,
         "tarball read"
     );
-    if let Some(check) = signature {
-        check.finish()?;
-        debug!("signature verified");
-    }
+    Ok((consumed, streamed))
+}
 
-    if let (Some(expected), Some(actual)) = (&expected_md5, &streamed.md5) {
+/// The checks on what was read: the md5 sum, symlinks inside the tree, and
+/// at least one file.
+fn check_streamed(
+    opts: &ImportOptions,
+    expected_md5: Option<&str>,
+    streamed: &Streamed,
+    consumed: &Consumed,
+) -> Result<()> {
+    if let (Some(expected), Some(actual)) = (expected_md5, &streamed.md5) {
         if expected != actual {
             return Err(Error::Md5Mismatch {
                 path: opts.file.clone(),
-                expected: expected.clone(),
+                expected: expected.to_owned(),
                 actual: actual.clone(),
             });
         }
@@ -350,28 +518,35 @@ pub fn import_snapshot(store: &Store, opts: &ImportOptions, _lock: &ImportLock) 
             path: opts.file.clone(),
         });
     }
-    let timestamp = match (opts.date, &consumed.timestamp_x) {
-        (Some(date), _) => date.to_timestamp(),
-        (None, Some(content)) => tag::parse_timestamp_x(content)?,
-        (None, None) => {
-            return Err(Error::NoTimestamp {
-                path: opts.file.clone(),
-            })
-        }
-    };
-    tag::check_timestamp(timestamp, tag::now(), opts.allow_future)?;
-    let date = SnapshotDate::from_timestamp(timestamp);
-    let tag_name = date.to_string();
+    Ok(())
+}
 
+/// The snapshot's timestamp: `--date`, else `metadata/timestamp.x`.
+fn snapshot_timestamp(opts: &ImportOptions, consumed: &Consumed) -> Result<i64> {
+    match (opts.date, &consumed.timestamp_x) {
+        (Some(date), _) => Ok(date.to_timestamp()),
+        (None, Some(content)) => tag::parse_timestamp_x(content),
+        (None, None) => Err(Error::NoTimestamp {
+            path: opts.file.clone(),
+        }),
+    }
+}
+
+/// Write the trees bottom-up into the pack (those the pack or repository has
+/// already are left out) and finish it; the root tree's id and the pack.
+fn pack_trees(
+    tree: &TreeBuilder,
+    pack: PackWriter,
+    existing: Option<&Repository>,
+) -> Result<(Oid, Option<FinishedPack>)> {
     let odb = existing
-        .as_ref()
         .map(|r| r.odb().map_err(Error::git("opening the object database")))
         .transpose()?;
     // The trees are handed to the pack as a whole, so that it can hash what it
     // holds already while it deflates them (see `PackWriter::finish_with`).
     let mut trees = Vec::new();
     let mut new_trees = std::collections::HashSet::new();
-    let root = consumed.tree.write(|bytes| {
+    let root = tree.write(|bytes| {
         let oid = object_id(ObjectKind::Tree, bytes);
         if !pack.contains(&oid)
             && !new_trees.contains(&oid)
@@ -383,76 +558,7 @@ pub fn import_snapshot(store: &Store, opts: &ImportOptions, _lock: &ImportLock) 
         Ok(oid)
     })?;
     drop(odb);
-    let finished = pack.finish_with(trees)?;
-    let new_objects = finished.as_ref().map_or(0, |f| f.objects);
-
-    // Judge the snapshot against what the repository has.
-    let tags = match &existing {
-        Some(r) => tag::list_tags(r)?,
-        None => Vec::new(),
-    };
-    let same_name = tags.iter().find(|t| t.name == tag_name);
-    let newest = tags.iter().max_by_key(|t| t.time);
-    if let Some(t) = same_name {
-        if t.tree == root {
-            info!(tag = %tag_name, "snapshot already imported");
-            return Ok(Outcome::NoNewer {
-                date,
-                commit: t.commit,
-            });
-        }
-        if !opts.force {
-            return Err(Error::TagExists { tag: tag_name });
-        }
-    } else if let Some(n) = newest {
-        if n.time == timestamp {
-            info!(tag = %n.name, "no newer snapshot");
-            return Ok(Outcome::NoNewer {
-                date,
-                commit: n.commit,
-            });
-        }
-        if n.time > timestamp && !opts.allow_older {
-            return Err(Error::Older {
-                date: tag_name,
-                newest: n.name.clone(),
-            });
-        }
-    }
-    drop(existing);
-
-    let facts = CommitFacts {
-        date,
-        upstream: consumed
-            .timestamp_commit
-            .as_deref()
-            .and_then(tag::parse_timestamp_commit),
-        files: consumed.tree.files(),
-        bytes: consumed.bytes,
-    };
-    let repo = ensure_repo(store, &opts.repo)?;
-    let written = write_snapshot(&repo, finished, root, timestamp, &facts, &tag_name)?;
-    let elapsed = started.elapsed();
-    info!(
-        tag = %tag_name,
-        commit = %written.commit,
-        files = facts.files,
-        bytes = facts.bytes,
-        new_objects,
-        secs = elapsed.as_secs_f64(),
-        "imported"
-    );
-    Ok(Outcome::Imported(Imported {
-        date,
-        commit: written.commit,
-        tree: root,
-        files: facts.files,
-        bytes: facts.bytes,
-        new_objects,
-        replaced: same_name.is_some(),
-        moved_main: written.moved_main,
-        elapsed,
-    }))
+    Ok((root, pack.finish_with(trees)?))
 }
 
 struct Written {
@@ -770,6 +876,21 @@ struct Consumed {
     bytes: u64,
     timestamp_x: Option<Vec<u8>>,
     timestamp_commit: Option<Vec<u8>>,
+}
+
+impl Consumed {
+    /// What the commit message records of the snapshot.
+    fn facts(&self, date: SnapshotDate) -> CommitFacts {
+        CommitFacts {
+            date,
+            upstream: self
+                .timestamp_commit
+                .as_deref()
+                .and_then(tag::parse_timestamp_commit),
+            files: self.tree.files(),
+            bytes: self.bytes,
+        }
+    }
 }
 
 /// The collector: pack writes (each object once), the tree, duplicate checks;
@@ -1300,4 +1421,89 @@ fn one_line(err: io::Error) -> io::Error {
         clean.push_str("...");
     }
     io::Error::new(err.kind(), clean)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oid(digit: char) -> Oid {
+        Oid::from_str(&digit.to_string().repeat(40)).unwrap()
+    }
+
+    fn tag(name: &str, time: i64, commit: char, tree: char) -> SnapshotTag {
+        SnapshotTag {
+            name: name.to_owned(),
+            commit: oid(commit),
+            tree: oid(tree),
+            time,
+            files: None,
+            bytes: None,
+        }
+    }
+
+    const DAY: i64 = 86_400;
+
+    fn tags() -> Vec<SnapshotTag> {
+        vec![
+            tag("2026-01-01", 10 * DAY, '1', 'a'),
+            tag("2026-01-03", 12 * DAY, '3', 'c'),
+            tag("2026-01-02", 11 * DAY, '2', 'b'),
+        ]
+    }
+
+    #[test]
+    fn first_snapshot_is_new() {
+        assert_eq!(
+            judge_tag(&[], "2026-01-01", DAY, oid('a')),
+            TagJudgement::New
+        );
+    }
+
+    #[test]
+    fn snapshot_newer_than_every_tag_is_new() {
+        let j = judge_tag(&tags(), "2026-01-04", 13 * DAY, oid('d'));
+        assert_eq!(j, TagJudgement::New);
+    }
+
+    #[test]
+    fn tag_with_the_same_tree_is_the_same_snapshot() {
+        let j = judge_tag(&tags(), "2026-01-02", 11 * DAY, oid('b'));
+        assert_eq!(j, TagJudgement::Same { commit: oid('2') });
+    }
+
+    #[test]
+    fn tag_with_another_tree_conflicts() {
+        let j = judge_tag(&tags(), "2026-01-03", 12 * DAY, oid('e'));
+        assert_eq!(j, TagJudgement::Conflicting);
+    }
+
+    #[test]
+    fn older_tag_name_with_another_tree_conflicts_rather_than_being_older() {
+        let j = judge_tag(&tags(), "2026-01-01", 10 * DAY, oid('e'));
+        assert_eq!(j, TagJudgement::Conflicting);
+    }
+
+    #[test]
+    fn other_name_with_the_newest_timestamp_is_no_newer() {
+        let j = judge_tag(&tags(), "2026-01-03T00", 12 * DAY, oid('e'));
+        assert_eq!(
+            j,
+            TagJudgement::SameTime {
+                newest: "2026-01-03".to_owned(),
+                commit: oid('3')
+            }
+        );
+    }
+
+    #[test]
+    fn snapshot_before_the_newest_tag_is_older() {
+        let j = judge_tag(&tags(), "2026-01-02T12", 11 * DAY + DAY / 2, oid('e'));
+        assert_eq!(
+            j,
+            TagJudgement::Older {
+                newest: "2026-01-03".to_owned()
+            }
+        );
+    }
 }
