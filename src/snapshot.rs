@@ -627,18 +627,7 @@ fn refer_snapshot(
         .ok()
         .and_then(|r| r.peel_to_commit().ok());
     let main_time = main.as_ref().map(|c| c.time().seconds());
-    let parent = match &main {
-        Some(c) if c.time().seconds() < timestamp => Some(c.clone()),
-        _ => {
-            let tags = tag::list_tags(repo)?;
-            tags.iter()
-                .filter(|t| t.time < timestamp && t.name != tag_name)
-                .max_by_key(|t| t.time)
-                .map(|t| repo.find_commit(t.commit))
-                .transpose()
-                .map_err(Error::git("reading the parent commit"))?
-        }
-    };
+    let parent = parent_commit(repo, main.as_ref(), timestamp, tag_name)?;
     let parents: Vec<&git2::Commit> = parent.iter().collect();
     let odb = repo
         .odb()
@@ -666,6 +655,41 @@ fn refer_snapshot(
     }
 
     let moved_main = main_time.is_none_or(|t| t <= timestamp);
+    move_refs(repo, tag_name, commit, tag, moved_main)?;
+    Ok(Written { commit, moved_main })
+}
+
+/// The parent of a new snapshot commit: `main`'s commit if older than
+/// `timestamp`, else the newest tag before it but `tag_name`.
+fn parent_commit<'r>(
+    repo: &'r Repository,
+    main: Option<&git2::Commit<'r>>,
+    timestamp: i64,
+    tag_name: &str,
+) -> Result<Option<git2::Commit<'r>>> {
+    match main {
+        Some(c) if c.time().seconds() < timestamp => Ok(Some(c.clone())),
+        _ => {
+            let tags = tag::list_tags(repo)?;
+            tags.iter()
+                .filter(|t| t.time < timestamp && t.name != tag_name)
+                .max_by_key(|t| t.time)
+                .map(|t| repo.find_commit(t.commit))
+                .transpose()
+                .map_err(Error::git("reading the parent commit"))
+        }
+    }
+}
+
+/// Point `refs/tags/<tag_name>` at `tag` and, if `moved_main`, `main` at
+/// `commit`, in one reference transaction.
+fn move_refs(
+    repo: &Repository,
+    tag_name: &str,
+    commit: Oid,
+    tag: Oid,
+    moved_main: bool,
+) -> Result<()> {
     let tag_ref = format!("refs/tags/{tag_name}");
     let refs = || -> std::result::Result<(), git2::Error> {
         let mut tx = repo.transaction()?;
@@ -682,8 +706,7 @@ fn refer_snapshot(
         tx.set_target(&tag_ref, tag, None, &format!("portroot: tag {tag_name}"))?;
         tx.commit()
     };
-    refs().map_err(Error::git(format!("updating {tag_ref} and {MAIN_REF}")))?;
-    Ok(Written { commit, moved_main })
+    refs().map_err(Error::git(format!("updating {tag_ref} and {MAIN_REF}")))
 }
 
 /// Open repository `name`, creating it (bare, HEAD on `main`) if missing. A
@@ -1072,6 +1095,34 @@ fn decode(
     // Read to the very end of the compressed stream: only there does the
     // decompressor check its trailer (xz's CRC, gzip's length), so a stream
     // cut after the tar's last entry is still caught.
+    if !send_chunks(&mut stream, &tx, &spare, &tally) {
+        return Ok(None);
+    }
+    drop(tx);
+    drop(stream);
+    let rest = read_trailer(&mut tail, path)?;
+    let mut tally = tally.borrow_mut();
+    tally.add(&rest);
+    // The end of gpgv's input.
+    tally.gpgv = None;
+    if let Some(bar) = tally.bar.take() {
+        bar.finish_and_clear();
+    }
+    Ok(Some(Decoded {
+        md5: tally.md5.take().map(|h| pack::hex(&h.finalize())),
+        compressed: tally.bytes,
+        compression,
+    }))
+}
+
+/// Hand the decompressed `stream` on in chunks, to its end: false if it
+/// failed (the error went down the channel) or the parser hung up.
+fn send_chunks(
+    stream: &mut impl Read,
+    tx: &SyncSender<io::Result<Vec<u8>>>,
+    spare: &Receiver<Vec<u8>>,
+    tally: &RefCell<Tally>,
+) -> bool {
     loop {
         // Buffers come back from the parser once read, already initialised.
         let mut buf = spare.try_recv().unwrap_or_else(|_| vec![0; CHUNK_BYTES]);
@@ -1090,7 +1141,7 @@ fn decode(
                         let _ = tx.send(Ok(buf));
                     }
                     let _ = tx.send(Err(e));
-                    return Ok(None);
+                    return false;
                 }
             }
         }
@@ -1099,16 +1150,19 @@ fn decode(
         }
         buf.truncate(filled);
         if tx.send(Ok(buf)).is_err() {
-            return Ok(None);
+            return false;
         }
     }
-    drop(tx);
-    drop(stream);
+    true
+}
+
+/// What follows the compressed stream, but no more than a tar's padding:
+/// endless input must end.
+fn read_trailer(tail: &mut File, path: &Path) -> Result<Vec<u8>> {
     // Whatever follows the compressed stream is hashed too, but only up to the
     // same padding a tar may have: endless input must end.
     let mut rest = Vec::new();
-    (&mut tail)
-        .take(MAX_TAR_PADDING + 1)
+    tail.take(MAX_TAR_PADDING + 1)
         .read_to_end(&mut rest)
         .map_err(Error::io("reading", path))?;
     if rest.len() as u64 > MAX_TAR_PADDING {
@@ -1121,18 +1175,7 @@ fn decode(
             ),
         });
     }
-    let mut tally = tally.borrow_mut();
-    tally.add(&rest);
-    // The end of gpgv's input.
-    tally.gpgv = None;
-    if let Some(bar) = tally.bar.take() {
-        bar.finish_and_clear();
-    }
-    Ok(Some(Decoded {
-        md5: tally.md5.take().map(|h| pack::hex(&h.finalize())),
-        compressed: tally.bytes,
-        compression,
-    }))
+    Ok(rest)
 }
 
 /// The tar parser's side of [`decode`]: its chunks as one byte stream.
@@ -1224,25 +1267,17 @@ const MAX_TAR_PADDING: u64 = 1 << 20;
 /// if the packer hung up.
 fn parse_entries(path: &Path, stream: ChunkReader, mut tx: Batches) -> Result<Option<u64>> {
     let mut entries = 0u64;
-    let tar_err = |entries: u64| {
-        let path = path.to_owned();
-        move |source| Error::Tar {
-            path,
-            entries,
-            source: one_line(source),
-        }
-    };
     let mut archive = tar::Archive::new(stream);
     let mut splitter = PathSplitter::default();
     let mut batch = Vec::with_capacity(BATCH_ITEMS);
     let mut batch_bytes = 0;
     // Where the next header would start, after the last entry's data.
     let mut data_end = 0u64;
-    for entry in archive.entries().map_err(tar_err(0))? {
+    for entry in archive.entries().map_err(tar_error(path, 0))? {
         if portroot_runner::interrupt::requested() {
             return Err(Error::Interrupted);
         }
-        let mut entry = entry.map_err(tar_err(entries))?;
+        let mut entry = entry.map_err(tar_error(path, entries))?;
         entries += 1;
         data_end = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
         let kind = entry.header().entry_type();
@@ -1250,90 +1285,16 @@ fn parse_entries(path: &Path, stream: ChunkReader, mut tx: Batches) -> Result<Op
             continue;
         }
         let raw = entry.path_bytes().into_owned();
-        let place = splitter.split(&raw)?;
-        let path = match place {
-            SnapshotPath::Excluded => continue,
-            SnapshotPath::Top if kind.is_dir() => continue,
-            SnapshotPath::Top => {
-                return Err(Error::entry(
-                    &raw,
-                    "a file at the top level: a snapshot has one top directory",
-                ))
-            }
-            SnapshotPath::Inside(p) if kind.is_dir() => {
-                check_entry(&raw, &p, EntryKind::Dir, None)?;
-                continue;
-            }
-            SnapshotPath::Inside(p) => p,
+        let Some(inside) = tree_path(&mut splitter, &raw, kind)? else {
+            continue;
         };
-        let item = match kind {
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let size = entry.size();
-                if size > MAX_FILE_SIZE {
-                    return Err(Error::entry(
-                        &raw,
-                        format!("{size} bytes is too large for a portage tree file"),
-                    ));
-                }
-                let exec = entry.header().mode().map_err(tar_err(entries))? & 0o100 != 0;
-                let mut data = Vec::with_capacity(size as usize);
-                entry.read_to_end(&mut data).map_err(tar_err(entries))?;
-                check_entry(&raw, &path, EntryKind::File, Some(&data))?;
-                Item::File {
-                    raw,
-                    path,
-                    exec,
-                    data,
-                }
-            }
-            tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
-                    .unwrap_or_default();
-                check_symlink(&raw, &path, &target)?;
-                check_entry(&raw, &path, EntryKind::Symlink, None)?;
-                let target =
-                    String::from_utf8(target).expect("invariant: check_symlink accepts only UTF-8");
-                Item::Symlink { raw, path, target }
-            }
-            tar::EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
-                    .unwrap_or_default();
-                let target = match splitter.split(&target) {
-                    Ok(SnapshotPath::Inside(t)) => t,
-                    _ => {
-                        let t = String::from_utf8_lossy(&target).into_owned();
-                        return Err(Error::entry(
-                            &raw,
-                            format!("hardlink to {t:?}, outside the snapshot tree"),
-                        ));
-                    }
-                };
-                check_entry(&raw, &path, EntryKind::Hardlink, None)?;
-                Item::Hardlink { raw, path, target }
-            }
-            tar::EntryType::Char | tar::EntryType::Block => {
-                return Err(Error::entry(
-                    &raw,
-                    "device node (not allowed in a portage snapshot)",
-                ))
-            }
-            tar::EntryType::Fifo => {
-                return Err(Error::entry(
-                    &raw,
-                    "fifo (not allowed in a portage snapshot)",
-                ))
-            }
-            other => {
-                return Err(Error::entry(
-                    &raw,
-                    format!("unsupported tar entry type {other:?}"),
-                ))
-            }
+        let at = Located {
+            tarball: path,
+            entries,
+            raw,
+            path: inside,
         };
+        let item = entry_item(&mut entry, kind, at, &mut splitter)?;
         batch_bytes += item.len();
         batch.push(item);
         if batch.len() >= BATCH_ITEMS || batch_bytes >= BATCH_BYTES {
@@ -1353,6 +1314,131 @@ fn parse_entries(path: &Path, stream: ChunkReader, mut tx: Batches) -> Result<Op
     let stream = archive.into_inner();
     check_tar_end(path, stream, data_end, entries)?;
     Ok(Some(entries))
+}
+
+/// The error for a tar that cannot be read after `entries` entries.
+fn tar_error(path: &Path, entries: u64) -> impl FnOnce(io::Error) -> Error {
+    let path = path.to_owned();
+    move |source| Error::Tar {
+        path,
+        entries,
+        source: one_line(source),
+    }
+}
+
+/// Where tar entry `raw` (of type `kind`) goes in the tree: `None` for what
+/// the tree leaves out (the top directory, excluded paths, directories,
+/// which exist through their contents), after checking it.
+fn tree_path(
+    splitter: &mut PathSplitter,
+    raw: &[u8],
+    kind: tar::EntryType,
+) -> Result<Option<String>> {
+    match splitter.split(raw)? {
+        SnapshotPath::Excluded => Ok(None),
+        SnapshotPath::Top if kind.is_dir() => Ok(None),
+        SnapshotPath::Top => Err(Error::entry(
+            raw,
+            "a file at the top level: a snapshot has one top directory",
+        )),
+        SnapshotPath::Inside(p) if kind.is_dir() => {
+            check_entry(raw, &p, EntryKind::Dir, None)?;
+            Ok(None)
+        }
+        SnapshotPath::Inside(p) => Ok(Some(p)),
+    }
+}
+
+/// A tar entry that belongs in the tree.
+struct Located<'a> {
+    /// The tarball.
+    tarball: &'a Path,
+    /// Entries read so far, this one included.
+    entries: u64,
+    /// Its path as written in the tar.
+    raw: Vec<u8>,
+    /// Its path in the tree.
+    path: String,
+}
+
+/// The item a file, symlink or hardlink entry becomes, once checked; any
+/// other entry type is refused.
+fn entry_item(
+    entry: &mut tar::Entry<'_, ChunkReader>,
+    kind: tar::EntryType,
+    at: Located<'_>,
+    splitter: &mut PathSplitter,
+) -> Result<Item> {
+    let Located {
+        tarball,
+        entries,
+        raw,
+        path,
+    } = at;
+    let link_target = |entry: &tar::Entry<'_, ChunkReader>| {
+        entry
+            .link_name_bytes()
+            .map(|t| t.into_owned())
+            .unwrap_or_default()
+    };
+    match kind {
+        tar::EntryType::Regular | tar::EntryType::Continuous => {
+            let size = entry.size();
+            if size > MAX_FILE_SIZE {
+                return Err(Error::entry(
+                    &raw,
+                    format!("{size} bytes is too large for a portage tree file"),
+                ));
+            }
+            let exec = entry.header().mode().map_err(tar_error(tarball, entries))? & 0o100 != 0;
+            let mut data = Vec::with_capacity(size as usize);
+            entry
+                .read_to_end(&mut data)
+                .map_err(tar_error(tarball, entries))?;
+            check_entry(&raw, &path, EntryKind::File, Some(&data))?;
+            Ok(Item::File {
+                raw,
+                path,
+                exec,
+                data,
+            })
+        }
+        tar::EntryType::Symlink => {
+            let target = link_target(entry);
+            check_symlink(&raw, &path, &target)?;
+            check_entry(&raw, &path, EntryKind::Symlink, None)?;
+            let target =
+                String::from_utf8(target).expect("invariant: check_symlink accepts only UTF-8");
+            Ok(Item::Symlink { raw, path, target })
+        }
+        tar::EntryType::Link => {
+            let target = link_target(entry);
+            let target = match splitter.split(&target) {
+                Ok(SnapshotPath::Inside(t)) => t,
+                _ => {
+                    let t = String::from_utf8_lossy(&target).into_owned();
+                    return Err(Error::entry(
+                        &raw,
+                        format!("hardlink to {t:?}, outside the snapshot tree"),
+                    ));
+                }
+            };
+            check_entry(&raw, &path, EntryKind::Hardlink, None)?;
+            Ok(Item::Hardlink { raw, path, target })
+        }
+        tar::EntryType::Char | tar::EntryType::Block => Err(Error::entry(
+            &raw,
+            "device node (not allowed in a portage snapshot)",
+        )),
+        tar::EntryType::Fifo => Err(Error::entry(
+            &raw,
+            "fifo (not allowed in a portage snapshot)",
+        )),
+        other => Err(Error::entry(
+            &raw,
+            format!("unsupported tar entry type {other:?}"),
+        )),
+    }
 }
 
 /// After the tar reader stopped, at the first zero block or at the end of the

@@ -555,14 +555,8 @@ fn check_tree(
     let mut rest = object.data();
     let mut previous: Option<Vec<u8>> = None;
     while !rest.is_empty() {
-        let (
-            RawEntry {
-                mode,
-                name: raw_name,
-                id,
-            },
-            tail,
-        ) = split_tree_entry(rest).map_err(&bad)?;
+        let (raw, tail) = split_tree_entry(rest).map_err(&bad)?;
+        let (mode, raw_name, id) = (raw.mode, raw.name, raw.id);
         rest = tail;
         let name = std::str::from_utf8(raw_name).map_err(|_| {
             Error::entry(
