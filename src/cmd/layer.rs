@@ -13,6 +13,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use portroot_runner::job::{self, Job};
 use portroot_runner::layer::{Layer, LayerStore, Provenance, RunnerWrites, TreeRef};
+use portroot_runner::run::RunRecord;
 
 use super::run::{run_batch, Batch, ChrootArgs, Finished};
 use super::stage::human_bytes;
@@ -151,47 +152,7 @@ fn create(ctx: &Ctx, layers: &LayerStore, a: CreateArgs) -> anyhow::Result<ExitC
             return Ok(());
         };
         let record = done.record;
-        let parents = record
-            .layer_names
-            .iter()
-            .map(|n| Ok(layers.get(n)?.record.as_ref()))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let trees = record
-            .trees
-            .iter()
-            .map(|t| {
-                Ok(TreeRef {
-                    name: t.name.clone(),
-                    reference: t.reference.clone(),
-                    commit: commit_of(&t.git_dir, &t.reference)?,
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let mut mount_targets: Vec<PathBuf> = record
-            .trees
-            .iter()
-            .map(|t| t.target.clone())
-            .chain(record.caches.iter().map(|c| c.target.clone()))
-            .collect();
-        mount_targets.extend(["/proc", "/dev", "/sys"].map(PathBuf::from));
-        let writes = RunnerWrites {
-            conf: record.conf.clone(),
-            // What the sandbox wrote: the host's, read the same way.
-            resolv_conf: record
-                .conf
-                .resolv_conf
-                .clone()
-                .or_else(|| std::fs::read("/etc/resolv.conf").ok()),
-            mount_targets,
-        };
-        let prov = Provenance {
-            stage: record.stage.clone(),
-            stage_digest: record.stage_digest.clone(),
-            parents,
-            trees,
-            command: script.clone(),
-            exit_status: 0,
-        };
+        let (writes, prov) = layer_inputs(layers, record, &script)?;
         let upper = done.run_dir.job(&outcome.name).upper();
         match pending.commit(&upper, &record.layers, &writes, prov, done.interrupted) {
             Ok(layer) => created = Some(layer),
@@ -218,6 +179,57 @@ fn create(ctx: &Ctx, layers: &LayerStore, a: CreateArgs) -> anyhow::Result<ExitC
     }
     eprintln!("portroot: no layer {} created", a.name);
     Ok(code)
+}
+
+/// What a new layer records of the run that made it (its provenance), and
+/// what the runner wrote into the job's upper directory, to take out again.
+fn layer_inputs(
+    layers: &LayerStore,
+    record: &RunRecord,
+    script: &str,
+) -> anyhow::Result<(RunnerWrites, Provenance)> {
+    let parents = record
+        .layer_names
+        .iter()
+        .map(|n| Ok(layers.get(n)?.record.as_ref()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let trees = record
+        .trees
+        .iter()
+        .map(|t| {
+            Ok(TreeRef {
+                name: t.name.clone(),
+                reference: t.reference.clone(),
+                commit: commit_of(&t.git_dir, &t.reference)?,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut mount_targets: Vec<PathBuf> = record
+        .trees
+        .iter()
+        .map(|t| t.target.clone())
+        .chain(record.caches.iter().map(|c| c.target.clone()))
+        .collect();
+    mount_targets.extend(["/proc", "/dev", "/sys"].map(PathBuf::from));
+    let writes = RunnerWrites {
+        conf: record.conf.clone(),
+        // What the sandbox wrote: the host's, read the same way.
+        resolv_conf: record
+            .conf
+            .resolv_conf
+            .clone()
+            .or_else(|| std::fs::read("/etc/resolv.conf").ok()),
+        mount_targets,
+    };
+    let prov = Provenance {
+        stage: record.stage.clone(),
+        stage_digest: record.stage_digest.clone(),
+        parents,
+        trees,
+        command: script.to_owned(),
+        exit_status: 0,
+    };
+    Ok((writes, prov))
 }
 
 /// The newest snapshot tag of the main repository.
