@@ -581,14 +581,9 @@ impl LowerView {
             }),
             many => {
                 fs::create_dir_all(mountpoint).map_err(io("creating", mountpoint))?;
-                let mut opts = b"lowerdir=".to_vec();
-                for (i, l) in many.iter().enumerate() {
-                    if i > 0 {
-                        opts.push(b':');
-                    }
-                    opts.extend(crate::plan::escape_overlay_path(l.as_os_str()));
-                }
-                let opts = <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(opts);
+                let opts = <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(
+                    crate::plan::lowerdir_option(many),
+                );
                 nix::mount::mount(
                     Some("overlay"),
                     mountpoint,
