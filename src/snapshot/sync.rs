@@ -27,18 +27,21 @@
 //! `file://` URLs and plain directory paths, each holding `snapshots/<file>`
 //! as the Gentoo mirrors do.
 
-use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use md5::{Digest, Md5};
 use tracing::{debug, info, warn};
 
+pub use self::fetch::Mirror;
+use self::fetch::{FetchError, Fetcher};
 use super::error::{Error, Result};
 use super::tag::{self, SnapshotDate};
 use super::{import_snapshot, open_repo, ImportLock, ImportOptions, Outcome};
 use crate::store::Store;
+
+mod fetch;
 
 /// Seconds in a day.
 const DAY: i64 = 86_400;
@@ -180,250 +183,6 @@ pub enum SyncOutcome {
         /// What the importer did.
         outcome: Outcome,
     },
-}
-
-/// Where snapshots are read from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Mirror {
-    /// An `http://` or `https://` base URL.
-    Http(String),
-    /// A local directory (a plain path or a `file://` URL).
-    Dir(PathBuf),
-}
-
-impl Mirror {
-    /// Parse a mirror as given on the command line.
-    pub fn parse(s: &str) -> Result<Mirror> {
-        let bad = |problem: &str| Error::BadMirror {
-            mirror: s.to_owned(),
-            problem: problem.to_owned(),
-        };
-        let lower = s.to_ascii_lowercase();
-        if lower.starts_with("http://") || lower.starts_with("https://") {
-            Ok(Mirror::Http(s.trim_end_matches('/').to_owned()))
-        } else if let Some(rest) = s.strip_prefix("file://") {
-            if !rest.starts_with('/') {
-                return Err(bad(
-                    "a file:// URL needs an absolute path (file:///srv/mirror)",
-                ));
-            }
-            Ok(Mirror::Dir(PathBuf::from(rest)))
-        } else if s.contains("://") {
-            Err(bad(
-                "only http, https, file:// and local paths are supported",
-            ))
-        } else if s.is_empty() {
-            Err(bad("empty"))
-        } else {
-            Ok(Mirror::Dir(PathBuf::from(s)))
-        }
-    }
-
-    /// Where `snapshots/<name>` is on this mirror, for messages.
-    pub fn location(&self, name: &str) -> String {
-        match self {
-            Mirror::Http(base) => format!("{base}/snapshots/{name}"),
-            Mirror::Dir(dir) => dir.join("snapshots").join(name).display().to_string(),
-        }
-    }
-}
-
-/// Why a fetch failed.
-#[derive(Debug)]
-enum FetchError {
-    /// The mirror does not have the file (404/410, or no such local file).
-    NotFound,
-    /// The mirror cannot be reached at all: refused, timed out, unknown host.
-    Unreachable(String),
-    /// Anything else: a server error, a broken transfer, a local write error.
-    Failed(String),
-}
-
-/// What a fetch wrote.
-struct Fetched {
-    md5: String,
-    bytes: u64,
-}
-
-/// Fetches files from mirrors over one HTTP agent.
-struct Fetcher {
-    agent: ureq::Agent,
-    progress: bool,
-}
-
-/// CA bundles of the usual distributions (Gentoo's and Debian's first), as
-/// OpenSSL and so wget and curl find them.
-const CA_BUNDLES: [&str; 3] = [
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/cert.pem",
-];
-
-/// The roots https mirrors are checked against: the file named by
-/// `SSL_CERT_FILE`, else the system's CA bundle, as emerge-webrsync's wget
-/// does, so that a site's own CA or its proxy's works; Mozilla's roots built
-/// into the binary only when there is no bundle.
-fn root_certs() -> ureq::tls::RootCerts {
-    let from_env = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
-    for path in from_env
-        .into_iter()
-        .chain(CA_BUNDLES.iter().map(PathBuf::from))
-    {
-        if let Some(certs) = read_ca_bundle(&path) {
-            debug!(bundle = %path.display(), certs = certs.len(), "https roots");
-            return ureq::tls::RootCerts::from(certs);
-        }
-    }
-    debug!("no CA bundle found, https roots built in");
-    ureq::tls::RootCerts::WebPki
-}
-
-/// The certificates of a PEM bundle; `None` if it is unreadable or holds none.
-fn read_ca_bundle(path: &Path) -> Option<Vec<ureq::tls::Certificate<'static>>> {
-    let pem = fs::read(path).ok()?;
-    let certs: Vec<_> = ureq::tls::parse_pem(&pem)
-        .filter_map(|item| match item {
-            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-            _ => None,
-        })
-        .collect();
-    (!certs.is_empty()).then_some(certs)
-}
-
-impl Fetcher {
-    fn new(timeout: Duration, progress: bool) -> Fetcher {
-        let tls = ureq::tls::TlsConfig::builder()
-            .root_certs(root_certs())
-            .build();
-        let agent = ureq::Agent::config_builder()
-            .tls_config(tls)
-            .timeout_connect(Some(timeout))
-            .timeout_recv_response(Some(timeout))
-            .timeout_per_read(Some(timeout))
-            .http_status_as_error(false)
-            .user_agent(concat!("portroot/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .new_agent();
-        Fetcher { agent, progress }
-    }
-
-    /// Fetch `snapshots/<name>` of `mirror` into `dest`, hashing it as it comes.
-    fn fetch(
-        &self,
-        mirror: &Mirror,
-        name: &str,
-        dest: &Path,
-        bar: bool,
-    ) -> std::result::Result<Fetched, FetchError> {
-        let location = mirror.location(name);
-        let (reader, len): (Box<dyn Read>, Option<u64>) = match mirror {
-            Mirror::Dir(dir) => {
-                if !dir.is_dir() {
-                    return Err(FetchError::Unreachable(format!(
-                        "no directory {}",
-                        dir.display()
-                    )));
-                }
-                let path = PathBuf::from(&location);
-                match File::open(&path) {
-                    Ok(f) => {
-                        let len = f.metadata().ok().map(|m| m.len());
-                        (Box::new(f), len)
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        return Err(FetchError::NotFound)
-                    }
-                    Err(e) => return Err(FetchError::Failed(format!("opening {location}: {e}"))),
-                }
-            }
-            Mirror::Http(_) => {
-                let resp = self
-                    .agent
-                    .get(&location)
-                    .call()
-                    .map_err(|e| classify(&location, e))?;
-                let status = resp.status().as_u16();
-                debug!(url = %location, status, "fetched");
-                match status {
-                    200 => {}
-                    404 | 410 => return Err(FetchError::NotFound),
-                    _ => return Err(FetchError::Failed(format!("{location}: HTTP {status}"))),
-                }
-                let body = resp.into_body();
-                let len = body.content_length();
-                (Box::new(body.into_reader()), len)
-            }
-        };
-        copy_hashed(reader, len, dest, bar && self.progress, name)
-            .map_err(|e| FetchError::Failed(format!("{location}: {e}")))
-    }
-}
-
-/// Sort a ureq failure: can the mirror be reached at all?
-fn classify(location: &str, e: ureq::Error) -> FetchError {
-    let text = format!("{location}: {e}");
-    match e {
-        ureq::Error::ConnectionFailed
-        | ureq::Error::HostNotFound
-        | ureq::Error::Timeout(_)
-        | ureq::Error::Io(_) => FetchError::Unreachable(text),
-        _ => FetchError::Failed(text),
-    }
-}
-
-/// Copy `reader` into a new file `dest`, returning its md5 and size.
-fn copy_hashed(
-    mut reader: impl Read,
-    len: Option<u64>,
-    dest: &Path,
-    bar: bool,
-    name: &str,
-) -> io::Result<Fetched> {
-    let mut out = File::create(dest)?;
-    let mut h = Md5::new();
-    let mut buf = vec![0u8; 256 << 10];
-    let mut bytes = 0u64;
-    let bar = bar.then(|| progress_bar(len, name));
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        h.update(&buf[..n]);
-        out.write_all(&buf[..n])?;
-        bytes += n as u64;
-        if let Some(b) = &bar {
-            b.set_position(bytes);
-        }
-    }
-    out.sync_all()?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    Ok(Fetched {
-        md5: hex(&h.finalize()),
-        bytes,
-    })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn progress_bar(len: Option<u64>, name: &str) -> indicatif::ProgressBar {
-    let template = if len.is_some() {
-        "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
-    } else {
-        "{spinner} {msg} {bytes} {bytes_per_sec}"
-    };
-    let style = indicatif::ProgressStyle::with_template(template)
-        .map(|s| s.progress_chars("=> "))
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    indicatif::ProgressBar::with_draw_target(len, indicatif::ProgressDrawTarget::stderr())
-        .with_style(style)
-        .with_message(format!("downloading {name}"))
 }
 
 /// The newest snapshot tag of repository `repo`, if any.
@@ -909,25 +668,6 @@ mod tests {
             f.fetch(&m, "nope", &tmp.path().join("out2"), false),
             Err(FetchError::NotFound)
         ));
-    }
-
-    #[test]
-    fn ca_bundles_are_read_from_pem() {
-        let tmp = tempfile::tempdir().unwrap();
-        let pem = tmp.path().join("ca.pem");
-        // Two sections: the parser takes PEM apart, rustls checks the DER.
-        fs::write(
-            &pem,
-            "junk\n-----BEGIN CERTIFICATE-----\nAAEC\n-----END CERTIFICATE-----\n\
-             -----BEGIN CERTIFICATE-----\nAwQF\n-----END CERTIFICATE-----\n",
-        )
-        .unwrap();
-        let certs = read_ca_bundle(&pem).unwrap();
-        assert_eq!(certs.len(), 2);
-        assert_eq!(certs[1].der(), [3, 4, 5]);
-        fs::write(&pem, "no certificates here\n").unwrap();
-        assert!(read_ca_bundle(&pem).is_none());
-        assert!(read_ca_bundle(&tmp.path().join("missing")).is_none());
     }
 
     #[test]
