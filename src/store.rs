@@ -13,6 +13,9 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub use portroot_runner::name::is_valid_name;
+use portroot_runner::name::NAME_RULE;
+
 /// The default store root, overridden by `--store` or `PORTROOT_STORE`.
 pub const DEFAULT_STORE: &str = "/var/lib/portroot";
 
@@ -208,19 +211,8 @@ pub fn parse_name(name: &str) -> Result<String, String> {
     if is_valid_name(name) {
         Ok(name.to_owned())
     } else {
-        Err("a name is 1 to 128 letters, digits and `._+-`, not starting with a dot".into())
+        Err(format!("a name is {NAME_RULE}"))
     }
-}
-
-/// Check that a user-given name (repository, stage, layer, job) is a single,
-/// harmless path component: letters, digits and `._+-`, not starting with a dot.
-pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'))
 }
 
 #[cfg(test)]

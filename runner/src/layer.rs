@@ -35,6 +35,7 @@ use tracing::{debug, info};
 
 use crate::conf::ChrootConf;
 use crate::error::{io, sys, Error, Result};
+use crate::name::{is_valid_name, NAME_RULE};
 
 /// A parent layer as a child records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -291,7 +292,7 @@ impl LayerStore {
     pub fn begin(&self, name: &str) -> Result<PendingLayer> {
         if !is_valid_name(name) {
             return Err(Error::Invalid(format!(
-                "invalid layer name {name:?}: use letters, digits and ._+- (not starting with a dot)"
+                "invalid layer name {name:?}: a name is {NAME_RULE}"
             )));
         }
         let exists = || Error::Invalid(format!("layer {name} already exists"));
@@ -580,14 +581,9 @@ impl LowerView {
             }),
             many => {
                 fs::create_dir_all(mountpoint).map_err(io("creating", mountpoint))?;
-                let mut opts = b"lowerdir=".to_vec();
-                for (i, l) in many.iter().enumerate() {
-                    if i > 0 {
-                        opts.push(b':');
-                    }
-                    opts.extend(crate::plan::escape_overlay_path(l.as_os_str()));
-                }
-                let opts = <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(opts);
+                let opts = <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(
+                    crate::plan::lowerdir_option(many),
+                );
                 nix::mount::mount(
                     Some("overlay"),
                     mountpoint,
@@ -793,11 +789,6 @@ pub fn count(dir: &Path) -> Result<(u64, u64)> {
 /// Whether `md` is an overlayfs whiteout (a 0/0 character device).
 pub fn is_whiteout(md: &fs::Metadata) -> bool {
     md.file_type().is_char_device() && md.rdev() == 0
-}
-
-/// A layer name: the store's rule for user-given names.
-fn is_valid_name(name: &str) -> bool {
-    crate::stage::is_valid_name(name)
 }
 
 #[cfg(test)]

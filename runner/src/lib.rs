@@ -15,6 +15,7 @@ pub mod error;
 pub mod interrupt;
 pub mod job;
 pub mod layer;
+pub mod name;
 pub mod plan;
 pub mod pool;
 pub mod run;

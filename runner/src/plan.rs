@@ -406,6 +406,17 @@ impl MountPlan {
 /// escape character for both (Documentation/filesystems/overlayfs.rst), so
 /// those three bytes are escaped in every path.
 pub fn overlay_options(layers: &[PathBuf], upper: &Path, work: &Path) -> OsString {
+    let mut out = lowerdir_option(layers);
+    out.extend(b",upperdir=");
+    out.extend(escape_overlay_path(upper.as_os_str()));
+    out.extend(b",workdir=");
+    out.extend(escape_overlay_path(work.as_os_str()));
+    OsString::from_vec(out)
+}
+
+/// The `lowerdir=` option for `layers` (top first), escaped: the whole of a
+/// read-only overlay's options, the start of a writable one's.
+pub fn lowerdir_option(layers: &[PathBuf]) -> Vec<u8> {
     let mut out = b"lowerdir=".to_vec();
     for (i, layer) in layers.iter().enumerate() {
         if i > 0 {
@@ -413,11 +424,7 @@ pub fn overlay_options(layers: &[PathBuf], upper: &Path, work: &Path) -> OsStrin
         }
         out.extend(escape_overlay_path(layer.as_os_str()));
     }
-    out.extend(b",upperdir=");
-    out.extend(escape_overlay_path(upper.as_os_str()));
-    out.extend(b",workdir=");
-    out.extend(escape_overlay_path(work.as_os_str()));
-    OsString::from_vec(out)
+    out
 }
 
 /// `path` with `\`, `,` and `:` backslash-escaped for overlayfs options.
@@ -698,5 +705,11 @@ mod tests {
     fn escaping_keeps_non_utf8_bytes() {
         let raw = OsStr::from_bytes(b"/x\xff:y");
         assert_eq!(escape_overlay_path(raw), b"/x\xff\\:y".to_vec());
+    }
+
+    #[test]
+    fn lowerdir_option_alone_lists_and_escapes_the_layers() {
+        let opts = lowerdir_option(&["/top".into(), "/a:b".into(), "/rootfs".into()]);
+        assert_eq!(opts, br"lowerdir=/top:/a\:b:/rootfs".to_vec());
     }
 }

@@ -418,20 +418,7 @@ fn wait_exit(child: Pid) -> Result<i32> {
 
 /// PID 1 of the job's namespaces: set up, start the shell, reap.
 fn init(spec: &SandboxSpec, ids: IdHandshake) -> Result<i32> {
-    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag on this process.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
-        return Err(Error::Proc {
-            what: "setting the parent-death signal",
-            source: Errno::last(),
-        });
-    }
-    if spec.network == Network::None {
-        loopback_up()?;
-    }
-    nix::unistd::sethostname(&spec.hostname).map_err(|source| Error::Proc {
-        what: "setting the hostname",
-        source,
-    })?;
+    set_up_process(spec)?;
     let mut plan = MountPlan::for_chroot(&spec.layout);
     let before_cgroup = plan.ops.len();
     if let Some(at) = spec.cgroup.as_ref().and_then(|c| c.mount.as_deref()) {
@@ -467,6 +454,31 @@ fn init(spec: &SandboxSpec, ids: IdHandshake) -> Result<i32> {
     apply_job(&plan)?;
     drop_bounding_caps()?;
 
+    exec_shell(spec)
+}
+
+/// This process's own settings: die with the helper, the loopback of an
+/// isolated network, the job's hostname.
+fn set_up_process(spec: &SandboxSpec) -> Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag on this process.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+        return Err(Error::Proc {
+            what: "setting the parent-death signal",
+            source: Errno::last(),
+        });
+    }
+    if spec.network == Network::None {
+        loopback_up()?;
+    }
+    nix::unistd::sethostname(&spec.hostname).map_err(|source| Error::Proc {
+        what: "setting the hostname",
+        source,
+    })?;
+    Ok(())
+}
+
+/// Fork the job's shell (`/bin/bash`) and reap until it ends: its exit status.
+fn exec_shell(spec: &SandboxSpec) -> Result<i32> {
     let shell = Path::new("/bin/bash");
     if !shell.exists() {
         return Err(Error::Invalid("no /bin/bash in the stage".into()));
@@ -643,50 +655,8 @@ fn apply_op(op: &MountOp, chroot: &Chroot) -> Result<()> {
             recursive,
             attrs,
             slave,
-        } => {
-            let shown = chroot.show(target);
-            let dir = chroot.dir(target)?;
-            let mut flags = MsFlags::MS_BIND;
-            if *recursive {
-                flags |= MsFlags::MS_REC;
-            }
-            mount(
-                Some(source),
-                &fd_path(&dir),
-                None::<&str>,
-                flags,
-                None::<&str>,
-            )
-            .map_err(sys("binding", &shown))?;
-            // `dir` still names the directory *under* the new mount; the
-            // attributes must go on the mount itself.
-            let top = chroot.dir(target)?;
-            set_mount_attrs(&top, *recursive, *attrs, *slave)
-                .map_err(sys("setting mount attributes of", &shown))
-        }
-        MountOp::BindNode { source, target } => {
-            let shown = chroot.show(target);
-            let (parent, name) = chroot.parent(target)?;
-            let file = nix::fcntl::openat(
-                parent.as_fd(),
-                name,
-                OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_WRONLY
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(0o444),
-            )
-            .map_err(sys("creating", &shown))?;
-            mount(
-                Some(source),
-                &fd_path(&file),
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(sys("binding", &shown))
-        }
+        } => bind(chroot, source, target, *recursive, *attrs, *slave),
+        MountOp::BindNode { source, target } => bind_node(chroot, source, target),
         MountOp::Proc { target } => {
             let dir = chroot.dir(target)?;
             mount(
@@ -725,124 +695,193 @@ fn apply_op(op: &MountOp, chroot: &Chroot) -> Result<()> {
             )
             .map_err(sys("mounting devpts on", chroot.show(target)))
         }
-        MountOp::Mqueue { target } => {
-            let dir = chroot.dir(target)?;
-            match mount(
-                Some("mqueue"),
-                &fd_path(&dir),
-                Some("mqueue"),
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                None::<&str>,
-            ) {
-                // A kernel without POSIX message queues: nothing to mount.
-                Err(Errno::ENODEV) => Ok(()),
-                done => done.map_err(sys("mounting mqueue on", chroot.show(target))),
-            }
-        }
+        MountOp::Mqueue { target } => mount_mqueue(chroot, target),
         MountOp::Symlink { target, points_to } => {
             let (parent, name) = chroot.parent(target)?;
             nix::unistd::symlinkat(points_to.as_path(), parent.as_fd(), name)
                 .map_err(sys("creating symlink", chroot.show(target)))
         }
-        MountOp::ReadOnlyPath { target } => {
-            let shown = chroot.show(target);
-            let Some(fd) = chroot.existing(target)? else {
-                tracing::debug!(target = %shown.display(), "not on this kernel: not made read-only");
-                return Ok(());
-            };
-            let at = fd_path(&fd);
-            mount(
-                Some(&at),
-                &at,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&str>,
-            )
-            .map_err(sys("binding", &shown))?;
-            let top = chroot
-                .existing(target)?
-                .ok_or_else(|| sys("reopening", &shown)(Errno::ENOENT))?;
-            let ro = Attrs {
-                readonly: true,
-                ..Attrs::default()
-            };
-            set_mount_attrs(&top, true, ro, false).map_err(sys("making read-only", &shown))
-        }
-        MountOp::Mask { target } => {
-            let shown = chroot.show(target);
-            let Some(fd) = chroot.existing(target)? else {
-                tracing::debug!(target = %shown.display(), "not on this kernel: not masked");
-                return Ok(());
-            };
-            let st = nix::sys::stat::fstat(&fd).map_err(sys("inspecting", &shown))?;
-            let flags =
-                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-            if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-                mount(
-                    Some("tmpfs"),
-                    &fd_path(&fd),
-                    Some("tmpfs"),
-                    flags,
-                    Some("mode=0555"),
-                )
-            } else {
-                mount(
-                    Some("/dev/null"),
-                    &fd_path(&fd),
-                    None::<&str>,
-                    MsFlags::MS_BIND,
-                    None::<&str>,
-                )
-            }
-            .map_err(sys("masking", &shown))
-        }
-        MountOp::TmpfsOver { target, size } => {
-            let shown = chroot.show(target);
-            let dir = chroot.dir(target)?;
-            // The covered directory's owner and mode, so the build directory
-            // keeps the stage's permissions (portage:portage 0775 and the
-            // like) with nothing of the stage's contents.
-            let st = nix::sys::stat::fstat(&dir).map_err(sys("inspecting", &shown))?;
-            let mut options = format!(
-                "mode={:o},uid={},gid={}",
-                st.st_mode & 0o7777,
-                st.st_uid,
-                st.st_gid
-            );
-            if let Some(bytes) = size {
-                options.push_str(&format!(",size={bytes}"));
-            }
-            mount(
-                Some("tmpfs"),
-                &fd_path(&dir),
-                Some("tmpfs"),
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                Some(options.as_str()),
-            )
-            .map_err(sys("mounting tmpfs on", &shown))
-        }
-        MountOp::Cgroup { target } => {
-            let shown = chroot.show(target);
-            // The host's cgroup2, bound in with /sys, is the same
-            // superblock, and the kernel refuses a filesystem on its own
-            // root (EBUSY, do_add_mount): detach it first, in this
-            // namespace only (/sys is a slave).
-            let dir = chroot.dir(target)?;
-            match umount2(&fd_path(&dir), MntFlags::MNT_DETACH) {
-                Ok(()) | Err(Errno::EINVAL) => {}
-                Err(e) => return Err(sys("detaching the host's cgroup2 from", &shown)(e)),
-            }
-            let dir = chroot.dir(target)?;
-            mount(
-                Some("cgroup2"),
-                &fd_path(&dir),
-                Some("cgroup2"),
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                None::<&str>,
-            )
-            .map_err(sys("mounting cgroup2 on", &shown))
-        }
+        MountOp::ReadOnlyPath { target } => make_read_only(chroot, target),
+        MountOp::Mask { target } => mask(chroot, target),
+        MountOp::TmpfsOver { target, size } => tmpfs_over(chroot, target, *size),
+        MountOp::Cgroup { target } => mount_cgroup(chroot, target),
     }
+}
+
+/// [`MountOp::Bind`]: bind `source` on the directory `target`, then set the
+/// attributes on the new mount.
+fn bind(
+    chroot: &Chroot,
+    source: &Path,
+    target: &Path,
+    recursive: bool,
+    attrs: Attrs,
+    slave: bool,
+) -> Result<()> {
+    let shown = chroot.show(target);
+    let dir = chroot.dir(target)?;
+    let mut flags = MsFlags::MS_BIND;
+    if recursive {
+        flags |= MsFlags::MS_REC;
+    }
+    mount(
+        Some(source),
+        &fd_path(&dir),
+        None::<&str>,
+        flags,
+        None::<&str>,
+    )
+    .map_err(sys("binding", &shown))?;
+    // `dir` still names the directory *under* the new mount; the
+    // attributes must go on the mount itself.
+    let top = chroot.dir(target)?;
+    set_mount_attrs(&top, recursive, attrs, slave)
+        .map_err(sys("setting mount attributes of", &shown))
+}
+
+/// [`MountOp::BindNode`]: create the file `target` and bind `source` on it.
+fn bind_node(chroot: &Chroot, source: &Path, target: &Path) -> Result<()> {
+    let shown = chroot.show(target);
+    let (parent, name) = chroot.parent(target)?;
+    let file = nix::fcntl::openat(
+        parent.as_fd(),
+        name,
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o444),
+    )
+    .map_err(sys("creating", &shown))?;
+    mount(
+        Some(source),
+        &fd_path(&file),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(sys("binding", &shown))
+}
+
+/// [`MountOp::Mqueue`], unless the kernel has no POSIX message queues.
+fn mount_mqueue(chroot: &Chroot, target: &Path) -> Result<()> {
+    let dir = chroot.dir(target)?;
+    match mount(
+        Some("mqueue"),
+        &fd_path(&dir),
+        Some("mqueue"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    ) {
+        // A kernel without POSIX message queues: nothing to mount.
+        Err(Errno::ENODEV) => Ok(()),
+        done => done.map_err(sys("mounting mqueue on", chroot.show(target))),
+    }
+}
+
+/// [`MountOp::ReadOnlyPath`]: bind `target` on itself and make that mount
+/// read-only; nothing if this kernel has no such path.
+fn make_read_only(chroot: &Chroot, target: &Path) -> Result<()> {
+    let shown = chroot.show(target);
+    let Some(fd) = chroot.existing(target)? else {
+        tracing::debug!(target = %shown.display(), "not on this kernel: not made read-only");
+        return Ok(());
+    };
+    let at = fd_path(&fd);
+    mount(
+        Some(&at),
+        &at,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(sys("binding", &shown))?;
+    let top = chroot
+        .existing(target)?
+        .ok_or_else(|| sys("reopening", &shown)(Errno::ENOENT))?;
+    let ro = Attrs {
+        readonly: true,
+        ..Attrs::default()
+    };
+    set_mount_attrs(&top, true, ro, false).map_err(sys("making read-only", &shown))
+}
+
+/// [`MountOp::Mask`]: an empty read-only tmpfs over a directory, `/dev/null`
+/// over a file; nothing if this kernel has no such path.
+fn mask(chroot: &Chroot, target: &Path) -> Result<()> {
+    let shown = chroot.show(target);
+    let Some(fd) = chroot.existing(target)? else {
+        tracing::debug!(target = %shown.display(), "not on this kernel: not masked");
+        return Ok(());
+    };
+    let st = nix::sys::stat::fstat(&fd).map_err(sys("inspecting", &shown))?;
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+        mount(
+            Some("tmpfs"),
+            &fd_path(&fd),
+            Some("tmpfs"),
+            flags,
+            Some("mode=0555"),
+        )
+    } else {
+        mount(
+            Some("/dev/null"),
+            &fd_path(&fd),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+    }
+    .map_err(sys("masking", &shown))
+}
+
+/// [`MountOp::TmpfsOver`]: an empty tmpfs with the covered directory's owner
+/// and mode.
+fn tmpfs_over(chroot: &Chroot, target: &Path, size: Option<u64>) -> Result<()> {
+    let shown = chroot.show(target);
+    let dir = chroot.dir(target)?;
+    // The covered directory's owner and mode, so the build directory
+    // keeps the stage's permissions (portage:portage 0775 and the
+    // like) with nothing of the stage's contents.
+    let st = nix::sys::stat::fstat(&dir).map_err(sys("inspecting", &shown))?;
+    let mut options = format!(
+        "mode={:o},uid={},gid={}",
+        st.st_mode & 0o7777,
+        st.st_uid,
+        st.st_gid
+    );
+    if let Some(bytes) = size {
+        options.push_str(&format!(",size={bytes}"));
+    }
+    mount(
+        Some("tmpfs"),
+        &fd_path(&dir),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(options.as_str()),
+    )
+    .map_err(sys("mounting tmpfs on", &shown))
+}
+
+/// [`MountOp::Cgroup`]: this namespace's own cgroup2 in place of the host's.
+fn mount_cgroup(chroot: &Chroot, target: &Path) -> Result<()> {
+    let shown = chroot.show(target);
+    // The host's cgroup2, bound in with /sys, is the same
+    // superblock, and the kernel refuses a filesystem on its own
+    // root (EBUSY, do_add_mount): detach it first, in this
+    // namespace only (/sys is a slave).
+    let dir = chroot.dir(target)?;
+    match umount2(&fd_path(&dir), MntFlags::MNT_DETACH) {
+        Ok(()) | Err(Errno::EINVAL) => {}
+        Err(e) => return Err(sys("detaching the host's cgroup2 from", &shown)(e)),
+    }
+    let dir = chroot.dir(target)?;
+    mount(
+        Some("cgroup2"),
+        &fd_path(&dir),
+        Some("cgroup2"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(sys("mounting cgroup2 on", &shown))
 }
 
 fn no_root() -> Error {

@@ -37,6 +37,7 @@ use tracing::{debug, info};
 
 use self::pipe::{Finished, Pipe};
 use crate::error::{io, Error, Result};
+use crate::name::{is_valid_name, NAME_RULE};
 
 /// Directory of the name symlinks inside `stages/`.
 const BY_NAME: &str = "by-name";
@@ -94,6 +95,33 @@ pub struct Added {
     pub named: Option<String>,
 }
 
+/// A tarball unpacked into scratch space, not yet in the store.
+struct Scratch {
+    /// `tmp/stage-PID-*`, holding `rootfs/`; removed on drop.
+    work: tempfile::TempDir,
+    /// The lock telling `collect_garbage` the unpack is live.
+    _busy: Flock<File>,
+    /// The tarball's compression and digest.
+    finished: Finished,
+    /// What was unpacked.
+    stats: unpack::Unpacked,
+}
+
+/// A stage tarball's metadata, if it is a non-empty regular file.
+fn check_tarball(tarball: &Path) -> Result<fs::Metadata> {
+    let meta = fs::metadata(tarball).map_err(io("reading", tarball))?;
+    if !meta.is_file() {
+        return Err(Error::Invalid(format!(
+            "{} is not a regular file",
+            tarball.display()
+        )));
+    }
+    if meta.len() == 0 {
+        return Err(Error::Invalid(format!("{} is empty", tarball.display())));
+    }
+    Ok(meta)
+}
+
 /// `stage.json`: what the store knows about a stage besides its names.
 #[derive(Debug, Serialize, Deserialize)]
 struct Record {
@@ -136,7 +164,7 @@ impl StageStore {
 
     /// [`add`](Self::add), telling also whether anything was unpacked. With
     /// `expected` (a hex sha256), the tarball is added only if the bytes read
-    /// have that digest (checked before anything is installed or named).
+    /// have that digest, checked before anything is installed or named.
     pub fn add_tarball(
         &self,
         tarball: &Path,
@@ -145,6 +173,11 @@ impl StageStore {
         progress: &dyn Fn(u64),
     ) -> Result<Added> {
         let start = Instant::now();
+        if let Some(name) = name {
+            check_name(name)?;
+        }
+        let meta = check_tarball(tarball)?;
+        let key = file_key(&meta);
         let check = |digest: &str| match expected {
             Some(want) if want != digest => Err(Error::DigestMismatch {
                 path: tarball.to_owned(),
@@ -153,52 +186,8 @@ impl StageStore {
             }),
             _ => Ok(()),
         };
-        if let Some(name) = name {
-            check_name(name)?;
-        }
-        let meta = fs::metadata(tarball).map_err(io("reading", tarball))?;
-        if !meta.is_file() {
-            return Err(Error::Invalid(format!(
-                "{} is not a regular file",
-                tarball.display()
-            )));
-        }
-        if meta.len() == 0 {
-            return Err(Error::Invalid(format!("{} is empty", tarball.display())));
-        }
-        let key = file_key(&meta);
-        if let Some(digest) = self.cached_digest(&key) {
-            if self.stage_dir(&digest).is_dir() {
-                debug!(%digest, "tarball known by its file identity, not re-hashed");
-                check(&digest)?;
-                if let Some(name) = name {
-                    self.set_name(name, &digest)?;
-                }
-                return Ok(Added {
-                    stage: self.load(&digest)?,
-                    unpacked: false,
-                    named: name.map(str::to_owned),
-                });
-            }
-        }
-        // A copy of a tarball already in the store (same size as one of them):
-        // hashing first costs one read at memory speed and can save the whole
-        // unpack.
-        if self.list()?.iter().any(|s| s.tarball_bytes == meta.len()) {
-            let digest = hash_file(tarball, progress)?;
-            check(&digest)?;
-            if self.stage_dir(&digest).is_dir() {
-                debug!(%digest, "same content as a stage in the store");
-                if let Some(name) = name {
-                    self.set_name(name, &digest)?;
-                }
-                self.cache_digest(&key, &digest);
-                return Ok(Added {
-                    stage: self.load(&digest)?,
-                    unpacked: false,
-                    named: name.map(str::to_owned),
-                });
-            }
+        if let Some(added) = self.find_added(tarball, &meta, &key, name, &check, progress)? {
+            return Ok(added);
         }
         let explicit = name;
         let default_name;
@@ -210,74 +199,11 @@ impl StageStore {
             }
         };
 
-        fs::create_dir_all(&self.tmp).map_err(io("creating", &self.tmp))?;
-        // `stage-PID-`: a signal handler removes its own (see the store's
-        // scratch prefixes); `collect_garbage` goes by the lock below.
-        let work = tempfile::Builder::new()
-            .prefix(&format!("stage-{}-", std::process::id()))
-            .tempdir_in(&self.tmp)
-            .map_err(io("creating a directory in", &self.tmp))?;
-        // Held until the directory is renamed into place or deleted, so that
-        // `collect_garbage` can tell a live unpack from one a crash left.
-        let _busy = lock_dir(work.path())?;
-        let rootfs = work.path().join("rootfs");
-        fs::create_dir(&rootfs).map_err(io("creating", &rootfs))?;
-
-        let file = File::open(tarball).map_err(io("opening", tarball))?;
-        let (pipe, stream) = Pipe::start(file).map_err(io("reading", tarball))?;
-        let read = pipe.bytes_read();
-        let unpacked = unpack::unpack(Box::new(stream), tarball, &rootfs, &mut || {
-            progress(read.load(Ordering::Relaxed))
-        });
-        // The stream is consumed (or dropped on error): the thread ends either way.
-        let finished = pipe.finish();
-        let stats = unpacked?;
-        let Finished {
-            compression,
-            digest,
-        } = finished.map_err(io("reading", tarball))?;
-        progress(read.load(Ordering::Relaxed));
-        debug!(%compression, %digest, "unpacked");
+        let scratch = self.unpack_to_scratch(tarball, progress)?;
+        let digest = scratch.finished.digest.clone();
         // Still in scratch: a wrong digest leaves nothing.
         check(&digest)?;
-
-        let dest = self.stage_dir(&digest);
-        let unpacked = if dest.is_dir() {
-            debug!(%digest, "same tarball already in the store; dropping this unpack");
-            false
-        } else {
-            let record = Record {
-                digest: digest.clone(),
-                source: tarball
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                compression: compression.to_string(),
-                tarball_bytes: meta.len(),
-                files: stats.files,
-                bytes: stats.bytes,
-                added: now(),
-            };
-            write_record(&work.path().join("stage.json"), &record)?;
-            let lock = work.path().join("lock");
-            File::create(&lock).map_err(io("creating", &lock))?;
-            fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755))
-                .map_err(io("changing mode of", work.path()))?;
-            fs::create_dir_all(&self.stages).map_err(io("creating", &self.stages))?;
-            match fs::rename(work.path(), &dest) {
-                Ok(()) => {
-                    // Now owned by the store: the TempDir must not delete it.
-                    let _ = work.keep();
-                    true
-                }
-                // Another `stage add` of the same tarball won the race.
-                Err(e) if dest.is_dir() => {
-                    debug!(%digest, error = %e, "lost the race to add the same tarball");
-                    false
-                }
-                Err(e) => return Err(io("moving the unpacked stage to", &dest)(e)),
-            }
-        };
+        let unpacked = self.install(scratch, tarball, meta.len())?;
         // A tarball already present keeps its names unless one is given.
         let named = if unpacked || explicit.is_some() {
             self.set_name(name, &digest)?;
@@ -301,6 +227,134 @@ impl StageStore {
             unpacked,
             named,
         })
+    }
+
+    /// The stage a tarball is already in the store as, known by its file
+    /// identity or, for a copy of the same size as a stage's, by its digest;
+    /// named `name` if one is given.
+    fn find_added(
+        &self,
+        tarball: &Path,
+        meta: &fs::Metadata,
+        key: &str,
+        name: Option<&str>,
+        check: &dyn Fn(&str) -> Result<()>,
+        progress: &dyn Fn(u64),
+    ) -> Result<Option<Added>> {
+        let found = |digest: &str| -> Result<Option<Added>> {
+            if let Some(name) = name {
+                self.set_name(name, digest)?;
+            }
+            Ok(Some(Added {
+                stage: self.load(digest)?,
+                unpacked: false,
+                named: name.map(str::to_owned),
+            }))
+        };
+        if let Some(digest) = self.cached_digest(key) {
+            if self.stage_dir(&digest).is_dir() {
+                debug!(%digest, "tarball known by its file identity, not re-hashed");
+                check(&digest)?;
+                return found(&digest);
+            }
+        }
+        // A copy of a tarball already in the store (same size as one of them):
+        // hashing first costs one read at memory speed and can save the whole
+        // unpack.
+        if self.list()?.iter().any(|s| s.tarball_bytes == meta.len()) {
+            let digest = hash_file(tarball, progress)?;
+            check(&digest)?;
+            if self.stage_dir(&digest).is_dir() {
+                debug!(%digest, "same content as a stage in the store");
+                self.cache_digest(key, &digest);
+                return found(&digest);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Unpack `tarball` into a new scratch directory of the store's `tmp/`,
+    /// hashing it on the way.
+    fn unpack_to_scratch(&self, tarball: &Path, progress: &dyn Fn(u64)) -> Result<Scratch> {
+        fs::create_dir_all(&self.tmp).map_err(io("creating", &self.tmp))?;
+        // `stage-PID-`: a signal handler removes its own (see the store's
+        // scratch prefixes); `collect_garbage` goes by the lock below.
+        let work = tempfile::Builder::new()
+            .prefix(&format!("stage-{}-", std::process::id()))
+            .tempdir_in(&self.tmp)
+            .map_err(io("creating a directory in", &self.tmp))?;
+        // Held until the directory is renamed into place or deleted, so that
+        // `collect_garbage` can tell a live unpack from one a crash left.
+        let busy = lock_dir(work.path())?;
+        let rootfs = work.path().join("rootfs");
+        fs::create_dir(&rootfs).map_err(io("creating", &rootfs))?;
+
+        let file = File::open(tarball).map_err(io("opening", tarball))?;
+        let (pipe, stream) = Pipe::start(file).map_err(io("reading", tarball))?;
+        let read = pipe.bytes_read();
+        let unpacked = unpack::unpack(Box::new(stream), tarball, &rootfs, &mut || {
+            progress(read.load(Ordering::Relaxed))
+        });
+        // The stream is consumed (or dropped on error): the thread ends either way.
+        let finished = pipe.finish();
+        let stats = unpacked?;
+        let finished = finished.map_err(io("reading", tarball))?;
+        progress(read.load(Ordering::Relaxed));
+        debug!(compression = %finished.compression, digest = %finished.digest, "unpacked");
+        Ok(Scratch {
+            work,
+            _busy: busy,
+            finished,
+            stats,
+        })
+    }
+
+    /// Rename an unpacked scratch directory into place as `stages/<digest>`:
+    /// whether it went in (false: the same tarball was there already).
+    fn install(&self, scratch: Scratch, tarball: &Path, tarball_bytes: u64) -> Result<bool> {
+        let Scratch {
+            work,
+            finished,
+            stats,
+            ..
+        } = &scratch;
+        let digest = &finished.digest;
+        let dest = self.stage_dir(digest);
+        if dest.is_dir() {
+            debug!(%digest, "same tarball already in the store; dropping this unpack");
+            return Ok(false);
+        }
+        let record = Record {
+            digest: digest.clone(),
+            source: tarball
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            compression: finished.compression.to_string(),
+            tarball_bytes,
+            files: stats.files,
+            bytes: stats.bytes,
+            added: now(),
+        };
+        write_record(&work.path().join("stage.json"), &record)?;
+        let lock = work.path().join("lock");
+        File::create(&lock).map_err(io("creating", &lock))?;
+        fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755))
+            .map_err(io("changing mode of", work.path()))?;
+        fs::create_dir_all(&self.stages).map_err(io("creating", &self.stages))?;
+        match fs::rename(work.path(), &dest) {
+            Ok(()) => {
+                // Now owned by the store: the TempDir must not delete it.
+                let _ = scratch.work.keep();
+                Ok(true)
+            }
+            // Another `stage add` of the same tarball won the race.
+            Err(e) if dest.is_dir() => {
+                debug!(%digest, error = %e, "lost the race to add the same tarball");
+                Ok(false)
+            }
+            Err(e) => Err(io("moving the unpacked stage to", &dest)(e)),
+        }
     }
 
     /// Every stage, oldest first.
@@ -684,23 +738,12 @@ fn is_digest(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// A stage name is one harmless path component: letters, digits and `._+-`,
-/// not starting with a dot (the store's rule for every user-given name).
-pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'))
-}
-
 fn check_name(name: &str) -> Result<()> {
     if is_valid_name(name) && !is_digest(name) {
         Ok(())
     } else {
         Err(Error::Invalid(format!(
-            "invalid stage name {name:?}: use letters, digits and ._+- (not starting with a dot, not a digest)"
+            "invalid stage name {name:?}: a name is {NAME_RULE}, and not a digest"
         )))
     }
 }

@@ -106,7 +106,24 @@ fn run_demo(store: &Path, args: &DemoArgs) -> anyhow::Result<()> {
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     println!("portroot demo: store {}\n", store.display());
 
-    // 1. Three dated snapshots, as the mirrors publish them.
+    let tarballs = make_snapshots(&work)?;
+    let oldest = import_snapshots(store, &tarballs)?;
+    mount_every_tag(store)?;
+    add_stage(store, &work)?;
+    create_layer(store, &oldest)?;
+    let pkgdir = run_jobs(store, args, &oldest)?;
+    show_results(store, args, &pkgdir)?;
+
+    println!(
+        "\nDone in {:.1} s. Job logs are under {}/runs/*/*/log.",
+        started.elapsed().as_secs_f64(),
+        store.display()
+    );
+    Ok(())
+}
+
+/// Step 1: three dated snapshots, as the mirrors publish them.
+fn make_snapshots(work: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let t = Instant::now();
     let mut tree = PortageTree::small(2026);
     let mut tarballs = Vec::new();
@@ -114,7 +131,7 @@ fn run_demo(store: &Path, args: &DemoArgs) -> anyhow::Result<()> {
         let dir = work.join(format!("tree-{}", tree.day));
         tree.write_tree(&dir)
             .with_context(|| format!("writing the demo tree {}", dir.display()))?;
-        let tarball = pack_snapshot(&dir, &tree.snapshot_stem(), Compression::Xz, &work)
+        let tarball = pack_snapshot(&dir, &tree.snapshot_stem(), Compression::Xz, work)
             .with_context(|| format!("packing {}", dir.display()))?;
         fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
         tarballs.push(tarball);
@@ -129,10 +146,13 @@ fn run_demo(store: &Path, args: &DemoArgs) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", "),
     );
+    Ok(tarballs)
+}
 
-    // 2. Import them: one commit and annotated tag per date.
+/// Step 2: import them, one commit and annotated tag per date: the oldest tag.
+fn import_snapshots(store: &Path, tarballs: &[PathBuf]) -> anyhow::Result<String> {
     let t = Instant::now();
-    for tarball in &tarballs {
+    for tarball in tarballs {
         portroot(store, ["snapshot", "import"])
             .arg(tarball)
             .status_ok()?;
@@ -148,8 +168,11 @@ fn run_demo(store: &Path, args: &DemoArgs) -> anyhow::Result<()> {
     portroot(store, ["snapshot", "diff", "--stat"])
         .args([&oldest, &newest])
         .status_ok()?;
+    Ok(oldest)
+}
 
-    // 3. Every tag side by side, served from git objects.
+/// Step 3: every tag side by side, served from git objects.
+fn mount_every_tag(store: &Path) -> anyhow::Result<()> {
     let mnt = store.join("demo-mnt");
     fs::create_dir_all(&mnt).with_context(|| format!("creating {}", mnt.display()))?;
     let t = Instant::now();
@@ -161,24 +184,30 @@ fn run_demo(store: &Path, args: &DemoArgs) -> anyhow::Result<()> {
     unmounted?;
     step("mounted every tag", mounted, &mnt.display().to_string());
     println!("{listing}");
+    Ok(())
+}
 
-    // 4. The stage, unpacked once.
+/// Step 4: the stage, unpacked once.
+fn add_stage(store: &Path, work: &Path) -> anyhow::Result<()> {
     let t = Instant::now();
-    let stage = StageTarball::build_from_host(&work, Compression::Xz).context(
+    let stage = StageTarball::build_from_host(work, Compression::Xz).context(
         "building the demo stage tarball from the host's bash (and busybox, if installed)",
     )?;
     portroot(store, ["stage", "add", "--name", "demo"])
         .arg(&stage)
         .status_ok()?;
     step("added the stage", t.elapsed(), &file_name(&stage));
+    Ok(())
+}
 
-    // 5. A layer: one job's changes over the stage, kept read-only under a
-    // name, as a software stack that several runs build on.
+/// Step 5: a layer: one job's changes over the stage, kept read-only under a
+/// name, as a software stack that several runs build on.
+fn create_layer(store: &Path, oldest: &str) -> anyhow::Result<()> {
     let t = Instant::now();
     portroot(
         store,
         [
-            "layer", "create", "stack", "--stage", "demo", "--tag", &oldest,
+            "layer", "create", "stack", "--stage", "demo", "--tag", oldest,
         ],
     )
     .arg("--")
@@ -189,10 +218,13 @@ fn run_demo(store: &Path, args: &DemoArgs) -> anyhow::Result<()> {
         t.elapsed(),
         "layers/stack (portroot layer list)",
     );
+    Ok(())
+}
 
-    // 6. N jobs in parallel chroots over stage + layer at the older tag,
-    // binary packages collected. Bash builtins only, so the job runs in a
-    // stage holding nothing but bash.
+/// Step 6: `--jobs` jobs in parallel chroots over stage + layer at the older tag,
+/// binary packages collected. Bash builtins only, so the job runs in a
+/// stage holding nothing but bash. The directory of the packages.
+fn run_jobs(store: &Path, args: &DemoArgs, oldest: &str) -> anyhow::Result<PathBuf> {
     let script = format!(
         "set -e; tree=/var/db/repos/gentoo; \
          echo \"job $HOSTNAME sees the tree of $(< $tree/metadata/timestamp.chk)\"; \
@@ -206,7 +238,7 @@ fn run_demo(store: &Path, args: &DemoArgs) -> anyhow::Result<()> {
     portroot(
         store,
         [
-            "run", "--stage", "demo", "--layer", "stack", "--tag", &oldest,
+            "run", "--stage", "demo", "--layer", "stack", "--tag", oldest,
         ],
     )
     .args(["--jobs", &args.jobs.to_string()])
@@ -219,7 +251,12 @@ fn run_demo(store: &Path, args: &DemoArgs) -> anyhow::Result<()> {
         t.elapsed(),
         &format!("over stage demo + layer stack, at tag {oldest}"),
     );
-    let mut packages: Vec<String> = fs::read_dir(&pkgdir)
+    Ok(pkgdir)
+}
+
+/// The packages the jobs left, and what the first job printed.
+fn show_results(store: &Path, args: &DemoArgs, pkgdir: &Path) -> anyhow::Result<()> {
+    let mut packages: Vec<String> = fs::read_dir(pkgdir)
         .with_context(|| format!("reading {}", pkgdir.display()))?
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
         .collect();
@@ -243,12 +280,6 @@ fn run_demo(store: &Path, args: &DemoArgs) -> anyhow::Result<()> {
             println!("  {line}");
         }
     }
-
-    println!(
-        "\nDone in {:.1} s. Job logs are under {}/runs/*/*/log.",
-        started.elapsed().as_secs_f64(),
-        store.display()
-    );
     Ok(())
 }
 

@@ -198,7 +198,7 @@ fn list(layers: &LayerStore, a: &ListArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if all.is_empty() {
-        eprintln!("no layers (create one with `portroot layer create`)");
+        println!("no layers (create one with `portroot layer create`)");
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<[String; 5]> = all

@@ -267,7 +267,6 @@ fn download(ctx: &Ctx, url: &str, a: &AddArgs) -> anyhow::Result<(tempfile::Temp
 }
 
 fn export(ctx: &Ctx, stages: &StageStore, a: ExportArgs) -> anyhow::Result<ExitCode> {
-    use anyhow::Context;
     let start = Instant::now();
     if a.file.is_dir() {
         anyhow::bail!("{} is a directory", a.file.display());
@@ -284,24 +283,7 @@ fn export(ctx: &Ctx, stages: &StageStore, a: ExportArgs) -> anyhow::Result<ExitC
         portroot::run::private_mount_namespace()?;
     }
     super::signals::clean_up_on_signal(ctx, "unfinished export removed")?;
-    // Our scratch directory, named with our PID (see `Store::scratch_prefix`):
-    // the view's mount point, and the record of the temporary tarball
-    // written beside the output, for a signal's clean-up or `gc`'s.
-    let tmp = ctx.store.tmp_dir();
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let scratch = tempfile::Builder::new()
-        .prefix(&Store::scratch_prefix("export"))
-        .tempdir_in(&tmp)
-        .with_context(|| format!("creating a directory in {}", tmp.display()))?;
-    // Held while we export, so `gc` (the layer store's, which knows these
-    // directories by lock) leaves the scratch directory alone.
-    let _lock = nix::fcntl::Flock::lock(
-        std::fs::File::open(scratch.path())
-            .with_context(|| format!("opening {}", scratch.path().display()))?,
-        nix::fcntl::FlockArg::LockExclusive,
-    )
-    .map_err(|(_, e)| e)
-    .with_context(|| format!("locking {}", scratch.path().display()))?;
+    let (scratch, _lock) = export_scratch(ctx)?;
     let view_dir = if layered {
         scratch.path().join("view")
     } else {
@@ -348,6 +330,31 @@ fn export(ctx: &Ctx, stages: &StageStore, a: ExportArgs) -> anyhow::Result<ExitC
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Our scratch directory, named with our PID (see `Store::scratch_prefix`):
+/// the view's mount point, and the record of the temporary tarball written
+/// beside the output, for a signal's clean-up or `gc`'s. Returned locked.
+fn export_scratch(
+    ctx: &Ctx,
+) -> anyhow::Result<(tempfile::TempDir, nix::fcntl::Flock<std::fs::File>)> {
+    use anyhow::Context;
+    let tmp = ctx.store.tmp_dir();
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let scratch = tempfile::Builder::new()
+        .prefix(&Store::scratch_prefix("export"))
+        .tempdir_in(&tmp)
+        .with_context(|| format!("creating a directory in {}", tmp.display()))?;
+    // Held while we export, so `gc` (the layer store's, which knows these
+    // directories by lock) leaves the scratch directory alone.
+    let lock = nix::fcntl::Flock::lock(
+        std::fs::File::open(scratch.path())
+            .with_context(|| format!("opening {}", scratch.path().display()))?,
+        nix::fcntl::FlockArg::LockExclusive,
+    )
+    .map_err(|(_, e)| e)
+    .with_context(|| format!("locking {}", scratch.path().display()))?;
+    Ok((scratch, lock))
 }
 
 fn list(stages: &StageStore) -> anyhow::Result<ExitCode> {

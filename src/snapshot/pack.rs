@@ -24,6 +24,7 @@ use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, Sender};
 
 use flate2::{Compress, Compression, FlushCompress, Status};
 use git2::Oid;
@@ -229,7 +230,7 @@ impl PackWriter {
             dir,
             path,
             out,
-            mut offset,
+            offset,
             mut entries,
             mut deflater,
             ..
@@ -254,39 +255,9 @@ impl PackWriter {
             let file = &file;
             // What is on disk is read back from the page cache; the objects
             // appended meanwhile come over the channel, in order.
-            let hasher = s.spawn(move || -> std::io::Result<[u8; 20]> {
-                let mut h = Sha1::new();
-                let mut buf = vec![0u8; 1 << 20];
-                let mut pos = 0u64;
-                while pos < written {
-                    let n = buf.len().min((written - pos) as usize);
-                    file.read_exact_at(&mut buf[..n], pos)?;
-                    h.update(&buf[..n]);
-                    pos += n as u64;
-                }
-                for bytes in rx {
-                    h.update(&bytes);
-                }
-                Ok(h.finalize().into())
-            });
-            let appended = (|| -> std::io::Result<()> {
-                // Owned here, so that the hasher stops on an early return too.
-                let tx = tx;
-                let mut out = BufWriter::with_capacity(1 << 20, file);
-                for (kind, oid, data) in last {
-                    let packed = deflater.pack(kind, &data);
-                    out.write_all(&packed.bytes)?;
-                    entries.push(IdxEntry {
-                        oid,
-                        crc32: packed.crc32,
-                        offset,
-                    });
-                    offset += packed.bytes.len() as u64;
-                    // The hasher only stops early after an error of its own.
-                    let _ = tx.send(packed.bytes);
-                }
-                out.flush()
-            })();
+            let hasher = s.spawn(move || hash_pack(file, written, rx));
+            // Owned by the appender, so that the hasher stops on an early return too.
+            let appended = append_objects(file, last, &mut deflater, &mut entries, offset, tx);
             let hashed = match hasher.join() {
                 Ok(r) => r,
                 Err(panic) => std::panic::resume_unwind(panic),
@@ -298,23 +269,79 @@ impl PackWriter {
         file.sync_all().map_err(io("syncing"))?;
         drop(file);
 
-        // Sort on integer keys: comparing git2 Oids goes through libgit2.
-        entries.sort_unstable_by_key(|e| oid_key(&e.oid));
-        let idx = build_index(&entries, &checksum);
-        let name = format!("pack-{}", hex(&checksum));
-        let pack = dir.join(format!("{name}.pack"));
-        let idx_path = dir.join(format!("{name}.idx"));
-        fs::rename(&path, &pack).map_err(Error::io("renaming", &path))?;
-        let mut f = File::create(&idx_path).map_err(Error::io("creating", &idx_path))?;
-        f.write_all(&idx)
-            .and_then(|()| f.sync_all())
-            .map_err(Error::io("writing", &idx_path))?;
-        Ok(Some(FinishedPack {
-            pack,
-            idx: idx_path,
-            objects: entries.len(),
-        }))
+        install_index(&dir, &path, entries, &checksum).map(Some)
     }
+}
+
+/// The SHA-1 of a pack: the `written` bytes on disk in `file` (read back
+/// from the page cache), then the objects appended meanwhile, in order,
+/// as they come over `rx`.
+fn hash_pack(file: &File, written: u64, rx: Receiver<Vec<u8>>) -> std::io::Result<[u8; 20]> {
+    let mut h = Sha1::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < written {
+        let n = buf.len().min((written - pos) as usize);
+        file.read_exact_at(&mut buf[..n], pos)?;
+        h.update(&buf[..n]);
+        pos += n as u64;
+    }
+    for bytes in rx {
+        h.update(&bytes);
+    }
+    Ok(h.finalize().into())
+}
+
+/// Deflate and append `last` to the pack `file` at `offset`, noting each in
+/// `entries` and sending its bytes to the hasher over `tx`.
+fn append_objects(
+    file: &File,
+    last: Vec<(ObjectKind, Oid, Vec<u8>)>,
+    deflater: &mut Deflater,
+    entries: &mut Vec<IdxEntry>,
+    mut offset: u64,
+    tx: Sender<Vec<u8>>,
+) -> std::io::Result<()> {
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    for (kind, oid, data) in last {
+        let packed = deflater.pack(kind, &data);
+        out.write_all(&packed.bytes)?;
+        entries.push(IdxEntry {
+            oid,
+            crc32: packed.crc32,
+            offset,
+        });
+        offset += packed.bytes.len() as u64;
+        // The hasher only stops early after an error of its own.
+        let _ = tx.send(packed.bytes);
+    }
+    out.flush()
+}
+
+/// Name the finished pack at `path` after its `checksum` and write its index
+/// beside it in `dir`.
+fn install_index(
+    dir: &Path,
+    path: &Path,
+    mut entries: Vec<IdxEntry>,
+    checksum: &[u8; 20],
+) -> Result<FinishedPack> {
+    // Sort on integer keys: comparing git2 Oids goes through libgit2.
+    entries.sort_unstable_by_key(|e| oid_key(&e.oid));
+    let idx = build_index(&entries, checksum);
+    let name = format!("pack-{}", hex(checksum));
+    let pack = dir.join(format!("{name}.pack"));
+    let idx_path = dir.join(format!("{name}.idx"));
+    fs::rename(path, &pack).map_err(Error::io("renaming", path))?;
+    let mut f = File::create(&idx_path).map_err(Error::io("creating", &idx_path))?;
+    f.write_all(&idx)
+        .and_then(|()| f.sync_all())
+        .map_err(Error::io("writing", &idx_path))?;
+    Ok(FinishedPack {
+        pack,
+        idx: idx_path,
+        objects: entries.len(),
+    })
 }
 
 /// An id as integers that sort in the id's byte order.

@@ -204,16 +204,44 @@ pub fn push(store: &Store, repo_name: &str, remote: &str, force: bool) -> Result
         problem,
     };
 
+    let (specs, done) = plan_push(&repo, &local, &theirs, main, force).map_err(refuse)?;
+    if specs.is_empty() {
+        info!(remote, "remote already up to date");
+        return Ok(done);
+    }
+    debug!(remote, refs = specs.len(), "pushing");
+    if let Some(first) = send(&repo, remote, &t, &specs)? {
+        return Err(refuse(format!("rejected {first}")));
+    }
+    info!(
+        remote,
+        moved_main = done.moved_main,
+        tags = done.tags.len(),
+        "pushed"
+    );
+    Ok(done)
+}
+
+/// The refspecs a push sends, and what it changes there: `main` if it moves
+/// forward (or `force`), the tags missing there; the problem if a ref there
+/// would be overwritten without `force`.
+fn plan_push(
+    repo: &Repository,
+    local: &BTreeMap<String, Oid>,
+    theirs: &BTreeMap<String, Oid>,
+    main: Oid,
+    force: bool,
+) -> std::result::Result<(Vec<String>, Transfer), String> {
     let mut specs = Vec::new();
     let mut done = Transfer::default();
     match theirs.get(MAIN_REF) {
         Some(&their_main) if their_main == main => {}
-        Some(&their_main) if !fast_forward(&repo, their_main, main) && !force => {
-            return Err(refuse(format!(
+        Some(&their_main) if !fast_forward(repo, their_main, main) && !force => {
+            return Err(format!(
                 "its main ({}) has diverged from the local main ({}): not a fast-forward (use --force to overwrite it)",
                 short(their_main),
                 short(main)
-            )));
+            ));
         }
         _ => {
             specs.push(format!("+{MAIN_REF}:{MAIN_REF}"));
@@ -224,10 +252,10 @@ pub fn push(store: &Store, repo_name: &str, remote: &str, force: bool) -> Result
         match theirs.get(name) {
             Some(&o) if o == oid => {}
             Some(_) if !force => {
-                return Err(refuse(format!(
+                return Err(format!(
                     "tag {} names different objects there (use --force to replace it)",
                     tag_name(name)
-                )));
+                ));
             }
             _ => {
                 specs.push(format!("+{name}:{name}"));
@@ -235,12 +263,18 @@ pub fn push(store: &Store, repo_name: &str, remote: &str, force: bool) -> Result
             }
         }
     }
-    if specs.is_empty() {
-        info!(remote, "remote already up to date");
-        return Ok(done);
-    }
-    debug!(remote, refs = specs.len(), "pushing");
-    match &t {
+    Ok((specs, done))
+}
+
+/// Send `specs` to `remote` over transport `t`: the first ref the remote
+/// rejected, if any (its name and git's message).
+fn send(
+    repo: &Repository,
+    remote: &str,
+    t: &Transport,
+    specs: &[String],
+) -> Result<Option<String>> {
+    match t {
         Transport::Local(_) => {
             let mut r = repo
                 .remote_anonymous(&t.url())
@@ -255,26 +289,18 @@ pub fn push(store: &Store, repo_name: &str, remote: &str, force: bool) -> Result
             });
             let mut opts = PushOptions::new();
             opts.remote_callbacks(cbs);
-            r.push(&specs, Some(&mut opts))
+            r.push(specs, Some(&mut opts))
                 .map_err(Error::git(format!("pushing to {remote}")))?;
             drop(opts);
-            if let Some(first) = rejected.first() {
-                return Err(refuse(format!("rejected {first}")));
-            }
+            Ok(rejected.into_iter().next())
         }
         Transport::Cli(url) => {
             let mut args = vec!["push", "--porcelain", "--", url.as_str()];
             args.extend(specs.iter().map(String::as_str));
-            git_cli(&repo, remote, &args)?;
+            git_cli(repo, remote, &args)?;
+            Ok(None)
         }
     }
-    info!(
-        remote,
-        moved_main = done.moved_main,
-        tags = done.tags.len(),
-        "pushed"
-    );
-    Ok(done)
 }
 
 /// Fetch `main` and every tag of `remote` into repository `repo_name`,
@@ -293,14 +319,7 @@ pub fn fetch(
     let fresh = if path.is_dir() {
         None
     } else {
-        let dir = store.repos_dir();
-        fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
-        let tmp = tempfile::Builder::new()
-            .prefix(&Store::scratch_prefix(".new"))
-            .tempdir_in(&dir)
-            .map_err(Error::io("creating a directory in", &dir))?;
-        init_bare(tmp.path())?;
-        Some(tmp)
+        Some(fresh_repo(store)?)
     };
     let target_path = fresh.as_ref().map_or(path.clone(), |t| t.path().to_owned());
     let local = list_local(&open_bare(&target_path)?)?;
@@ -308,6 +327,62 @@ pub fn fetch(
     let quarantine = Quarantine::new(store, &target_path, &local)?;
     let q = &quarantine.repo;
     let theirs = list_remote(q, remote, &t)?;
+    check_remote_refs(remote, &theirs)?;
+    let specs = [
+        format!("+{MAIN_REF}:{STAGING}main"),
+        format!("+refs/tags/*:{STAGING}tags/*"),
+    ];
+    // The git command line for every transport here (see the module doc).
+    let url = t.url();
+    let mut args = vec!["fetch", "--no-tags", "--no-write-fetch-head", "--", &url];
+    args.extend(specs.iter().map(String::as_str));
+    git_cli(q, remote, &args)?;
+
+    let refuse = |problem: String| Error::Remote {
+        remote: remote.to_owned(),
+        problem,
+    };
+    let (moves, done) = plan_fetch(q, &local, &theirs, force).map_err(refuse)?;
+    if !moves.is_empty() {
+        // Nothing the importer would refuse reaches the store this way
+        // either: every new commit's tree is checked while the objects are
+        // still in the quarantine.
+        let known: Vec<Oid> = local.values().copied().collect();
+        check_fetched(q, &moves, &known).map_err(refuse)?;
+        let objects = quarantine.adopt(&target_path.join("objects"))?;
+        debug!(objects, "fetched objects moved into the repository");
+        move_refs(&target_path, &moves, remote)?;
+    }
+    drop(quarantine);
+    if let Some(tmp) = fresh {
+        let tmp = tmp.keep();
+        fs::rename(&tmp, &path).map_err(Error::io("creating", &path))?;
+    }
+    info!(
+        remote,
+        moved_main = done.moved_main,
+        tags = done.tags.len(),
+        "fetched"
+    );
+    Ok(done)
+}
+
+/// A new, empty repository beside the store's repositories, to be renamed
+/// into place once a first fetch has worked.
+fn fresh_repo(store: &Store) -> Result<tempfile::TempDir> {
+    let dir = store.repos_dir();
+    fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(&Store::scratch_prefix(".new"))
+        .tempdir_in(&dir)
+        .map_err(Error::io("creating a directory in", &dir))?;
+    init_bare(tmp.path())?;
+    Ok(tmp)
+}
+
+/// Refuse a remote with nothing to fetch, or with a tag that is not a
+/// snapshot date.
+fn check_remote_refs(remote: &str, theirs: &BTreeMap<String, Oid>) -> Result<()> {
     if theirs.is_empty() {
         return Err(Error::Remote {
             remote: remote.to_owned(),
@@ -329,20 +404,18 @@ pub fn fetch(
             ),
         });
     }
-    let specs = [
-        format!("+{MAIN_REF}:{STAGING}main"),
-        format!("+refs/tags/*:{STAGING}tags/*"),
-    ];
-    // The git command line for every transport here (see the module doc).
-    let url = t.url();
-    let mut args = vec!["fetch", "--no-tags", "--no-write-fetch-head", "--", &url];
-    args.extend(specs.iter().map(String::as_str));
-    git_cli(q, remote, &args)?;
+    Ok(())
+}
 
-    let refuse = |problem: String| Error::Remote {
-        remote: remote.to_owned(),
-        problem,
-    };
+/// The refs a fetch moves here, and what it changes: `main` if it moves
+/// forward (or `force`), the tags missing here; the problem if a ref here
+/// would be overwritten without `force`. `q` sees both sides' objects.
+fn plan_fetch(
+    q: &Repository,
+    local: &BTreeMap<String, Oid>,
+    theirs: &BTreeMap<String, Oid>,
+    force: bool,
+) -> std::result::Result<(Vec<(String, Oid)>, Transfer), String> {
     let mut moves: Vec<(String, Oid)> = Vec::new();
     let mut done = Transfer::default();
     if let Some(&their_main) = theirs.get(MAIN_REF) {
@@ -350,11 +423,11 @@ pub fn fetch(
             Some(&mine) if mine == their_main => {}
             // The quarantine sees both sides: its own objects and ours.
             Some(&mine) if !fast_forward(q, mine, their_main) && !force => {
-                return Err(refuse(format!(
+                return Err(format!(
                     "its main ({}) has diverged from the local main ({}): not a fast-forward (use --force to take it)",
                     short(their_main),
                     short(mine)
-                )));
+                ));
             }
             _ => {
                 moves.push((MAIN_REF.to_owned(), their_main));
@@ -366,10 +439,10 @@ pub fn fetch(
         match local.get(name) {
             Some(&o) if o == oid => {}
             Some(_) if !force => {
-                return Err(refuse(format!(
+                return Err(format!(
                     "tag {} names different objects here (use --force to replace it)",
                     tag_name(name)
-                )));
+                ));
             }
             _ => {
                 moves.push((name.clone(), oid));
@@ -377,40 +450,25 @@ pub fn fetch(
             }
         }
     }
-    if !moves.is_empty() {
-        // Nothing the importer would refuse reaches the store this way
-        // either: every new commit's tree is checked while the objects are
-        // still in the quarantine.
-        let known: Vec<Oid> = local.values().copied().collect();
-        check_fetched(q, &moves, &known).map_err(refuse)?;
-        let objects = quarantine.adopt(&target_path.join("objects"))?;
-        debug!(objects, "fetched objects moved into the repository");
-        // Opened afresh so that it sees the objects just moved in.
-        let repo = open_bare(&target_path)?;
-        let mut tx = repo
-            .transaction()
-            .map_err(Error::git("starting a reference transaction"))?;
-        for (name, oid) in &moves {
-            tx.lock_ref(name)
-                .map_err(Error::git(format!("locking {name}")))?;
-            tx.set_target(name, *oid, None, &format!("portroot: fetch {remote}"))
-                .map_err(Error::git(format!("setting {name}")))?;
-        }
-        tx.commit()
-            .map_err(Error::git("committing the reference transaction"))?;
+    Ok((moves, done))
+}
+
+/// Point the refs of the repository at `target_path` as `moves` say, in one
+/// reference transaction.
+fn move_refs(target_path: &Path, moves: &[(String, Oid)], remote: &str) -> Result<()> {
+    // Opened afresh so that it sees the objects just moved in.
+    let repo = open_bare(target_path)?;
+    let mut tx = repo
+        .transaction()
+        .map_err(Error::git("starting a reference transaction"))?;
+    for (name, oid) in moves {
+        tx.lock_ref(name)
+            .map_err(Error::git(format!("locking {name}")))?;
+        tx.set_target(name, *oid, None, &format!("portroot: fetch {remote}"))
+            .map_err(Error::git(format!("setting {name}")))?;
     }
-    drop(quarantine);
-    if let Some(tmp) = fresh {
-        let tmp = tmp.keep();
-        fs::rename(&tmp, &path).map_err(Error::io("creating", &path))?;
-    }
-    info!(
-        remote,
-        moved_main = done.moved_main,
-        tags = done.tags.len(),
-        "fetched"
-    );
-    Ok(done)
+    tx.commit()
+        .map_err(Error::git("committing the reference transaction"))
 }
 
 /// Check what a fetch brought before any ref points at it: every ref names
@@ -497,22 +555,9 @@ fn check_tree(
     let mut rest = object.data();
     let mut previous: Option<Vec<u8>> = None;
     while !rest.is_empty() {
-        let space = rest
-            .iter()
-            .position(|&b| b == b' ')
-            .ok_or_else(|| bad("malformed tree entry".into()))?;
-        let mode = &rest[..space];
-        let nul = rest[space..]
-            .iter()
-            .position(|&b| b == 0)
-            .map(|n| space + n)
-            .ok_or_else(|| bad("malformed tree entry".into()))?;
-        let raw_name = &rest[space + 1..nul];
-        let id = rest
-            .get(nul + 1..nul + 21)
-            .ok_or_else(|| bad("truncated tree entry".into()))?;
-        let id = Oid::from_bytes(id).map_err(|e| bad(format!("tree entry id: {e}")))?;
-        rest = &rest[nul + 21..];
+        let (raw, tail) = split_tree_entry(rest).map_err(&bad)?;
+        let (mode, raw_name, id) = (raw.mode, raw.name, raw.id);
+        rest = tail;
         let name = std::str::from_utf8(raw_name).map_err(|_| {
             Error::entry(
                 &[path.as_bytes(), b"/", raw_name].concat(),
@@ -521,24 +566,7 @@ fn check_tree(
         })?;
         let entry = at(name);
         let refuse = |problem: &str| Error::entry(entry.as_bytes(), problem);
-        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
-            return Err(refuse(
-                "not a single file name (empty, \".\", \"..\" or with /)",
-            ));
-        }
-        if name.eq_ignore_ascii_case(".git") {
-            return Err(refuse("a .git entry, which git and the importer refuse"));
-        }
-        let (kind, is_dir) = match mode {
-            b"40000" => (git2::ObjectType::Tree, true),
-            b"100644" | b"100755" | b"120000" => (git2::ObjectType::Blob, false),
-            other => {
-                return Err(refuse(&format!(
-                    "mode {} is not one of a snapshot (40000, 100644, 100755, 120000)",
-                    String::from_utf8_lossy(other)
-                )))
-            }
-        };
+        let (kind, is_dir) = check_tree_entry(name, mode).map_err(|p| refuse(&p))?;
         // Git's order: names compared as bytes, a directory's as if it
         // ended in `/`.
         let mut key = raw_name.to_vec();
@@ -569,6 +597,63 @@ fn check_tree(
         }
     }
     Ok(())
+}
+
+/// One entry of a raw tree object.
+struct RawEntry<'t> {
+    mode: &'t [u8],
+    name: &'t [u8],
+    id: Oid,
+}
+
+/// The first entry of raw tree data `rest`, and the data after it.
+fn split_tree_entry(rest: &[u8]) -> std::result::Result<(RawEntry<'_>, &[u8]), String> {
+    let space = rest
+        .iter()
+        .position(|&b| b == b' ')
+        .ok_or_else(|| "malformed tree entry".to_owned())?;
+    let mode = &rest[..space];
+    let nul = rest[space..]
+        .iter()
+        .position(|&b| b == 0)
+        .map(|n| space + n)
+        .ok_or_else(|| "malformed tree entry".to_owned())?;
+    let raw_name = &rest[space + 1..nul];
+    let id = rest
+        .get(nul + 1..nul + 21)
+        .ok_or_else(|| "truncated tree entry".to_owned())?;
+    let id = Oid::from_bytes(id).map_err(|e| format!("tree entry id: {e}"))?;
+    let entry = RawEntry {
+        mode,
+        name: raw_name,
+        id,
+    };
+    Ok((entry, &rest[nul + 21..]))
+}
+
+/// Check a tree entry's name and mode: the kind of object the mode says,
+/// and whether it is a directory.
+fn check_tree_entry(
+    name: &str,
+    mode: &[u8],
+) -> std::result::Result<(git2::ObjectType, bool), String> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err("not a single file name (empty, \".\", \"..\" or with /)".to_owned());
+    }
+    if name.eq_ignore_ascii_case(".git") {
+        return Err("a .git entry, which git and the importer refuse".to_owned());
+    }
+    let (kind, is_dir) = match mode {
+        b"40000" => (git2::ObjectType::Tree, true),
+        b"100644" | b"100755" | b"120000" => (git2::ObjectType::Blob, false),
+        other => {
+            return Err(format!(
+                "mode {} is not one of a snapshot (40000, 100644, 100755, 120000)",
+                String::from_utf8_lossy(other)
+            ))
+        }
+    };
+    Ok((kind, is_dir))
 }
 
 fn init_bare(path: &Path) -> Result<Repository> {

@@ -27,18 +27,21 @@
 //! `file://` URLs and plain directory paths, each holding `snapshots/<file>`
 //! as the Gentoo mirrors do.
 
-use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use md5::{Digest, Md5};
 use tracing::{debug, info, warn};
 
+pub use self::fetch::Mirror;
+use self::fetch::{FetchError, Fetcher};
 use super::error::{Error, Result};
 use super::tag::{self, SnapshotDate};
 use super::{import_snapshot, open_repo, ImportLock, ImportOptions, Outcome};
 use crate::store::Store;
+
+mod fetch;
 
 /// Seconds in a day.
 const DAY: i64 = 86_400;
@@ -182,202 +185,6 @@ pub enum SyncOutcome {
     },
 }
 
-/// Where snapshots are read from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Mirror {
-    /// An `http://` or `https://` base URL.
-    Http(String),
-    /// A local directory (a plain path or a `file://` URL).
-    Dir(PathBuf),
-}
-
-impl Mirror {
-    /// Parse a mirror as given on the command line.
-    pub fn parse(s: &str) -> Result<Mirror> {
-        let bad = |problem: &str| Error::BadMirror {
-            mirror: s.to_owned(),
-            problem: problem.to_owned(),
-        };
-        let lower = s.to_ascii_lowercase();
-        if lower.starts_with("http://") || lower.starts_with("https://") {
-            Ok(Mirror::Http(s.trim_end_matches('/').to_owned()))
-        } else if let Some(rest) = s.strip_prefix("file://") {
-            if !rest.starts_with('/') {
-                return Err(bad(
-                    "a file:// URL needs an absolute path (file:///srv/mirror)",
-                ));
-            }
-            Ok(Mirror::Dir(PathBuf::from(rest)))
-        } else if s.contains("://") {
-            Err(bad(
-                "only http, https, file:// and local paths are supported",
-            ))
-        } else if s.is_empty() {
-            Err(bad("empty"))
-        } else {
-            Ok(Mirror::Dir(PathBuf::from(s)))
-        }
-    }
-
-    /// Where `snapshots/<name>` is on this mirror, for messages.
-    pub fn location(&self, name: &str) -> String {
-        match self {
-            Mirror::Http(base) => format!("{base}/snapshots/{name}"),
-            Mirror::Dir(dir) => dir.join("snapshots").join(name).display().to_string(),
-        }
-    }
-}
-
-/// Why a fetch failed.
-#[derive(Debug)]
-enum FetchError {
-    /// The mirror does not have the file (404/410, or no such local file).
-    NotFound,
-    /// The mirror cannot be reached at all: refused, timed out, unknown host.
-    Unreachable(String),
-    /// Anything else: a server error, a broken transfer, a local write error.
-    Failed(String),
-}
-
-/// What a fetch wrote.
-struct Fetched {
-    md5: String,
-    bytes: u64,
-}
-
-/// Fetches files from mirrors over one HTTP agent.
-struct Fetcher {
-    agent: ureq::Agent,
-    progress: bool,
-}
-
-impl Fetcher {
-    fn new(timeout: Duration, progress: bool) -> Fetcher {
-        Fetcher {
-            agent: crate::http::agent(timeout),
-            progress,
-        }
-    }
-
-    /// Fetch `snapshots/<name>` of `mirror` into `dest`, hashing it as it comes.
-    fn fetch(
-        &self,
-        mirror: &Mirror,
-        name: &str,
-        dest: &Path,
-        bar: bool,
-    ) -> std::result::Result<Fetched, FetchError> {
-        let location = mirror.location(name);
-        let (reader, len): (Box<dyn Read>, Option<u64>) = match mirror {
-            Mirror::Dir(dir) => {
-                if !dir.is_dir() {
-                    return Err(FetchError::Unreachable(format!(
-                        "no directory {}",
-                        dir.display()
-                    )));
-                }
-                let path = PathBuf::from(&location);
-                match File::open(&path) {
-                    Ok(f) => {
-                        let len = f.metadata().ok().map(|m| m.len());
-                        (Box::new(f), len)
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        return Err(FetchError::NotFound)
-                    }
-                    Err(e) => return Err(FetchError::Failed(format!("opening {location}: {e}"))),
-                }
-            }
-            Mirror::Http(_) => {
-                let resp = self
-                    .agent
-                    .get(&location)
-                    .call()
-                    .map_err(|e| classify(&location, e))?;
-                let status = resp.status().as_u16();
-                debug!(url = %location, status, "fetched");
-                match status {
-                    200 => {}
-                    404 | 410 => return Err(FetchError::NotFound),
-                    _ => return Err(FetchError::Failed(format!("{location}: HTTP {status}"))),
-                }
-                let body = resp.into_body();
-                let len = body.content_length();
-                (Box::new(body.into_reader()), len)
-            }
-        };
-        copy_hashed(reader, len, dest, bar && self.progress, name)
-            .map_err(|e| FetchError::Failed(format!("{location}: {e}")))
-    }
-}
-
-/// Sort a ureq failure: can the mirror be reached at all?
-fn classify(location: &str, e: ureq::Error) -> FetchError {
-    let text = format!("{location}: {e}");
-    match e {
-        ureq::Error::ConnectionFailed
-        | ureq::Error::HostNotFound
-        | ureq::Error::Timeout(_)
-        | ureq::Error::Io(_) => FetchError::Unreachable(text),
-        _ => FetchError::Failed(text),
-    }
-}
-
-/// Copy `reader` into a new file `dest`, returning its md5 and size.
-fn copy_hashed(
-    mut reader: impl Read,
-    len: Option<u64>,
-    dest: &Path,
-    bar: bool,
-    name: &str,
-) -> io::Result<Fetched> {
-    let mut out = File::create(dest)?;
-    let mut h = Md5::new();
-    let mut buf = vec![0u8; 256 << 10];
-    let mut bytes = 0u64;
-    let bar = bar.then(|| progress_bar(len, name));
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        h.update(&buf[..n]);
-        out.write_all(&buf[..n])?;
-        bytes += n as u64;
-        if let Some(b) = &bar {
-            b.set_position(bytes);
-        }
-    }
-    out.sync_all()?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    Ok(Fetched {
-        md5: hex(&h.finalize()),
-        bytes,
-    })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn progress_bar(len: Option<u64>, name: &str) -> indicatif::ProgressBar {
-    let template = if len.is_some() {
-        "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
-    } else {
-        "{spinner} {msg} {bytes} {bytes_per_sec}"
-    };
-    let style = indicatif::ProgressStyle::with_template(template)
-        .map(|s| s.progress_chars("=> "))
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    indicatif::ProgressBar::with_draw_target(len, indicatif::ProgressDrawTarget::stderr())
-        .with_style(style)
-        .with_message(format!("downloading {name}"))
-}
-
 /// The newest snapshot tag of repository `repo`, if any.
 fn newest_tag(store: &Store, repo: &str) -> Result<Option<(SnapshotDate, String)>> {
     if !store.repo_path(repo).is_dir() {
@@ -404,24 +211,7 @@ fn has_tag(store: &Store, repo: &str, date: SnapshotDate) -> Result<bool> {
 /// Sync repository `opts.repo` from the mirrors (the caller holds its
 /// [`ImportLock`]). Warnings about mirrors that fail go to the log (`warn`).
 pub fn sync_snapshot(store: &Store, opts: &SyncOptions, lock: &ImportLock) -> Result<SyncOutcome> {
-    let mirrors = opts
-        .mirrors
-        .iter()
-        .map(|m| Mirror::parse(m))
-        .collect::<Result<Vec<_>>>()?;
-    if mirrors.is_empty() {
-        return Err(Error::BadMirror {
-            mirror: String::new(),
-            problem: "no mirror given".to_owned(),
-        });
-    }
-    if let Some(k) = &opts.keyring {
-        if opts.verify && !k.is_file() {
-            return Err(Error::io("opening the keyring", k)(
-                io::ErrorKind::NotFound.into(),
-            ));
-        }
-    }
+    let mirrors = check_sync_options(opts)?;
     let dates = match opts.revert {
         Some(d) => vec![d],
         None => walk_dates(opts.start.unwrap_or_else(yesterday_utc), opts.max_age_days),
@@ -442,118 +232,24 @@ pub fn sync_snapshot(store: &Store, opts: &SyncOptions, lock: &ImportLock) -> Re
         .map_err(Error::io("creating a directory in", &tmp_root))?;
     let fetcher = Fetcher::new(opts.timeout, opts.progress);
 
-    let mut alive = vec![true; mirrors.len()];
-    let mut last_unreachable = String::new();
+    let mut run = SyncRun {
+        store,
+        opts,
+        lock,
+        alive: vec![true; mirrors.len()],
+        mirrors: &mirrors,
+        fetcher: &fetcher,
+        work: work.path(),
+        newest: newest.as_ref(),
+        last_unreachable: String::new(),
+    };
     for date in dates {
-        let mut found: Option<String> = None;
-        let mut last_failure = String::new();
-        // Mirrors that answered but lack this date: worth a warning only if
-        // another mirror has it.
-        let mut lacking: Vec<usize> = Vec::new();
-        for (i, mirror) in mirrors.iter().enumerate() {
-            if !alive[i] {
-                continue;
-            }
-            let md5_dest = work.path().join("md5sum");
-            let mut hit = None;
-            let mut answered = true;
-            for name in candidate_names(date) {
-                let md5_name = format!("{name}.md5sum");
-                match fetcher.fetch(mirror, &md5_name, &md5_dest, false) {
-                    Ok(_) => {
-                        hit = Some(name);
-                        break;
-                    }
-                    Err(FetchError::NotFound) => continue,
-                    Err(FetchError::Unreachable(why)) => {
-                        warn!("mirror {} unreachable, skipping it: {why}", opts.mirrors[i]);
-                        alive[i] = false;
-                        last_unreachable = why;
-                        answered = false;
-                        break;
-                    }
-                    Err(FetchError::Failed(why)) => {
-                        warn!("mirror {} failed, trying the next: {why}", opts.mirrors[i]);
-                        last_failure = why;
-                        answered = false;
-                        break;
-                    }
-                }
-            }
-            let Some(name) = hit else {
-                if answered {
-                    lacking.push(i);
-                }
-                continue;
-            };
-            debug!(mirror = %opts.mirrors[i], file = %name, "snapshot found");
-
-            // Decide before downloading: the tag is the file date minus one day.
-            let tag_date = tag_date_of_file(date);
-            if opts.revert.is_none() {
-                if let Some((newest_date, newest_name)) = &newest {
-                    if *newest_date >= tag_date {
-                        info!(file = %name, newest = %newest_name, "no newer snapshot");
-                        return Ok(SyncOutcome::UpToDate {
-                            file: name,
-                            newest: newest_name.clone(),
-                        });
-                    }
-                }
-            } else if has_tag(store, &opts.repo, tag_date)? {
-                info!(file = %name, "snapshot already imported");
-                return Ok(SyncOutcome::UpToDate {
-                    file: name,
-                    newest: tag_date.to_string(),
-                });
-            }
-            for &j in &lacking {
-                warn!(
-                    "mirror {} has no snapshot dated {}, trying the next",
-                    opts.mirrors[j],
-                    compact(date)
-                );
-            }
-            lacking.clear();
-            found = Some(name.clone());
-
-            match download_verified(&fetcher, mirror, &name, &md5_dest, work.path(), opts) {
-                Ok(tarball) => {
-                    let outcome = import(store, opts, &tarball, lock)?;
-                    if let Some(keep) = &opts.keep_download {
-                        keep_files(work.path(), &name, keep)?;
-                    }
-                    return Ok(SyncOutcome::Fetched {
-                        mirror: opts.mirrors[i].clone(),
-                        file: name,
-                        outcome,
-                    });
-                }
-                Err(FetchError::Unreachable(why)) => {
-                    warn!("mirror {} unreachable, skipping it: {why}", opts.mirrors[i]);
-                    alive[i] = false;
-                    last_failure = why;
-                }
-                Err(FetchError::NotFound) => {
-                    let why = format!("{} has an md5 sum but no tarball", mirror.location(&name));
-                    warn!("mirror {} failed, trying the next: {why}", opts.mirrors[i]);
-                    last_failure = why;
-                }
-                Err(FetchError::Failed(why)) => {
-                    warn!("mirror {} failed, trying the next: {why}", opts.mirrors[i]);
-                    last_failure = why;
-                }
-            }
+        if let Some(done) = run.try_date(date)? {
+            return Ok(done);
         }
-        if let Some(file) = found {
-            return Err(Error::NoGoodMirror {
-                file,
-                last: last_failure,
-            });
-        }
-        if !alive.iter().any(|a| *a) {
+        if !run.alive.iter().any(|a| *a) {
             return Err(Error::Unreachable {
-                last: last_unreachable,
+                last: run.last_unreachable,
             });
         }
     }
@@ -562,6 +258,214 @@ pub fn sync_snapshot(store: &Store, opts: &SyncOptions, lock: &ImportLock) -> Re
         oldest: compact(last),
         mirrors: mirrors.len(),
     })
+}
+
+/// One sync's state while it walks the dates.
+struct SyncRun<'a> {
+    store: &'a Store,
+    opts: &'a SyncOptions,
+    lock: &'a ImportLock,
+    mirrors: &'a [Mirror],
+    fetcher: &'a Fetcher,
+    /// The scratch directory downloads go to.
+    work: &'a Path,
+    /// The repository's newest tag, if any: its date and name.
+    newest: Option<&'a (SnapshotDate, String)>,
+    /// Per mirror, false once it did not answer.
+    alive: Vec<bool>,
+    /// Why the last mirror found unreachable was.
+    last_unreachable: String,
+}
+
+impl SyncRun<'_> {
+    /// Try each live mirror for a snapshot of `date`: the outcome when one is
+    /// imported or need not be; `None` when no mirror has one.
+    fn try_date(&mut self, date: SnapshotDate) -> Result<Option<SyncOutcome>> {
+        let mut found: Option<String> = None;
+        let mut last_failure = String::new();
+        // Mirrors that answered but lack this date: worth a warning only if
+        // another mirror has it.
+        let mut lacking: Vec<usize> = Vec::new();
+        for (i, mirror) in self.mirrors.iter().enumerate() {
+            if !self.alive[i] {
+                continue;
+            }
+            let md5_dest = self.work.join("md5sum");
+            let name = match probe(self.fetcher, mirror, date, &md5_dest) {
+                Probe::Found(name) => name,
+                Probe::Lacking => {
+                    lacking.push(i);
+                    continue;
+                }
+                Probe::Unreachable(why) => {
+                    self.skip(i, &why);
+                    self.last_unreachable = why;
+                    continue;
+                }
+                Probe::Failed(why) => {
+                    self.failed(i, &why);
+                    last_failure = why;
+                    continue;
+                }
+            };
+            debug!(mirror = %self.opts.mirrors[i], file = %name, "snapshot found");
+            // Decide before downloading.
+            if let Some(done) = up_to_date(self.store, self.opts, self.newest, date, &name)? {
+                return Ok(Some(done));
+            }
+            for &j in &lacking {
+                warn!(
+                    "mirror {} has no snapshot dated {}, trying the next",
+                    self.opts.mirrors[j],
+                    compact(date)
+                );
+            }
+            lacking.clear();
+            found = Some(name.clone());
+
+            match download_verified(self.fetcher, mirror, &name, &md5_dest, self.work, self.opts) {
+                Ok(tarball) => {
+                    let outcome = import(self.store, self.opts, &tarball, self.lock)?;
+                    if let Some(keep) = &self.opts.keep_download {
+                        keep_files(self.work, &name, keep)?;
+                    }
+                    return Ok(Some(SyncOutcome::Fetched {
+                        mirror: self.opts.mirrors[i].clone(),
+                        file: name,
+                        outcome,
+                    }));
+                }
+                Err(e) => {
+                    let (skip, why) = download_failure(e, mirror, &name);
+                    if skip {
+                        self.skip(i, &why);
+                    } else {
+                        self.failed(i, &why);
+                    }
+                    last_failure = why;
+                }
+            }
+        }
+        match found {
+            Some(file) => Err(Error::NoGoodMirror {
+                file,
+                last: last_failure,
+            }),
+            None => Ok(None),
+        }
+    }
+
+    /// Mirror `i` did not answer: skip it from now on.
+    fn skip(&mut self, i: usize, why: &str) {
+        warn!(
+            "mirror {} unreachable, skipping it: {why}",
+            self.opts.mirrors[i]
+        );
+        self.alive[i] = false;
+    }
+
+    /// Mirror `i` failed: try the next.
+    fn failed(&self, i: usize, why: &str) {
+        warn!(
+            "mirror {} failed, trying the next: {why}",
+            self.opts.mirrors[i]
+        );
+    }
+}
+
+/// The mirrors to sync from, once the options are checked: at least one
+/// mirror, and the keyring there if signatures are to be checked.
+fn check_sync_options(opts: &SyncOptions) -> Result<Vec<Mirror>> {
+    let mirrors = opts
+        .mirrors
+        .iter()
+        .map(|m| Mirror::parse(m))
+        .collect::<Result<Vec<_>>>()?;
+    if mirrors.is_empty() {
+        return Err(Error::BadMirror {
+            mirror: String::new(),
+            problem: "no mirror given".to_owned(),
+        });
+    }
+    if let Some(k) = &opts.keyring {
+        if opts.verify && !k.is_file() {
+            return Err(Error::io("opening the keyring", k)(
+                io::ErrorKind::NotFound.into(),
+            ));
+        }
+    }
+    Ok(mirrors)
+}
+
+/// What one mirror answers about one date.
+enum Probe {
+    /// The snapshot file of that name is there (its md5 sum fetched).
+    Found(String),
+    /// The mirror answered, without a snapshot of that date.
+    Lacking,
+    /// The mirror did not answer: skip it from now on.
+    Unreachable(String),
+    /// The mirror answered with an error: try the next.
+    Failed(String),
+}
+
+/// Ask `mirror` for the md5 sum of each name a snapshot of `date` may have,
+/// fetching the first found into `md5_dest`.
+fn probe(fetcher: &Fetcher, mirror: &Mirror, date: SnapshotDate, md5_dest: &Path) -> Probe {
+    for name in candidate_names(date) {
+        let md5_name = format!("{name}.md5sum");
+        match fetcher.fetch(mirror, &md5_name, md5_dest, false) {
+            Ok(_) => return Probe::Found(name),
+            Err(FetchError::NotFound) => continue,
+            Err(FetchError::Unreachable(why)) => return Probe::Unreachable(why),
+            Err(FetchError::Failed(why)) => return Probe::Failed(why),
+        }
+    }
+    Probe::Lacking
+}
+
+/// The outcome when snapshot file `name`, dated `date`, need not be
+/// downloaded: its tag (the file date minus one day) is there, or, unless
+/// reverting, a newer one is.
+fn up_to_date(
+    store: &Store,
+    opts: &SyncOptions,
+    newest: Option<&(SnapshotDate, String)>,
+    date: SnapshotDate,
+    name: &str,
+) -> Result<Option<SyncOutcome>> {
+    let tag_date = tag_date_of_file(date);
+    if opts.revert.is_none() {
+        if let Some((newest_date, newest_name)) = newest {
+            if *newest_date >= tag_date {
+                info!(file = %name, newest = %newest_name, "no newer snapshot");
+                return Ok(Some(SyncOutcome::UpToDate {
+                    file: name.to_owned(),
+                    newest: newest_name.clone(),
+                }));
+            }
+        }
+    } else if has_tag(store, &opts.repo, tag_date)? {
+        info!(file = %name, "snapshot already imported");
+        return Ok(Some(SyncOutcome::UpToDate {
+            file: name.to_owned(),
+            newest: tag_date.to_string(),
+        }));
+    }
+    Ok(None)
+}
+
+/// Why downloading `name` from `mirror` failed, and whether to skip the
+/// mirror from now on (unreachable) rather than only trying the next.
+fn download_failure(err: FetchError, mirror: &Mirror, name: &str) -> (bool, String) {
+    match err {
+        FetchError::Unreachable(why) => (true, why),
+        FetchError::NotFound => (
+            false,
+            format!("{} has an md5 sum but no tarball", mirror.location(name)),
+        ),
+        FetchError::Failed(why) => (false, why),
+    }
 }
 
 /// Download `name` (and its signature when a keyring is given) into `dir`

@@ -55,27 +55,7 @@ pub fn export_tree_noting(
     progress: &dyn Fn(u64, u64),
 ) -> Result<ExportStats> {
     let start = Instant::now();
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = out
-        .file_name()
-        .ok_or_else(|| Error::Invalid(format!("{} is not a file name", out.display())))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", name.to_string_lossy()))
-        .make_in(dir, |path| {
-            note(path)?;
-            use std::os::unix::fs::OpenOptionsExt;
-            // As tempfile makes its own: 0600 until renamed into place.
-            fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-        })
-        .map_err(io("creating a temporary file in", dir))?;
+    let tmp = create_temp(out, note)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let stream = xz2::stream::MtStreamBuilder::new()
         .threads(threads)
@@ -101,17 +81,7 @@ pub fn export_tree_noting(
     writer.entry(Path::new(""))?;
     writer.dir(Path::new(""))?;
     let stats = writer.stats;
-    let xz = writer
-        .tar
-        .into_inner()
-        .map_err(io("writing", out))?
-        .into_inner()
-        .map_err(|e| io("writing", out)(e.into_error()))?;
-    let mut buf = xz.finish().map_err(io("writing", out))?;
-    buf.flush().map_err(io("writing", out))?;
-    let file = buf
-        .into_inner()
-        .map_err(|e| io("writing", out)(e.into_error()))?;
+    let file = finish_xz(writer.tar, out)?;
     file.sync_all().map_err(io("syncing", tmp.path()))?;
     let tarball_bytes = file.metadata().map_err(io("reading", tmp.path()))?.len();
     tmp.persist(out)
@@ -129,6 +99,51 @@ pub fn export_tree_noting(
     );
     Ok(stats)
 }
+
+/// The temporary file next to `out` that becomes it, 0600 until renamed;
+/// `note` is told each name tried before the file is created.
+fn create_temp(
+    out: &Path,
+    note: &dyn Fn(&Path) -> io::Result<()>,
+) -> Result<tempfile::NamedTempFile> {
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = out
+        .file_name()
+        .ok_or_else(|| Error::Invalid(format!("{} is not a file name", out.display())))?;
+    tempfile::Builder::new()
+        .prefix(&format!(".{}.", name.to_string_lossy()))
+        .make_in(dir, |path| {
+            note(path)?;
+            use std::os::unix::fs::OpenOptionsExt;
+            // As tempfile makes its own: 0600 until renamed into place.
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+        })
+        .map_err(io("creating a temporary file in", dir))
+}
+
+/// End the tar and the xz stream around it: the file they were written to.
+fn finish_xz(tar: tar::Builder<BufWriter<XzOut>>, out: &Path) -> Result<File> {
+    let xz = tar
+        .into_inner()
+        .map_err(io("writing", out))?
+        .into_inner()
+        .map_err(|e| io("writing", out)(e.into_error()))?;
+    let mut buf = xz.finish().map_err(io("writing", out))?;
+    buf.flush().map_err(io("writing", out))?;
+    buf.into_inner()
+        .map_err(|e| io("writing", out)(e.into_error()))
+}
+
+/// The xz stream a tarball is written through.
+type XzOut = xz2::write::XzEncoder<BufWriter<File>>;
 
 struct Writer<'a, W: Write> {
     tar: tar::Builder<W>,
@@ -163,7 +178,6 @@ impl<W: Write> Writer<'_, W> {
     fn entry(&mut self, rel: &Path) -> Result<bool> {
         let path = self.root.join(rel);
         let md = fs::symlink_metadata(&path).map_err(io("reading", &path))?;
-        let ft = md.file_type();
         let mut h = Header::new_ustar();
         h.set_mode(md.mode() & 0o7777);
         h.set_uid(u64::from(md.uid()));
@@ -176,56 +190,13 @@ impl<W: Write> Writer<'_, W> {
         } else {
             rel.as_os_str().as_bytes().to_vec()
         };
-        let mut data: Option<File> = None;
-        let mut is_dir = false;
-        if ft.is_dir() {
-            h.set_entry_type(EntryType::Directory);
-            if !name.ends_with(b"/") {
-                name.push(b'/');
-            }
-            is_dir = true;
-        } else if ft.is_file() {
-            let first = (md.nlink() > 1)
-                .then(|| self.links.get(&(md.dev(), md.ino())).cloned())
-                .flatten();
-            if let Some(first) = first {
-                h.set_entry_type(EntryType::Link);
-                link_name(&mut h, &mut pax, "linkpath", first.as_os_str().as_bytes());
-            } else {
-                if md.nlink() > 1 {
-                    self.links.insert((md.dev(), md.ino()), rel.to_owned());
-                }
-                h.set_entry_type(EntryType::Regular);
-                h.set_size(md.len());
-                data = Some(File::open(&path).map_err(io("opening", &path))?);
-            }
-        } else if ft.is_symlink() {
-            h.set_entry_type(EntryType::Symlink);
-            let target = fs::read_link(&path).map_err(io("reading", &path))?;
-            link_name(&mut h, &mut pax, "linkpath", target.as_os_str().as_bytes());
-        } else if ft.is_char_device() || ft.is_block_device() {
-            h.set_entry_type(if ft.is_char_device() {
-                EntryType::Char
-            } else {
-                EntryType::Block
-            });
-            let dev = md.rdev();
-            let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
-            let bad = |_| {
-                Error::Invalid(format!(
-                    "device number of {} too large for tar",
-                    path.display()
-                ))
-            };
-            h.set_device_major(u32::try_from(major).map_err(bad)?)
-                .map_err(io("writing", &self.out))?;
-            h.set_device_minor(u32::try_from(minor).map_err(bad)?)
-                .map_err(io("writing", &self.out))?;
-        } else if ft.is_fifo() {
-            h.set_entry_type(EntryType::Fifo);
-        } else {
+        let Some(data) = self.typed_header(rel, &path, &md, &mut h, &mut pax)? else {
             warn!(path = %path.display(), "socket left out of the tarball");
             return Ok(false);
+        };
+        let is_dir = md.file_type().is_dir();
+        if is_dir && !name.ends_with(b"/") {
+            name.push(b'/');
         }
         if !matches!(h.entry_type(), EntryType::Char | EntryType::Block) {
             // GNU tar writes zeros, not an empty field, for non-devices.
@@ -233,40 +204,121 @@ impl<W: Write> Writer<'_, W> {
             h.set_device_minor(0).map_err(io("writing", &self.out))?;
         }
         path_name(&mut h, &mut pax, &name);
-        for attr in xattr::list(&path).map_err(io("listing xattrs of", &path))? {
-            let key = attr.to_string_lossy();
-            // overlayfs bookkeeping never belongs in a stage.
-            if key.starts_with("trusted.overlay.") {
-                continue;
-            }
-            if let Some(value) = xattr::get(&path, &attr).map_err(io("reading xattrs of", &path))? {
-                pax.push((format!("SCHILY.xattr.{key}"), value));
-            }
-        }
+        xattr_records(&path, &mut pax)?;
         if !pax.is_empty() {
-            let records = pax_records(&pax);
-            let mut x = Header::new_ustar();
-            let base = rel.file_name().unwrap_or(OsStr::new("root")).as_bytes();
-            let mut xname = b"PaxHeaders/".to_vec();
-            xname.extend_from_slice(&base[..base.len().min(80)]);
-            set_raw_name(&mut x, &xname);
-            x.set_entry_type(EntryType::XHeader);
-            x.set_mode(0o644);
-            x.set_size(records.len() as u64);
-            x.set_mtime(u64::try_from(md.mtime()).unwrap_or(0));
-            x.set_cksum();
-            self.tar
-                .append(&x, records.as_slice())
-                .map_err(io("writing", &self.out))?;
+            self.append_pax(rel, &md, &pax)?;
         }
         h.set_cksum();
+        self.append(&h, data, &md, &path)?;
+        self.stats.entries += 1;
+        (self.progress)(self.stats.entries, self.stats.bytes);
+        Ok(is_dir)
+    }
+
+    /// Set the entry type of `h` and what goes with it (link target, size,
+    /// device number): the file to read the data from, if any; `None` for
+    /// what a tarball cannot hold (a socket).
+    fn typed_header(
+        &mut self,
+        rel: &Path,
+        path: &Path,
+        md: &fs::Metadata,
+        h: &mut Header,
+        pax: &mut Vec<(String, Vec<u8>)>,
+    ) -> Result<Option<Option<File>>> {
+        let ft = md.file_type();
+        if ft.is_dir() {
+            h.set_entry_type(EntryType::Directory);
+        } else if ft.is_file() {
+            let first = (md.nlink() > 1)
+                .then(|| self.links.get(&(md.dev(), md.ino())).cloned())
+                .flatten();
+            if let Some(first) = first {
+                h.set_entry_type(EntryType::Link);
+                link_name(h, pax, "linkpath", first.as_os_str().as_bytes());
+            } else {
+                if md.nlink() > 1 {
+                    self.links.insert((md.dev(), md.ino()), rel.to_owned());
+                }
+                h.set_entry_type(EntryType::Regular);
+                h.set_size(md.len());
+                return Ok(Some(Some(File::open(path).map_err(io("opening", path))?)));
+            }
+        } else if ft.is_symlink() {
+            h.set_entry_type(EntryType::Symlink);
+            let target = fs::read_link(path).map_err(io("reading", path))?;
+            link_name(h, pax, "linkpath", target.as_os_str().as_bytes());
+        } else if ft.is_char_device() || ft.is_block_device() {
+            h.set_entry_type(if ft.is_char_device() {
+                EntryType::Char
+            } else {
+                EntryType::Block
+            });
+            self.device_number(h, md, path)?;
+        } else if ft.is_fifo() {
+            h.set_entry_type(EntryType::Fifo);
+        } else {
+            return Ok(None);
+        }
+        Ok(Some(None))
+    }
+
+    /// Put a device node's number in `h`.
+    fn device_number(&self, h: &mut Header, md: &fs::Metadata, path: &Path) -> Result<()> {
+        let dev = md.rdev();
+        let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+        let bad = |_| {
+            Error::Invalid(format!(
+                "device number of {} too large for tar",
+                path.display()
+            ))
+        };
+        h.set_device_major(u32::try_from(major).map_err(bad)?)
+            .map_err(io("writing", &self.out))?;
+        h.set_device_minor(u32::try_from(minor).map_err(bad)?)
+            .map_err(io("writing", &self.out))?;
+        Ok(())
+    }
+
+    /// Write the PAX extended header holding `pax` for entry `rel`.
+    fn append_pax(
+        &mut self,
+        rel: &Path,
+        md: &fs::Metadata,
+        pax: &[(String, Vec<u8>)],
+    ) -> Result<()> {
+        let records = pax_records(pax);
+        let mut x = Header::new_ustar();
+        let base = rel.file_name().unwrap_or(OsStr::new("root")).as_bytes();
+        let mut xname = b"PaxHeaders/".to_vec();
+        xname.extend_from_slice(&base[..base.len().min(80)]);
+        set_raw_name(&mut x, &xname);
+        x.set_entry_type(EntryType::XHeader);
+        x.set_mode(0o644);
+        x.set_size(records.len() as u64);
+        x.set_mtime(u64::try_from(md.mtime()).unwrap_or(0));
+        x.set_cksum();
+        self.tar
+            .append(&x, records.as_slice())
+            .map_err(io("writing", &self.out))
+    }
+
+    /// Write header `h` and, for a regular file, exactly the size it states
+    /// from `data`.
+    fn append(
+        &mut self,
+        h: &Header,
+        data: Option<File>,
+        md: &fs::Metadata,
+        path: &Path,
+    ) -> Result<()> {
         match data {
             Some(f) => {
                 // The size is the one in the header: a file that changed while
                 // read would corrupt the archive, so read exactly that much.
                 let mut limited = io::Read::take(f, md.len());
                 self.tar
-                    .append(&h, &mut limited)
+                    .append(h, &mut limited)
                     .map_err(io("writing", &self.out))?;
                 if limited.limit() != 0 {
                     return Err(Error::Invalid(format!(
@@ -278,13 +330,26 @@ impl<W: Write> Writer<'_, W> {
             }
             None => self
                 .tar
-                .append(&h, io::empty())
+                .append(h, io::empty())
                 .map_err(io("writing", &self.out))?,
         }
-        self.stats.entries += 1;
-        (self.progress)(self.stats.entries, self.stats.bytes);
-        Ok(is_dir)
+        Ok(())
     }
+}
+
+/// Add the xattrs of `path` to `pax` (but overlayfs's own).
+fn xattr_records(path: &Path, pax: &mut Vec<(String, Vec<u8>)>) -> Result<()> {
+    for attr in xattr::list(path).map_err(io("listing xattrs of", path))? {
+        let key = attr.to_string_lossy();
+        // overlayfs bookkeeping never belongs in a stage.
+        if key.starts_with("trusted.overlay.") {
+            continue;
+        }
+        if let Some(value) = xattr::get(path, &attr).map_err(io("reading xattrs of", path))? {
+            pax.push((format!("SCHILY.xattr.{key}"), value));
+        }
+    }
+    Ok(())
 }
 
 /// Put `name` in the header, or in a PAX `path` record if ustar cannot hold it.

@@ -241,6 +241,36 @@ fn join(comps: &[&[u8]]) -> Vec<u8> {
     comps.join(&b'/')
 }
 
+/// Where an entry (not the root) goes.
+struct Place<'n, 'e> {
+    /// Its path's components below the root.
+    comps: Vec<&'n [u8]>,
+    /// The same, joined.
+    rel: Vec<u8>,
+    /// The same, as a host path.
+    path: PathBuf,
+    /// Its name as error messages show it.
+    shown: &'e str,
+    /// The tarball it comes from.
+    tarball: &'e Path,
+}
+
+impl Place<'_, '_> {
+    /// Its last component.
+    fn leaf(&self) -> &OsStr {
+        OsStr::from_bytes(self.comps[self.comps.len() - 1])
+    }
+}
+
+/// The error refusing entry `shown` of `tarball`.
+fn refusal(tarball: &Path, shown: &str, reason: String) -> Error {
+    Error::Entry {
+        tarball: tarball.to_owned(),
+        entry: shown.to_owned(),
+        reason,
+    }
+}
+
 /// The unpacking state for one root.
 struct Unpacker<'a> {
     root: &'a Path,
@@ -435,11 +465,7 @@ impl<'a> Unpacker<'a> {
     ) -> Result<()> {
         let raw = entry.path_bytes().into_owned();
         let shown = shown_name(&raw);
-        let refuse = |reason: String| Error::Entry {
-            tarball: tarball.to_owned(),
-            entry: shown.clone(),
-            reason,
-        };
+        let refuse = |reason: String| refusal(tarball, &shown, reason);
         let ty = entry.header().entry_type();
         let kind = Kind::of(ty)
             .ok_or_else(|| refuse(format!("unsupported entry type {:?}", ty.as_byte() as char)))?;
@@ -448,138 +474,182 @@ impl<'a> Unpacker<'a> {
         }
         let comps = components(&raw).map_err(|r| refuse(r.into()))?;
         let meta = meta(entry).map_err(|e| refuse(format!("bad header: {e}")))?;
-        let rel = join(&comps);
         if comps.is_empty() {
             return match kind {
                 Kind::Dir => self.root_dir(&meta),
                 _ => Err(refuse("only a directory can be the root".into())),
             };
         }
-        let leaf = OsStr::from_bytes(comps[comps.len() - 1]);
-        let path = self.path(&rel);
+        let rel = join(&comps);
+        let at = Place {
+            path: self.path(&rel),
+            rel,
+            comps,
+            shown: &shown,
+            tarball,
+        };
         match kind {
-            Kind::Dir => {
-                let (parent, made) =
-                    self.create(&comps, &shown, true, "creating directory", |p, l| {
-                        mkdirat(p, l, Mode::from_bits_truncate(0o700))
-                    })?;
-                if made.is_some() {
-                    self.stats.files += 1;
-                }
-                let fd = openat(
-                    &*parent,
-                    leaf,
-                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(sys("opening", &path))?;
-                apply_fd(&File::from(fd), &meta, &path, false)?;
-                self.dir_times.insert(rel, meta.mtime);
-            }
-            Kind::File => {
-                let (_, fd) = self.create(&comps, &shown, false, "creating", |p, l| {
-                    openat(
-                        p,
-                        l,
-                        OFlag::O_WRONLY
-                            | OFlag::O_CREAT
-                            | OFlag::O_EXCL
-                            | OFlag::O_NOFOLLOW
-                            | OFlag::O_CLOEXEC,
-                        Mode::from_bits_truncate(0o600),
-                    )
-                })?;
-                let fd = fd.expect("invariant: create makes every non-directory");
-                let mut file = File::from(fd);
-                let expected = entry.size();
-                let mut written = 0u64;
-                loop {
-                    let n = entry.read(&mut self.buf).map_err(|e| Error::Archive {
-                        path: tarball.to_owned(),
-                        source: printable(e),
-                    })?;
-                    if n == 0 {
-                        break;
-                    }
-                    file.write_all(&self.buf[..n])
-                        .map_err(io("writing", &path))?;
-                    written += n as u64;
-                    tick();
-                }
-                if written != expected {
-                    return Err(Error::Truncated {
-                        path: tarball.to_owned(),
-                        detail: format!("entry {shown} has {written} of {expected} bytes"),
-                    });
-                }
-                apply_fd(&file, &meta, &path, true)?;
-                self.stats.files += 1;
-                self.stats.bytes += written;
-                self.unpacked.insert(rel);
-            }
-            Kind::Hardlink => {
-                let target_raw = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| refuse("hardlink without a target".into()))?
-                    .into_owned();
-                let target_shown = shown_name(&target_raw);
-                let target = components(&target_raw)
-                    .map_err(|r| refuse(format!("hardlink target {target_shown}: {r}")))?;
-                let target_rel = join(&target);
-                if target.is_empty() || !self.unpacked.contains(&target_rel) {
-                    return Err(refuse(format!(
-                        "hardlink target {target_shown} is not an earlier file of the archive"
-                    )));
-                }
-                let target_parent = self.parent(&target, &target_shown)?;
-                let target_leaf = OsStr::from_bytes(target[target.len() - 1]);
-                self.create(&comps, &shown, false, "creating hardlink", |p, l| {
-                    linkat(&*target_parent, target_leaf, p, l, AtFlags::empty())
-                })?;
-                self.stats.files += 1;
-                self.unpacked.insert(rel);
-            }
-            Kind::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| refuse("symlink without a target".into()))?
-                    .into_owned();
-                let (parent, _) =
-                    self.create(&comps, &shown, false, "creating symlink", |p, l| {
-                        symlinkat(OsStr::from_bytes(&target), p, l)
-                    })?;
-                self.parent_cache = None;
-                self.apply_at(&parent, leaf, &meta, &path, false)?;
-                self.stats.files += 1;
-                self.unpacked.insert(rel);
-            }
-            Kind::Char | Kind::Block | Kind::Fifo => {
-                let (sflag, dev) = match kind {
-                    Kind::Fifo => (SFlag::S_IFIFO, 0),
-                    _ => {
-                        let h = entry.header();
-                        let major = h.device_major().ok().flatten();
-                        let minor = h.device_minor().ok().flatten();
-                        let (Some(major), Some(minor)) = (major, minor) else {
-                            return Err(refuse("device node without a valid number".into()));
-                        };
-                        let sflag = if kind == Kind::Char {
-                            SFlag::S_IFCHR
-                        } else {
-                            SFlag::S_IFBLK
-                        };
-                        (sflag, libc::makedev(major, minor))
-                    }
-                };
-                let (parent, _) = self.create(&comps, &shown, false, "creating node", |p, l| {
-                    mknodat(p, l, sflag, Mode::from_bits_truncate(0o600), dev)
-                })?;
-                self.apply_at(&parent, leaf, &meta, &path, true)?;
-                self.stats.files += 1;
-                self.unpacked.insert(rel);
-            }
-            Kind::Skip => {}
+            Kind::Dir => self.dir_entry(at, &meta),
+            Kind::File => self.file_entry(at, entry, &meta, tick),
+            Kind::Hardlink => self.hardlink_entry(at, entry),
+            Kind::Symlink => self.symlink_entry(at, entry, &meta),
+            Kind::Char | Kind::Block | Kind::Fifo => self.node_entry(at, entry, kind, &meta),
+            Kind::Skip => Ok(()),
         }
+    }
+
+    fn dir_entry(&mut self, at: Place<'_, '_>, meta: &Meta) -> Result<()> {
+        let (parent, made) =
+            self.create(&at.comps, at.shown, true, "creating directory", |p, l| {
+                mkdirat(p, l, Mode::from_bits_truncate(0o700))
+            })?;
+        if made.is_some() {
+            self.stats.files += 1;
+        }
+        let fd = openat(
+            &*parent,
+            at.leaf(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(sys("opening", &at.path))?;
+        apply_fd(&File::from(fd), meta, &at.path, false)?;
+        self.dir_times.insert(at.rel, meta.mtime);
+        Ok(())
+    }
+
+    fn file_entry(
+        &mut self,
+        at: Place<'_, '_>,
+        entry: &mut tar::Entry<'_, impl Read>,
+        meta: &Meta,
+        tick: &mut dyn FnMut(),
+    ) -> Result<()> {
+        let (_, fd) = self.create(&at.comps, at.shown, false, "creating", |p, l| {
+            openat(
+                p,
+                l,
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            )
+        })?;
+        let fd = fd.expect("invariant: create makes every non-directory");
+        let mut file = File::from(fd);
+        let expected = entry.size();
+        let mut written = 0u64;
+        loop {
+            let n = entry.read(&mut self.buf).map_err(|e| Error::Archive {
+                path: at.tarball.to_owned(),
+                source: printable(e),
+            })?;
+            if n == 0 {
+                break;
+            }
+            file.write_all(&self.buf[..n])
+                .map_err(io("writing", &at.path))?;
+            written += n as u64;
+            tick();
+        }
+        if written != expected {
+            return Err(Error::Truncated {
+                path: at.tarball.to_owned(),
+                detail: format!("entry {} has {written} of {expected} bytes", at.shown),
+            });
+        }
+        apply_fd(&file, meta, &at.path, true)?;
+        self.stats.files += 1;
+        self.stats.bytes += written;
+        self.unpacked.insert(at.rel);
+        Ok(())
+    }
+
+    fn hardlink_entry(
+        &mut self,
+        at: Place<'_, '_>,
+        entry: &mut tar::Entry<'_, impl Read>,
+    ) -> Result<()> {
+        let refuse = |reason: String| refusal(at.tarball, at.shown, reason);
+        let target_raw = entry
+            .link_name_bytes()
+            .ok_or_else(|| refuse("hardlink without a target".into()))?
+            .into_owned();
+        let target_shown = shown_name(&target_raw);
+        let target = components(&target_raw)
+            .map_err(|r| refuse(format!("hardlink target {target_shown}: {r}")))?;
+        let target_rel = join(&target);
+        if target.is_empty() || !self.unpacked.contains(&target_rel) {
+            return Err(refuse(format!(
+                "hardlink target {target_shown} is not an earlier file of the archive"
+            )));
+        }
+        let target_parent = self.parent(&target, &target_shown)?;
+        let target_leaf = OsStr::from_bytes(target[target.len() - 1]);
+        self.create(&at.comps, at.shown, false, "creating hardlink", |p, l| {
+            linkat(&*target_parent, target_leaf, p, l, AtFlags::empty())
+        })?;
+        self.stats.files += 1;
+        self.unpacked.insert(at.rel);
+        Ok(())
+    }
+
+    fn symlink_entry(
+        &mut self,
+        at: Place<'_, '_>,
+        entry: &mut tar::Entry<'_, impl Read>,
+        meta: &Meta,
+    ) -> Result<()> {
+        let target = entry
+            .link_name_bytes()
+            .ok_or_else(|| refusal(at.tarball, at.shown, "symlink without a target".into()))?
+            .into_owned();
+        let (parent, _) = self.create(&at.comps, at.shown, false, "creating symlink", |p, l| {
+            symlinkat(OsStr::from_bytes(&target), p, l)
+        })?;
+        self.parent_cache = None;
+        self.apply_at(&parent, at.leaf(), meta, &at.path, false)?;
+        self.stats.files += 1;
+        self.unpacked.insert(at.rel);
+        Ok(())
+    }
+
+    fn node_entry(
+        &mut self,
+        at: Place<'_, '_>,
+        entry: &mut tar::Entry<'_, impl Read>,
+        kind: Kind,
+        meta: &Meta,
+    ) -> Result<()> {
+        let (sflag, dev) = match kind {
+            Kind::Fifo => (SFlag::S_IFIFO, 0),
+            _ => {
+                let h = entry.header();
+                let major = h.device_major().ok().flatten();
+                let minor = h.device_minor().ok().flatten();
+                let (Some(major), Some(minor)) = (major, minor) else {
+                    return Err(refusal(
+                        at.tarball,
+                        at.shown,
+                        "device node without a valid number".into(),
+                    ));
+                };
+                let sflag = if kind == Kind::Char {
+                    SFlag::S_IFCHR
+                } else {
+                    SFlag::S_IFBLK
+                };
+                (sflag, libc::makedev(major, minor))
+            }
+        };
+        let (parent, _) = self.create(&at.comps, at.shown, false, "creating node", |p, l| {
+            mknodat(p, l, sflag, Mode::from_bits_truncate(0o600), dev)
+        })?;
+        self.apply_at(&parent, at.leaf(), meta, &at.path, true)?;
+        self.stats.files += 1;
+        self.unpacked.insert(at.rel);
         Ok(())
     }
 
