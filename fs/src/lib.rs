@@ -376,9 +376,30 @@ pub fn mount(
         path: mountpoint.clone(),
         source,
     };
+    // A reaper of our own removes the mount if we die, through either
+    // transport (see `reaper` for why not fusermount3's auto-unmount);
+    // forked before the mount so that no moment is left uncovered.
+    let mut reaper = match opts.auto_unmount {
+        true => Some(
+            reaper::Reaper::before_mount(&mountpoint, &fsname)
+                .map_err(|e| io("starting the reaper for", e))?,
+        ),
+        false => None,
+    };
     // The FUSE handshake (INIT) is over when this returns.
     let session =
         fuser::Session::new(served, &mountpoint, &config).map_err(|e| io("mounting fuse on", e))?;
+    let id = match reaper::MountId::at(&mountpoint) {
+        Ok(id) => id,
+        Err(e) => {
+            drop(session);
+            return Err(io("reading the mount id of", e));
+        }
+    };
+    if let Some(Err(e)) = reaper.as_mut().map(|r| r.arm(id)) {
+        drop(session);
+        return Err(io("arming the reaper for", e));
+    }
     // The prefetcher pushes what it inflated into the kernel's page cache
     // through this, so those reads never reach the daemon.
     {
@@ -424,34 +445,6 @@ pub fn mount(
             }
         }
     }
-    // A reaper of our own removes the mount if we die, through either
-    // transport (see `reaper` for why not fusermount3's auto-unmount).
-    let id = reaper::MountId::at(&mountpoint).map_err(|source| FsError::Io {
-        what: "reading the mount id of",
-        path: mountpoint.clone(),
-        source,
-    });
-    let id = match id {
-        Ok(id) => id,
-        Err(e) => {
-            drop(session);
-            return Err(e);
-        }
-    };
-    let reaper = match opts.auto_unmount {
-        true => match reaper::Reaper::spawn(&mountpoint, id) {
-            Ok(r) => Some(r),
-            Err(source) => {
-                drop(session);
-                return Err(FsError::Io {
-                    what: "starting the reaper for",
-                    path: mountpoint,
-                    source,
-                });
-            }
-        },
-        false => None,
-    };
     let session = session
         .spawn()
         .map_err(|e| io("starting the fuse session on", e))?;
