@@ -46,6 +46,36 @@ struct Published {
     older: SnapshotDate,
 }
 
+/// Every repository a sync, push or fetch test leaves in the store must pass
+/// `git fsck --strict`, as every import must: checked when the test's store
+/// goes, unless the test already failed.
+impl Drop for Env {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let Ok(repos) = std::fs::read_dir(self.store().join("repos")) else {
+            return;
+        };
+        for repo in repos.flatten().map(|e| e.path()) {
+            if repo.extension().is_none_or(|x| x != "git") {
+                continue;
+            }
+            let out = util::run(Command::new("git").arg("--git-dir").arg(&repo).args([
+                "fsck",
+                "--strict",
+                "--no-progress",
+            ]));
+            assert!(
+                out.status.success() && out.stderr.is_empty(),
+                "git fsck --strict of {}: {}",
+                repo.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
 impl Env {
     fn new() -> Env {
         Env {
