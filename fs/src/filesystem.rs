@@ -41,6 +41,7 @@ use crate::error::{FsError, Result};
 use crate::inode::{Ino, InodeTable, NodeData, NodeKind};
 use crate::prefetch::{PagePusher, Prefetcher, WINDOW};
 use crate::store::{EntryKind, GitStore, Resolved, TreeEntry};
+use crate::wire::MAX_WRITE;
 use crate::View;
 
 /// How long a request for a directory's files covers READs in it: longer
@@ -806,11 +807,6 @@ impl Served {
         Served { fs, uring }
     }
 }
-
-/// The largest write the kernel may send. Nothing is ever written; a small
-/// value keeps every io_uring queue entry's buffer at the 1 MiB of the
-/// largest read (256 pages) rather than fuser's 16 MiB.
-pub const MAX_WRITE: u32 = 1 << 20;
 
 /// The fuser adapters: each turns an inner result into a reply.
 impl fuser::Filesystem for Served {

@@ -20,6 +20,7 @@ pub mod prefetch;
 pub mod reaper;
 pub mod ring;
 pub mod store;
+pub mod wire;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

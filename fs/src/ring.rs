@@ -19,6 +19,8 @@
 //! delivers the reply and re-arms the entry. FORGET and INTERRUPT still come
 //! through `/dev/fuse` and fuser's loop, and so do notifications.
 //!
+//! The bytes of requests and replies are encoded by [`crate::wire`].
+//!
 //! The kernel holds every request back until every queue has an entry, and
 //! falls back to `/dev/fuse` for good if a registration fails; the threads are
 //! therefore started, each with its ring, before the mount asks for io_uring
@@ -31,14 +33,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use fuser::{Errno, FileAttr, FileType};
+use fuser::Errno;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use tracing::{debug, trace, warn};
 
-use crate::filesystem::{GitFs, MAX_WRITE};
+use crate::filesystem::GitFs;
 use crate::inode::Ino;
+use crate::wire::{
+    copy, dirent_len, put_attr_out, put_dirent, put_entry, put_entry_out, put_statfs,
+    put_xattr_size, u32_at, u64_at, DirBuf, ENTRY_OUT, MAX_WRITE,
+};
 
 /// Where the kernel says whether FUSE over io_uring may be used.
 pub const ENABLE_PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
@@ -417,14 +423,6 @@ fn queue_thread(
     drop(entries);
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_ne_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
 /// Answer the request in `entry`: parse it, run it, write the reply. Returns
 /// the commit id.
 fn answer(fs: &GitFs, entry: &mut Entry) -> u64 {
@@ -487,10 +485,7 @@ fn dispatch(fs: &GitFs, r: &Request, out: &mut [u8]) -> Result<usize, Errno> {
             let attr = fs.getattr(ino).map_err(|e| fail("getattr", e))?;
             let parent = fs.node(ino).map_or(Ino::ROOT, |n| n.1);
             let ttl = fs.ttl(ino, parent);
-            let mut w = Writer::new(out);
-            put_ttl_attr_out(&mut w, ttl);
-            put_attr(&mut w, &attr);
-            Ok(w.at)
+            Ok(put_attr_out(out, &attr, ttl))
         }
         READLINK => {
             let target = fs.readlink(ino).map_err(|e| fail("readlink", e))?;
@@ -525,17 +520,12 @@ fn dispatch(fs: &GitFs, r: &Request, out: &mut [u8]) -> Result<usize, Errno> {
             .map_err(|e| fail("readdirplus", e))?;
             Ok(buf.at)
         }
-        STATFS => {
-            let mut w = Writer::new(out);
-            for v in [0, 0, 0, fs.inode_count() as u64, 0] {
-                w.u64(v);
-            }
-            w.u32(crate::attr::BLOCK_SIZE);
-            w.u32(255);
-            w.u32(crate::attr::BLOCK_SIZE);
-            w.zeros(4 + 24);
-            Ok(w.at)
-        }
+        STATFS => Ok(put_statfs(
+            out,
+            fs.inode_count() as u64,
+            crate::attr::BLOCK_SIZE,
+            255,
+        )),
         GETXATTR => match fs.getxattr(ino) {
             Ok(()) => Err(Errno::NO_XATTR),
             Err(e) => Err(fail("getxattr", e)),
@@ -543,10 +533,7 @@ fn dispatch(fs: &GitFs, r: &Request, out: &mut [u8]) -> Result<usize, Errno> {
         LISTXATTR => {
             fs.node(ino).map_err(|e| fail("listxattr", e))?;
             if u32_at(r.op_in, 0) == 0 {
-                let mut w = Writer::new(out);
-                w.u32(0);
-                w.u32(0);
-                Ok(w.at)
+                Ok(put_xattr_size(out, 0))
             } else {
                 Ok(0)
             }
@@ -573,207 +560,9 @@ fn dispatch(fs: &GitFs, r: &Request, out: &mut [u8]) -> Result<usize, Errno> {
     }
 }
 
-/// `sizeof(struct fuse_entry_out)`.
-const ENTRY_OUT: usize = 40 + ATTR;
-/// `sizeof(struct fuse_attr)`.
-const ATTR: usize = 88;
-
-/// The size of a `fuse_dirent` (24 bytes and the name) padded to 8 bytes;
-/// `extra` is the name length plus any header before the dirent.
-fn dirent_len(extra: usize) -> usize {
-    (24 + extra).div_ceil(8) * 8
-}
-
-fn copy(out: &mut [u8], data: &[u8]) -> usize {
-    let n = data.len().min(out.len());
-    out[..n].copy_from_slice(&data[..n]);
-    n
-}
-
-/// Little cursor over a reply buffer (native byte order, like the kernel).
-/// A READDIR(PLUS) reply being filled, entry by entry, up to the size the
-/// kernel asked for.
-struct DirBuf<'a> {
-    out: &'a mut [u8],
-    size: usize,
-    /// Bytes written so far.
-    at: usize,
-}
-
-impl<'a> DirBuf<'a> {
-    fn new(out: &'a mut [u8], asked: u32) -> DirBuf<'a> {
-        let size = (asked as usize).min(out.len());
-        DirBuf { out, size, at: 0 }
-    }
-
-    /// Write an entry of `len` bytes with `write`; true (nothing written) when
-    /// it does not fit, which ends the listing callback.
-    fn push(&mut self, len: usize, write: impl FnOnce(&mut Writer)) -> bool {
-        if self.at + len > self.size {
-            return true;
-        }
-        write(&mut Writer::new(&mut self.out[self.at..self.at + len]));
-        self.at += len;
-        false
-    }
-}
-
-/// Native-endian encoder of the kernel's FUSE structures into a buffer.
-pub(crate) struct Writer<'a> {
-    buf: &'a mut [u8],
-    at: usize,
-}
-
-impl<'a> Writer<'a> {
-    pub(crate) fn new(buf: &'a mut [u8]) -> Writer<'a> {
-        Writer { buf, at: 0 }
-    }
-    pub(crate) fn bytes(&mut self, b: &[u8]) {
-        self.buf[self.at..self.at + b.len()].copy_from_slice(b);
-        self.at += b.len();
-    }
-    pub(crate) fn u32(&mut self, v: u32) {
-        self.bytes(&v.to_ne_bytes());
-    }
-    pub(crate) fn u64(&mut self, v: u64) {
-        self.bytes(&v.to_ne_bytes());
-    }
-    pub(crate) fn zeros(&mut self, n: usize) {
-        self.buf[self.at..self.at + n].fill(0);
-        self.at += n;
-    }
-}
-
-/// Seconds and nanoseconds since the epoch, as the kernel stores them.
-fn split_time(t: SystemTime) -> (u64, u32) {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => (d.as_secs(), d.subsec_nanos()),
-        Err(e) => {
-            let d = e.duration();
-            let (mut s, mut n) = (-(d.as_secs() as i64), d.subsec_nanos());
-            if n > 0 {
-                s -= 1;
-                n = 1_000_000_000 - n;
-            }
-            (s as u64, n)
-        }
-    }
-}
-
-fn mode(attr: &FileAttr) -> u32 {
-    let kind = match attr.kind {
-        FileType::Directory => libc::S_IFDIR,
-        FileType::Symlink => libc::S_IFLNK,
-        FileType::NamedPipe => libc::S_IFIFO,
-        FileType::CharDevice => libc::S_IFCHR,
-        FileType::BlockDevice => libc::S_IFBLK,
-        FileType::Socket => libc::S_IFSOCK,
-        FileType::RegularFile => libc::S_IFREG,
-    };
-    kind | u32::from(attr.perm)
-}
-
-fn dtype(kind: FileType) -> u32 {
-    u32::from(match kind {
-        FileType::Directory => libc::DT_DIR,
-        FileType::Symlink => libc::DT_LNK,
-        FileType::NamedPipe => libc::DT_FIFO,
-        FileType::CharDevice => libc::DT_CHR,
-        FileType::BlockDevice => libc::DT_BLK,
-        FileType::Socket => libc::DT_SOCK,
-        FileType::RegularFile => libc::DT_REG,
-    })
-}
-
-/// `struct fuse_attr`.
-fn put_attr(w: &mut Writer, a: &FileAttr) {
-    let (at, atn) = split_time(a.atime);
-    let (mt, mtn) = split_time(a.mtime);
-    let (ct, ctn) = split_time(a.ctime);
-    for v in [a.ino.0, a.size, a.blocks, at, mt, ct] {
-        w.u64(v);
-    }
-    for v in [
-        atn,
-        mtn,
-        ctn,
-        mode(a),
-        a.nlink,
-        a.uid,
-        a.gid,
-        a.rdev,
-        a.blksize,
-        a.flags,
-    ] {
-        w.u32(v);
-    }
-}
-
-/// The validity half of `struct fuse_attr_out`.
-fn put_ttl_attr_out(w: &mut Writer, ttl: Duration) {
-    w.u64(ttl.as_secs());
-    w.u32(ttl.subsec_nanos());
-    w.u32(0);
-}
-
-/// `struct fuse_entry_out`.
-fn put_entry_out(w: &mut Writer, a: &FileAttr, ttl: Duration) {
-    w.u64(a.ino.0);
-    w.u64(0); // generation
-    w.u64(ttl.as_secs());
-    w.u64(ttl.as_secs());
-    w.u32(ttl.subsec_nanos());
-    w.u32(ttl.subsec_nanos());
-    put_attr(w, a);
-}
-
-fn put_entry(out: &mut [u8], a: &FileAttr, ttl: Duration) -> usize {
-    let mut w = Writer::new(out);
-    put_entry_out(&mut w, a, ttl);
-    w.at
-}
-
-/// `struct fuse_dirent` and its name, zero-padded to the writer's end.
-fn put_dirent(w: &mut Writer, ino: u64, next: u64, kind: FileType, name: &[u8]) {
-    w.u64(ino);
-    w.u64(next);
-    w.u32(name.len() as u32);
-    w.u32(dtype(kind));
-    w.bytes(name);
-    let pad = w.buf.len() - w.at;
-    w.zeros(pad);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attr::file_attr;
-    use crate::inode::NodeKind;
-    use crate::store::EntryKind;
-
-    #[test]
-    fn records_have_the_kernel_sizes() {
-        let attr = file_attr(Ino(7), NodeKind::Entry(EntryKind::Exec), 10, 1_787_270_400);
-        let mut buf = [0u8; 256];
-        assert_eq!(put_entry(&mut buf, &attr, Duration::from_secs(5)), 128);
-        let mut w = Writer::new(&mut buf);
-        put_ttl_attr_out(&mut w, Duration::ZERO);
-        put_attr(&mut w, &attr);
-        assert_eq!(w.at, 104);
-        // mode at offset 16 + 6*8 + 3*4 of the attr_out.
-        assert_eq!(u32_at(&buf, 16 + 60), libc::S_IFREG | 0o755);
-        assert_eq!(dirent_len(1), 32);
-        assert_eq!(dirent_len(8), 32);
-        assert_eq!(dirent_len(9), 40);
-        assert_eq!(dirent_len(ENTRY_OUT + 3), 160);
-    }
-
-    #[test]
-    fn times_before_the_epoch_split_like_timespec() {
-        let t = UNIX_EPOCH - Duration::new(1, 250_000_000);
-        assert_eq!(split_time(t), ((-2i64) as u64, 750_000_000));
-        assert_eq!(split_time(UNIX_EPOCH + Duration::new(3, 5)), (3, 5));
-    }
 
     #[test]
     fn the_possible_cpu_list_is_counted() {
