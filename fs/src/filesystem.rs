@@ -13,18 +13,17 @@
 //!
 //! Cold walks: READDIRPLUS hands the kernel every entry's attributes with the
 //! listing (no LOOKUP per entry), and a read that misses the object cache, or
-//! a listing that follows reads, has the [`Prefetcher`] inflate the
-//! directory's next files on another thread and store them straight into the
-//! kernel's page cache (FUSE notify-store), so most files never cost a READ
-//! round trip at all.
+//! a listing that follows reads, has the read-ahead policy (`readahead`) ask
+//! the prefetcher to inflate the directory's next files on another thread and
+//! store them straight into the kernel's page cache (FUSE notify-store), so
+//! most files never cost a READ round trip at all.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Generation, INodeNo,
@@ -38,80 +37,20 @@ use tracing::{debug, trace, warn};
 use crate::attr::{file_attr, kind_and_perm};
 use crate::cache::{Cached, ObjectCache};
 use crate::error::{FsError, Result};
-use crate::inode::{Ino, InodeTable, NodeData, NodeKind};
-use crate::prefetch::{PagePusher, Prefetcher, WINDOW};
+use crate::inode::{child_data, Ino, InodeTable, NodeData, NodeKind};
+use crate::prefetch::{PagePusher, Prefetcher};
+use crate::readahead::ReadAhead;
 use crate::store::{EntryKind, GitStore, Resolved, TreeEntry};
+use crate::tags::{latest_data, newest, tag_data, TagSource, LATEST};
 use crate::wire::MAX_WRITE;
 use crate::View;
-
-/// How long a request for a directory's files covers READs in it: longer
-/// than the prefetcher keeps retrying refused stores.
-const WINDOW_FRESH: Duration = Duration::from_millis(50);
 
 /// TTL for everything inside a tree: a tree never changes.
 pub const LONG_TTL: Duration = Duration::from_secs(24 * 3600);
 /// TTL for the all-tags root and its children, which change as tags come and go.
 pub const SHORT_TTL: Duration = Duration::from_secs(1);
-/// The name of the newest-tag symlink in the all-tags view.
-pub const LATEST: &str = "latest";
 /// Size reported for directories.
 const DIR_SIZE: u64 = 4096;
-
-/// The tag list of the all-tags view, re-read when the refs change on disk.
-#[derive(Debug)]
-struct TagState {
-    tags: Arc<Vec<(String, Resolved)>>,
-    stamp: Vec<Option<(SystemTime, u64, u64)>>,
-}
-
-/// The tags of a repository, re-read whenever its refs change on disk. Shared
-/// between the filesystem and the watcher thread that invalidates the kernel's
-/// cached root listing; it has its own repository handle so neither waits on
-/// the other's object reads.
-#[derive(Debug)]
-pub struct TagSource {
-    store: GitStore,
-    state: Mutex<TagState>,
-    /// Bumped whenever the tag list changes.
-    generation: AtomicU64,
-}
-
-impl TagSource {
-    /// Read the tags of `git_dir`.
-    pub fn new(git_dir: &Path) -> Result<TagSource> {
-        let store = GitStore::open(git_dir)?;
-        let state = TagState {
-            stamp: refs_stamp(git_dir),
-            tags: Arc::new(store.tags()?),
-        };
-        Ok(TagSource {
-            store,
-            state: Mutex::new(state),
-            generation: AtomicU64::new(0),
-        })
-    }
-
-    /// The current tags, re-read first if the refs changed on disk.
-    pub fn current(&self) -> Result<Arc<Vec<(String, Resolved)>>> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let stamp = refs_stamp(self.store.path());
-        if stamp != state.stamp {
-            let tags = self.store.tags()?;
-            debug!(count = tags.len(), "refs changed, tag list re-read");
-            if *state.tags != tags {
-                self.generation.fetch_add(1, Ordering::SeqCst);
-            }
-            state.tags = Arc::new(tags);
-            state.stamp = stamp;
-        }
-        Ok(state.tags.clone())
-    }
-
-    /// A counter that changes whenever the tag list does.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
-    }
-}
 
 /// One directory entry as `readdir` yields it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,18 +95,12 @@ pub struct GitFs {
     store: GitStore,
     cache: Arc<ObjectCache>,
     inodes: Arc<Mutex<InodeTable>>,
-    /// Reads the next files of a directory into the cache and the kernel.
-    prefetch: Option<Prefetcher>,
-    /// Per directory, the listing index up to which files were asked for,
-    /// and when.
-    ahead: Mutex<HashMap<Ino, (usize, Instant)>>,
+    /// When to have the prefetcher read which files, and what it was asked.
+    ahead: ReadAhead,
     /// Set once mounted: how the prefetcher stores pages into the kernel.
     pages: Arc<OnceLock<PagePusher>>,
-    /// File reads so far, and their count at the last READDIRPLUS.
-    reads: AtomicU64,
     /// Reads that had to inflate the blob themselves.
     misses: AtomicU64,
-    reads_at_listing: AtomicU64,
     /// `Some` in the all-tags view.
     tags: Option<Arc<TagSource>>,
     /// The resolved ref in the single-ref view.
@@ -210,21 +143,14 @@ impl GitFs {
         let cache = Arc::new(ObjectCache::new(cache_bytes));
         let pages = Arc::new(OnceLock::new());
         let inodes = Arc::new(Mutex::new(InodeTable::new(root)));
-        let prefetch = Some(Prefetcher::spawn(
-            store.path(),
-            cache.clone(),
-            pages.clone(),
-            inodes.clone(),
-        )?);
+        let prefetch =
+            Prefetcher::spawn(store.path(), cache.clone(), pages.clone(), inodes.clone())?;
         Ok(GitFs {
             store,
+            ahead: ReadAhead::new(Some(prefetch), cache.clone(), inodes.clone()),
             cache,
-            prefetch,
-            ahead: Mutex::new(HashMap::new()),
             pages,
-            reads: AtomicU64::new(0),
             misses: AtomicU64::new(0),
-            reads_at_listing: AtomicU64::new(0),
             inodes,
             tags,
             resolved,
@@ -283,12 +209,6 @@ impl GitFs {
         self.tags.as_ref().map_or(0, |t| t.generation())
     }
 
-    fn newest(tags: &[(String, Resolved)]) -> Option<&(String, Resolved)> {
-        // Newest by commit time; on a tie the greater name (dates sort).
-        tags.iter()
-            .max_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)))
-    }
-
     fn tree(&self, oid: Oid) -> Result<Arc<[TreeEntry]>> {
         self.cache.tree(oid, || self.store.read_tree(oid))
     }
@@ -311,7 +231,7 @@ impl GitFs {
                     .filter(|(name, _)| name != LATEST)
                     .map(|(name, r)| (name.as_bytes().into(), tag_data(r)))
                     .collect();
-                if let Some((_, r)) = Self::newest(&tags) {
+                if let Some((_, r)) = newest(&tags) {
                     out.push((LATEST.as_bytes().into(), latest_data(r.time)));
                 }
                 Ok(Children::Listed(out))
@@ -338,7 +258,7 @@ impl GitFs {
             NodeKind::TagsRoot => {
                 let tags = self.current_tags()?;
                 if name == LATEST.as_bytes() {
-                    return Self::newest(&tags)
+                    return newest(&tags)
                         .map(|(_, r)| latest_data(r.time))
                         .ok_or_else(not_found);
                 }
@@ -374,7 +294,7 @@ impl GitFs {
 
     fn latest_target(&self) -> Result<Vec<u8>> {
         let tags = self.current_tags()?;
-        Self::newest(&tags)
+        newest(&tags)
             .map(|(n, _)| n.as_bytes().to_vec())
             .ok_or(FsError::NotFound {
                 parent: Ino::ROOT.0,
@@ -385,7 +305,7 @@ impl GitFs {
     fn root_time(&self, data: NodeData) -> Result<i64> {
         if data.kind == NodeKind::TagsRoot {
             let tags = self.current_tags()?;
-            return Ok(Self::newest(&tags).map_or(0, |(_, r)| r.time));
+            return Ok(newest(&tags).map_or(0, |(_, r)| r.time));
         }
         Ok(data.time)
     }
@@ -461,7 +381,7 @@ impl GitFs {
             NodeKind::Entry(EntryKind::File | EntryKind::Exec | EntryKind::Symlink) => {}
             _ => return Err(FsError::IsDir(ino.0)),
         }
-        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.ahead.count_read();
         let blob = match self.cache.get(&data.oid) {
             Some(Cached::Blob(b)) => b,
             _ => self.inflate(data.oid)?,
@@ -469,7 +389,7 @@ impl GitFs {
         if offset == 0 {
             // The page was not stored in time (or never asked for): have the
             // following files stored, unless that is already under way.
-            self.read_ahead(parent, data.oid);
+            self.ahead.after_read(parent, data.oid);
         }
         let start = usize::try_from(offset)
             .unwrap_or(usize::MAX)
@@ -497,73 +417,6 @@ impl GitFs {
                     _ => self.store.read_blob(oid),
                 }
             }
-        }
-    }
-
-    /// After a READ of `oid` in directory `parent` (its page was not in the
-    /// kernel), ask the prefetcher for the files listed after it, unless an
-    /// earlier request already covers this place (the prefetcher is merely
-    /// behind).
-    fn read_ahead(&self, parent: Ino, oid: Oid) {
-        if self.prefetch.is_none() {
-            return;
-        }
-        if let Some((_, tree, next)) = self.listed_after(parent, oid) {
-            self.request_window(parent, &tree, next);
-        }
-    }
-
-    /// Directory `parent`'s node and cached listing, and the index after the
-    /// entry for blob `oid` in it.
-    fn listed_after(&self, parent: Ino, oid: Oid) -> Option<(NodeData, Arc<[TreeEntry]>, usize)> {
-        let (pdata, _, _) = self.node(parent).ok()?;
-        if pdata.kind != NodeKind::Entry(EntryKind::Tree) {
-            return None;
-        }
-        let Some(Cached::Tree(tree)) = self.cache.get(&pdata.oid) else {
-            return None;
-        };
-        let i = tree.iter().position(|e| e.oid == oid)?;
-        Some((pdata, tree, i + 1))
-    }
-
-    /// Ask the prefetcher for the files of directory `dir` (listing `tree`)
-    /// from index `from` on, unless a recent request already covers `from`
-    /// (an older one may have given up storing: the kernel did not hold the
-    /// inodes in time).
-    fn request_window(&self, dir: Ino, tree: &[TreeEntry], from: usize) {
-        let Some(prefetch) = &self.prefetch else {
-            return;
-        };
-        let end = from.saturating_add(WINDOW).min(tree.len());
-        if from >= end {
-            return;
-        }
-        {
-            let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            if let Some(&(upto, when)) = ahead.get(&dir) {
-                if upto > from && upto <= from + WINDOW && now < when + WINDOW_FRESH {
-                    return;
-                }
-            }
-            if ahead.len() >= 4096 {
-                ahead.clear();
-            }
-            ahead.insert(dir, (end, now));
-        }
-        let time = self.node(dir).map_or(0, |n| n.0.time);
-        let oids: Vec<(Oid, Ino)> = {
-            let table = self.inodes();
-            tree[from..end]
-                .iter()
-                .filter(|e| matches!(e.kind, EntryKind::File | EntryKind::Exec))
-                .map(|e| (e.oid, table.peek(dir, &e.name, &child_data(e, time))))
-                .collect()
-        };
-        if !oids.is_empty() {
-            trace!(dir = dir.0, from, count = oids.len(), "prefetch requested");
-            prefetch.request(oids);
         }
     }
 
@@ -609,29 +462,6 @@ impl GitFs {
         Ok(())
     }
 
-    /// At the first READDIRPLUS of directory `ino`: if the reader read files
-    /// since the last listing, it is walking and reading everything, so start
-    /// on this directory's files before its first read. A stat-only walk
-    /// never triggers this.
-    pub fn prefetch_listing(&self, ino: Ino) {
-        let reads = self.reads.load(Ordering::Relaxed);
-        if self.reads_at_listing.swap(reads, Ordering::Relaxed) == reads {
-            return;
-        }
-        let Ok((data, _, _)) = self.node(ino) else {
-            return;
-        };
-        if data.kind != NodeKind::Entry(EntryKind::Tree) {
-            return;
-        }
-        if let Some(Cached::Tree(tree)) = self.cache.get(&data.oid) {
-            self.request_window(ino, &tree, 0);
-        }
-        if let Some(p) = &self.prefetch {
-            p.listed(data.oid);
-        }
-    }
-
     /// List `ino` from `offset` with each entry's attributes (READDIRPLUS),
     /// calling `add` per entry until it returns true (the reply is full). The
     /// kernel takes a reference on every entry but `.` and `..`, so each one
@@ -650,7 +480,7 @@ impl GitFs {
         if offset == 0 {
             // Before the attributes are computed, so the prefetcher is already
             // on the first files when the reader gets the listing.
-            self.prefetch_listing(ino);
+            self.ahead.at_listing(ino);
         }
         let total = 2 + children.len() as u64;
         for off in offset..total {
@@ -738,52 +568,10 @@ impl std::fmt::Display for ErrChain<'_> {
     }
 }
 
-fn child_data(e: &TreeEntry, time: i64) -> NodeData {
-    NodeData {
-        oid: e.oid,
-        kind: NodeKind::Entry(e.kind),
-        time,
-    }
-}
-
-fn tag_data(r: &Resolved) -> NodeData {
-    NodeData {
-        oid: r.tree,
-        kind: NodeKind::Entry(EntryKind::Tree),
-        time: r.time,
-    }
-}
-
-fn latest_data(time: i64) -> NodeData {
-    NodeData {
-        oid: Oid::ZERO_SHA1,
-        kind: NodeKind::Latest,
-        time,
-    }
-}
-
-/// What changes on disk when a tag is added, moved or packed: `packed-refs` and
-/// the `refs/tags` directory (git writes a ref by renaming a lock file into it).
-fn refs_stamp(git_dir: &Path) -> Vec<Option<(SystemTime, u64, u64)>> {
-    use std::os::unix::fs::MetadataExt;
-    [PathBuf::from("packed-refs"), PathBuf::from("refs/tags")]
-        .iter()
-        .map(|p| {
-            std::fs::metadata(git_dir.join(p)).ok().map(|m| {
-                (
-                    m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                    m.size(),
-                    m.ino(),
-                )
-            })
-        })
-        .collect()
-}
-
 impl Drop for GitFs {
     fn drop(&mut self) {
         debug!(
-            reads = self.reads.load(Ordering::Relaxed),
+            reads = self.ahead.reads(),
             inflated_by_reads = self.misses.load(Ordering::Relaxed),
             "filesystem done"
         );

@@ -17,9 +17,11 @@ pub mod error;
 pub mod filesystem;
 pub mod inode;
 pub mod prefetch;
+mod readahead;
 pub mod reaper;
 pub mod ring;
 pub mod store;
+pub mod tags;
 pub mod wire;
 
 use std::path::{Path, PathBuf};
@@ -517,7 +519,7 @@ fn prepare_rings(mode: IoUring) -> Result<Option<ring::Rings>> {
 /// Poll the refs every half second; when the tag list changes, tell the kernel
 /// to drop its cached root listing so `ls MNT` shows the new tags.
 fn spawn_tag_watcher(
-    tags: Arc<filesystem::TagSource>,
+    tags: Arc<tags::TagSource>,
     notifier: fuser::Notifier,
 ) -> std::io::Result<(mpsc::Sender<()>, JoinHandle<()>)> {
     let (stop, stopped) = mpsc::channel::<()>();
