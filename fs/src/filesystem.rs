@@ -2,8 +2,10 @@
 //!
 //! The inner functions (`lookup`, `getattr`, `readdir`, `read`, ...) are pure
 //! enough to unit-test without mounting: they take inode numbers and return
-//! `Result<_, FsError>`. The `fuser::Filesystem` impl at the bottom is a set of
-//! thin adapters that turn those results into replies and log failures.
+//! `Result<_, FsError>`. What the kernel gets for each request, reply or
+//! errno, refusals included, is decided once, in `answers`, and both
+//! transports (`fuser_adapter` through /dev/fuse, `ring` through io_uring)
+//! only carry it.
 //!
 //! Kernel caching: `open`/`opendir` answer `ENOSYS`, so the kernel stops sending
 //! OPEN/RELEASE and keeps page and directory caches across opens; `flush` is not
@@ -13,26 +15,20 @@
 //!
 //! Cold walks: READDIRPLUS hands the kernel every entry's attributes with the
 //! listing (no LOOKUP per entry), and a read that misses the object cache, or
-//! a listing that follows reads, has the read-ahead policy (`readahead`) ask
-//! the prefetcher to inflate the directory's next files on another thread and
+//! a listing that follows reads, has the read-ahead policy (`readahead`) ask the
+//! prefetcher to inflate the directory's next files on another thread and
 //! store them straight into the kernel's page cache (FUSE notify-store), so
 //! most files never cost a READ round trip at all.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use fuser::{
-    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Generation, INodeNo,
-    InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
-};
+use fuser::{FileAttr, FileType};
 use git2::Oid;
-use tracing::{debug, trace, warn};
+use tracing::debug;
 
 use crate::attr::{file_attr, kind_and_perm};
 use crate::cache::{Cached, ObjectCache};
@@ -42,7 +38,6 @@ use crate::prefetch::{PagePusher, Prefetcher};
 use crate::readahead::ReadAhead;
 use crate::store::{EntryKind, GitStore, Resolved, TreeEntry};
 use crate::tags::{latest_data, newest, tag_data, TagSource, LATEST};
-use crate::wire::MAX_WRITE;
 use crate::View;
 
 #[cfg(test)]
@@ -165,7 +160,7 @@ impl GitFs {
         self.resolved
     }
 
-    /// Where [`crate::mount`] puts a descriptor of the session's connection,
+    /// Where the mount puts a descriptor of the session's connection,
     /// through which the prefetcher stores file contents straight into the
     /// kernel's page cache.
     pub fn page_pusher(&self) -> Arc<OnceLock<PagePusher>> {
@@ -311,6 +306,12 @@ impl GitFs {
             return Ok(newest(&tags).map_or(0, |(_, r)| r.time));
         }
         Ok(data.time)
+    }
+
+    /// Whether the kernel may cache symlink targets: those of one tree never
+    /// change, the all-tags view's `latest` does.
+    pub fn symlinks_stay(&self) -> bool {
+        self.tags.is_none()
     }
 
     /// The TTL for an inode: short at the top of the all-tags view.
@@ -465,9 +466,9 @@ impl GitFs {
         Ok(())
     }
 
-    /// List `ino` from `offset` with each entry's attributes (READDIRPLUS),
-    /// calling `add` per entry until it returns true (the reply is full). The
-    /// kernel takes a reference on every entry but `.` and `..`, so each one
+    /// At the first READDIRPLUS of directory `ino`: if the reader read files
+    /// since the last listing, it is walking and reading everything, so start
+    /// on this directory's files before its first read. A stat-only walk
     /// added counts a lookup; an entry that did not fit is uncounted again.
     pub fn readdirplus(
         &self,
@@ -529,18 +530,6 @@ impl GitFs {
         self.node(ino)?;
         Err(FsError::NoAttr)
     }
-
-    pub(crate) fn reply_err(&self, op: &str, ino: u64, err: &FsError) -> Errno {
-        let errno = err.errno();
-        if errno == Errno::ENOENT {
-            trace!(op, ino, error = %err, "not found");
-        } else if err.is_expected() {
-            debug!(op, ino, error = %err, "refused");
-        } else {
-            warn!(op, ino, error = %format!("{:#}", ErrChain(err)), "failed, answering EIO");
-        }
-        errno
-    }
 }
 
 /// Hand freed heap pages back to the system. glibc keeps a freed table that
@@ -556,21 +545,6 @@ fn release_free_memory() {
     }
 }
 
-/// Displays an error with its sources, `a: b: c`.
-struct ErrChain<'a>(&'a FsError);
-
-impl std::fmt::Display for ErrChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut src = std::error::Error::source(self.0);
-        while let Some(s) = src {
-            write!(f, ": {s}")?;
-            src = s.source();
-        }
-        Ok(())
-    }
-}
-
 impl Drop for GitFs {
     fn drop(&mut self) {
         debug!(
@@ -578,410 +552,5 @@ impl Drop for GitFs {
             inflated_by_reads = self.misses.load(Ordering::Relaxed),
             "filesystem done"
         );
-    }
-}
-
-/// The filesystem as fuser serves it: the [`GitFs`], shared with the io_uring
-/// queue threads, and whether to ask the kernel for FUSE over io_uring.
-#[derive(Debug)]
-pub struct Served {
-    fs: Arc<GitFs>,
-    /// Set when queue threads stand ready; true after INIT if the kernel
-    /// agreed to send requests through them.
-    uring: Option<Arc<std::sync::atomic::AtomicBool>>,
-}
-
-impl Served {
-    /// Serve `fs`; with `uring`, ask for FUSE over io_uring at INIT and record
-    /// there whether the kernel agreed.
-    pub fn new(fs: Arc<GitFs>, uring: Option<Arc<std::sync::atomic::AtomicBool>>) -> Served {
-        Served { fs, uring }
-    }
-}
-
-/// The fuser adapters: each turns an inner result into a reply.
-impl fuser::Filesystem for Served {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // READDIRPLUS answers a listing with every entry's attributes, so a
-        // walk that stats what it lists (find, tar, portage's cache checks)
-        // makes one request per directory batch instead of one per entry;
-        // AUTO lets the kernel fall back to plain readdir for a bare `ls`.
-        // PARALLEL_DIROPS lets parallel builds look up in one directory at
-        // once. Symlinks of one immutable tree may be cached; the all-tags
-        // view's `latest` changes, so it does not ask for that.
-        let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_PARALLEL_DIROPS;
-        if self.fs.tags.is_none() {
-            wanted |= InitFlags::FUSE_CACHE_SYMLINKS;
-        }
-        let have = config.capabilities();
-        // FUSE over io_uring: each CPU gets a queue served by a thread pinned
-        // to it, so a request is answered on the CPU that made it instead of
-        // waking a daemon thread on another one (see `ring`).
-        if let Some(flag) = &self.uring {
-            let agreed = have.contains(InitFlags::FUSE_OVER_IO_URING);
-            if agreed {
-                wanted |= InitFlags::FUSE_OVER_IO_URING;
-            }
-            flag.store(agreed, Ordering::SeqCst);
-        }
-        if let Err(missing) = config.add_capabilities(wanted & have) {
-            debug!(?missing, "kernel lacks some FUSE capabilities");
-        }
-        let _ = config.set_max_write(MAX_WRITE);
-        debug!(requested = ?(wanted & have), "FUSE capabilities");
-        Ok(())
-    }
-
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        trace!(parent = parent.0, ?name, "lookup");
-        match self.fs.lookup(Ino(parent.0), name) {
-            Ok(attr) => reply.entry(
-                &self.fs.ttl(Ino(attr.ino.0), Ino(parent.0)),
-                &attr,
-                Generation(0),
-            ),
-            Err(e) => reply.error(self.fs.reply_err("lookup", parent.0, &e)),
-        }
-    }
-
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        trace!(ino = ino.0, nlookup, "forget");
-        GitFs::forget(&self.fs, Ino(ino.0), nlookup);
-    }
-
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        trace!(ino = ino.0, "getattr");
-        match self.fs.getattr(Ino(ino.0)) {
-            Ok(attr) => {
-                let parent = self.fs.node(Ino(ino.0)).map_or(Ino::ROOT, |n| n.1);
-                reply.attr(&self.fs.ttl(Ino(ino.0), parent), &attr)
-            }
-            Err(e) => reply.error(self.fs.reply_err("getattr", ino.0, &e)),
-        }
-    }
-
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        trace!(ino = ino.0, "readlink");
-        match self.fs.readlink(Ino(ino.0)) {
-            Ok(target) => reply.data(&target),
-            Err(e) => reply.error(self.fs.reply_err("readlink", ino.0, &e)),
-        }
-    }
-
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // ENOSYS makes the kernel stop sending OPEN and keep the page cache across
-        // opens (DESIGN.md: 1.0x native warm reads instead of 2-6x).
-        trace!(ino = ino.0, "open: ENOSYS");
-        reply.error(Errno::ENOSYS);
-    }
-
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        trace!(ino = ino.0, "opendir: ENOSYS");
-        reply.error(Errno::ENOSYS);
-    }
-
-    fn flush(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        // Nothing is ever written. ENOSYS here, rather than fuser's default
-        // (which also logs a warning), makes the kernel stop sending FLUSH on
-        // every close(2) for the rest of the mount.
-        trace!(ino = ino.0, "flush: ENOSYS");
-        reply.error(Errno::ENOSYS);
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn ioctl(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        _flags: IoctlFlags,
-        cmd: u32,
-        _in_data: &[u8],
-        _out_size: u32,
-        reply: ReplyIoctl,
-    ) {
-        // Python's open() asks whether every file is a terminal (TCGETS):
-        // "not a terminal", quietly, as any regular file answers. fuser's
-        // default logs a warning per call, thousands in a world rebuild.
-        trace!(ino = ino.0, cmd, "ioctl: ENOTTY");
-        reply.error(Errno::ENOTTY);
-    }
-
-    fn read(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyData,
-    ) {
-        trace!(ino = ino.0, offset, size, "read");
-        match self.fs.read(Ino(ino.0), offset, size) {
-            Ok((blob, range)) => reply.data(&blob[range]),
-            Err(e) => reply.error(self.fs.reply_err("read", ino.0, &e)),
-        }
-    }
-
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
-        trace!(ino = ino.0, offset, "readdir");
-        let res = self.fs.readdir(Ino(ino.0), offset, |it| {
-            reply.add(
-                INodeNo(it.ino.0),
-                it.next,
-                it.kind,
-                OsStr::from_bytes(it.name),
-            )
-        });
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(self.fs.reply_err("readdir", ino.0, &e)),
-        }
-    }
-
-    fn readdirplus(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectoryPlus,
-    ) {
-        trace!(ino = ino.0, offset, "readdirplus");
-        let res = self.fs.readdirplus(Ino(ino.0), offset, |it, attr, ttl| {
-            reply.add(
-                INodeNo(it.ino.0),
-                it.next,
-                OsStr::from_bytes(it.name),
-                &ttl,
-                attr,
-                Generation(0),
-            )
-        });
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(self.fs.reply_err("readdirplus", ino.0, &e)),
-        }
-    }
-
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        trace!("statfs");
-        let files = self.fs.inode_count() as u64;
-        reply.statfs(
-            0,
-            0,
-            0,
-            files,
-            0,
-            crate::attr::BLOCK_SIZE,
-            255,
-            crate::attr::BLOCK_SIZE,
-        );
-    }
-
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, _size: u32, reply: ReplyXattr) {
-        trace!(ino = ino.0, ?name, "getxattr");
-        if let Err(e) = self.fs.getxattr(Ino(ino.0)) {
-            reply.error(self.fs.reply_err("getxattr", ino.0, &e));
-        }
-    }
-
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        trace!(ino = ino.0, "listxattr");
-        match self.fs.node(Ino(ino.0)) {
-            Ok(_) if size == 0 => reply.size(0),
-            Ok(_) => reply.data(&[]),
-            Err(e) => reply.error(self.fs.reply_err("listxattr", ino.0, &e)),
-        }
-    }
-
-    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        trace!(ino = ino.0, %mask, "access");
-        match self.fs.node(Ino(ino.0)) {
-            Ok(_) if mask.contains(AccessFlags::W_OK) => reply.error(Errno::EROFS),
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(self.fs.reply_err("access", ino.0, &e)),
-        }
-    }
-
-    // Every modification: EROFS. The `ro` mount option stops most of these in the
-    // VFS already; these answer whatever still gets through.
-
-    fn setattr(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
-        trace!(ino = ino.0, "setattr: EROFS");
-        reply.error(Errno::EROFS);
-    }
-
-    fn mknod(
-        &self,
-        _req: &Request,
-        parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _rdev: u32,
-        reply: ReplyEntry,
-    ) {
-        trace!(parent = parent.0, "mknod: EROFS");
-        reply.error(Errno::EROFS);
-    }
-
-    fn mkdir(
-        &self,
-        _req: &Request,
-        parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        reply: ReplyEntry,
-    ) {
-        trace!(parent = parent.0, "mkdir: EROFS");
-        reply.error(Errno::EROFS);
-    }
-
-    fn unlink(&self, _req: &Request, parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        trace!(parent = parent.0, "unlink: EROFS");
-        reply.error(Errno::EROFS);
-    }
-
-    fn rmdir(&self, _req: &Request, parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        trace!(parent = parent.0, "rmdir: EROFS");
-        reply.error(Errno::EROFS);
-    }
-
-    fn symlink(
-        &self,
-        _req: &Request,
-        parent: INodeNo,
-        _link_name: &OsStr,
-        _target: &Path,
-        reply: ReplyEntry,
-    ) {
-        trace!(parent = parent.0, "symlink: EROFS");
-        reply.error(Errno::EROFS);
-    }
-
-    fn rename(
-        &self,
-        _req: &Request,
-        parent: INodeNo,
-        _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: RenameFlags,
-        reply: ReplyEmpty,
-    ) {
-        trace!(parent = parent.0, "rename: EROFS");
-        reply.error(Errno::EROFS);
-    }
-
-    fn link(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
-        trace!(ino = ino.0, "link: EROFS");
-        reply.error(Errno::EROFS);
-    }
-
-    fn write(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
-        _write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyWrite,
-    ) {
-        trace!(ino = ino.0, "write: EROFS");
-        reply.error(Errno::EROFS);
-    }
-
-    fn create(
-        &self,
-        _req: &Request,
-        parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _flags: i32,
-        reply: ReplyCreate,
-    ) {
-        trace!(parent = parent.0, "create: EROFS");
-        reply.error(Errno::EROFS);
-    }
-
-    fn setxattr(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
-        _position: u32,
-        reply: ReplyEmpty,
-    ) {
-        trace!(ino = ino.0, "setxattr: EROFS");
-        reply.error(Errno::EROFS);
-    }
-
-    fn removexattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        trace!(ino = ino.0, "removexattr: EROFS");
-        reply.error(Errno::EROFS);
-    }
-
-    fn fallocate(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _length: u64,
-        _mode: i32,
-        reply: ReplyEmpty,
-    ) {
-        trace!(ino = ino.0, "fallocate: EROFS");
-        reply.error(Errno::EROFS);
     }
 }

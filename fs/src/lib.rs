@@ -8,13 +8,17 @@
 //!
 //! Flow: [`mount`] resolves the ref ([`store::GitStore`]), builds the
 //! [`filesystem::GitFs`] (inode table over an [`cache::ObjectCache`]) and hands it
-//! to fuser; the returned [`MountedFs`] unmounts on drop.
+//! to its transports, fuser ([`fuser_adapter`]) and, when the kernel offers
+//! it, io_uring ([`ring`]); both carry [`GitFs`]'s [`answers`] and nothing
+//! else. The returned [`MountedFs`] unmounts on drop.
 #![warn(missing_docs)]
 
+pub mod answers;
 pub mod attr;
 pub mod cache;
 pub mod error;
 pub mod filesystem;
+pub mod fuser_adapter;
 pub mod inode;
 pub mod prefetch;
 mod readahead;
@@ -370,7 +374,7 @@ pub fn mount(
     let mut rings = prepare_rings(opts.io_uring)?;
     let agreed = Arc::new(AtomicBool::new(false));
     let fs = Arc::new(fs);
-    let served = filesystem::Served::new(fs.clone(), rings.as_ref().map(|_| agreed.clone()));
+    let served = fuser_adapter::Served::new(fs.clone(), rings.as_ref().map(|_| agreed.clone()));
     let io = |what, source| FsError::Io {
         what,
         path: mountpoint.clone(),

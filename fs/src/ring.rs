@@ -19,7 +19,9 @@
 //! delivers the reply and re-arms the entry. FORGET and INTERRUPT still come
 //! through `/dev/fuse` and fuser's loop, and so do notifications.
 //!
-//! The bytes of requests and replies are encoded by [`crate::wire`].
+//! Every request is answered by the [`GitFs`] answer of the same name
+//! ([`crate::answers`]), as through fuser; this module only decodes the
+//! request and encodes the answer ([`crate::wire`]).
 //!
 //! The kernel holds every request back until every queue has an entry, and
 //! falls back to `/dev/fuse` for good if a registration fails; the threads are
@@ -35,10 +37,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use fuser::Errno;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use tracing::{debug, trace, warn};
 
+use crate::answers::{Answer, Declined};
 use crate::filesystem::GitFs;
 use crate::inode::Ino;
 use crate::wire::{
@@ -327,6 +329,8 @@ fn build_ring() -> std::io::Result<IoUring<squeue::Entry128, cqueue::Entry>> {
         .or_else(|_| IoUring::builder().build(2 * DEPTH as u32))
 }
 
+type Ring = IoUring<squeue::Entry128, cqueue::Entry>;
+
 fn queue_thread(
     qid: usize,
     go: &mpsc::Receiver<Go>,
@@ -349,43 +353,52 @@ fn queue_thread(
     };
     let fd = dev.as_raw_fd();
     let q = qid as u16;
+    let result = register(&mut ring, &entries, fd, q);
+    let ok = result.is_ok();
+    let _ = registered.send(result);
+    if ok {
+        debug!(qid, "io_uring queue registered");
+        serve(&mut ring, &mut entries, &fs, fd, q, served);
+        debug!(qid, "io_uring queue done");
+    }
+    // Dropping the ring cancels what is still armed; the buffers go after it.
+    drop(ring);
+    drop(entries);
+}
+
+/// Register every entry of `entries` on connection `fd` as queue `q`.
+fn register(ring: &mut Ring, entries: &[Entry], fd: i32, q: u16) -> std::io::Result<()> {
     {
         let mut sq = ring.submission();
         for (i, e) in entries.iter().enumerate() {
             // SAFETY: the SQE points at `e.iov`, which (like the buffers it
-            // names) lives until the ring is dropped at the end of this
-            // function, after the kernel released the entries.
+            // names) lives until the ring is dropped at the end of
+            // `queue_thread`, after the kernel released the entries.
             if unsafe { sq.push(&register_sqe(fd, q, e, i as u64)) }.is_err() {
-                let _ = registered.send(Err(std::io::Error::other("io_uring queue full")));
-                return;
+                return Err(std::io::Error::other("io_uring queue full"));
             }
         }
     }
-    if let Err(e) = ring.submit() {
-        let _ = registered.send(Err(e));
-        return;
-    }
+    ring.submit()?;
     // A refused registration completes at once; an accepted one only when a
     // request arrives.
     let refused = ring
         .completion()
         .find(|c| c.result() < 0)
         .map(|c| std::io::Error::from_raw_os_error(-c.result()));
-    if let Some(e) = refused {
-        let _ = registered.send(Err(e));
-        return;
-    }
-    let _ = registered.send(Ok(()));
-    debug!(qid, "io_uring queue registered");
+    refused.map_or(Ok(()), Err)
+}
 
+/// Answer requests as they complete entries, until the connection ends.
+fn serve(ring: &mut Ring, entries: &mut [Entry], fs: &GitFs, fd: i32, q: u16, served: &AtomicU64) {
     let mut done: Vec<(u64, i32)> = Vec::with_capacity(DEPTH);
     loop {
         match ring.submit_and_wait(1) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
             Err(e) => {
-                warn!(qid, error = %e, "io_uring queue stopped");
-                break;
+                warn!(qid = q, error = %e, "io_uring queue stopped");
+                return;
             }
         }
         done.clear();
@@ -395,7 +408,7 @@ fn queue_thread(
             if res < 0 {
                 // The connection ended (unmount) or the ring is going away.
                 if res != -libc::ENOTCONN && res != -libc::ECANCELED {
-                    warn!(qid, error = %std::io::Error::from_raw_os_error(-res), "io_uring entry failed");
+                    warn!(qid = q, error = %std::io::Error::from_raw_os_error(-res), "io_uring entry failed");
                 }
                 stop = true;
                 continue;
@@ -403,24 +416,20 @@ fn queue_thread(
             let Some(entry) = entries.get_mut(tag as usize) else {
                 continue;
             };
-            let commit_id = answer(&fs, entry);
+            let commit_id = answer(fs, entry);
             served.fetch_add(1, Ordering::Relaxed);
             let sqe = commit_sqe(fd, q, commit_id, tag);
             // SAFETY: as for registration; COMMIT_AND_FETCH re-arms the same
             // entry with the buffers registered before.
             if unsafe { ring.submission().push(&sqe) }.is_err() {
-                warn!(qid, "io_uring submission queue full");
+                warn!(qid = q, "io_uring submission queue full");
                 stop = true;
             }
         }
         if stop {
-            break;
+            return;
         }
     }
-    debug!(qid, "io_uring queue done");
-    // Dropping the ring cancels what is still armed; the buffers go after it.
-    drop(ring);
-    drop(entries);
 }
 
 /// Answer the request in `entry`: parse it, run it, write the reply. Returns
@@ -434,8 +443,8 @@ fn answer(fs: &GitFs, entry: &mut Entry) -> u64 {
     let in_len = (u32_at(h, ENT_IN_OUT + 16) as usize).min(PAYLOAD);
     let op_in: [u8; 128] = h[OP_IN..OP_IN + 128].try_into().expect("128 bytes");
     // The reply goes into the same payload buffer, so the only request
-    // payload used (LOOKUP's name) is copied out first.
-    let name: Vec<u8> = if opcode == LOOKUP {
+    // payloads used (the names of LOOKUP and GETXATTR) are copied out first.
+    let name: Vec<u8> = if opcode == LOOKUP || opcode == GETXATTR {
         let p = &entry.payload[..in_len];
         p.split(|&b| b == 0).next().unwrap_or(&[]).to_vec()
     } else {
@@ -468,95 +477,112 @@ struct Request<'a> {
     payload: &'a [u8],
 }
 
+impl Request<'_> {
+    /// The offset of READ, READDIR and READDIRPLUS.
+    fn offset(&self) -> u64 {
+        u64_at(self.op_in, 8)
+    }
+
+    /// The size asked for by READ, READDIR and READDIRPLUS.
+    fn size(&self) -> u32 {
+        u32_at(self.op_in, 16)
+    }
+
+    /// The first u32 of the operation's header: GETXATTR's and LISTXATTR's
+    /// size, ACCESS's mask.
+    fn first_u32(&self) -> u32 {
+        u32_at(self.op_in, 0)
+    }
+}
+
 /// Run one request against `fs`, writing the reply into `out`; returns its
-/// length. The same answers as the fuser adapters in `filesystem`.
-fn dispatch(fs: &GitFs, r: &Request, out: &mut [u8]) -> Result<usize, Errno> {
+/// length. Every answer is [`GitFs`]'s, the same as through fuser.
+fn dispatch(fs: &GitFs, r: &Request, out: &mut [u8]) -> Answer<usize> {
     let ino = r.ino;
-    let fail = |op: &str, e: crate::FsError| fs.reply_err(op, ino.0, &e);
     match r.opcode {
         LOOKUP => {
-            let attr = fs
-                .lookup(ino, OsStr::from_bytes(r.payload))
-                .map_err(|e| fail("lookup", e))?;
-            let ttl = fs.ttl(Ino(attr.ino.0), ino);
+            let (attr, ttl) = fs.answer_lookup(ino, OsStr::from_bytes(r.payload))?;
             Ok(put_entry(out, &attr, ttl))
         }
         GETATTR => {
-            let attr = fs.getattr(ino).map_err(|e| fail("getattr", e))?;
-            let parent = fs.node(ino).map_or(Ino::ROOT, |n| n.1);
-            let ttl = fs.ttl(ino, parent);
+            let (attr, ttl) = fs.answer_getattr(ino)?;
             Ok(put_attr_out(out, &attr, ttl))
         }
-        READLINK => {
-            let target = fs.readlink(ino).map_err(|e| fail("readlink", e))?;
-            Ok(copy(out, &target))
-        }
+        READLINK => Ok(copy(out, &fs.answer_readlink(ino)?)),
         READ => {
-            let offset = u64_at(r.op_in, 8);
-            let size = u32_at(r.op_in, 16).min(PAYLOAD as u32);
-            let (blob, range) = fs.read(ino, offset, size).map_err(|e| fail("read", e))?;
+            let size = r.size().min(PAYLOAD as u32);
+            let (blob, range) = fs.answer_read(ino, r.offset(), size)?;
             Ok(copy(out, &blob[range]))
         }
-        READDIR => {
-            let offset = u64_at(r.op_in, 8);
-            let mut buf = DirBuf::new(out, u32_at(r.op_in, 16));
-            fs.readdir(ino, offset, |it| {
-                buf.push(dirent_len(it.name.len()), |w| {
-                    put_dirent(w, it.ino.0, it.next, it.kind, it.name);
-                })
-            })
-            .map_err(|e| fail("readdir", e))?;
-            Ok(buf.at)
+        READDIR => readdir(fs, r, out),
+        READDIRPLUS => readdirplus(fs, r, out),
+        STATFS => {
+            let s = fs.answer_statfs();
+            Ok(put_statfs(out, s.files, s.block_size, s.name_len))
         }
-        READDIRPLUS => {
-            let offset = u64_at(r.op_in, 8);
-            let mut buf = DirBuf::new(out, u32_at(r.op_in, 16));
-            fs.readdirplus(ino, offset, |it, attr, ttl| {
-                buf.push(dirent_len(ENTRY_OUT + it.name.len()), |w| {
-                    put_entry_out(w, attr, ttl);
-                    put_dirent(w, it.ino.0, it.next, attr.kind, it.name);
-                })
-            })
-            .map_err(|e| fail("readdirplus", e))?;
-            Ok(buf.at)
-        }
-        STATFS => Ok(put_statfs(
-            out,
-            fs.inode_count() as u64,
-            crate::attr::BLOCK_SIZE,
-            255,
-        )),
-        GETXATTR => match fs.getxattr(ino) {
-            Ok(()) => Err(Errno::NO_XATTR),
-            Err(e) => Err(fail("getxattr", e)),
-        },
+        GETXATTR => Err(fs.answer_getxattr(ino, OsStr::from_bytes(r.payload))),
         LISTXATTR => {
-            fs.node(ino).map_err(|e| fail("listxattr", e))?;
-            if u32_at(r.op_in, 0) == 0 {
-                Ok(put_xattr_size(out, 0))
-            } else {
-                Ok(0)
+            fs.answer_listxattr(ino)?;
+            match r.first_u32() {
+                0 => Ok(put_xattr_size(out, 0)),
+                _ => Ok(0),
             }
         }
-        ACCESS => {
-            fs.node(ino).map_err(|e| fail("access", e))?;
-            if u32_at(r.op_in, 0) & libc::W_OK as u32 != 0 {
-                Err(Errno::EROFS)
-            } else {
-                Ok(0)
-            }
-        }
-        // The kernel stops sending these after the first ENOSYS and then
-        // keeps its page and directory caches across opens.
-        OPEN | OPENDIR | FLUSH => Err(Errno::ENOSYS),
-        RELEASE | RELEASEDIR => Ok(0),
-        // "Not a terminal", as the fuser adapter answers (Python's isatty).
-        IOCTL => Err(Errno::ENOTTY),
-        SETATTR | SYMLINK | MKNOD | MKDIR | UNLINK | RMDIR | RENAME | LINK | WRITE | SETXATTR
-        | REMOVEXATTR | CREATE | FALLOCATE | RENAME2 | COPY_FILE_RANGE | TMPFILE => {
-            Err(Errno::EROFS)
-        }
-        _ => Err(Errno::ENOSYS),
+        ACCESS => fs
+            .answer_access(ino, r.first_u32() & libc::W_OK as u32 != 0)
+            .map(|()| 0),
+        RELEASE | RELEASEDIR => fs.answer_release(ino).map(|()| 0),
+        op => Err(fs.decline(declined(op), ino)),
+    }
+}
+
+/// READDIR: entries as `fuse_dirent`s, as many as fit the size asked for.
+fn readdir(fs: &GitFs, r: &Request, out: &mut [u8]) -> Answer<usize> {
+    let mut buf = DirBuf::new(out, r.size());
+    fs.answer_readdir(r.ino, r.offset(), |it| {
+        buf.push(dirent_len(it.name.len()), |w| {
+            put_dirent(w, it.ino.0, it.next, it.kind, it.name);
+        })
+    })?;
+    Ok(buf.at)
+}
+
+/// READDIRPLUS: entries as `fuse_direntplus`es, as many as fit.
+fn readdirplus(fs: &GitFs, r: &Request, out: &mut [u8]) -> Answer<usize> {
+    let mut buf = DirBuf::new(out, r.size());
+    fs.answer_readdirplus(r.ino, r.offset(), |it, attr, ttl| {
+        buf.push(dirent_len(ENTRY_OUT + it.name.len()), |w| {
+            put_entry_out(w, attr, ttl);
+            put_dirent(w, it.ino.0, it.next, attr.kind, it.name);
+        })
+    })?;
+    Ok(buf.at)
+}
+
+/// Why a request other than those [`dispatch`] answers is refused.
+fn declined(opcode: u32) -> Declined {
+    match opcode {
+        OPEN => Declined::Unneeded("open"),
+        OPENDIR => Declined::Unneeded("opendir"),
+        FLUSH => Declined::Unneeded("flush"),
+        IOCTL => Declined::NotTerminal,
+        SETATTR => Declined::ReadOnly("setattr"),
+        SYMLINK => Declined::ReadOnly("symlink"),
+        MKNOD => Declined::ReadOnly("mknod"),
+        MKDIR => Declined::ReadOnly("mkdir"),
+        UNLINK => Declined::ReadOnly("unlink"),
+        RMDIR => Declined::ReadOnly("rmdir"),
+        RENAME => Declined::ReadOnly("rename"),
+        LINK => Declined::ReadOnly("link"),
+        WRITE => Declined::ReadOnly("write"),
+        SETXATTR => Declined::ReadOnly("setxattr"),
+        REMOVEXATTR => Declined::ReadOnly("removexattr"),
+        CREATE => Declined::ReadOnly("create"),
+        FALLOCATE => Declined::ReadOnly("fallocate"),
+        RENAME2 => Declined::ReadOnly("rename2"),
+        COPY_FILE_RANGE => Declined::ReadOnly("copy_file_range"),
+        TMPFILE => Declined::ReadOnly("tmpfile"),
+        op => Declined::Unknown(op),
     }
 }
 
