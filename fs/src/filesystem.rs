@@ -38,7 +38,6 @@ use crate::prefetch::{PagePusher, Prefetcher};
 use crate::readahead::ReadAhead;
 use crate::store::{EntryKind, GitStore, Resolved, TreeEntry};
 use crate::tags::{latest_data, newest, tag_data, TagSource, LATEST};
-use crate::View;
 
 #[cfg(test)]
 mod tests;
@@ -49,6 +48,15 @@ pub const LONG_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const SHORT_TTL: Duration = Duration::from_secs(1);
 /// Size reported for directories.
 const DIR_SIZE: u64 = 4096;
+
+/// What a mount shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum View {
+    /// One tree: a tag, a branch or a commit id.
+    Ref(String),
+    /// Every tag side by side, plus `latest`.
+    AllTags,
+}
 
 /// One directory entry as `readdir` yields it.
 #[derive(Debug, Clone, PartialEq, Eq)]
