@@ -448,15 +448,7 @@ fn build_index(entries: &[IdxEntry], pack_checksum: &[u8; 20]) -> Vec<u8> {
 }
 
 /// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
+pub use crate::http::hex;
 
 #[cfg(test)]
 mod tests {

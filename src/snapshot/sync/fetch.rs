@@ -3,11 +3,11 @@
 //! there", "unreachable" and "failed".
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use md5::{Digest, Md5};
+use md5::Md5;
 use tracing::debug;
 
 use crate::snapshot::error::{Error, Result};
@@ -153,45 +153,26 @@ pub(super) fn classify(location: &str, e: ureq::Error) -> FetchError {
     }
 }
 
-/// Copy `reader` into a new file `dest`, returning its md5 and size.
+/// Copy `reader` into a new file `dest`, returning its md5 and size, with a
+/// progress bar if `bar`.
 pub(super) fn copy_hashed(
-    mut reader: impl Read,
+    reader: impl Read,
     len: Option<u64>,
     dest: &Path,
     bar: bool,
     name: &str,
 ) -> io::Result<Fetched> {
-    let mut out = File::create(dest)?;
-    let mut h = Md5::new();
-    let mut buf = vec![0u8; 256 << 10];
-    let mut bytes = 0u64;
     let bar = bar.then(|| progress_bar(len, name));
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        h.update(&buf[..n]);
-        out.write_all(&buf[..n])?;
-        bytes += n as u64;
+    let copied = crate::http::copy_hashed::<Md5>(reader, len, dest, &|bytes, _| {
         if let Some(b) = &bar {
             b.set_position(bytes);
         }
-    }
-    out.sync_all()?;
+    });
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    Ok(Fetched {
-        md5: hex(&h.finalize()),
-        bytes,
-    })
-}
-
-pub(super) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let (md5, bytes) = copied?;
+    Ok(Fetched { md5, bytes })
 }
 
 pub(super) fn progress_bar(len: Option<u64>, name: &str) -> indicatif::ProgressBar {
