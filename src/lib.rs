@@ -8,6 +8,7 @@
 
 pub mod fixture;
 pub mod http;
+pub mod report;
 pub mod run;
 pub mod snapshot;
 pub mod store;

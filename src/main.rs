@@ -85,6 +85,8 @@ enum Command {
     Ps(cmd::runs::PsArgs),
     /// List every run the store keeps: when, over what, how it went.
     Runs(cmd::runs::RunsArgs),
+    /// Write a run's report page (runs/ID/index.html) again and print its path.
+    Report(cmd::runs::ReportArgs),
     /// Remove what killed runs left behind in the store.
     Gc(cmd::runs::GcArgs),
     /// Show the effective configuration, or print an example file.
@@ -162,6 +164,7 @@ fn main() -> ExitCode {
         Command::Shell(a) => cmd::run::shell(&ctx, a),
         Command::Ps(a) => cmd::runs::ps(&ctx, a),
         Command::Runs(a) => cmd::runs::runs(&ctx, a),
+        Command::Report(a) => cmd::runs::report(&ctx, a),
         Command::Gc(a) => cmd::runs::gc(&ctx, a),
         Command::Internal(c) => cmd::run::internal(&ctx, c),
         Command::Config(c) => cmd::config::run(&ctx, c),

@@ -778,6 +778,68 @@ fn runs_lists_each_run_with_its_pinned_tag_and_state() {
 }
 
 #[test]
+fn every_run_leaves_a_report_a_person_can_open() {
+    if !util::require_root() {
+        return;
+    }
+    let rs = RunStore::new();
+    let jobs = rs.tmp.path().join("jobs");
+    fs::write(
+        &jobs,
+        "good\techo '<script>alert(1)</script>' && echo pkg > /var/cache/binpkgs/good-1.gpkg.tar\n\
+         bad\techo 'it broke & stopped' && exit 3\n",
+    )
+    .unwrap();
+    let out = util::run(rs.run().arg("--job-file").arg(&jobs));
+    assert_eq!(out.status.code(), Some(1));
+    let runs_dir = rs.store().join("runs");
+    let run = fs::read_dir(&runs_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let page = fs::read_to_string(run.join("index.html")).expect("the run wrote its report");
+    assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
+    assert!(page.contains(r#"id="state">failed<"#), "{page}");
+    assert!(
+        page.contains(r#"data-job="good" data-status="ok""#),
+        "{page}"
+    );
+    assert!(
+        page.contains(r#"data-job="bad" data-status="exit 3""#),
+        "{page}"
+    );
+    // What a job printed is text, never markup.
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{page}"
+    );
+    assert!(!page.contains("<script>"), "{page}");
+    assert!(page.contains("it broke &amp; stopped"), "{page}");
+    assert!(page.contains(r#"href="bad/log""#), "{page}");
+    assert!(
+        page.contains(r#"<li class="package">good-1.gpkg.tar</li>"#),
+        "{page}"
+    );
+    // The pinned inputs are on the page.
+    let record: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    let digest = record["stage_digest"].as_str().unwrap();
+    let commit = record["trees"][0]["commit"].as_str().unwrap();
+    assert!(page.contains(digest) && page.contains(commit), "{page}");
+
+    // `report` writes it again and prints where.
+    fs::remove_file(run.join("index.html")).unwrap();
+    let id = run.file_name().unwrap().to_str().unwrap();
+    let printed = util::ok(util::portroot(&rs.store()).args(["report", id]));
+    assert_eq!(printed.trim_end(), run.join("index.html").to_str().unwrap());
+    assert_eq!(fs::read_to_string(run.join("index.html")).unwrap(), page);
+    let missing = util::run(util::portroot(&rs.store()).args(["report", "20000101-000000-0000"]));
+    assert_eq!(missing.status.code(), Some(1));
+}
+
+#[test]
 fn run_with_usr_portage_layout_and_tag_two() {
     if !util::require_root() {
         return;

@@ -37,6 +37,25 @@ pub struct RunsArgs {
     json: bool,
 }
 
+/// Arguments of `portroot report`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Every run writes runs/ID/index.html when it ends: one static page, no network
+needed, with the summary (state, command, the stage digest, layers and the
+commit of every tree), the job table with durations as bars, the packages
+written into PKGDIR, anything refused from the binhost, and each job's log
+(its end inline, the whole file linked). This writes it again from run.json
+(for a run made before reports existed) and prints its path.
+
+Examples:
+  portroot report 20261206-204609-8e36
+  xdg-open $(portroot report 20261206-204609-8e36)")]
+pub struct ReportArgs {
+    /// The run's id (`portroot runs` lists them).
+    #[arg(value_name = "RUN-ID", value_parser = portroot::store::parse_name)]
+    id: String,
+}
+
 /// Arguments of `portroot gc`.
 #[derive(Debug, Args)]
 #[command(after_help = "\
@@ -157,6 +176,26 @@ fn run_state(r: &runs::RunInfo) -> &'static str {
         Some(o) if o.iter().all(|o| o.status.success()) => "ok",
         Some(_) => "failed",
     }
+}
+
+/// `portroot report`.
+pub fn report(ctx: &Ctx, args: ReportArgs) -> anyhow::Result<ExitCode> {
+    let dir = ctx.store.runs_dir().join(&args.id);
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "no run {} in the store (`portroot runs` lists them)",
+            args.id
+        );
+    }
+    let record = runs::read_record(&dir)?;
+    let path = portroot::report::write(&dir, &record).map_err(|e| {
+        anyhow::anyhow!(
+            "writing {}: {e}",
+            dir.join(portroot::report::REPORT).display()
+        )
+    })?;
+    println!("{}", path.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `portroot gc`.

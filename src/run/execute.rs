@@ -132,6 +132,10 @@ pub fn execute(
     record.outcomes = Some(outcomes.clone());
     record.refused = refused.as_ref().map_or_else(|_| Vec::new(), Clone::clone);
     run_dir.save(&record)?;
+    // The page a person opens; a run is not failed for want of it.
+    if let Err(e) = crate::report::write(&run_dir.path, &record) {
+        tracing::warn!(error = %e, "writing the run's report");
+    }
     let failed = outcomes.iter().filter(|o| !o.status.success()).count();
     info!(run = %id, jobs = total, failed, refused = record.refused.len(), secs = started.elapsed().as_secs_f64(), "run finished");
     let sig = signal.load(Ordering::SeqCst);
