@@ -69,6 +69,12 @@ pub fn demo(ctx: &Ctx, args: DemoArgs) -> anyhow::Result<ExitCode> {
             "  look around:  portroot --store {} snapshot list",
             store.display()
         );
+        if let Some(report) = run_report(&store) {
+            println!("  the run's report, for a browser:  {}", report.display());
+        }
+    }
+    if throwaway.is_some() && !args.keep && result.is_ok() {
+        println!("\nEvery run leaves a report page (runs/<id>/index.html): `portroot demo --keep` keeps this one to open.");
     }
     result.map(|()| ExitCode::SUCCESS)
 }
@@ -281,6 +287,15 @@ fn show_results(store: &Path, args: &DemoArgs, pkgdir: &Path) -> anyhow::Result<
         }
     }
     Ok(())
+}
+
+/// The report page of the (only) run in the demo store.
+fn run_report(store: &Path) -> Option<PathBuf> {
+    fs::read_dir(store.join("runs"))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|run| run.path().join(portroot::report::REPORT))
+        .find(|page| page.is_file())
 }
 
 /// The log of job `1` of the (only) run in the demo store.
