@@ -289,13 +289,15 @@ fn show_results(store: &Path, args: &DemoArgs, pkgdir: &Path) -> anyhow::Result<
     Ok(())
 }
 
-/// The report page of the (only) run in the demo store.
+/// The report page of the demo's parallel run (the one with the most jobs;
+/// `layer create` is a run of one).
 fn run_report(store: &Path) -> Option<PathBuf> {
-    fs::read_dir(store.join("runs"))
+    portroot_runner::run::list_runs(&store.join("runs"))
         .ok()?
-        .filter_map(Result::ok)
-        .map(|run| run.path().join(portroot::report::REPORT))
-        .find(|page| page.is_file())
+        .into_iter()
+        .max_by_key(|r| r.record.as_ref().map_or(0, |rec| rec.jobs.len()))
+        .map(|r| r.path.join(portroot::report::REPORT))
+        .filter(|page| page.is_file())
 }
 
 /// The log of job `1` of the (only) run in the demo store.
