@@ -7,6 +7,7 @@ pub mod demo;
 pub mod layer;
 pub mod mount;
 pub mod run;
+pub mod runs;
 pub mod signals;
 pub mod snapshot;
 pub mod stage;

@@ -40,7 +40,7 @@ pub const EXAMPLE: &str = include_str!("../doc/portroot.toml.example");
 pub const DEFAULT_CACHE_SIZE: u64 = portroot_fs::DEFAULT_CACHE_BYTES;
 
 /// The FUSE worker threads when neither flag nor config sets them.
-pub const DEFAULT_THREADS: u16 = 2;
+pub const DEFAULT_THREADS: u16 = portroot_fs::DEFAULT_THREADS;
 
 /// Why the configuration could not be loaded. Every variant names the file;
 /// `main` prints it as one line and exits 2, like a usage error.

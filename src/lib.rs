@@ -7,5 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod fixture;
+pub mod http;
+pub mod run;
 pub mod snapshot;
 pub mod store;

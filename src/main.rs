@@ -82,9 +82,11 @@ enum Command {
     /// Open an interactive shell in a chroot set up like a run's.
     Shell(cmd::run::ShellArgs),
     /// List live runs.
-    Ps(cmd::run::PsArgs),
+    Ps(cmd::runs::PsArgs),
+    /// List every run the store keeps: when, over what, how it went.
+    Runs(cmd::runs::RunsArgs),
     /// Remove what killed runs left behind in the store.
-    Gc(cmd::run::GcArgs),
+    Gc(cmd::runs::GcArgs),
     /// Show the effective configuration, or print an example file.
     #[command(subcommand)]
     Config(cmd::config::ConfigCmd),
@@ -158,8 +160,9 @@ fn main() -> ExitCode {
         Command::Layer(c) => cmd::layer::run(&ctx, c),
         Command::Run(a) => cmd::run::run(&ctx, a),
         Command::Shell(a) => cmd::run::shell(&ctx, a),
-        Command::Ps(a) => cmd::run::ps(&ctx, a),
-        Command::Gc(a) => cmd::run::gc(&ctx, a),
+        Command::Ps(a) => cmd::runs::ps(&ctx, a),
+        Command::Runs(a) => cmd::runs::runs(&ctx, a),
+        Command::Gc(a) => cmd::runs::gc(&ctx, a),
         Command::Internal(c) => cmd::run::internal(&ctx, c),
         Command::Config(c) => cmd::config::run(&ctx, c),
         Command::Demo(a) => cmd::demo::demo(&ctx, a),
@@ -199,6 +202,7 @@ fn only_prints(command: &Command) -> bool {
             | Command::Layer(LayerCmd::List(_))
             | Command::Config(ConfigCmd::Show | ConfigCmd::Example)
             | Command::Ps(_)
+            | Command::Runs(_)
             | Command::Completions { .. }
             | Command::Man
     )

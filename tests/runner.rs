@@ -738,6 +738,46 @@ fn run_reports_a_failing_job_and_the_others_succeed() {
 }
 
 #[test]
+fn runs_lists_each_run_with_its_pinned_tag_and_state() {
+    if !util::require_root() {
+        return;
+    }
+    let rs = RunStore::new();
+    let empty = util::run(util::portroot(&rs.store()).arg("runs"));
+    assert!(empty.status.success());
+    assert!(empty.stdout.is_empty(), "no runs, no table");
+    util::ok(rs.run().args(["--", "true"]));
+    let failing = util::run(rs.run().args(["--repeat", "2", "--", "exit 4"]));
+    assert_eq!(failing.status.code(), Some(1));
+
+    let table = util::ok(util::portroot(&rs.store()).arg("runs"));
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and one line per run: {table}");
+    assert!(lines[0].starts_with("RUN "), "{table}");
+    let fields = |l: &str| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    let (ok, failed) = (fields(lines[1]), fields(lines[2]));
+    assert_eq!(ok.last().map(String::as_str), Some("ok"), "{table}");
+    assert!(ok.contains(&"1/1".to_owned()), "{table}");
+    assert_eq!(failed.last().map(String::as_str), Some("failed"), "{table}");
+    assert!(failed.contains(&"0/2".to_owned()), "{table}");
+
+    // The record pins the tree: the tag as named and the commit it named.
+    let json = util::ok(util::portroot(&rs.store()).args(["runs", "--json"]));
+    let runs: serde_json::Value = serde_json::from_str(&json).expect("runs --json is JSON");
+    let runs = runs.as_array().expect("an array");
+    assert_eq!(runs.len(), 2);
+    let tree = &runs[0]["record"]["trees"][0];
+    let commit = tree["commit"].as_str().expect("a pinned commit");
+    assert_eq!(commit.len(), 40, "{tree}");
+    assert!(
+        ok.iter()
+            .any(|f| commit.starts_with(f.as_str()) && f.len() == 10),
+        "{table}"
+    );
+    assert_eq!(runs[1]["state"], "failed");
+}
+
+#[test]
 fn run_with_usr_portage_layout_and_tag_two() {
     if !util::require_root() {
         return;

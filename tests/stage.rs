@@ -854,3 +854,94 @@ fn concurrent_adds_of_one_tarball_make_one_stage() {
     assert_matches_headers(&stages[0].rootfs, &tarball);
     assert_eq!(fs::read_dir(s.store().join("tmp")).unwrap().count(), 0);
 }
+
+/// The hex sha256 of a file, as `stage add --sha256` takes it.
+fn sha256_of(path: &Path) -> String {
+    use sha2::Digest;
+    let bytes = fs::read(path).unwrap();
+    sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn stage_add_by_url_and_digest_adds_exactly_that_tarball_or_nothing() {
+    if !util::require_root() {
+        return;
+    }
+    let s = Scratch::new();
+    let tarball = s.fixture(Compression::Xz);
+    let digest = sha256_of(&tarball);
+    let served = s.path().join("served");
+    fs::create_dir(&served).unwrap();
+    fs::copy(&tarball, served.join("stage4-amd64.tar.xz")).unwrap();
+    let mirror = crate::sync::HttpMirror::start(&served, crate::sync::Serve::Files);
+    let url = format!("{}/stage4-amd64.tar.xz", mirror.url());
+    let wrong = "0".repeat(64);
+
+    // A wrong digest: one line, exit 1, nothing kept (no stage, no download).
+    let out = util::run(
+        s.portroot()
+            .args(["stage", "add", &url, "--sha256", &wrong]),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("sha256 is {digest}, expected {wrong}")),
+        "{err}"
+    );
+    assert!(s.stages().list().unwrap().is_empty());
+    assert_eq!(fs::read_dir(s.store().join("tmp")).unwrap().count(), 0);
+    // The same for a local file, checked as it is unpacked.
+    let out = util::run(
+        s.portroot()
+            .args(["stage", "add", "--sha256", &wrong])
+            .arg(&tarball),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing added"));
+    assert!(s.stages().list().unwrap().is_empty());
+    assert_eq!(fs::read_dir(s.store().join("tmp")).unwrap().count(), 0);
+
+    // The right digest over http: named after the URL's file, download gone.
+    util::ok(
+        s.portroot()
+            .args(["stage", "add", &url, "--sha256", &digest.to_uppercase()]),
+    );
+    let stage = s
+        .stages()
+        .resolve("stage4-amd64")
+        .expect("named after the URL");
+    assert_eq!(stage.digest, digest);
+    assert_matches_headers(&stage.rootfs, &tarball);
+    assert_eq!(fs::read_dir(s.store().join("tmp")).unwrap().count(), 0);
+    // Again by file:// under another name: the same stage, nothing unpacked.
+    let file_url = format!("file://{}", tarball.display());
+    let out = util::ok(
+        s.portroot()
+            .args(["stage", "add", &file_url, "--name", "again"]),
+    );
+    assert!(out.contains("already present"), "{out}");
+    assert_eq!(s.stages().resolve("again").unwrap().digest, digest);
+    // A local path whose bytes are not the digest asked for is refused even
+    // when the store knows the file.
+    let out = util::run(
+        s.portroot()
+            .args(["stage", "add", "--sha256", &wrong])
+            .arg(&tarball),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    // A missing file on the server and a bad digest argument.
+    let out = util::run(
+        s.portroot()
+            .args(["stage", "add"])
+            .arg(format!("{}/nope.tar.xz", mirror.url())),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 404"));
+    let out = util::run(s.portroot().args(["stage", "add", &url, "--sha256", "abc"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(s.stages().list().unwrap().len(), 1);
+}

@@ -46,6 +46,36 @@ struct Published {
     older: SnapshotDate,
 }
 
+/// Every repository a sync, push or fetch test leaves in the store must pass
+/// `git fsck --strict`, as every import must: checked when the test's store
+/// goes, unless the test already failed.
+impl Drop for Env {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let Ok(repos) = std::fs::read_dir(self.store().join("repos")) else {
+            return;
+        };
+        for repo in repos.flatten().map(|e| e.path()) {
+            if repo.extension().is_none_or(|x| x != "git") {
+                continue;
+            }
+            let out = util::run(Command::new("git").arg("--git-dir").arg(&repo).args([
+                "fsck",
+                "--strict",
+                "--no-progress",
+            ]));
+            assert!(
+                out.status.success() && out.stderr.is_empty(),
+                "git fsck --strict of {}: {}",
+                repo.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
 impl Env {
     fn new() -> Env {
         Env {
@@ -152,7 +182,7 @@ fn git(dir: &Path, args: &[&str]) -> String {
 
 /// How the loopback mirror answers.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Serve {
+pub(crate) enum Serve {
     /// The files as they are.
     Files,
     /// Tarballs with one byte flipped (their `.md5sum` untouched).
@@ -163,14 +193,14 @@ enum Serve {
 
 /// A tiny HTTP/1.1 server on 127.0.0.1 serving a directory, one thread,
 /// one request per connection. Stops and joins on drop.
-struct HttpMirror {
+pub(crate) struct HttpMirror {
     port: u16,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl HttpMirror {
-    fn start(root: &Path, serve: Serve) -> HttpMirror {
+    pub(crate) fn start(root: &Path, serve: Serve) -> HttpMirror {
         HttpMirror::start_with(root, serve, None)
     }
 
@@ -215,7 +245,7 @@ impl HttpMirror {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 

@@ -2,8 +2,10 @@
 //!
 //! The inner functions (`lookup`, `getattr`, `readdir`, `read`, ...) are pure
 //! enough to unit-test without mounting: they take inode numbers and return
-//! `Result<_, FsError>`. The `fuser::Filesystem` impl at the bottom is a set of
-//! thin adapters that turn those results into replies and log failures.
+//! `Result<_, FsError>`. What the kernel gets for each request, reply or
+//! errno, refusals included, is decided once, in `answers`, and both
+//! transports (`fuser_adapter` through /dev/fuse, `ring` through io_uring)
+//! only carry it.
 //!
 //! Kernel caching: `open`/`opendir` answer `ENOSYS`, so the kernel stops sending
 //! OPEN/RELEASE and keeps page and directory caches across opens; `flush` is not
@@ -13,103 +15,47 @@
 //!
 //! Cold walks: READDIRPLUS hands the kernel every entry's attributes with the
 //! listing (no LOOKUP per entry), and a read that misses the object cache, or
-//! a listing that follows reads, has the [`Prefetcher`] inflate the
-//! directory's next files on another thread and store them straight into the
-//! kernel's page cache (FUSE notify-store), so most files never cost a READ
-//! round trip at all.
+//! a listing that follows reads, has the read-ahead policy (`readahead`) ask the
+//! prefetcher to inflate the directory's next files on another thread and
+//! store them straight into the kernel's page cache (FUSE notify-store), so
+//! most files never cost a READ round trip at all.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
-use fuser::{
-    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Generation, INodeNo,
-    InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
-};
+use fuser::{FileAttr, FileType};
 use git2::Oid;
-use tracing::{debug, trace, warn};
+use tracing::debug;
 
 use crate::attr::{file_attr, kind_and_perm};
 use crate::cache::{Cached, ObjectCache};
 use crate::error::{FsError, Result};
-use crate::inode::{Ino, InodeTable, NodeData, NodeKind};
-use crate::prefetch::{PagePusher, Prefetcher, WINDOW};
+use crate::inode::{child_data, Ino, InodeTable, NodeData, NodeKind};
+use crate::prefetch::{PagePusher, Prefetcher};
+use crate::readahead::ReadAhead;
 use crate::store::{EntryKind, GitStore, Resolved, TreeEntry};
-use crate::View;
+use crate::tags::{latest_data, newest, tag_data, TagSource, LATEST};
 
-/// How long a request for a directory's files covers READs in it: longer
-/// than the prefetcher keeps retrying refused stores.
-const WINDOW_FRESH: Duration = Duration::from_millis(50);
+#[cfg(test)]
+mod tests;
 
 /// TTL for everything inside a tree: a tree never changes.
 pub const LONG_TTL: Duration = Duration::from_secs(24 * 3600);
 /// TTL for the all-tags root and its children, which change as tags come and go.
 pub const SHORT_TTL: Duration = Duration::from_secs(1);
-/// The name of the newest-tag symlink in the all-tags view.
-pub const LATEST: &str = "latest";
 /// Size reported for directories.
 const DIR_SIZE: u64 = 4096;
 
-/// The tag list of the all-tags view, re-read when the refs change on disk.
-#[derive(Debug)]
-struct TagState {
-    tags: Arc<Vec<(String, Resolved)>>,
-    stamp: Vec<Option<(SystemTime, u64, u64)>>,
-}
-
-/// The tags of a repository, re-read whenever its refs change on disk. Shared
-/// between the filesystem and the watcher thread that invalidates the kernel's
-/// cached root listing; it has its own repository handle so neither waits on
-/// the other's object reads.
-#[derive(Debug)]
-pub struct TagSource {
-    store: GitStore,
-    state: Mutex<TagState>,
-    /// Bumped whenever the tag list changes.
-    generation: AtomicU64,
-}
-
-impl TagSource {
-    /// Read the tags of `git_dir`.
-    pub fn new(git_dir: &Path) -> Result<TagSource> {
-        let store = GitStore::open(git_dir)?;
-        let state = TagState {
-            stamp: refs_stamp(git_dir),
-            tags: Arc::new(store.tags()?),
-        };
-        Ok(TagSource {
-            store,
-            state: Mutex::new(state),
-            generation: AtomicU64::new(0),
-        })
-    }
-
-    /// The current tags, re-read first if the refs changed on disk.
-    pub fn current(&self) -> Result<Arc<Vec<(String, Resolved)>>> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let stamp = refs_stamp(self.store.path());
-        if stamp != state.stamp {
-            let tags = self.store.tags()?;
-            debug!(count = tags.len(), "refs changed, tag list re-read");
-            if *state.tags != tags {
-                self.generation.fetch_add(1, Ordering::SeqCst);
-            }
-            state.tags = Arc::new(tags);
-            state.stamp = stamp;
-        }
-        Ok(state.tags.clone())
-    }
-
-    /// A counter that changes whenever the tag list does.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
-    }
+/// What a mount shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum View {
+    /// One tree: a tag, a branch or a commit id.
+    Ref(String),
+    /// Every tag side by side, plus `latest`.
+    AllTags,
 }
 
 /// One directory entry as `readdir` yields it.
@@ -155,18 +101,12 @@ pub struct GitFs {
     store: GitStore,
     cache: Arc<ObjectCache>,
     inodes: Arc<Mutex<InodeTable>>,
-    /// Reads the next files of a directory into the cache and the kernel.
-    prefetch: Option<Prefetcher>,
-    /// Per directory, the listing index up to which files were asked for,
-    /// and when.
-    ahead: Mutex<HashMap<Ino, (usize, Instant)>>,
+    /// When to have the prefetcher read which files, and what it was asked.
+    ahead: ReadAhead,
     /// Set once mounted: how the prefetcher stores pages into the kernel.
     pages: Arc<OnceLock<PagePusher>>,
-    /// File reads so far, and their count at the last READDIRPLUS.
-    reads: AtomicU64,
     /// Reads that had to inflate the blob themselves.
     misses: AtomicU64,
-    reads_at_listing: AtomicU64,
     /// `Some` in the all-tags view.
     tags: Option<Arc<TagSource>>,
     /// The resolved ref in the single-ref view.
@@ -209,21 +149,14 @@ impl GitFs {
         let cache = Arc::new(ObjectCache::new(cache_bytes));
         let pages = Arc::new(OnceLock::new());
         let inodes = Arc::new(Mutex::new(InodeTable::new(root)));
-        let prefetch = Some(Prefetcher::spawn(
-            store.path(),
-            cache.clone(),
-            pages.clone(),
-            inodes.clone(),
-        )?);
+        let prefetch =
+            Prefetcher::spawn(store.path(), cache.clone(), pages.clone(), inodes.clone())?;
         Ok(GitFs {
             store,
+            ahead: ReadAhead::new(Some(prefetch), cache.clone(), inodes.clone()),
             cache,
-            prefetch,
-            ahead: Mutex::new(HashMap::new()),
             pages,
-            reads: AtomicU64::new(0),
             misses: AtomicU64::new(0),
-            reads_at_listing: AtomicU64::new(0),
             inodes,
             tags,
             resolved,
@@ -235,7 +168,7 @@ impl GitFs {
         self.resolved
     }
 
-    /// Where [`crate::mount`] puts a descriptor of the session's connection,
+    /// Where the mount puts a descriptor of the session's connection,
     /// through which the prefetcher stores file contents straight into the
     /// kernel's page cache.
     pub fn page_pusher(&self) -> Arc<OnceLock<PagePusher>> {
@@ -282,12 +215,6 @@ impl GitFs {
         self.tags.as_ref().map_or(0, |t| t.generation())
     }
 
-    fn newest(tags: &[(String, Resolved)]) -> Option<&(String, Resolved)> {
-        // Newest by commit time; on a tie the greater name (dates sort).
-        tags.iter()
-            .max_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)))
-    }
-
     fn tree(&self, oid: Oid) -> Result<Arc<[TreeEntry]>> {
         self.cache.tree(oid, || self.store.read_tree(oid))
     }
@@ -310,7 +237,7 @@ impl GitFs {
                     .filter(|(name, _)| name != LATEST)
                     .map(|(name, r)| (name.as_bytes().into(), tag_data(r)))
                     .collect();
-                if let Some((_, r)) = Self::newest(&tags) {
+                if let Some((_, r)) = newest(&tags) {
                     out.push((LATEST.as_bytes().into(), latest_data(r.time)));
                 }
                 Ok(Children::Listed(out))
@@ -337,7 +264,7 @@ impl GitFs {
             NodeKind::TagsRoot => {
                 let tags = self.current_tags()?;
                 if name == LATEST.as_bytes() {
-                    return Self::newest(&tags)
+                    return newest(&tags)
                         .map(|(_, r)| latest_data(r.time))
                         .ok_or_else(not_found);
                 }
@@ -373,7 +300,7 @@ impl GitFs {
 
     fn latest_target(&self) -> Result<Vec<u8>> {
         let tags = self.current_tags()?;
-        Self::newest(&tags)
+        newest(&tags)
             .map(|(n, _)| n.as_bytes().to_vec())
             .ok_or(FsError::NotFound {
                 parent: Ino::ROOT.0,
@@ -384,9 +311,15 @@ impl GitFs {
     fn root_time(&self, data: NodeData) -> Result<i64> {
         if data.kind == NodeKind::TagsRoot {
             let tags = self.current_tags()?;
-            return Ok(Self::newest(&tags).map_or(0, |(_, r)| r.time));
+            return Ok(newest(&tags).map_or(0, |(_, r)| r.time));
         }
         Ok(data.time)
+    }
+
+    /// Whether the kernel may cache symlink targets: those of one tree never
+    /// change, the all-tags view's `latest` does.
+    pub fn symlinks_stay(&self) -> bool {
+        self.tags.is_none()
     }
 
     /// The TTL for an inode: short at the top of the all-tags view.
@@ -460,7 +393,7 @@ impl GitFs {
             NodeKind::Entry(EntryKind::File | EntryKind::Exec | EntryKind::Symlink) => {}
             _ => return Err(FsError::IsDir(ino.0)),
         }
-        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.ahead.count_read();
         let blob = match self.cache.get(&data.oid) {
             Some(Cached::Blob(b)) => b,
             _ => self.inflate(data.oid)?,
@@ -468,7 +401,7 @@ impl GitFs {
         if offset == 0 {
             // The page was not stored in time (or never asked for): have the
             // following files stored, unless that is already under way.
-            self.read_ahead(parent, data.oid);
+            self.ahead.after_read(parent, data.oid);
         }
         let start = usize::try_from(offset)
             .unwrap_or(usize::MAX)
@@ -496,73 +429,6 @@ impl GitFs {
                     _ => self.store.read_blob(oid),
                 }
             }
-        }
-    }
-
-    /// After a READ of `oid` in directory `parent` (its page was not in the
-    /// kernel), ask the prefetcher for the files listed after it, unless an
-    /// earlier request already covers this place (the prefetcher is merely
-    /// behind).
-    fn read_ahead(&self, parent: Ino, oid: Oid) {
-        if self.prefetch.is_none() {
-            return;
-        }
-        if let Some((_, tree, next)) = self.listed_after(parent, oid) {
-            self.request_window(parent, &tree, next);
-        }
-    }
-
-    /// Directory `parent`'s node and cached listing, and the index after the
-    /// entry for blob `oid` in it.
-    fn listed_after(&self, parent: Ino, oid: Oid) -> Option<(NodeData, Arc<[TreeEntry]>, usize)> {
-        let (pdata, _, _) = self.node(parent).ok()?;
-        if pdata.kind != NodeKind::Entry(EntryKind::Tree) {
-            return None;
-        }
-        let Some(Cached::Tree(tree)) = self.cache.get(&pdata.oid) else {
-            return None;
-        };
-        let i = tree.iter().position(|e| e.oid == oid)?;
-        Some((pdata, tree, i + 1))
-    }
-
-    /// Ask the prefetcher for the files of directory `dir` (listing `tree`)
-    /// from index `from` on, unless a recent request already covers `from`
-    /// (an older one may have given up storing: the kernel did not hold the
-    /// inodes in time).
-    fn request_window(&self, dir: Ino, tree: &[TreeEntry], from: usize) {
-        let Some(prefetch) = &self.prefetch else {
-            return;
-        };
-        let end = from.saturating_add(WINDOW).min(tree.len());
-        if from >= end {
-            return;
-        }
-        {
-            let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            if let Some(&(upto, when)) = ahead.get(&dir) {
-                if upto > from && upto <= from + WINDOW && now < when + WINDOW_FRESH {
-                    return;
-                }
-            }
-            if ahead.len() >= 4096 {
-                ahead.clear();
-            }
-            ahead.insert(dir, (end, now));
-        }
-        let time = self.node(dir).map_or(0, |n| n.0.time);
-        let oids: Vec<(Oid, Ino)> = {
-            let table = self.inodes();
-            tree[from..end]
-                .iter()
-                .filter(|e| matches!(e.kind, EntryKind::File | EntryKind::Exec))
-                .map(|e| (e.oid, table.peek(dir, &e.name, &child_data(e, time))))
-                .collect()
-        };
-        if !oids.is_empty() {
-            trace!(dir = dir.0, from, count = oids.len(), "prefetch requested");
-            prefetch.request(oids);
         }
     }
 
@@ -611,29 +477,6 @@ impl GitFs {
     /// At the first READDIRPLUS of directory `ino`: if the reader read files
     /// since the last listing, it is walking and reading everything, so start
     /// on this directory's files before its first read. A stat-only walk
-    /// never triggers this.
-    pub fn prefetch_listing(&self, ino: Ino) {
-        let reads = self.reads.load(Ordering::Relaxed);
-        if self.reads_at_listing.swap(reads, Ordering::Relaxed) == reads {
-            return;
-        }
-        let Ok((data, _, _)) = self.node(ino) else {
-            return;
-        };
-        if data.kind != NodeKind::Entry(EntryKind::Tree) {
-            return;
-        }
-        if let Some(Cached::Tree(tree)) = self.cache.get(&data.oid) {
-            self.request_window(ino, &tree, 0);
-        }
-        if let Some(p) = &self.prefetch {
-            p.listed(data.oid);
-        }
-    }
-
-    /// List `ino` from `offset` with each entry's attributes (READDIRPLUS),
-    /// calling `add` per entry until it returns true (the reply is full). The
-    /// kernel takes a reference on every entry but `.` and `..`, so each one
     /// added counts a lookup; an entry that did not fit is uncounted again.
     pub fn readdirplus(
         &self,
@@ -649,7 +492,7 @@ impl GitFs {
         if offset == 0 {
             // Before the attributes are computed, so the prefetcher is already
             // on the first files when the reader gets the listing.
-            self.prefetch_listing(ino);
+            self.ahead.at_listing(ino);
         }
         let total = 2 + children.len() as u64;
         for off in offset..total {
@@ -695,18 +538,6 @@ impl GitFs {
         self.node(ino)?;
         Err(FsError::NoAttr)
     }
-
-    pub(crate) fn reply_err(&self, op: &str, ino: u64, err: &FsError) -> Errno {
-        let errno = err.errno();
-        if errno == Errno::ENOENT {
-            trace!(op, ino, error = %err, "not found");
-        } else if err.is_expected() {
-            debug!(op, ino, error = %err, "refused");
-        } else {
-            warn!(op, ino, error = %format!("{:#}", ErrChain(err)), "failed, answering EIO");
-        }
-        errno
-    }
 }
 
 /// Hand freed heap pages back to the system. glibc keeps a freed table that
@@ -722,739 +553,12 @@ fn release_free_memory() {
     }
 }
 
-/// Displays an error with its sources, `a: b: c`.
-struct ErrChain<'a>(&'a FsError);
-
-impl std::fmt::Display for ErrChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut src = std::error::Error::source(self.0);
-        while let Some(s) = src {
-            write!(f, ": {s}")?;
-            src = s.source();
-        }
-        Ok(())
-    }
-}
-
-fn child_data(e: &TreeEntry, time: i64) -> NodeData {
-    NodeData {
-        oid: e.oid,
-        kind: NodeKind::Entry(e.kind),
-        time,
-    }
-}
-
-fn tag_data(r: &Resolved) -> NodeData {
-    NodeData {
-        oid: r.tree,
-        kind: NodeKind::Entry(EntryKind::Tree),
-        time: r.time,
-    }
-}
-
-fn latest_data(time: i64) -> NodeData {
-    NodeData {
-        oid: Oid::ZERO_SHA1,
-        kind: NodeKind::Latest,
-        time,
-    }
-}
-
-/// What changes on disk when a tag is added, moved or packed: `packed-refs` and
-/// the `refs/tags` directory (git writes a ref by renaming a lock file into it).
-fn refs_stamp(git_dir: &Path) -> Vec<Option<(SystemTime, u64, u64)>> {
-    use std::os::unix::fs::MetadataExt;
-    [PathBuf::from("packed-refs"), PathBuf::from("refs/tags")]
-        .iter()
-        .map(|p| {
-            std::fs::metadata(git_dir.join(p)).ok().map(|m| {
-                (
-                    m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                    m.size(),
-                    m.ino(),
-                )
-            })
-        })
-        .collect()
-}
-
 impl Drop for GitFs {
     fn drop(&mut self) {
         debug!(
-            reads = self.reads.load(Ordering::Relaxed),
+            reads = self.ahead.reads(),
             inflated_by_reads = self.misses.load(Ordering::Relaxed),
             "filesystem done"
         );
-    }
-}
-
-/// The filesystem as fuser serves it: the [`GitFs`], shared with the io_uring
-/// queue threads, and whether to ask the kernel for FUSE over io_uring.
-#[derive(Debug)]
-pub struct Served {
-    fs: Arc<GitFs>,
-    /// Set when queue threads stand ready; true after INIT if the kernel
-    /// agreed to send requests through them.
-    uring: Option<Arc<std::sync::atomic::AtomicBool>>,
-}
-
-impl Served {
-    /// Serve `fs`; with `uring`, ask for FUSE over io_uring at INIT and record
-    /// there whether the kernel agreed.
-    pub fn new(fs: Arc<GitFs>, uring: Option<Arc<std::sync::atomic::AtomicBool>>) -> Served {
-        Served { fs, uring }
-    }
-}
-
-/// The largest write the kernel may send. Nothing is ever written; a small
-/// value keeps every io_uring queue entry's buffer at the 1 MiB of the
-/// largest read (256 pages) rather than fuser's 16 MiB.
-pub const MAX_WRITE: u32 = 1 << 20;
-
-/// The fuser adapters: each turns an inner result into a reply.
-impl fuser::Filesystem for Served {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // READDIRPLUS answers a listing with every entry's attributes, so a
-        // walk that stats what it lists (find, tar, portage's cache checks)
-        // makes one request per directory batch instead of one per entry;
-        // AUTO lets the kernel fall back to plain readdir for a bare `ls`.
-        // PARALLEL_DIROPS lets parallel builds look up in one directory at
-        // once. Symlinks of one immutable tree may be cached; the all-tags
-        // view's `latest` changes, so it does not ask for that.
-        let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_PARALLEL_DIROPS;
-        if self.fs.tags.is_none() {
-            wanted |= InitFlags::FUSE_CACHE_SYMLINKS;
-        }
-        let have = config.capabilities();
-        // FUSE over io_uring: each CPU gets a queue served by a thread pinned
-        // to it, so a request is answered on the CPU that made it instead of
-        // waking a daemon thread on another one (see `ring`).
-        if let Some(flag) = &self.uring {
-            let agreed = have.contains(InitFlags::FUSE_OVER_IO_URING);
-            if agreed {
-                wanted |= InitFlags::FUSE_OVER_IO_URING;
-            }
-            flag.store(agreed, Ordering::SeqCst);
-        }
-        if let Err(missing) = config.add_capabilities(wanted & have) {
-            debug!(?missing, "kernel lacks some FUSE capabilities");
-        }
-        let _ = config.set_max_write(MAX_WRITE);
-        debug!(requested = ?(wanted & have), "FUSE capabilities");
-        Ok(())
-    }
-
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        trace!(parent = parent.0, ?name, "lookup");
-        match self.fs.lookup(Ino(parent.0), name) {
-            Ok(attr) => reply.entry(
-                &self.fs.ttl(Ino(attr.ino.0), Ino(parent.0)),
-                &attr,
-                Generation(0),
-            ),
-            Err(e) => reply.error(self.fs.reply_err("lookup", parent.0, &e)),
-        }
-    }
-
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        trace!(ino = ino.0, nlookup, "forget");
-        GitFs::forget(&self.fs, Ino(ino.0), nlookup);
-    }
-
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        trace!(ino = ino.0, "getattr");
-        match self.fs.getattr(Ino(ino.0)) {
-            Ok(attr) => {
-                let parent = self.fs.node(Ino(ino.0)).map_or(Ino::ROOT, |n| n.1);
-                reply.attr(&self.fs.ttl(Ino(ino.0), parent), &attr)
-            }
-            Err(e) => reply.error(self.fs.reply_err("getattr", ino.0, &e)),
-        }
-    }
-
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        trace!(ino = ino.0, "readlink");
-        match self.fs.readlink(Ino(ino.0)) {
-            Ok(target) => reply.data(&target),
-            Err(e) => reply.error(self.fs.reply_err("readlink", ino.0, &e)),
-        }
-    }
-
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // ENOSYS makes the kernel stop sending OPEN and keep the page cache across
-        // opens (DESIGN.md: 1.0x native warm reads instead of 2-6x).
-        trace!(ino = ino.0, "open: ENOSYS");
-        reply.error(Errno::ENOSYS);
-    }
-
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        trace!(ino = ino.0, "opendir: ENOSYS");
-        reply.error(Errno::ENOSYS);
-    }
-
-    fn flush(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        // Nothing is ever written. ENOSYS here, rather than fuser's default
-        // (which also logs a warning), makes the kernel stop sending FLUSH on
-        // every close(2) for the rest of the mount.
-        trace!(ino = ino.0, "flush: ENOSYS");
-        reply.error(Errno::ENOSYS);
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn ioctl(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        _flags: IoctlFlags,
-        cmd: u32,
-        _in_data: &[u8],
-        _out_size: u32,
-        reply: ReplyIoctl,
-    ) {
-        // Python's open() asks whether every file is a terminal (TCGETS):
-        // "not a terminal", quietly, as any regular file answers. fuser's
-        // default logs a warning per call, thousands in a world rebuild.
-        trace!(ino = ino.0, cmd, "ioctl: ENOTTY");
-        reply.error(Errno::ENOTTY);
-    }
-
-    fn read(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyData,
-    ) {
-        trace!(ino = ino.0, offset, size, "read");
-        match self.fs.read(Ino(ino.0), offset, size) {
-            Ok((blob, range)) => reply.data(&blob[range]),
-            Err(e) => reply.error(self.fs.reply_err("read", ino.0, &e)),
-        }
-    }
-
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
-        trace!(ino = ino.0, offset, "readdir");
-        let res = self.fs.readdir(Ino(ino.0), offset, |it| {
-            reply.add(
-                INodeNo(it.ino.0),
-                it.next,
-                it.kind,
-                OsStr::from_bytes(it.name),
-            )
-        });
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(self.fs.reply_err("readdir", ino.0, &e)),
-        }
-    }
-
-    fn readdirplus(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectoryPlus,
-    ) {
-        trace!(ino = ino.0, offset, "readdirplus");
-        let res = self.fs.readdirplus(Ino(ino.0), offset, |it, attr, ttl| {
-            reply.add(
-                INodeNo(it.ino.0),
-                it.next,
-                OsStr::from_bytes(it.name),
-                &ttl,
-                attr,
-                Generation(0),
-            )
-        });
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(self.fs.reply_err("readdirplus", ino.0, &e)),
-        }
-    }
-
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        trace!("statfs");
-        let files = self.fs.inode_count() as u64;
-        reply.statfs(
-            0,
-            0,
-            0,
-            files,
-            0,
-            crate::attr::BLOCK_SIZE,
-            255,
-            crate::attr::BLOCK_SIZE,
-        );
-    }
-
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, _size: u32, reply: ReplyXattr) {
-        trace!(ino = ino.0, ?name, "getxattr");
-        if let Err(e) = self.fs.getxattr(Ino(ino.0)) {
-            reply.error(self.fs.reply_err("getxattr", ino.0, &e));
-        }
-    }
-
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        trace!(ino = ino.0, "listxattr");
-        match self.fs.node(Ino(ino.0)) {
-            Ok(_) if size == 0 => reply.size(0),
-            Ok(_) => reply.data(&[]),
-            Err(e) => reply.error(self.fs.reply_err("listxattr", ino.0, &e)),
-        }
-    }
-
-    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        trace!(ino = ino.0, %mask, "access");
-        match self.fs.node(Ino(ino.0)) {
-            Ok(_) if mask.contains(AccessFlags::W_OK) => reply.error(Errno::EROFS),
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(self.fs.reply_err("access", ino.0, &e)),
-        }
-    }
-
-    // Every modification: EROFS. The `ro` mount option stops most of these in the
-    // VFS already; these answer whatever still gets through.
-
-    fn setattr(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
-        trace!(ino = ino.0, "setattr: EROFS");
-        reply.error(Errno::EROFS);
-    }
-
-    fn mknod(
-        &self,
-        _req: &Request,
-        parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _rdev: u32,
-        reply: ReplyEntry,
-    ) {
-        trace!(parent = parent.0, "mknod: EROFS");
-        reply.error(Errno::EROFS);
-    }
-
-    fn mkdir(
-        &self,
-        _req: &Request,
-        parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        reply: ReplyEntry,
-    ) {
-        trace!(parent = parent.0, "mkdir: EROFS");
-        reply.error(Errno::EROFS);
-    }
-
-    fn unlink(&self, _req: &Request, parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        trace!(parent = parent.0, "unlink: EROFS");
-        reply.error(Errno::EROFS);
-    }
-
-    fn rmdir(&self, _req: &Request, parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        trace!(parent = parent.0, "rmdir: EROFS");
-        reply.error(Errno::EROFS);
-    }
-
-    fn symlink(
-        &self,
-        _req: &Request,
-        parent: INodeNo,
-        _link_name: &OsStr,
-        _target: &Path,
-        reply: ReplyEntry,
-    ) {
-        trace!(parent = parent.0, "symlink: EROFS");
-        reply.error(Errno::EROFS);
-    }
-
-    fn rename(
-        &self,
-        _req: &Request,
-        parent: INodeNo,
-        _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: RenameFlags,
-        reply: ReplyEmpty,
-    ) {
-        trace!(parent = parent.0, "rename: EROFS");
-        reply.error(Errno::EROFS);
-    }
-
-    fn link(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
-        trace!(ino = ino.0, "link: EROFS");
-        reply.error(Errno::EROFS);
-    }
-
-    fn write(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
-        _write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyWrite,
-    ) {
-        trace!(ino = ino.0, "write: EROFS");
-        reply.error(Errno::EROFS);
-    }
-
-    fn create(
-        &self,
-        _req: &Request,
-        parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _flags: i32,
-        reply: ReplyCreate,
-    ) {
-        trace!(parent = parent.0, "create: EROFS");
-        reply.error(Errno::EROFS);
-    }
-
-    fn setxattr(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
-        _position: u32,
-        reply: ReplyEmpty,
-    ) {
-        trace!(ino = ino.0, "setxattr: EROFS");
-        reply.error(Errno::EROFS);
-    }
-
-    fn removexattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        trace!(ino = ino.0, "removexattr: EROFS");
-        reply.error(Errno::EROFS);
-    }
-
-    fn fallocate(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _length: u64,
-        _mode: i32,
-        reply: ReplyEmpty,
-    ) {
-        trace!(ino = ino.0, "fallocate: EROFS");
-        reply.error(Errno::EROFS);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::tests::{fixture, git};
-
-    fn fs(view: View) -> (tempfile::TempDir, GitFs) {
-        let dir = fixture();
-        let store = GitStore::open(&dir.path().join(".git")).expect("open");
-        let fs = GitFs::new(store, &view, 1 << 20).expect("fs");
-        (dir, fs)
-    }
-
-    fn names(fs: &GitFs, ino: Ino, offset: u64) -> Vec<String> {
-        let mut out = Vec::new();
-        fs.readdir(ino, offset, |it| {
-            out.push(String::from_utf8_lossy(it.name).into_owned());
-            false
-        })
-        .expect("readdir");
-        out
-    }
-
-    fn path_attr(fs: &GitFs, path: &str) -> FileAttr {
-        let mut ino = Ino::ROOT;
-        let mut attr = fs.getattr(ino).expect("root");
-        for part in path.split('/') {
-            attr = fs.lookup(ino, OsStr::new(part)).expect(part);
-            ino = Ino(attr.ino.0);
-        }
-        attr
-    }
-
-    #[test]
-    fn lookup_and_read_follow_the_tree() {
-        let (_d, fs) = fs(View::Ref("one".into()));
-        let file = path_attr(&fs, "a/b/file");
-        assert_eq!(file.size, 6);
-        assert_eq!(file.perm, 0o644);
-        let (blob, range) = fs.read(Ino(file.ino.0), 1, 3).expect("read");
-        assert_eq!(&blob[range], b"ell");
-        let (blob, range) = fs.read(Ino(file.ino.0), 100, 3).expect("read past end");
-        assert!(blob[range].is_empty());
-        assert_eq!(path_attr(&fs, "run.sh").perm, 0o755);
-        let link = path_attr(&fs, "link");
-        assert_eq!(
-            &*fs.readlink(Ino(link.ino.0)).expect("readlink"),
-            b"a/b/file"
-        );
-        assert_eq!(link.mtime, crate::attr::system_time(1787270400));
-    }
-
-    #[test]
-    fn lookup_missing_name_is_enoent() {
-        let (_d, fs) = fs(View::Ref("one".into()));
-        let err = fs
-            .lookup(Ino::ROOT, OsStr::new("nope"))
-            .expect_err("missing");
-        assert_eq!(err.errno(), Errno::ENOENT);
-    }
-
-    #[test]
-    fn unknown_inode_is_an_errno_not_a_panic() {
-        let (_d, fs) = fs(View::Ref("one".into()));
-        for err in [
-            fs.getattr(Ino(999)).expect_err("getattr"),
-            fs.read(Ino(999), 0, 10).expect_err("read"),
-            fs.readlink(Ino(999)).expect_err("readlink"),
-            fs.readdir(Ino(999), 0, |_| false).expect_err("readdir"),
-            fs.lookup(Ino(999), OsStr::new("x")).expect_err("lookup"),
-        ] {
-            assert_eq!(err.errno(), Errno::ENOENT);
-        }
-        fs.forget(Ino(999), 1);
-        let file = path_attr(&fs, "empty");
-        assert_eq!(
-            fs.readdir(Ino(file.ino.0), 0, |_| false)
-                .expect_err("not dir")
-                .errno(),
-            Errno::ENOTDIR
-        );
-        assert_eq!(
-            fs.read(Ino::ROOT, 0, 1).expect_err("dir").errno(),
-            Errno::EISDIR
-        );
-        assert_eq!(
-            fs.readlink(Ino(file.ino.0)).expect_err("not link").errno(),
-            Errno::EINVAL
-        );
-        assert_eq!(
-            fs.getxattr(Ino(file.ino.0)).expect_err("no attr").errno(),
-            Errno::NO_XATTR
-        );
-    }
-
-    #[test]
-    fn readdir_honours_offsets_and_stops_when_full() {
-        let (_d, fs) = fs(View::Ref("one".into()));
-        assert_eq!(
-            names(&fs, Ino::ROOT, 0),
-            [".", "..", "a", "empty", "link", "run.sh"]
-        );
-        assert_eq!(names(&fs, Ino::ROOT, 3), ["empty", "link", "run.sh"]);
-        assert!(names(&fs, Ino::ROOT, 6).is_empty());
-        let mut seen = 0;
-        fs.readdir(Ino::ROOT, 0, |_| {
-            seen += 1;
-            seen == 2
-        })
-        .expect("readdir");
-        assert_eq!(seen, 2, "stops when add says full");
-    }
-
-    #[test]
-    fn inodes_are_stable_and_keyed_by_parent_and_name() {
-        let (_d, fs) = fs(View::Ref("one".into()));
-        let a = path_attr(&fs, "a/b/file").ino;
-        let mut listed = None;
-        let b = path_attr(&fs, "a/b").ino;
-        fs.readdir(Ino(b.0), 2, |it| {
-            listed = Some(it.ino);
-            true
-        })
-        .expect("readdir");
-        assert_eq!(listed, Some(Ino(a.0)), "readdir and lookup agree");
-        assert_eq!(path_attr(&fs, "a/b/file").ino, a);
-    }
-
-    #[test]
-    fn readdir_stores_nothing_and_readdirplus_counts_what_it_sends() {
-        let (_d, fs) = fs(View::Ref("one".into()));
-        assert_eq!(names(&fs, Ino::ROOT, 0).len(), 6);
-        assert_eq!(fs.inode_count(), 1, "plain readdir adds no records");
-        let mut listed = Vec::new();
-        fs.readdir(Ino::ROOT, 2, |it| {
-            listed.push(it.ino);
-            false
-        })
-        .expect("readdir");
-
-        // A reply with room for `.`, `..` and two children.
-        let mut sent = Vec::new();
-        fs.readdirplus(Ino::ROOT, 0, |it, attr, _ttl| {
-            if sent.len() == 4 {
-                return true;
-            }
-            assert_eq!(attr.ino.0, it.ino.0);
-            sent.push((String::from_utf8_lossy(it.name).into_owned(), attr.size));
-            false
-        })
-        .expect("readdirplus");
-        assert_eq!(
-            sent,
-            [
-                (".".into(), DIR_SIZE),
-                ("..".into(), DIR_SIZE),
-                ("a".into(), DIR_SIZE),
-                ("empty".into(), 0)
-            ]
-        );
-        assert_eq!(
-            fs.inode_count(),
-            3,
-            "the two children sent, not the dots nor the refused one"
-        );
-        let a = fs.lookup(Ino::ROOT, OsStr::new("a")).expect("a");
-        assert_eq!(
-            Ino(a.ino.0),
-            listed[0],
-            "readdir, readdirplus and lookup agree"
-        );
-        fs.forget(Ino(a.ino.0), 2);
-        assert_eq!(
-            fs.inode_count(),
-            2,
-            "lookup and readdirplus references both counted"
-        );
-
-        let mut rest = Vec::new();
-        fs.readdirplus(Ino::ROOT, 4, |it, attr, _| {
-            rest.push((it.name.to_vec(), attr.size, it.ino));
-            false
-        })
-        .expect("readdirplus");
-        let rest_names: Vec<_> = rest.iter().map(|r| r.0.clone()).collect();
-        assert_eq!(rest_names, [b"link".to_vec(), b"run.sh".to_vec()]);
-        assert_eq!(rest[0].1, 8, "symlink size is its target's length");
-        assert_eq!(rest[0].2, listed[2]);
-        assert_eq!(fs.inode_count(), 4);
-    }
-
-    #[test]
-    fn reading_then_listing_prefetches_but_listing_alone_does_not() {
-        let (_d, fs) = fs(View::Ref("one".into()));
-        let asked = |fs: &GitFs| fs.ahead.lock().expect("lock").contains_key(&Ino::ROOT);
-        fs.readdirplus(Ino::ROOT, 0, |_, _, _| false)
-            .expect("readdirplus");
-        assert!(!asked(&fs), "a stat-only walk prefetches nothing");
-        let file = path_attr(&fs, "a/b/file");
-        fs.read(Ino(file.ino.0), 0, 100).expect("read");
-        let run = fs
-            .tree(fs.resolved().expect("ref").tree)
-            .expect("root tree")
-            .iter()
-            .find(|e| &*e.name == b"run.sh")
-            .map(|e| e.oid)
-            .expect("run.sh");
-        assert!(!fs.cache().contains(&run));
-        fs.readdirplus(Ino::ROOT, 0, |_, _, _| false)
-            .expect("readdirplus");
-        assert!(asked(&fs), "a listing after reads asks for its files");
-        // The prefetch thread fills the cache in the background.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !fs.cache().contains(&run) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "run.sh never prefetched"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    #[test]
-    fn all_tags_view_lists_tags_latest_and_new_tags() {
-        let (dir, fs) = fs(View::AllTags);
-        assert_eq!(names(&fs, Ino::ROOT, 2), ["one", "two", "latest"]);
-        let latest = path_attr(&fs, "latest");
-        assert_eq!(&*fs.readlink(Ino(latest.ino.0)).expect("readlink"), b"two");
-        assert_eq!(path_attr(&fs, "one/a/b/file").size, 6);
-        assert_eq!(path_attr(&fs, "two/a/b/file").size, 12);
-        assert_eq!(
-            path_attr(&fs, "one").mtime,
-            crate::attr::system_time(1787270400)
-        );
-        assert_eq!(
-            fs.getattr(Ino::ROOT).expect("root").mtime,
-            crate::attr::system_time(1787356800)
-        );
-        let generation = fs.tags_generation();
-        std::fs::write(dir.path().join("new"), "x").expect("write");
-        git(dir.path(), &["add", "new"], "");
-        git(
-            dir.path(),
-            &["commit", "-q", "-m", "three"],
-            "1787443200 +0000",
-        );
-        git(
-            dir.path(),
-            &["tag", "-a", "-m", "three", "three"],
-            "1787443200 +0000",
-        );
-        assert_eq!(names(&fs, Ino::ROOT, 2), ["one", "three", "two", "latest"]);
-        assert_ne!(fs.tags_generation(), generation);
-        assert_eq!(
-            &*fs.readlink(Ino(latest.ino.0)).expect("readlink"),
-            b"three"
-        );
-        assert_eq!(path_attr(&fs, "three/new").size, 1);
     }
 }

@@ -27,7 +27,7 @@ use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 use git2::Oid;
 
-use crate::store::EntryKind;
+use crate::store::{EntryKind, TreeEntry};
 
 /// An inode number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -97,6 +97,15 @@ pub struct NodeData {
     pub kind: NodeKind,
     /// The commit time shown as atime, mtime and ctime.
     pub time: i64,
+}
+
+/// The node of tree entry `e` in a tree of commit `time`.
+pub fn child_data(e: &TreeEntry, time: i64) -> NodeData {
+    NodeData {
+        oid: e.oid,
+        kind: NodeKind::Entry(e.kind),
+        time,
+    }
 }
 
 /// One known inode, as the table hands it out (a copy of its record).

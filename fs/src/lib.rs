@@ -8,23 +8,30 @@
 //!
 //! Flow: [`mount`] resolves the ref ([`store::GitStore`]), builds the
 //! [`filesystem::GitFs`] (inode table over an [`cache::ObjectCache`]) and hands it
-//! to fuser; the returned [`MountedFs`] unmounts on drop.
+//! to its transports, fuser ([`fuser_adapter`]) and, when the kernel offers
+//! it, io_uring ([`ring`]); both carry [`GitFs`]'s [`answers`] and nothing
+//! else. The returned [`MountedFs`] unmounts on drop.
 #![warn(missing_docs)]
 
+pub mod answers;
 pub mod attr;
 pub mod cache;
 pub mod error;
 pub mod filesystem;
+pub mod fuser_adapter;
 pub mod inode;
 pub mod prefetch;
+mod readahead;
 pub mod reaper;
 pub mod ring;
 pub mod store;
+pub mod tags;
+pub mod wire;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -32,17 +39,8 @@ use fuser::{BackgroundSession, Config, INodeNo, MountOption, SessionACL};
 use tracing::{debug, info, warn};
 
 pub use error::{FsError, Result};
-pub use filesystem::GitFs;
+pub use filesystem::{GitFs, View};
 pub use store::GitStore;
-
-/// What a mount shows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum View {
-    /// One tree: a tag, a branch or a commit id.
-    Ref(String),
-    /// Every tag side by side, plus `latest`.
-    AllTags,
-}
 
 /// Whether requests come through FUSE over io_uring (see [`ring`]).
 ///
@@ -82,11 +80,14 @@ pub struct MountOptions {
 /// The default cache budget: 256 MiB.
 pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 
+/// The default number of FUSE worker threads.
+pub const DEFAULT_THREADS: u16 = 2;
+
 impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
             cache_bytes: DEFAULT_CACHE_BYTES,
-            threads: 2,
+            threads: usize::from(DEFAULT_THREADS),
             allow_other: true,
             auto_unmount: true,
             fsname: String::new(),
@@ -335,137 +336,40 @@ pub fn mount(
     let store = GitStore::open(git_dir)?;
     let fs = GitFs::new(store, &view, opts.cache_bytes)?;
     let mountpoint = check_mountpoint(mountpoint)?;
-    let fsname = if opts.fsname.is_empty() {
-        let repo = repo_name(git_dir);
-        match &view {
-            View::Ref(r) => format!("portroot:{repo}@{r}"),
-            View::AllTags => format!("portroot:{repo}"),
-        }
-    } else {
-        opts.fsname.clone()
-    };
-    let options = vec![
-        MountOption::FSName(fsname.clone()),
-        MountOption::Subtype("portroot".into()),
-        MountOption::RO,
-        MountOption::DefaultPermissions,
-        MountOption::NoDev,
-        MountOption::NoSuid,
-        MountOption::NoAtime,
-    ];
-    let mut config = Config::default();
-    config.mount_options = options;
-    config.acl = if opts.allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
-    };
-    config.n_threads = Some(opts.threads.max(1));
+    let fsname = fsname(git_dir, &view, opts);
     let tree_id = fs.resolved().map(|r| r.tree);
     let tags = fs.tag_source();
     let pages = fs.page_pusher();
     let mut rings = prepare_rings(opts.io_uring)?;
     let agreed = Arc::new(AtomicBool::new(false));
     let fs = Arc::new(fs);
-    let served = filesystem::Served::new(fs.clone(), rings.as_ref().map(|_| agreed.clone()));
-    let io = |what, source| FsError::Io {
-        what,
-        path: mountpoint.clone(),
-        source,
-    };
+    let served = fuser_adapter::Served::new(fs.clone(), rings.as_ref().map(|_| agreed.clone()));
+    // Forked before the mount, so that no moment is left uncovered.
+    let mut reaper = start_reaper(&mountpoint, &fsname, opts.auto_unmount)?;
     // The FUSE handshake (INIT) is over when this returns.
-    let session =
-        fuser::Session::new(served, &mountpoint, &config).map_err(|e| io("mounting fuse on", e))?;
-    // The prefetcher pushes what it inflated into the kernel's page cache
-    // through this, so those reads never reach the daemon.
-    {
-        use std::os::fd::AsFd;
-        match session.as_fd().try_clone_to_owned() {
-            Ok(dev) => {
-                let _ = pages.set(prefetch::PagePusher::new(dev));
-            }
-            Err(e) => {
-                warn!(error = %e, "no descriptor for page stores: every read reaches the daemon")
-            }
-        }
-    }
-    let mut ring_requests = Arc::new(AtomicU64::new(0));
-    if let Some(r) = rings.as_mut() {
-        let declined = || FsError::IoUring("the kernel declined it at INIT".into());
-        let result = if agreed.load(Ordering::SeqCst) {
-            // Registration must happen before anything else uses the mount:
-            // the kernel holds every request until all queues are registered.
-            use std::os::fd::AsFd;
-            session
-                .as_fd()
-                .try_clone_to_owned()
-                .and_then(|dev| r.serve(&dev, &fs))
-                .map_err(|e| FsError::IoUring(e.to_string()))
-        } else {
-            Err(declined())
-        };
-        match result {
-            Ok(()) => {
-                ring_requests = r.served();
-                debug!(queues = r.queues(), "requests come through io_uring");
-            }
-            // A refused registration makes the kernel serve the mount
-            // through /dev/fuse; the mount itself is fine.
-            Err(e) if opts.io_uring == IoUring::Auto => {
-                debug!(error = %e, "serving through /dev/fuse");
-                rings = None;
-            }
-            Err(e) => {
-                drop(session);
-                return Err(e);
-            }
-        }
-    }
-    // A reaper of our own removes the mount if we die, through either
-    // transport (see `reaper` for why not fusermount3's auto-unmount).
-    let id = reaper::MountId::at(&mountpoint).map_err(|source| FsError::Io {
-        what: "reading the mount id of",
-        path: mountpoint.clone(),
-        source,
-    });
-    let id = match id {
-        Ok(id) => id,
-        Err(e) => {
-            drop(session);
-            return Err(e);
-        }
-    };
-    let reaper = match opts.auto_unmount {
-        true => match reaper::Reaper::spawn(&mountpoint, id) {
-            Ok(r) => Some(r),
-            Err(source) => {
-                drop(session);
-                return Err(FsError::Io {
-                    what: "starting the reaper for",
-                    path: mountpoint,
-                    source,
-                });
-            }
-        },
-        false => None,
-    };
+    let session = fuser::Session::new(served, &mountpoint, &session_config(&fsname, opts))
+        .map_err(|e| io_error("mounting fuse on", &mountpoint, e))?;
+    // On an error from here on, dropping the session unmounts.
+    let id = arm_reaper(&mountpoint, reaper.as_mut())?;
+    hand_page_pusher(&session, &pages);
+    let ring_requests = start_rings(&session, &mut rings, &agreed, &fs, opts.io_uring)?;
     let session = session
         .spawn()
-        .map_err(|e| io("starting the fuse session on", e))?;
-    let watcher = match tags {
-        Some(t) => match spawn_tag_watcher(t, session.notifier()) {
-            Ok(w) => Some(w),
-            Err(source) => {
-                // Dropping the session unmounts what we just mounted.
-                let _ = session.umount_and_join();
-                return Err(FsError::Io {
-                    what: "starting the tag watcher for",
-                    path: mountpoint,
-                    source,
-                });
-            }
-        },
-        None => None,
+        .map_err(|e| io_error("starting the fuse session on", &mountpoint, e))?;
+    let watcher = match tags
+        .map(|t| spawn_tag_watcher(t, session.notifier()))
+        .transpose()
+    {
+        Ok(watcher) => watcher,
+        Err(source) => {
+            // Dropping the session unmounts what we just mounted.
+            let _ = session.umount_and_join();
+            return Err(io_error(
+                "starting the tag watcher for",
+                &mountpoint,
+                source,
+            ));
+        }
     };
     info!(
         mountpoint = %mountpoint.display(),
@@ -484,6 +388,135 @@ pub fn mount(
         reaper,
         id,
     })
+}
+
+fn io_error(what: &'static str, path: &Path, source: std::io::Error) -> FsError {
+    FsError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The source shown in /proc/mounts: `opts.fsname`, else
+/// `portroot:<repo>@<ref>` (`portroot:<repo>` for all tags).
+fn fsname(git_dir: &Path, view: &View, opts: &MountOptions) -> String {
+    if !opts.fsname.is_empty() {
+        return opts.fsname.clone();
+    }
+    let repo = repo_name(git_dir);
+    match view {
+        View::Ref(r) => format!("portroot:{repo}@{r}"),
+        View::AllTags => format!("portroot:{repo}"),
+    }
+}
+
+/// The FUSE session's mount options, access and threads.
+fn session_config(fsname: &str, opts: &MountOptions) -> Config {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(fsname.to_owned()),
+        MountOption::Subtype("portroot".into()),
+        MountOption::RO,
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoAtime,
+    ];
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(opts.threads.max(1));
+    config
+}
+
+/// Give the prefetcher its descriptor of the session's connection, through
+/// which it pushes what it inflated into the kernel's page cache, so those
+/// reads never reach the daemon.
+fn hand_page_pusher<FS: fuser::Filesystem>(
+    session: &fuser::Session<FS>,
+    pages: &OnceLock<prefetch::PagePusher>,
+) {
+    use std::os::fd::AsFd;
+    match session.as_fd().try_clone_to_owned() {
+        Ok(dev) => {
+            let _ = pages.set(prefetch::PagePusher::new(dev));
+        }
+        Err(e) => {
+            warn!(error = %e, "no descriptor for page stores: every read reaches the daemon")
+        }
+    }
+}
+
+/// Have the io_uring queues in `rings`, if any, register on the session and
+/// serve `fs`, if the kernel `agreed` at INIT. Returns the counter of
+/// requests they answer. With `IoUring::Auto`, a refusal leaves the mount
+/// served through /dev/fuse (and `rings` empty); with `On`, it fails.
+fn start_rings<FS: fuser::Filesystem>(
+    session: &fuser::Session<FS>,
+    rings: &mut Option<ring::Rings>,
+    agreed: &AtomicBool,
+    fs: &Arc<GitFs>,
+    mode: IoUring,
+) -> Result<Arc<AtomicU64>> {
+    let Some(r) = rings.as_mut() else {
+        return Ok(Arc::new(AtomicU64::new(0)));
+    };
+    let result = if agreed.load(Ordering::SeqCst) {
+        // Registration must happen before anything else uses the mount:
+        // the kernel holds every request until all queues are registered.
+        use std::os::fd::AsFd;
+        session
+            .as_fd()
+            .try_clone_to_owned()
+            .and_then(|dev| r.serve(&dev, fs))
+            .map_err(|e| FsError::IoUring(e.to_string()))
+    } else {
+        Err(FsError::IoUring("the kernel declined it at INIT".into()))
+    };
+    match result {
+        Ok(()) => {
+            debug!(queues = r.queues(), "requests come through io_uring");
+            Ok(r.served())
+        }
+        // A refused registration makes the kernel serve the mount
+        // through /dev/fuse; the mount itself is fine.
+        Err(e) if mode == IoUring::Auto => {
+            debug!(error = %e, "serving through /dev/fuse");
+            *rings = None;
+            Ok(Arc::new(AtomicU64::new(0)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A reaper of our own removes the mount if we die, through either transport
+/// (see `reaper` for why not fusermount3's auto-unmount): forked before the
+/// mount is made, if `auto_unmount`.
+fn start_reaper(
+    mountpoint: &Path,
+    fsname: &str,
+    auto_unmount: bool,
+) -> Result<Option<reaper::Reaper>> {
+    if !auto_unmount {
+        return Ok(None);
+    }
+    reaper::Reaper::before_mount(mountpoint, fsname)
+        .map(Some)
+        .map_err(|e| io_error("starting the reaper for", mountpoint, e))
+}
+
+/// The mount now at `mountpoint` (ours, just made), told to the reaper.
+fn arm_reaper(mountpoint: &Path, reaper: Option<&mut reaper::Reaper>) -> Result<reaper::MountId> {
+    let id = reaper::MountId::at(mountpoint)
+        .map_err(|e| io_error("reading the mount id of", mountpoint, e))?;
+    if let Some(r) = reaper {
+        r.arm(id)
+            .map_err(|e| io_error("arming the reaper for", mountpoint, e))?;
+    }
+    Ok(id)
 }
 
 /// The io_uring queue threads for `mode`, or `None` to serve through
@@ -516,7 +549,7 @@ fn prepare_rings(mode: IoUring) -> Result<Option<ring::Rings>> {
 /// Poll the refs every half second; when the tag list changes, tell the kernel
 /// to drop its cached root listing so `ls MNT` shows the new tags.
 fn spawn_tag_watcher(
-    tags: Arc<filesystem::TagSource>,
+    tags: Arc<tags::TagSource>,
     notifier: fuser::Notifier,
 ) -> std::io::Result<(mpsc::Sender<()>, JoinHandle<()>)> {
     let (stop, stopped) = mpsc::channel::<()>();

@@ -37,6 +37,7 @@ use crate::cache::{Cached, ObjectCache};
 use crate::error::{FsError, Result};
 use crate::inode::{Ino, InodeTable};
 use crate::store::{EntryKind, GitStore, TreeEntry};
+use crate::wire::notify_store_head;
 
 /// Files asked for per cache miss.
 pub const WINDOW: usize = 128;
@@ -73,25 +74,12 @@ impl PagePusher {
     /// (ENOENT: the kernel holds no such inode) means nothing was stored.
     pub fn store(&self, ino: Ino, data: &[u8]) -> std::io::Result<()> {
         use std::io::{IoSlice, Write};
-        /// FUSE_NOTIFY_STORE, sent in the error field of an unsolicited reply.
-        const NOTIFY_STORE: i32 = 4;
         let size = u32::try_from(data.len()).map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "store too large")
         })?;
-        // fuse_out_header {len, error, unique = 0}, then fuse_notify_store_out
-        // {nodeid, offset = 0, size, padding}: 16 + 24 bytes, native endian.
-        let mut head = [0u8; 40];
-        let total = 40 + size;
-        let mut w = crate::ring::Writer::new(&mut head);
-        w.u32(total);
-        w.bytes(&NOTIFY_STORE.to_ne_bytes());
-        w.zeros(8); // unique
-        w.u64(ino.0);
-        w.zeros(8); // offset
-        w.u32(size);
-        w.zeros(4); // padding
+        let head = notify_store_head(ino.0, size);
         let written = (&self.0).write_vectored(&[IoSlice::new(&head), IoSlice::new(data)])?;
-        if written != total as usize {
+        if written != head.len() + data.len() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::WriteZero,
                 "short write of a page store",

@@ -19,6 +19,10 @@
 //! delivers the reply and re-arms the entry. FORGET and INTERRUPT still come
 //! through `/dev/fuse` and fuser's loop, and so do notifications.
 //!
+//! Every request is answered by the [`GitFs`] answer of the same name
+//! ([`crate::answers`]), as through fuser; this module only decodes the
+//! request and encodes the answer ([`crate::wire`]).
+//!
 //! The kernel holds every request back until every queue has an entry, and
 //! falls back to `/dev/fuse` for good if a registration fails; the threads are
 //! therefore started, each with its ring, before the mount asks for io_uring
@@ -31,14 +35,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use fuser::{Errno, FileAttr, FileType};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use tracing::{debug, trace, warn};
 
-use crate::filesystem::{GitFs, MAX_WRITE};
+use crate::answers::{Answer, Declined};
+use crate::filesystem::GitFs;
 use crate::inode::Ino;
+use crate::wire::{
+    copy, dirent_len, put_attr_out, put_dirent, put_entry, put_entry_out, put_statfs,
+    put_xattr_size, u32_at, u64_at, DirBuf, ENTRY_OUT, MAX_WRITE,
+};
 
 /// Where the kernel says whether FUSE over io_uring may be used.
 pub const ENABLE_PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
@@ -321,6 +329,8 @@ fn build_ring() -> std::io::Result<IoUring<squeue::Entry128, cqueue::Entry>> {
         .or_else(|_| IoUring::builder().build(2 * DEPTH as u32))
 }
 
+type Ring = IoUring<squeue::Entry128, cqueue::Entry>;
+
 fn queue_thread(
     qid: usize,
     go: &mpsc::Receiver<Go>,
@@ -343,43 +353,52 @@ fn queue_thread(
     };
     let fd = dev.as_raw_fd();
     let q = qid as u16;
+    let result = register(&mut ring, &entries, fd, q);
+    let ok = result.is_ok();
+    let _ = registered.send(result);
+    if ok {
+        debug!(qid, "io_uring queue registered");
+        serve(&mut ring, &mut entries, &fs, fd, q, served);
+        debug!(qid, "io_uring queue done");
+    }
+    // Dropping the ring cancels what is still armed; the buffers go after it.
+    drop(ring);
+    drop(entries);
+}
+
+/// Register every entry of `entries` on connection `fd` as queue `q`.
+fn register(ring: &mut Ring, entries: &[Entry], fd: i32, q: u16) -> std::io::Result<()> {
     {
         let mut sq = ring.submission();
         for (i, e) in entries.iter().enumerate() {
             // SAFETY: the SQE points at `e.iov`, which (like the buffers it
-            // names) lives until the ring is dropped at the end of this
-            // function, after the kernel released the entries.
+            // names) lives until the ring is dropped at the end of
+            // `queue_thread`, after the kernel released the entries.
             if unsafe { sq.push(&register_sqe(fd, q, e, i as u64)) }.is_err() {
-                let _ = registered.send(Err(std::io::Error::other("io_uring queue full")));
-                return;
+                return Err(std::io::Error::other("io_uring queue full"));
             }
         }
     }
-    if let Err(e) = ring.submit() {
-        let _ = registered.send(Err(e));
-        return;
-    }
+    ring.submit()?;
     // A refused registration completes at once; an accepted one only when a
     // request arrives.
     let refused = ring
         .completion()
         .find(|c| c.result() < 0)
         .map(|c| std::io::Error::from_raw_os_error(-c.result()));
-    if let Some(e) = refused {
-        let _ = registered.send(Err(e));
-        return;
-    }
-    let _ = registered.send(Ok(()));
-    debug!(qid, "io_uring queue registered");
+    refused.map_or(Ok(()), Err)
+}
 
+/// Answer requests as they complete entries, until the connection ends.
+fn serve(ring: &mut Ring, entries: &mut [Entry], fs: &GitFs, fd: i32, q: u16, served: &AtomicU64) {
     let mut done: Vec<(u64, i32)> = Vec::with_capacity(DEPTH);
     loop {
         match ring.submit_and_wait(1) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
             Err(e) => {
-                warn!(qid, error = %e, "io_uring queue stopped");
-                break;
+                warn!(qid = q, error = %e, "io_uring queue stopped");
+                return;
             }
         }
         done.clear();
@@ -389,7 +408,7 @@ fn queue_thread(
             if res < 0 {
                 // The connection ended (unmount) or the ring is going away.
                 if res != -libc::ENOTCONN && res != -libc::ECANCELED {
-                    warn!(qid, error = %std::io::Error::from_raw_os_error(-res), "io_uring entry failed");
+                    warn!(qid = q, error = %std::io::Error::from_raw_os_error(-res), "io_uring entry failed");
                 }
                 stop = true;
                 continue;
@@ -397,32 +416,20 @@ fn queue_thread(
             let Some(entry) = entries.get_mut(tag as usize) else {
                 continue;
             };
-            let commit_id = answer(&fs, entry);
+            let commit_id = answer(fs, entry);
             served.fetch_add(1, Ordering::Relaxed);
             let sqe = commit_sqe(fd, q, commit_id, tag);
             // SAFETY: as for registration; COMMIT_AND_FETCH re-arms the same
             // entry with the buffers registered before.
             if unsafe { ring.submission().push(&sqe) }.is_err() {
-                warn!(qid, "io_uring submission queue full");
+                warn!(qid = q, "io_uring submission queue full");
                 stop = true;
             }
         }
         if stop {
-            break;
+            return;
         }
     }
-    debug!(qid, "io_uring queue done");
-    // Dropping the ring cancels what is still armed; the buffers go after it.
-    drop(ring);
-    drop(entries);
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_ne_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
 /// Answer the request in `entry`: parse it, run it, write the reply. Returns
@@ -436,8 +443,8 @@ fn answer(fs: &GitFs, entry: &mut Entry) -> u64 {
     let in_len = (u32_at(h, ENT_IN_OUT + 16) as usize).min(PAYLOAD);
     let op_in: [u8; 128] = h[OP_IN..OP_IN + 128].try_into().expect("128 bytes");
     // The reply goes into the same payload buffer, so the only request
-    // payload used (LOOKUP's name) is copied out first.
-    let name: Vec<u8> = if opcode == LOOKUP {
+    // payloads used (the names of LOOKUP and GETXATTR) are copied out first.
+    let name: Vec<u8> = if opcode == LOOKUP || opcode == GETXATTR {
         let p = &entry.payload[..in_len];
         p.split(|&b| b == 0).next().unwrap_or(&[]).to_vec()
     } else {
@@ -470,310 +477,118 @@ struct Request<'a> {
     payload: &'a [u8],
 }
 
+impl Request<'_> {
+    /// The offset of READ, READDIR and READDIRPLUS.
+    fn offset(&self) -> u64 {
+        u64_at(self.op_in, 8)
+    }
+
+    /// The size asked for by READ, READDIR and READDIRPLUS.
+    fn size(&self) -> u32 {
+        u32_at(self.op_in, 16)
+    }
+
+    /// The first u32 of the operation's header: GETXATTR's and LISTXATTR's
+    /// size, ACCESS's mask.
+    fn first_u32(&self) -> u32 {
+        u32_at(self.op_in, 0)
+    }
+}
+
 /// Run one request against `fs`, writing the reply into `out`; returns its
-/// length. The same answers as the fuser adapters in `filesystem`.
-fn dispatch(fs: &GitFs, r: &Request, out: &mut [u8]) -> Result<usize, Errno> {
+/// length. Every answer is [`GitFs`]'s, the same as through fuser.
+fn dispatch(fs: &GitFs, r: &Request, out: &mut [u8]) -> Answer<usize> {
     let ino = r.ino;
-    let fail = |op: &str, e: crate::FsError| fs.reply_err(op, ino.0, &e);
     match r.opcode {
         LOOKUP => {
-            let attr = fs
-                .lookup(ino, OsStr::from_bytes(r.payload))
-                .map_err(|e| fail("lookup", e))?;
-            let ttl = fs.ttl(Ino(attr.ino.0), ino);
+            let (attr, ttl) = fs.answer_lookup(ino, OsStr::from_bytes(r.payload))?;
             Ok(put_entry(out, &attr, ttl))
         }
         GETATTR => {
-            let attr = fs.getattr(ino).map_err(|e| fail("getattr", e))?;
-            let parent = fs.node(ino).map_or(Ino::ROOT, |n| n.1);
-            let ttl = fs.ttl(ino, parent);
-            let mut w = Writer::new(out);
-            put_ttl_attr_out(&mut w, ttl);
-            put_attr(&mut w, &attr);
-            Ok(w.at)
+            let (attr, ttl) = fs.answer_getattr(ino)?;
+            Ok(put_attr_out(out, &attr, ttl))
         }
-        READLINK => {
-            let target = fs.readlink(ino).map_err(|e| fail("readlink", e))?;
-            Ok(copy(out, &target))
-        }
+        READLINK => Ok(copy(out, &fs.answer_readlink(ino)?)),
         READ => {
-            let offset = u64_at(r.op_in, 8);
-            let size = u32_at(r.op_in, 16).min(PAYLOAD as u32);
-            let (blob, range) = fs.read(ino, offset, size).map_err(|e| fail("read", e))?;
+            let size = r.size().min(PAYLOAD as u32);
+            let (blob, range) = fs.answer_read(ino, r.offset(), size)?;
             Ok(copy(out, &blob[range]))
         }
-        READDIR => {
-            let offset = u64_at(r.op_in, 8);
-            let mut buf = DirBuf::new(out, u32_at(r.op_in, 16));
-            fs.readdir(ino, offset, |it| {
-                buf.push(dirent_len(it.name.len()), |w| {
-                    put_dirent(w, it.ino.0, it.next, it.kind, it.name);
-                })
-            })
-            .map_err(|e| fail("readdir", e))?;
-            Ok(buf.at)
-        }
-        READDIRPLUS => {
-            let offset = u64_at(r.op_in, 8);
-            let mut buf = DirBuf::new(out, u32_at(r.op_in, 16));
-            fs.readdirplus(ino, offset, |it, attr, ttl| {
-                buf.push(dirent_len(ENTRY_OUT + it.name.len()), |w| {
-                    put_entry_out(w, attr, ttl);
-                    put_dirent(w, it.ino.0, it.next, attr.kind, it.name);
-                })
-            })
-            .map_err(|e| fail("readdirplus", e))?;
-            Ok(buf.at)
-        }
+        READDIR => readdir(fs, r, out),
+        READDIRPLUS => readdirplus(fs, r, out),
         STATFS => {
-            let mut w = Writer::new(out);
-            for v in [0, 0, 0, fs.inode_count() as u64, 0] {
-                w.u64(v);
-            }
-            w.u32(crate::attr::BLOCK_SIZE);
-            w.u32(255);
-            w.u32(crate::attr::BLOCK_SIZE);
-            w.zeros(4 + 24);
-            Ok(w.at)
+            let s = fs.answer_statfs();
+            Ok(put_statfs(out, s.files, s.block_size, s.name_len))
         }
-        GETXATTR => match fs.getxattr(ino) {
-            Ok(()) => Err(Errno::NO_XATTR),
-            Err(e) => Err(fail("getxattr", e)),
-        },
+        GETXATTR => Err(fs.answer_getxattr(ino, OsStr::from_bytes(r.payload))),
         LISTXATTR => {
-            fs.node(ino).map_err(|e| fail("listxattr", e))?;
-            if u32_at(r.op_in, 0) == 0 {
-                let mut w = Writer::new(out);
-                w.u32(0);
-                w.u32(0);
-                Ok(w.at)
-            } else {
-                Ok(0)
+            fs.answer_listxattr(ino)?;
+            match r.first_u32() {
+                0 => Ok(put_xattr_size(out, 0)),
+                _ => Ok(0),
             }
         }
-        ACCESS => {
-            fs.node(ino).map_err(|e| fail("access", e))?;
-            if u32_at(r.op_in, 0) & libc::W_OK as u32 != 0 {
-                Err(Errno::EROFS)
-            } else {
-                Ok(0)
-            }
-        }
-        // The kernel stops sending these after the first ENOSYS and then
-        // keeps its page and directory caches across opens.
-        OPEN | OPENDIR | FLUSH => Err(Errno::ENOSYS),
-        RELEASE | RELEASEDIR => Ok(0),
-        // "Not a terminal", as the fuser adapter answers (Python's isatty).
-        IOCTL => Err(Errno::ENOTTY),
-        SETATTR | SYMLINK | MKNOD | MKDIR | UNLINK | RMDIR | RENAME | LINK | WRITE | SETXATTR
-        | REMOVEXATTR | CREATE | FALLOCATE | RENAME2 | COPY_FILE_RANGE | TMPFILE => {
-            Err(Errno::EROFS)
-        }
-        _ => Err(Errno::ENOSYS),
+        ACCESS => fs
+            .answer_access(ino, r.first_u32() & libc::W_OK as u32 != 0)
+            .map(|()| 0),
+        RELEASE | RELEASEDIR => fs.answer_release(ino).map(|()| 0),
+        op => Err(fs.decline(declined(op), ino)),
     }
 }
 
-/// `sizeof(struct fuse_entry_out)`.
-const ENTRY_OUT: usize = 40 + ATTR;
-/// `sizeof(struct fuse_attr)`.
-const ATTR: usize = 88;
-
-/// The size of a `fuse_dirent` (24 bytes and the name) padded to 8 bytes;
-/// `extra` is the name length plus any header before the dirent.
-fn dirent_len(extra: usize) -> usize {
-    (24 + extra).div_ceil(8) * 8
+/// READDIR: entries as `fuse_dirent`s, as many as fit the size asked for.
+fn readdir(fs: &GitFs, r: &Request, out: &mut [u8]) -> Answer<usize> {
+    let mut buf = DirBuf::new(out, r.size());
+    fs.answer_readdir(r.ino, r.offset(), |it| {
+        buf.push(dirent_len(it.name.len()), |w| {
+            put_dirent(w, it.ino.0, it.next, it.kind, it.name);
+        })
+    })?;
+    Ok(buf.at)
 }
 
-fn copy(out: &mut [u8], data: &[u8]) -> usize {
-    let n = data.len().min(out.len());
-    out[..n].copy_from_slice(&data[..n]);
-    n
+/// READDIRPLUS: entries as `fuse_direntplus`es, as many as fit.
+fn readdirplus(fs: &GitFs, r: &Request, out: &mut [u8]) -> Answer<usize> {
+    let mut buf = DirBuf::new(out, r.size());
+    fs.answer_readdirplus(r.ino, r.offset(), |it, attr, ttl| {
+        buf.push(dirent_len(ENTRY_OUT + it.name.len()), |w| {
+            put_entry_out(w, attr, ttl);
+            put_dirent(w, it.ino.0, it.next, attr.kind, it.name);
+        })
+    })?;
+    Ok(buf.at)
 }
 
-/// Little cursor over a reply buffer (native byte order, like the kernel).
-/// A READDIR(PLUS) reply being filled, entry by entry, up to the size the
-/// kernel asked for.
-struct DirBuf<'a> {
-    out: &'a mut [u8],
-    size: usize,
-    /// Bytes written so far.
-    at: usize,
-}
-
-impl<'a> DirBuf<'a> {
-    fn new(out: &'a mut [u8], asked: u32) -> DirBuf<'a> {
-        let size = (asked as usize).min(out.len());
-        DirBuf { out, size, at: 0 }
+/// Why a request other than those [`dispatch`] answers is refused.
+fn declined(opcode: u32) -> Declined {
+    match opcode {
+        OPEN => Declined::Unneeded("open"),
+        OPENDIR => Declined::Unneeded("opendir"),
+        FLUSH => Declined::Unneeded("flush"),
+        IOCTL => Declined::NotTerminal,
+        SETATTR => Declined::ReadOnly("setattr"),
+        SYMLINK => Declined::ReadOnly("symlink"),
+        MKNOD => Declined::ReadOnly("mknod"),
+        MKDIR => Declined::ReadOnly("mkdir"),
+        UNLINK => Declined::ReadOnly("unlink"),
+        RMDIR => Declined::ReadOnly("rmdir"),
+        RENAME => Declined::ReadOnly("rename"),
+        LINK => Declined::ReadOnly("link"),
+        WRITE => Declined::ReadOnly("write"),
+        SETXATTR => Declined::ReadOnly("setxattr"),
+        REMOVEXATTR => Declined::ReadOnly("removexattr"),
+        CREATE => Declined::ReadOnly("create"),
+        FALLOCATE => Declined::ReadOnly("fallocate"),
+        RENAME2 => Declined::ReadOnly("rename2"),
+        COPY_FILE_RANGE => Declined::ReadOnly("copy_file_range"),
+        TMPFILE => Declined::ReadOnly("tmpfile"),
+        op => Declined::Unknown(op),
     }
-
-    /// Write an entry of `len` bytes with `write`; true (nothing written) when
-    /// it does not fit, which ends the listing callback.
-    fn push(&mut self, len: usize, write: impl FnOnce(&mut Writer)) -> bool {
-        if self.at + len > self.size {
-            return true;
-        }
-        write(&mut Writer::new(&mut self.out[self.at..self.at + len]));
-        self.at += len;
-        false
-    }
-}
-
-/// Native-endian encoder of the kernel's FUSE structures into a buffer.
-pub(crate) struct Writer<'a> {
-    buf: &'a mut [u8],
-    at: usize,
-}
-
-impl<'a> Writer<'a> {
-    pub(crate) fn new(buf: &'a mut [u8]) -> Writer<'a> {
-        Writer { buf, at: 0 }
-    }
-    pub(crate) fn bytes(&mut self, b: &[u8]) {
-        self.buf[self.at..self.at + b.len()].copy_from_slice(b);
-        self.at += b.len();
-    }
-    pub(crate) fn u32(&mut self, v: u32) {
-        self.bytes(&v.to_ne_bytes());
-    }
-    pub(crate) fn u64(&mut self, v: u64) {
-        self.bytes(&v.to_ne_bytes());
-    }
-    pub(crate) fn zeros(&mut self, n: usize) {
-        self.buf[self.at..self.at + n].fill(0);
-        self.at += n;
-    }
-}
-
-/// Seconds and nanoseconds since the epoch, as the kernel stores them.
-fn split_time(t: SystemTime) -> (u64, u32) {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => (d.as_secs(), d.subsec_nanos()),
-        Err(e) => {
-            let d = e.duration();
-            let (mut s, mut n) = (-(d.as_secs() as i64), d.subsec_nanos());
-            if n > 0 {
-                s -= 1;
-                n = 1_000_000_000 - n;
-            }
-            (s as u64, n)
-        }
-    }
-}
-
-fn mode(attr: &FileAttr) -> u32 {
-    let kind = match attr.kind {
-        FileType::Directory => libc::S_IFDIR,
-        FileType::Symlink => libc::S_IFLNK,
-        FileType::NamedPipe => libc::S_IFIFO,
-        FileType::CharDevice => libc::S_IFCHR,
-        FileType::BlockDevice => libc::S_IFBLK,
-        FileType::Socket => libc::S_IFSOCK,
-        FileType::RegularFile => libc::S_IFREG,
-    };
-    kind | u32::from(attr.perm)
-}
-
-fn dtype(kind: FileType) -> u32 {
-    u32::from(match kind {
-        FileType::Directory => libc::DT_DIR,
-        FileType::Symlink => libc::DT_LNK,
-        FileType::NamedPipe => libc::DT_FIFO,
-        FileType::CharDevice => libc::DT_CHR,
-        FileType::BlockDevice => libc::DT_BLK,
-        FileType::Socket => libc::DT_SOCK,
-        FileType::RegularFile => libc::DT_REG,
-    })
-}
-
-/// `struct fuse_attr`.
-fn put_attr(w: &mut Writer, a: &FileAttr) {
-    let (at, atn) = split_time(a.atime);
-    let (mt, mtn) = split_time(a.mtime);
-    let (ct, ctn) = split_time(a.ctime);
-    for v in [a.ino.0, a.size, a.blocks, at, mt, ct] {
-        w.u64(v);
-    }
-    for v in [
-        atn,
-        mtn,
-        ctn,
-        mode(a),
-        a.nlink,
-        a.uid,
-        a.gid,
-        a.rdev,
-        a.blksize,
-        a.flags,
-    ] {
-        w.u32(v);
-    }
-}
-
-/// The validity half of `struct fuse_attr_out`.
-fn put_ttl_attr_out(w: &mut Writer, ttl: Duration) {
-    w.u64(ttl.as_secs());
-    w.u32(ttl.subsec_nanos());
-    w.u32(0);
-}
-
-/// `struct fuse_entry_out`.
-fn put_entry_out(w: &mut Writer, a: &FileAttr, ttl: Duration) {
-    w.u64(a.ino.0);
-    w.u64(0); // generation
-    w.u64(ttl.as_secs());
-    w.u64(ttl.as_secs());
-    w.u32(ttl.subsec_nanos());
-    w.u32(ttl.subsec_nanos());
-    put_attr(w, a);
-}
-
-fn put_entry(out: &mut [u8], a: &FileAttr, ttl: Duration) -> usize {
-    let mut w = Writer::new(out);
-    put_entry_out(&mut w, a, ttl);
-    w.at
-}
-
-/// `struct fuse_dirent` and its name, zero-padded to the writer's end.
-fn put_dirent(w: &mut Writer, ino: u64, next: u64, kind: FileType, name: &[u8]) {
-    w.u64(ino);
-    w.u64(next);
-    w.u32(name.len() as u32);
-    w.u32(dtype(kind));
-    w.bytes(name);
-    let pad = w.buf.len() - w.at;
-    w.zeros(pad);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attr::file_attr;
-    use crate::inode::NodeKind;
-    use crate::store::EntryKind;
-
-    #[test]
-    fn records_have_the_kernel_sizes() {
-        let attr = file_attr(Ino(7), NodeKind::Entry(EntryKind::Exec), 10, 1_787_270_400);
-        let mut buf = [0u8; 256];
-        assert_eq!(put_entry(&mut buf, &attr, Duration::from_secs(5)), 128);
-        let mut w = Writer::new(&mut buf);
-        put_ttl_attr_out(&mut w, Duration::ZERO);
-        put_attr(&mut w, &attr);
-        assert_eq!(w.at, 104);
-        // mode at offset 16 + 6*8 + 3*4 of the attr_out.
-        assert_eq!(u32_at(&buf, 16 + 60), libc::S_IFREG | 0o755);
-        assert_eq!(dirent_len(1), 32);
-        assert_eq!(dirent_len(8), 32);
-        assert_eq!(dirent_len(9), 40);
-        assert_eq!(dirent_len(ENTRY_OUT + 3), 160);
-    }
-
-    #[test]
-    fn times_before_the_epoch_split_like_timespec() {
-        let t = UNIX_EPOCH - Duration::new(1, 250_000_000);
-        assert_eq!(split_time(t), ((-2i64) as u64, 750_000_000));
-        assert_eq!(split_time(UNIX_EPOCH + Duration::new(3, 5)), (3, 5));
-    }
 
     #[test]
     fn the_possible_cpu_list_is_counted() {

@@ -83,6 +83,18 @@ impl std::fmt::Debug for GitStore {
     }
 }
 
+/// The object `name` names in `repo`: a tag first, so that a tag shadows a
+/// branch of the same name, then any revision git understands (a branch, a
+/// commit id). The one place this rule is written: a run pins its trees with
+/// it and a mount serves what it finds.
+pub fn lookup<'r>(
+    repo: &'r git2::Repository,
+    name: &str,
+) -> std::result::Result<git2::Object<'r>, git2::Error> {
+    repo.revparse_single(&format!("refs/tags/{name}"))
+        .or_else(|_| repo.revparse_single(name))
+}
+
 impl GitStore {
     /// Open a bare repository or a `.git` directory (no discovery upwards, so a
     /// typo never silently serves some enclosing repository).
@@ -124,11 +136,7 @@ impl GitStore {
             name: name.to_owned(),
             repo: self.path.clone(),
         };
-        // Tags first so that a tag shadows a branch of the same name.
-        let obj = repo
-            .revparse_single(&format!("refs/tags/{name}"))
-            .or_else(|_| repo.revparse_single(name))
-            .map_err(|_| unknown())?;
+        let obj = lookup(&repo, name).map_err(|_| unknown())?;
         let commit = obj.peel_to_commit().map_err(|_| unknown())?;
         Ok(Resolved {
             commit: commit.id(),

@@ -18,6 +18,40 @@ use crate::error::{io, Result};
 /// FEATURES every job gets on top of the stage's own, as in the seed.
 pub const FEATURES: &str = "buildpkg cgroup ipc-sandbox network-sandbox parallel-fetch";
 
+/// DISTDIR inside every chroot. It stays under /var/cache with the
+/// usr-portage layout too: /usr/portage is the read-only tree, so nothing can
+/// be bound below it.
+pub const DISTDIR: &str = "/var/cache/distfiles";
+
+/// PKGDIR inside every chroot (see [`DISTDIR`]).
+pub const PKGDIR: &str = "/var/cache/binpkgs";
+
+/// Where the main tree appears inside the chroot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TreeLayout {
+    /// `/var/db/repos/gentoo` (current Gentoo default).
+    Modern,
+    /// `/usr/portage`, as older stages and the seed expect.
+    UsrPortage,
+}
+
+impl TreeLayout {
+    /// The main tree's location inside the chroot.
+    pub fn main_location(self) -> PathBuf {
+        match self {
+            TreeLayout::Modern => repo_location("gentoo"),
+            TreeLayout::UsrPortage => PathBuf::from("/usr/portage"),
+        }
+    }
+}
+
+/// Where a further repository `name` appears inside the chroot, whatever the
+/// layout.
+pub fn repo_location(name: &str) -> PathBuf {
+    Path::new("/var/db/repos").join(name)
+}
+
 /// One repository known to portage inside the chroot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepoConf {

@@ -58,6 +58,16 @@ pub enum Error {
         /// The tarball.
         path: PathBuf,
     },
+    /// A tarball's sha256 is not the one asked for.
+    #[error("{path}: sha256 is {got}, expected {want}; nothing added")]
+    DigestMismatch {
+        /// The tarball.
+        path: PathBuf,
+        /// Its digest.
+        got: String,
+        /// The digest asked for.
+        want: String,
+    },
     /// A signal asked the work to stop ([`crate::interrupt`]); the handler
     /// removes what was written and reports the signal itself.
     #[error("interrupted")]

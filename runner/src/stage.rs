@@ -152,14 +152,18 @@ impl StageStore {
     /// far. Adding a tarball already in the store unpacks nothing and only sets
     /// `name` if one is given.
     pub fn add(&self, tarball: &Path, name: Option<&str>, progress: &dyn Fn(u64)) -> Result<Stage> {
-        self.add_tarball(tarball, name, progress).map(|a| a.stage)
+        self.add_tarball(tarball, name, None, progress)
+            .map(|a| a.stage)
     }
 
-    /// [`add`](Self::add), telling also whether anything was unpacked.
+    /// [`add`](Self::add), telling also whether anything was unpacked. With
+    /// `expected` (a hex sha256), the tarball is added only if the bytes read
+    /// have that digest, checked before anything is installed or named.
     pub fn add_tarball(
         &self,
         tarball: &Path,
         name: Option<&str>,
+        expected: Option<&str>,
         progress: &dyn Fn(u64),
     ) -> Result<Added> {
         let start = Instant::now();
@@ -168,7 +172,15 @@ impl StageStore {
         }
         let meta = check_tarball(tarball)?;
         let key = file_key(&meta);
-        if let Some(added) = self.find_added(tarball, &meta, &key, name, progress)? {
+        let check = |digest: &str| match expected {
+            Some(want) if want != digest => Err(Error::DigestMismatch {
+                path: tarball.to_owned(),
+                got: digest.to_owned(),
+                want: want.to_owned(),
+            }),
+            _ => Ok(()),
+        };
+        if let Some(added) = self.find_added(tarball, &meta, &key, name, &check, progress)? {
             return Ok(added);
         }
         let explicit = name;
@@ -183,6 +195,8 @@ impl StageStore {
 
         let scratch = self.unpack_to_scratch(tarball, progress)?;
         let digest = scratch.finished.digest.clone();
+        // Still in scratch: a wrong digest leaves nothing.
+        check(&digest)?;
         let unpacked = self.install(scratch, tarball, meta.len())?;
         // A tarball already present keeps its names unless one is given.
         let named = if unpacked || explicit.is_some() {
@@ -218,6 +232,7 @@ impl StageStore {
         meta: &fs::Metadata,
         key: &str,
         name: Option<&str>,
+        check: &dyn Fn(&str) -> Result<()>,
         progress: &dyn Fn(u64),
     ) -> Result<Option<Added>> {
         let found = |digest: &str| -> Result<Option<Added>> {
@@ -233,6 +248,7 @@ impl StageStore {
         if let Some(digest) = self.cached_digest(key) {
             if self.stage_dir(&digest).is_dir() {
                 debug!(%digest, "tarball known by its file identity, not re-hashed");
+                check(&digest)?;
                 return found(&digest);
             }
         }
@@ -241,6 +257,7 @@ impl StageStore {
         // unpack.
         if self.list()?.iter().any(|s| s.tarball_bytes == meta.len()) {
             let digest = hash_file(tarball, progress)?;
+            check(&digest)?;
             if self.stage_dir(&digest).is_dir() {
                 debug!(%digest, "same content as a stage in the store");
                 self.cache_digest(key, &digest);

@@ -6,16 +6,16 @@
 //! 0 and nothing interrupted it, its upper directory is moved into
 //! `layers/NAME/` by `portroot_runner::layer`. Anything else leaves no layer.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use portroot_runner::job::{self, Job};
-use portroot_runner::layer::{Layer, LayerStore, Provenance, RunnerWrites, TreeRef};
-use portroot_runner::run::RunRecord;
+use portroot_runner::layer::{Layer, LayerStore};
 
-use super::run::{run_batch, Batch, ChrootArgs, Finished};
+use portroot::run::Finished;
+
+use super::run::{run_batch, Batch, ChrootArgs};
 use super::stage::human_bytes;
 use super::Ctx;
 
@@ -142,24 +142,11 @@ fn create(ctx: &Ctx, layers: &LayerStore, a: CreateArgs) -> anyhow::Result<ExitC
     let mut pending = Some(pending);
     let mut created: Option<Layer> = None;
     let code = run_batch(ctx, batch, &mut |done: Finished<'_>| {
-        let Some(outcome) = done.outcomes.first() else {
-            return Ok(());
-        };
-        if (done.interrupted)() || !outcome.status.success() {
-            return Ok(());
-        }
         let Some(pending) = pending.take() else {
             return Ok(());
         };
-        let record = done.record;
-        let (writes, prov) = layer_inputs(layers, record, &script)?;
-        let upper = done.run_dir.job(&outcome.name).upper();
-        match pending.commit(&upper, &record.layers, &writes, prov, done.interrupted) {
-            Ok(layer) => created = Some(layer),
-            // The run reports the signal; nothing was kept.
-            Err(_) if (done.interrupted)() => {}
-            Err(e) => return Err(e).with_context(|| format!("creating layer {}", a.name)),
-        }
+        created = portroot::run::keep_job(layers, pending, &done, &script)
+            .with_context(|| format!("creating layer {}", a.name))?;
         Ok(())
     })?;
     if let Some(layer) = created {
@@ -181,57 +168,6 @@ fn create(ctx: &Ctx, layers: &LayerStore, a: CreateArgs) -> anyhow::Result<ExitC
     Ok(code)
 }
 
-/// What a new layer records of the run that made it (its provenance), and
-/// what the runner wrote into the job's upper directory, to take out again.
-fn layer_inputs(
-    layers: &LayerStore,
-    record: &RunRecord,
-    script: &str,
-) -> anyhow::Result<(RunnerWrites, Provenance)> {
-    let parents = record
-        .layer_names
-        .iter()
-        .map(|n| Ok(layers.get(n)?.record.as_ref()))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let trees = record
-        .trees
-        .iter()
-        .map(|t| {
-            Ok(TreeRef {
-                name: t.name.clone(),
-                reference: t.reference.clone(),
-                commit: commit_of(&t.git_dir, &t.reference)?,
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut mount_targets: Vec<PathBuf> = record
-        .trees
-        .iter()
-        .map(|t| t.target.clone())
-        .chain(record.caches.iter().map(|c| c.target.clone()))
-        .collect();
-    mount_targets.extend(["/proc", "/dev", "/sys"].map(PathBuf::from));
-    let writes = RunnerWrites {
-        conf: record.conf.clone(),
-        // What the sandbox wrote: the host's, read the same way.
-        resolv_conf: record
-            .conf
-            .resolv_conf
-            .clone()
-            .or_else(|| std::fs::read("/etc/resolv.conf").ok()),
-        mount_targets,
-    };
-    let prov = Provenance {
-        stage: record.stage.clone(),
-        stage_digest: record.stage_digest.clone(),
-        parents,
-        trees,
-        command: script.to_owned(),
-        exit_status: 0,
-    };
-    Ok((writes, prov))
-}
-
 /// The newest snapshot tag of the main repository.
 fn newest_tag(ctx: &Ctx) -> anyhow::Result<String> {
     let tags = portroot::snapshot::list_snapshots(&ctx.store, portroot::store::DEFAULT_REPO)?;
@@ -239,19 +175,6 @@ fn newest_tag(ctx: &Ctx) -> anyhow::Result<String> {
         Some(t) => Ok(t.name.clone()),
         None => bail!("no snapshot tag in repository gentoo: import one or give --tag"),
     }
-}
-
-/// The commit `reference` names in the bare repository `git_dir`, as `run`
-/// resolves it (a tag first).
-fn commit_of(git_dir: &std::path::Path, reference: &str) -> anyhow::Result<String> {
-    let repo = git2::Repository::open_bare(git_dir)
-        .with_context(|| format!("opening {}", git_dir.display()))?;
-    let commit = repo
-        .revparse_single(&format!("refs/tags/{reference}"))
-        .or_else(|_| repo.revparse_single(reference))
-        .and_then(|o| o.peel_to_commit())
-        .with_context(|| format!("resolving {reference} in {}", git_dir.display()))?;
-    Ok(commit.id().to_string())
 }
 
 /// `a, b, stage NAME` for the stack below a layer.

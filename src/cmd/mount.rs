@@ -235,13 +235,7 @@ fn run_daemon(git_dir: &Path, args: &MountArgs) -> anyhow::Result<ExitCode> {
         signals()
             .thread_block()
             .context("blocking SIGINT/SIGTERM/SIGHUP")?;
-        let defaults = MountOptions::default();
-        let opts = MountOptions {
-            cache_bytes: args.cache_size.unwrap_or(defaults.cache_bytes),
-            threads: args.threads.map_or(defaults.threads, usize::from),
-            io_uring: args.io_uring.map_or(defaults.io_uring, IoUringArg::fs),
-            ..defaults
-        };
+        let opts = options(args.cache_size, args.threads, args.io_uring);
         portroot_fs::mount(git_dir, view(args), &args.mountpoint, &opts).with_context(
             || match &args.tag {
                 Some(t) => format!("cannot mount {t}"),
@@ -466,6 +460,23 @@ fn daemon_pids(mp: &Path) -> Vec<nix::unistd::Pid> {
         ours.then_some(nix::unistd::Pid::from_raw(pid))
     })
     .collect()
+}
+
+/// The fs crate's mount options from a cache size, a thread count and an
+/// io_uring choice (flags or configuration), the fs crate's default for each
+/// one not given.
+pub(super) fn options(
+    cache_size: Option<u64>,
+    threads: Option<u16>,
+    io_uring: Option<IoUringArg>,
+) -> MountOptions {
+    let defaults = MountOptions::default();
+    MountOptions {
+        cache_bytes: cache_size.unwrap_or(defaults.cache_bytes),
+        threads: threads.map_or(defaults.threads, usize::from),
+        io_uring: io_uring.map_or(defaults.io_uring, IoUringArg::fs),
+        ..defaults
+    }
 }
 
 #[cfg(test)]

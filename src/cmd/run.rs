@@ -1,41 +1,22 @@
-//! `portroot run`, `shell`, `ps`, `gc` and the hidden sandbox helper.
-//!
-//! `run` works in this order, so that a bad argument leaves nothing behind and
-//! a killed runner leaves no mount:
-//!
-//! 1. check everything the user gave (stage and its `/bin/bash`, tag, repos,
-//!    job file) before touching the store;
-//! 2. while still single-threaded, `unshare(CLONE_NEWNS)` and make `/`
-//!    recursively private: every mount the run makes lives in this namespace
-//!    and dies with the process, even on SIGKILL;
-//! 3. block SIGINT/SIGTERM before any thread exists and hand them to one
-//!    thread that kills the jobs; create `runs/<id>/` (locked) and mount each
-//!    tree once with the fs crate;
-//! 4. run the pool: each worker starts `/proc/self/exe internal sandbox SPEC`
-//!    per job (see `portroot_runner::sandbox`);
-//! 5. unmount, remove the chroots (unless `--keep`), record the outcomes,
-//!    print the table.
+//! `portroot run`, `shell`, `ps`, `gc` and the hidden sandbox helper: their
+//! arguments, how flags and the configuration make a run's [`Settings`], and
+//! the printing. The run itself (pinning, namespace, mounts, pool, teardown)
+//! is [`portroot::run`].
 
-use std::io::{IsTerminal, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
-use portroot_runner::caches::{self, Refused};
-use portroot_runner::cgroup::{self, Cpus, Limits, RunCgroup};
-use portroot_runner::conf::{ChrootConf, RepoConf};
+use portroot::run::{self, Finished, Outcome, Settings};
+use portroot_runner::cgroup::{self, Cpus, Limits};
+use portroot_runner::conf::{TreeLayout, PKGDIR};
 use portroot_runner::job::{self, Job, JobOutcome, JobStatus};
-use portroot_runner::layer::{LayerLease, LayerStore};
-use portroot_runner::plan::{Bind, TmpfsMount};
-use portroot_runner::pool::{self, Event};
-use portroot_runner::run::{self as runs, Children, Helper, RunDir, RunRecord, TreeRecord};
+use portroot_runner::plan::TmpfsMount;
+use portroot_runner::pool::Event;
+use portroot_runner::run::{self as runs, RunRecord};
 use portroot_runner::sandbox::{self, Network, SandboxSpec};
-use portroot_runner::stage::{StageLease, StageStore};
-use tracing::info;
 
 use super::Ctx;
 
@@ -197,25 +178,6 @@ pub struct ShellArgs {
     job: Option<String>,
 }
 
-/// Arguments of `portroot ps`.
-#[derive(Debug, Args)]
-#[command(after_help = "Example:\n  portroot ps")]
-pub struct PsArgs {}
-
-/// Arguments of `portroot gc`.
-#[derive(Debug, Args)]
-#[command(after_help = "\
-Removes runs whose runner died (SIGKILL, power loss). Finished runs keep their
-logs (and --keep chroots) until `gc --all`.
-
-Example:
-  portroot gc --all")]
-pub struct GcArgs {
-    /// Also remove finished runs (their logs and kept chroots).
-    #[arg(long)]
-    all: bool,
-}
-
 /// Hidden helpers re-executed by the runner.
 #[derive(Debug, Subcommand)]
 pub enum InternalCmd {
@@ -226,137 +188,9 @@ pub enum InternalCmd {
     },
 }
 
-/// Everything resolved from [`ChrootArgs`] before the store is touched.
-struct Resolved {
-    stage_name: String,
-    stage: StageLease,
-    /// The `--layer`s, held so `layer rm` refuses them meanwhile.
-    layers: LayerLease,
-    trees: Vec<TreeRecord>,
-    caches: Vec<Bind>,
-    conf: ChrootConf,
-    network: Network,
-    limits: Limits,
-    tmpfs: Vec<TmpfsMount>,
-}
-
-/// DISTDIR and PKGDIR inside the chroot. They stay under /var/cache with the
-/// usr-portage layout too: /usr/portage is the read-only tree, so nothing can
-/// be bound below it.
-const DISTDIR: &str = "/var/cache/distfiles";
-const PKGDIR: &str = "/var/cache/binpkgs";
-
-fn resolve(
-    ctx: &Ctx,
-    stage_name: &str,
-    tag: &str,
-    args: &ChrootArgs,
-    run_dir: &Path,
-) -> anyhow::Result<Resolved> {
-    let (stage_name, tag) = (stage_name.to_owned(), tag.to_owned());
-    let defaults = chroot_defaults(ctx, args)?;
-    let stage = lease_stage(ctx, &stage_name)?;
-    sandbox::check_shell(&stage.stage.rootfs).with_context(|| format!("stage {stage_name}"))?;
-    let layers = lease_layers(ctx, &stage.stage.digest, &args.layers)?;
-
-    let main_target = match defaults.layout {
-        Layout::Modern => PathBuf::from("/var/db/repos/gentoo"),
-        Layout::UsrPortage => PathBuf::from("/usr/portage"),
-    };
-    let mut wanted = vec![("gentoo".to_owned(), tag, main_target)];
-    for spec in &args.repo_refs {
-        let Some((name, reference)) = spec.split_once('=') else {
-            bail!("--repo-ref {spec}: expected NAME=REF");
-        };
-        if name == "gentoo" || !portroot::store::is_valid_name(name) || reference.is_empty() {
-            bail!("--repo-ref {spec}: expected NAME=REF with a repository name other than gentoo");
-        }
-        if wanted.iter().any(|(n, _, _)| n == name) {
-            bail!("--repo-ref {spec}: repository {name} given twice");
-        }
-        wanted.push((
-            name.to_owned(),
-            reference.to_owned(),
-            PathBuf::from("/var/db/repos").join(name),
-        ));
-    }
-    let mut trees = Vec::new();
-    for (name, reference, target) in wanted {
-        // The main tree is `gentoo` inside the chroot whichever store
-        // repository (the config's `repo`) holds it.
-        let git_dir = match name.as_str() {
-            "gentoo" => ctx.store.repo_path(&defaults.main_repo),
-            _ => ctx.store.repo_path(&name),
-        };
-        check_ref(&git_dir, &name, &reference)?;
-        trees.push(TreeRecord {
-            mountpoint: run_dir.join("repos").join(&name),
-            name,
-            git_dir,
-            reference,
-            target,
-        });
-    }
-    let conf = ChrootConf {
-        repos: trees
-            .iter()
-            .map(|t| RepoConf {
-                name: t.name.clone(),
-                location: t.target.clone(),
-            })
-            .collect(),
-        distdir: DISTDIR.into(),
-        pkgdir: PKGDIR.into(),
-        local_mirror: defaults.local_mirror,
-        resolv_conf: None,
-        features: defaults.features,
-        make_conf_lines: defaults.make_conf_lines,
-    };
-    let caches = vec![
-        Bind {
-            source: defaults.distfiles,
-            target: DISTDIR.into(),
-            writable: true,
-        },
-        Bind {
-            source: defaults.binpkgs,
-            target: PKGDIR.into(),
-            writable: true,
-        },
-    ];
-    Ok(Resolved {
-        stage_name,
-        stage,
-        layers,
-        trees,
-        caches,
-        conf,
-        network: match defaults.network {
-            NetworkArg::Host => Network::Host,
-            NetworkArg::None => Network::None,
-        },
-        limits: defaults.limits,
-        tmpfs: defaults.tmpfs,
-    })
-}
-
-/// The chroot settings a flag, else the configuration, else the built-in
-/// default decides.
-struct ChrootDefaults {
-    layout: Layout,
-    network: NetworkArg,
-    local_mirror: Option<String>,
-    features: Vec<String>,
-    make_conf_lines: Vec<String>,
-    distfiles: PathBuf,
-    binpkgs: PathBuf,
-    /// The store repository served as the gentoo tree.
-    main_repo: String,
-    limits: Limits,
-    tmpfs: Vec<TmpfsMount>,
-}
-
-fn chroot_defaults(ctx: &Ctx, args: &ChrootArgs) -> anyhow::Result<ChrootDefaults> {
+/// The chroots' settings: each a flag, else the configuration, else the
+/// built-in default.
+fn settings(ctx: &Ctx, args: &ChrootArgs) -> anyhow::Result<Settings> {
     let conf = &ctx.config.merged.run;
     let features = match &args.features {
         Some(words) => {
@@ -379,9 +213,12 @@ fn chroot_defaults(ctx: &Ctx, args: &ChrootArgs) -> anyhow::Result<ChrootDefault
             .transpose()
             .with_context(|| format!("resolving --{what}"))
     };
-    Ok(ChrootDefaults {
-        layout: args.layout.or(conf.layout).unwrap_or(Layout::Modern),
-        network: args.network.or(conf.network).unwrap_or(NetworkArg::Host),
+    Ok(Settings {
+        layout: args.layout.or(conf.layout).unwrap_or(Layout::Modern).into(),
+        network: match args.network.or(conf.network).unwrap_or(NetworkArg::Host) {
+            NetworkArg::Host => Network::Host,
+            NetworkArg::None => Network::None,
+        },
         local_mirror: args
             .local_mirror
             .clone()
@@ -410,7 +247,19 @@ fn chroot_defaults(ctx: &Ctx, args: &ChrootArgs) -> anyhow::Result<ChrootDefault
         } else {
             args.tmpfs.clone()
         },
+        layers: args.layers.clone(),
+        repo_refs: args.repo_refs.clone(),
+        mount: mount_options(ctx),
     })
+}
+
+impl From<Layout> for TreeLayout {
+    fn from(l: Layout) -> TreeLayout {
+        match l {
+            Layout::Modern => TreeLayout::Modern,
+            Layout::UsrPortage => TreeLayout::UsrPortage,
+        }
+    }
 }
 
 /// Each job's limits: flags, else the configuration, else none.
@@ -423,145 +272,11 @@ fn limits(ctx: &Ctx, args: &ChrootArgs) -> Limits {
     }
 }
 
-/// The run's cgroup `portroot/<id>` under ours, with each job's `limits`
-/// checked against the controllers there are.
-fn run_cgroup(id: &str, limits: Limits) -> anyhow::Result<RunCgroup> {
-    let hierarchies = cgroup::detect_hierarchies()?;
-    Ok(RunCgroup::create(&hierarchies, id, limits)?)
-}
-
-/// Fail early, with one line, if `reference` does not exist in the repository.
-fn check_ref(git_dir: &Path, name: &str, reference: &str) -> anyhow::Result<()> {
-    let repo = git2::Repository::open_bare(git_dir).map_err(|_| {
-        anyhow::anyhow!("no repository {name} in the store ({})", git_dir.display())
-    })?;
-    let found = repo
-        .revparse_single(&format!("refs/tags/{reference}"))
-        .or_else(|_| repo.revparse_single(reference))
-        .and_then(|o| o.peel_to_tree());
-    if found.is_err() {
-        bail!("no tag or ref {reference} in repository {name}");
-    }
-    Ok(())
-}
-
-/// Make every mount of this process private to it: called first, while the
-/// process is still single-threaded (unshare(CLONE_NEWNS) requires it).
-pub(super) fn private_mount_namespace() -> anyhow::Result<()> {
-    use nix::mount::{mount, MsFlags};
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
-        .context("creating the run's mount namespace (are you root?)")?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .context("making / private in the run's mount namespace")?;
-    Ok(())
-}
-
-/// The shared DISTDIR and PKGDIR (the store's unless configured), created
-/// on first use. A new DISTDIR is made `root:portage` mode 2775, as Gentoo
-/// ships `/var/cache/distfiles`: with FEATURES=userfetch portage fetches as
-/// the portage user, and otherwise chmods the directory itself on its first
-/// fetch. A directory that already exists is the user's and left alone.
-fn ensure_caches(resolved: &Resolved) -> anyhow::Result<()> {
-    for bind in &resolved.caches {
-        let dir = &bind.source;
-        if bind.target == Path::new(DISTDIR) {
-            caches::create_distdir(dir)?;
-        } else {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-    }
-    Ok(())
-}
-
-/// Refuse what the run left in PKGDIR that a binhost must not serve: move it
-/// into `runs/<id>/refused/` (see [`print_refused`]).
-fn check_binhost(record: &RunRecord, run_dir: &RunDir) -> anyhow::Result<Vec<Refused>> {
-    let Some(pkgdir) = record
-        .caches
-        .iter()
-        .find(|b| b.target == Path::new(PKGDIR))
-        .map(|b| &b.source)
-    else {
-        return Ok(Vec::new());
-    };
-    Ok(caches::check_pkgdir(pkgdir, &run_dir.path.join("refused"))?)
-}
-
-/// One line per refused file, after the table.
-fn print_refused(record: &RunRecord) {
-    let pkgdir = record.caches.iter().find(|b| b.target == Path::new(PKGDIR));
-    for r in &record.refused {
-        let was = pkgdir.map_or_else(|| r.path.clone(), |b| b.source.join(&r.path));
-        eprintln!(
-            "portroot: refused {}: {}; moved to {}",
-            was.display(),
-            r.reason,
-            r.moved_to.display()
-        );
-    }
-}
-
-/// Mount every tree of the run (in this process, in its private namespace),
-/// with the configured `mount.cache_size`, `mount.threads` and `mount.io_uring`.
-fn mount_trees(ctx: &Ctx, trees: &[TreeRecord]) -> anyhow::Result<Vec<TreeMount>> {
-    let defaults = portroot_fs::MountOptions::default();
+/// How a run mounts its trees: the configured `mount.cache_size`,
+/// `mount.threads` and `mount.io_uring`.
+fn mount_options(ctx: &Ctx) -> portroot_fs::MountOptions {
     let conf = &ctx.config.merged.mount;
-    let opts = portroot_fs::MountOptions {
-        cache_bytes: conf.cache_size.unwrap_or(defaults.cache_bytes),
-        threads: conf.threads.map_or(defaults.threads, usize::from),
-        io_uring: conf
-            .io_uring
-            .map_or(defaults.io_uring, crate::cmd::mount::IoUringArg::fs),
-        ..defaults
-    };
-    let mut mounted = Vec::new();
-    for t in trees {
-        std::fs::create_dir_all(&t.mountpoint)
-            .with_context(|| format!("creating {}", t.mountpoint.display()))?;
-        mounted.push(mount_tree(t, &opts)?);
-    }
-    Ok(mounted)
-}
-
-/// Lease the stage the chroots are layered over for as long as the value
-/// lives, so `stage rm` cannot pull it from under the overlays.
-fn lease_stage(ctx: &Ctx, name_or_digest: &str) -> anyhow::Result<StageLease> {
-    Ok(StageStore::new(ctx.store.stages_dir(), ctx.store.tmp_dir()).lease(name_or_digest)?)
-}
-
-/// Lease the `--layer`s (bottom first) over the stage `digest`, checking
-/// that they were built over it in this order.
-fn lease_layers(ctx: &Ctx, digest: &str, names: &[String]) -> anyhow::Result<LayerLease> {
-    Ok(LayerStore::new(ctx.store.layers_dir(), ctx.store.tmp_dir()).lease(digest, names)?)
-}
-
-/// A tree mounted for the run; dropping it unmounts.
-type TreeMount = portroot_fs::MountedFs;
-
-fn mount_tree(t: &TreeRecord, opts: &portroot_fs::MountOptions) -> anyhow::Result<TreeMount> {
-    // The defaults otherwise: allow_other (portage reads as uid 250) and
-    // auto_unmount. The run's private namespace already takes the mount along
-    // if we die; the fs crate's own teardown is written for auto_unmount mode.
-    portroot_fs::mount(
-        &t.git_dir,
-        portroot_fs::View::Ref(t.reference.clone()),
-        &t.mountpoint,
-        opts,
-    )
-    .with_context(|| format!("mounting {} at {}", t.name, t.reference))
-}
-
-fn helper() -> Helper {
-    Helper {
-        program: PathBuf::from("/proc/self/exe"),
-        args: vec!["internal".into(), "sandbox".into()],
-    }
+    super::mount::options(conf.cache_size, conf.threads, conf.io_uring)
 }
 
 fn read_jobs(args: &RunArgs) -> anyhow::Result<Vec<Job>> {
@@ -589,35 +304,6 @@ fn read_jobs(args: &RunArgs) -> anyhow::Result<Vec<Job>> {
             script,
         }]),
     }
-}
-
-/// Block SIGINT and SIGTERM in every thread (call before spawning any) and
-/// let one thread handle them: mark the run cancelled and kill every helper,
-/// repeatedly, so a job started in the meantime dies too.
-fn handle_signals(
-    cancel: Arc<AtomicBool>,
-    signal: Arc<AtomicI32>,
-    children: Arc<Children>,
-) -> anyhow::Result<()> {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGTERM);
-    set.thread_block().context("blocking SIGINT and SIGTERM")?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            if let Ok(sig) = set.wait() {
-                signal.store(sig as i32, Ordering::SeqCst);
-                cancel.store(true, Ordering::SeqCst);
-                loop {
-                    children.kill_all();
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-            }
-        })
-        .context("starting the signal thread")?;
-    Ok(())
 }
 
 /// `portroot run`.
@@ -654,163 +340,89 @@ pub(super) struct Batch<'a> {
     pub keep: bool,
 }
 
-/// What [`run_batch`] hands its caller once every job ended and the trees are
-/// unmounted, before the chroots are removed.
-pub(super) struct Finished<'a> {
-    /// The run directory (still locked).
-    pub run_dir: &'a RunDir,
-    /// Its record.
-    pub record: &'a RunRecord,
-    /// How each job went.
-    pub outcomes: &'a [JobOutcome],
-    /// Whether SIGINT or SIGTERM stopped the run (so far: a signal may still
-    /// come while the caller works).
-    pub interrupted: &'a dyn Fn() -> bool,
-}
-
-/// Run `batch` as `portroot run` does; `finish` sees the jobs' chroots before
-/// they are removed (`layer create` takes the upper directory from there).
+/// Run `batch` as `portroot run` does, with a progress bar, and print its
+/// table; `finish` sees the jobs' chroots before they are removed (`layer
+/// create` takes the upper directory from there).
 pub(super) fn run_batch(
     ctx: &Ctx,
     batch: Batch<'_>,
     finish: &mut dyn FnMut(Finished<'_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<ExitCode> {
-    let started = Instant::now();
-    let Batch {
-        jobs,
-        workers,
-        keep,
-        ..
-    } = batch;
-    let id = runs::new_run_id(SystemTime::now());
-    let runs_dir = ctx.store.runs_dir();
-    let resolved = resolve(
-        ctx,
-        batch.stage,
-        batch.tag,
-        batch.chroot,
-        &runs_dir.join(&id),
-    )?;
-    if workers == 0 {
-        bail!("--jobs must be at least 1");
-    }
-
-    private_mount_namespace()?;
-    let cgroups = run_cgroup(&id, resolved.limits)?;
-    ensure_caches(&resolved)?;
-    let mut record = run_record(
-        &id,
-        &resolved,
-        keep,
-        jobs.iter().map(|j| j.name.clone()).collect(),
-    );
-    record.cgroups = cgroups.paths();
-    // Before any thread exists (the FUSE sessions start some), so that every
-    // thread inherits the blocked mask and only ours sees the signals.
-    let cancel = Arc::new(AtomicBool::new(false));
-    let signal = Arc::new(AtomicI32::new(0));
-    let children = Arc::new(Children::default());
-    handle_signals(cancel.clone(), signal.clone(), children.clone())?;
-    let run_dir = RunDir::create(&runs_dir, &record)?;
-    let mounts = match mount_trees(ctx, &record.trees) {
-        Ok(m) => m,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&run_dir.path);
-            return Err(e);
-        }
+    let settings = settings(ctx, batch.chroot)?;
+    let pinned = run::pin(&ctx.store, batch.stage, batch.tag, &settings)?;
+    let jobs = run::Batch {
+        jobs: batch.jobs,
+        workers: batch.workers,
+        keep: batch.keep,
     };
-    info!(run = %id, jobs = jobs.len(), workers, "run started");
-
-    let term = std::env::var("TERM").ok();
-    let helper = helper();
-    let total = jobs.len();
-    let bar = progress_bar(ctx, total);
+    let bar = progress_bar(ctx, jobs.jobs.len());
     let (mut running, mut failed) = (0usize, 0usize);
-    let outcomes = pool::run(
-        jobs,
-        workers,
-        &cancel,
-        |job| {
-            let cg = Some(&cgroups);
-            runs::execute_job(&run_dir, &record, &helper, &children, cg, job, term.clone())
-        },
-        |ev| {
-            match ev {
-                Event::Started(_) => running += 1,
-                Event::Finished(o) => {
-                    if o.status != JobStatus::Cancelled {
-                        running = running.saturating_sub(1);
-                    }
-                    if !o.status.success() {
-                        failed += 1;
-                    }
-                    if let Some(bar) = &bar {
-                        bar.inc(1);
-                    }
+    let mut observe = |ev: &Event| {
+        match ev {
+            Event::Started(_) => running += 1,
+            Event::Finished(o) => {
+                if o.status != JobStatus::Cancelled {
+                    running = running.saturating_sub(1);
+                }
+                if !o.status.success() {
+                    failed += 1;
+                }
+                if let Some(bar) = &bar {
+                    bar.inc(1);
                 }
             }
-            if let Some(bar) = &bar {
-                bar.set_message(format!("running {running}, failed {failed}"));
-            }
-        },
-    );
+        }
+        if let Some(bar) = &bar {
+            bar.set_message(format!("running {running}, failed {failed}"));
+        }
+    };
+    let outcome = run::execute(&ctx.store, pinned, jobs, &mut observe, finish)?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    report(outcome)
+}
 
-    drop(mounts);
-    // Every job's group is gone already; the run's goes before the record
-    // says the run ended.
-    drop(cgroups);
-    let mut cleanup_err = None;
-    if let Err(e) = std::fs::remove_dir_all(run_dir.path.join("repos")) {
-        cleanup_err.get_or_insert(anyhow::Error::from(e).context("removing the tree mount points"));
-    }
-    let finish_err = finish(Finished {
-        run_dir: &run_dir,
-        record: &record,
-        outcomes: &outcomes,
-        interrupted: &|| signal.load(Ordering::SeqCst) != 0,
-    })
-    .err();
-    let keep = keep && signal.load(Ordering::SeqCst) == 0;
-    for o in &outcomes {
-        let dir = run_dir.job(&o.name);
-        if !keep {
-            if let Err(e) = runs::remove_chroot(&dir) {
-                cleanup_err.get_or_insert(e.into());
-            }
-        }
-    }
-    let refused = check_binhost(&record, &run_dir);
-    record.outcomes = Some(outcomes.clone());
-    record.refused = refused.as_ref().map_or_else(|_| Vec::new(), Clone::clone);
-    run_dir.save(&record)?;
-    print_table(&outcomes, &run_dir.path);
-    print_refused(&record);
-    let nfailed = outcomes.iter().filter(|o| !o.status.success()).count();
-    info!(run = %id, jobs = total, failed = nfailed, refused = record.refused.len(), secs = started.elapsed().as_secs_f64(), "run finished");
-    if let Some(e) = finish_err.or(cleanup_err) {
+/// Print a finished run's table and refusals; its exit code, or the error
+/// that kept it from ending clean.
+fn report(outcome: Outcome) -> anyhow::Result<ExitCode> {
+    print_table(&outcome.outcomes, &outcome.path);
+    print_refused(&outcome.record);
+    if let Some(e) = outcome.teardown_error {
         return Err(e);
     }
-    let refused = refused.context("checking the binhost")?;
-    let sig = signal.load(Ordering::SeqCst);
-    if sig != 0 {
-        eprintln!("portroot: interrupted: run {id} stopped");
+    if let Some(e) = outcome.binhost_error {
+        return Err(e);
+    }
+    if let Some(sig) = outcome.signal {
+        eprintln!("portroot: interrupted: run {} stopped", outcome.id);
         return Ok(ExitCode::from(u8::try_from(128 + sig).unwrap_or(1)));
     }
-    if nfailed > 0 {
-        eprintln!("portroot: {nfailed} of {total} jobs failed");
+    let (failed, total) = (outcome.failed(), outcome.outcomes.len());
+    if failed > 0 {
+        eprintln!("portroot: {failed} of {total} jobs failed");
         return Ok(ExitCode::from(1));
     }
-    if !refused.is_empty() {
-        eprintln!(
-            "portroot: {} file(s) refused from the binhost",
-            refused.len()
-        );
+    let refused = outcome.record.refused.len();
+    if refused > 0 {
+        eprintln!("portroot: {refused} file(s) refused from the binhost");
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line per file refused from the binhost, after the table.
+fn print_refused(record: &RunRecord) {
+    let pkgdir = record.caches.iter().find(|b| b.target == Path::new(PKGDIR));
+    for r in &record.refused {
+        let was = pkgdir.map_or_else(|| r.path.clone(), |b| b.source.join(&r.path));
+        eprintln!(
+            "portroot: refused {}: {}; moved to {}",
+            was.display(),
+            r.reason,
+            r.moved_to.display()
+        );
+    }
 }
 
 fn progress_bar(ctx: &Ctx, total: usize) -> Option<indicatif::ProgressBar> {
@@ -872,193 +484,26 @@ fn print_table(outcomes: &[JobOutcome], run_path: &Path) {
     println!("run {}", run_path.display());
 }
 
-/// What `run.json` records of a run about to start.
-fn run_record(id: &str, resolved: &Resolved, keep: bool, jobs: Vec<String>) -> RunRecord {
-    RunRecord {
-        id: id.to_owned(),
-        pid: std::process::id(),
-        args: std::env::args().collect(),
-        start: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        stage: resolved.stage_name.clone(),
-        layers: resolved
-            .layers
-            .lowers_top_first()
-            .into_iter()
-            .chain([resolved.stage.stage.rootfs.clone()])
-            .collect(),
-        layer_names: resolved
-            .layers
-            .layers
-            .iter()
-            .map(|l| l.record.name.clone())
-            .collect(),
-        stage_digest: resolved.stage.stage.digest.clone(),
-        trees: resolved.trees.clone(),
-        caches: resolved.caches.clone(),
-        conf: resolved.conf.clone(),
-        network: resolved.network,
-        keep,
-        jobs,
-        limits: resolved.limits,
-        tmpfs: resolved.tmpfs.clone(),
-        cgroups: Vec::new(),
-        outcomes: None,
-        refused: Vec::new(),
-    }
-}
-
 /// `portroot shell`.
 pub fn shell(ctx: &Ctx, args: ShellArgs) -> anyhow::Result<ExitCode> {
-    let runs_dir = ctx.store.runs_dir();
-    let term = std::env::var("TERM").ok();
-    let (run_dir, record, job, remove_after, cgroups, _leases) =
-        if let (Some(id), Some(job)) = (&args.run, &args.job) {
-            let (run_dir, record) = RunDir::reopen(&runs_dir, id)?;
-            if !record.jobs.contains(job) {
-                bail!("run {id} has no job {job}");
-            }
-            if !run_dir.job(job).upper().is_dir() {
-                bail!("run {id} did not keep job {job} (run it with --keep)");
-            }
-            let stage = lease_stage(ctx, &record.stage_digest)?;
-            let layers = lease_layers(ctx, &record.stage_digest, &record.layer_names)?;
-            private_mount_namespace()?;
-            let cgroups = run_cgroup(id, limits(ctx, &args.chroot))?;
-            (
-                run_dir,
-                record,
-                job.clone(),
-                false,
-                cgroups,
-                (stage, layers),
-            )
-        } else {
-            let id = runs::new_run_id(SystemTime::now());
-            let (Some(stage), Some(tag)) = (&args.stage, &args.tag) else {
-                bail!("give --stage and --tag, or --run and --job");
-            };
-            let resolved = resolve(ctx, stage, tag, &args.chroot, &runs_dir.join(&id))?;
-            private_mount_namespace()?;
-            let cgroups = run_cgroup(&id, resolved.limits)?;
-            ensure_caches(&resolved)?;
-            let mut record = run_record(&id, &resolved, false, vec!["shell".into()]);
-            record.cgroups = cgroups.paths();
-            (
-                RunDir::create(&runs_dir, &record)?,
-                record,
-                "shell".to_owned(),
-                true,
-                cgroups,
-                (resolved.stage, resolved.layers),
-            )
-        };
-    let result = (|| -> anyhow::Result<i32> {
-        // Like system(3): the terminal's Ctrl-C and Ctrl-\ are for the shell
-        // inside, not for us. Blocked before the FUSE threads start, so they
-        // inherit it; the helper resets its mask.
-        use nix::sys::signal::{SigSet, Signal};
-        let mut set = SigSet::empty();
-        set.add(Signal::SIGINT);
-        set.add(Signal::SIGQUIT);
-        set.thread_block().context("blocking SIGINT and SIGQUIT")?;
-        let _mounts = mount_trees(ctx, &record.trees)?;
-        let dir = run_dir.job(&job);
-        for d in [dir.0.clone(), dir.upper(), dir.work(), dir.root()] {
-            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
-        }
-        let group = cgroups.create_job(&job)?;
-        let mut spec = record.spec(&dir, &job, sandbox::Command::Interactive, term);
-        spec.cgroup = Some(group.spec.clone());
-        let spec_path = dir.0.join("shell.json");
-        spec.save(&spec_path)?;
-        if !std::io::stdin().is_terminal() {
-            tracing::debug!("standard input is not a terminal: the shell reads it as a script");
-        }
-        let status = helper()
-            .command(&spec_path)
-            .status()
-            .context("starting the sandbox helper");
-        let _ = std::fs::remove_file(&spec_path);
-        if let (_, Some(e)) = group.finish() {
-            tracing::warn!(error = %e, "cleaning up the shell's cgroup");
-        }
-        let status = status?;
-        use std::os::unix::process::ExitStatusExt;
-        Ok(status
-            .code()
-            .or_else(|| status.signal().map(|s| 128 + s))
-            .unwrap_or(1))
-    })();
-    drop(cgroups);
-    if remove_after {
-        std::fs::remove_dir_all(&run_dir.path)
-            .with_context(|| format!("removing {}", run_dir.path.display()))?;
+    let shell = if let (Some(id), Some(job)) = (&args.run, &args.job) {
+        run::reenter(
+            &ctx.store,
+            id,
+            job,
+            limits(ctx, &args.chroot),
+            mount_options(ctx),
+        )?
     } else {
-        let _ = std::fs::remove_dir_all(run_dir.path.join("repos"));
-    }
-    let code = result?;
-    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
-}
-
-/// `portroot ps`.
-pub fn ps(ctx: &Ctx, _args: PsArgs) -> anyhow::Result<ExitCode> {
-    let live: Vec<_> = runs::list_runs(&ctx.store.runs_dir())?
-        .into_iter()
-        .filter(|r| r.live)
-        .collect();
-    if live.is_empty() {
-        if !ctx.quiet {
-            eprintln!("no live runs");
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!(
-        "{:<22}  {:>8}  {:>5}  {:<16}  STAGE",
-        "RUN", "PID", "JOBS", "STARTED"
-    );
-    for r in live {
-        let (pid, jobs, start, stage) = match &r.record {
-            Some(rec) => (
-                rec.pid.to_string(),
-                rec.jobs.len().to_string(),
-                runs::utc_stamp(rec.start),
-                rec.stage.clone(),
-            ),
-            None => ("?".into(), "?".into(), "?".into(), "?".into()),
+        let (Some(stage), Some(tag)) = (&args.stage, &args.tag) else {
+            bail!("give --stage and --tag, or --run and --job");
         };
-        println!("{:<22}  {pid:>8}  {jobs:>5}  {start:<16}  {stage}", r.id);
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `portroot gc`.
-pub fn gc(ctx: &Ctx, args: GcArgs) -> anyhow::Result<ExitCode> {
-    let report = runs::gc(&ctx.store.runs_dir(), args.all)?;
-    for id in &report.removed {
-        info!(run = %id, "removed");
-    }
-    // A killed `snapshot import`, `sync`, `fetch`, `stage add` or
-    // `stage export` (named by PID), first: an export's scratch directory
-    // names the file it left beside its output, which the lock-based
-    // collections below would not look at.
-    let scratch_leftovers = ctx.store.remove_dead_scratch();
-    // A killed `stage add` or `stage rm` leaves its scratch directory in tmp/.
-    let stage_leftovers =
-        StageStore::new(ctx.store.stages_dir(), ctx.store.tmp_dir()).collect_garbage()?;
-    // Likewise a killed `layer create` (while committing) or `layer rm`.
-    let layer_leftovers =
-        LayerStore::new(ctx.store.layers_dir(), ctx.store.tmp_dir()).collect_garbage()?;
-    if !ctx.quiet {
-        eprintln!(
-            "removed {} run(s), {stage_leftovers} stage, {layer_leftovers} layer and {scratch_leftovers} other interrupted command leftover(s); {} live, {} finished kept",
-            report.removed.len(),
-            report.live,
-            report.kept
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+        let settings = settings(ctx, &args.chroot)?;
+        let pinned = run::pin(&ctx.store, stage, tag, &settings)?;
+        run::Shell::fresh(&ctx.store, pinned)?
+    };
+    let code = shell.run()?;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
 /// Hidden helpers.

@@ -180,13 +180,7 @@ fn import(ctx: &Ctx, a: ImportArgs) -> anyhow::Result<ExitCode> {
         progress: ctx.progress(),
     };
     super::signals::clean_up_on_signal(ctx, "unfinished import removed")?;
-    let lock = ImportLock::acquire(&ctx.store, &opts.repo, !a.no_wait, |lock| {
-        eprintln!(
-            "portroot: waiting for another import into {} (lock {})",
-            opts.repo,
-            lock.display()
-        );
-    })?;
+    let lock = lock(ctx, &opts.repo, !a.no_wait)?;
     let outcome = snapshot::import_snapshot(&ctx.store, &opts, &lock)
         .with_context(|| format!("importing {}", a.file.display()))?;
     match outcome {
@@ -196,25 +190,40 @@ fn import(ctx: &Ctx, a: ImportArgs) -> anyhow::Result<ExitCode> {
                 short(commit)
             );
         }
-        Outcome::Imported(i) => {
-            let mut note = String::new();
-            if i.replaced {
-                note.push_str(", replaced the old tag");
-            }
-            if !i.moved_main {
-                note.push_str(", older than main: main unmoved");
-            }
-            println!(
-                "imported {}: commit {}, {} files, {:.1} MB in {:.1} s{note}",
-                i.date,
-                short(i.commit),
-                i.files,
-                i.bytes as f64 / 1e6,
-                i.elapsed.as_secs_f64()
-            );
-        }
+        Outcome::Imported(i) => println!("{}", imported(&i, "")),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Take the repository's import lock; `wait` for it, saying so once, or
+/// fail at once if another import holds it.
+fn lock(ctx: &Ctx, repo: &str, wait: bool) -> anyhow::Result<ImportLock> {
+    Ok(ImportLock::acquire(&ctx.store, repo, wait, |lock| {
+        eprintln!(
+            "portroot: waiting for another import into {repo} (lock {})",
+            lock.display()
+        );
+    })?)
+}
+
+/// The line saying what an import or a sync added; `from` names the file
+/// and mirror of a sync.
+fn imported(i: &snapshot::Imported, from: &str) -> String {
+    let mut note = String::new();
+    if i.replaced {
+        note.push_str(", replaced the old tag");
+    }
+    if !i.moved_main {
+        note.push_str(", older than main: main unmoved");
+    }
+    format!(
+        "imported {}: {from}commit {}, {} files, {:.1} MB in {:.1} s{note}",
+        i.date,
+        short(i.commit),
+        i.files,
+        i.bytes as f64 / 1e6,
+        i.elapsed.as_secs_f64()
+    )
 }
 
 fn list(ctx: &Ctx, a: RepoArg) -> anyhow::Result<ExitCode> {
@@ -391,13 +400,7 @@ fn sync(ctx: &Ctx, a: SyncArgs) -> anyhow::Result<ExitCode> {
     opts.timeout = std::time::Duration::from_secs(a.timeout);
     opts.allow_future = a.allow_future;
     super::signals::clean_up_on_signal(ctx, "downloads removed")?;
-    let lock = ImportLock::acquire(&ctx.store, &opts.repo, true, |lock| {
-        eprintln!(
-            "portroot: waiting for another import into {} (lock {})",
-            opts.repo,
-            lock.display()
-        );
-    })?;
+    let lock = lock(ctx, &opts.repo, true)?;
     let outcome = sync_snapshot(&ctx.store, &opts, &lock).context("syncing from the mirrors")?;
     match outcome {
         SyncOutcome::UpToDate { file, newest } => {
@@ -417,21 +420,7 @@ fn sync(ctx: &Ctx, a: SyncArgs) -> anyhow::Result<ExitCode> {
             mirror,
             file,
             outcome: Outcome::Imported(i),
-        } => {
-            let note = if i.moved_main {
-                ""
-            } else {
-                ", older than main: main unmoved"
-            };
-            println!(
-                "imported {}: {file} from {mirror}, commit {}, {} files, {:.1} MB in {:.1} s{note}",
-                i.date,
-                short(i.commit),
-                i.files,
-                i.bytes as f64 / 1e6,
-                i.elapsed.as_secs_f64()
-            );
-        }
+        } => println!("{}", imported(&i, &format!("{file} from {mirror}, "))),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -447,12 +436,7 @@ fn push(ctx: &Ctx, a: RemoteArgs) -> anyhow::Result<ExitCode> {
 fn fetch(ctx: &Ctx, a: RemoteArgs) -> anyhow::Result<ExitCode> {
     let repo = a.repo.name(ctx)?;
     super::signals::clean_up_on_signal(ctx, "unfinished fetch removed")?;
-    let lock = ImportLock::acquire(&ctx.store, &repo, true, |lock| {
-        eprintln!(
-            "portroot: waiting for another import into {repo} (lock {})",
-            lock.display()
-        );
-    })?;
+    let lock = lock(ctx, &repo, true)?;
     let done = snapshot::remote::fetch(&ctx.store, &repo, &a.remote, a.force, &lock)
         .with_context(|| format!("fetching {repo} from {}", a.remote))?;
     print_transfer("fetched", &done);

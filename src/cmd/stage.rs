@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use portroot::store::{Store, EXPORT_PARTIAL};
@@ -24,9 +25,16 @@ content) is unpacked into stages/<sha256>/rootfs keeping numeric owners, modes
 mtimes. Adding the same file again is instant. Entries that would land outside
 the stage root are refused and nothing is left behind.
 
+A URL (http://, https://, file://) is downloaded into the store's tmp/ first,
+then unpacked, and the download removed. With --sha256 the stage is added only
+if the tarball has that digest: a download is checked as it arrives, a file as
+it is unpacked; on a mismatch nothing is kept. A stage's digest is the sha256
+of its tarball, so a build server can name the exact stage it needs.
+
 Examples:
   portroot stage add stage4-amd64-2026.tar.xz          # named stage4-amd64-2026
-  portroot stage add --name stage4 stage4-amd64-2026.tar.xz")]
+  portroot stage add --name stage4 stage4-amd64-2026.tar.xz
+  portroot stage add https://builds.example/stage4.tar.xz --sha256 3f2a…(64 hex)")]
     Add(AddArgs),
     /// List the stages in the store.
     #[command(after_help = "Example:\n  portroot stage list")]
@@ -70,12 +78,30 @@ pub struct ExportArgs {
 /// `stage add` arguments.
 #[derive(Debug, Args)]
 pub struct AddArgs {
-    /// The stage tarball.
-    #[arg(value_name = "FILE")]
+    /// The stage tarball: a path, or an http://, https:// or file:// URL to
+    /// download first.
+    #[arg(value_name = "FILE|URL")]
     file: PathBuf,
     /// The name to give it (default: the file name without .tar.xz etc.).
     #[arg(long, value_name = "NAME", value_parser = portroot::store::parse_name)]
     name: Option<String>,
+    /// The tarball's sha256 (64 hex digits): the stage is added only if the
+    /// bytes read have this digest; otherwise nothing is kept.
+    #[arg(long, value_name = "HEX", value_parser = parse_sha256)]
+    sha256: Option<String>,
+    /// Seconds a download may wait to connect, for the response, or for
+    /// each read.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: u64,
+}
+
+/// clap's value parser for `--sha256`: 64 hex digits, kept in lower case.
+fn parse_sha256(s: &str) -> Result<String, String> {
+    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err("a sha256 is 64 hex digits".into())
+    }
 }
 
 /// `stage rm` arguments.
@@ -121,8 +147,19 @@ pub fn run(ctx: &Ctx, cmd: StageCmd) -> anyhow::Result<ExitCode> {
 fn add(ctx: &Ctx, stages: &StageStore, a: AddArgs) -> anyhow::Result<ExitCode> {
     super::signals::clean_up_on_signal(ctx, "unfinished stage removed")?;
     let start = Instant::now();
+    // A URL is downloaded into a scratch directory of ours first (removed
+    // when this returns, by the signal handler on Ctrl-C, by `gc` after a
+    // kill), hashed as it comes.
+    let source = a.file.to_str().filter(|s| portroot::http::is_url(s));
+    let download = match source {
+        Some(url) => Some(download(ctx, url, &a)?),
+        None => None,
+    };
+    let tarball = download
+        .as_ref()
+        .map_or(a.file.as_path(), |(_, path)| path.as_path());
     let bar = if ctx.progress() {
-        let len = std::fs::metadata(&a.file).map(|m| m.len()).unwrap_or(0);
+        let len = std::fs::metadata(tarball).map(|m| m.len()).unwrap_or(0);
         let bar = ProgressBar::new(len).with_style(
             ProgressStyle::with_template(
                 "{spinner} unpacking {msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} ({eta})",
@@ -131,7 +168,7 @@ fn add(ctx: &Ctx, stages: &StageStore, a: AddArgs) -> anyhow::Result<ExitCode> {
             .progress_chars("=> "),
         );
         bar.set_message(
-            a.file
+            tarball
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
@@ -146,7 +183,8 @@ fn add(ctx: &Ctx, stages: &StageStore, a: AddArgs) -> anyhow::Result<ExitCode> {
         }
     };
     // Every error of the stage store names the tarball or the path concerned.
-    let added = stages.add_tarball(&a.file, a.name.as_deref(), &progress);
+    let added = stages.add_tarball(tarball, a.name.as_deref(), a.sha256.as_deref(), &progress);
+    drop(download);
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
@@ -177,6 +215,57 @@ fn add(ctx: &Ctx, stages: &StageStore, a: AddArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Download the stage at `url` into a scratch directory in the store's
+/// `tmp/`, named as the URL's last segment; refuse it at once if `--sha256`
+/// says otherwise. The directory goes when the returned value is dropped.
+fn download(ctx: &Ctx, url: &str, a: &AddArgs) -> anyhow::Result<(tempfile::TempDir, PathBuf)> {
+    let name = portroot::http::file_name(url)
+        .filter(|n| !n.starts_with('.') && !n.contains('%'))
+        .ok_or_else(|| anyhow::anyhow!("{url}: no file name at the end of the URL"))?;
+    let tmp = ctx.store.tmp_dir();
+    Store::ensure(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    // `stage-PID-`: the scratch prefix the signal handler and `gc` know.
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("stage-{}-download-", std::process::id()))
+        .tempdir_in(&tmp)
+        .with_context(|| format!("creating a directory in {}", tmp.display()))?;
+    let dest = dir.path().join(name);
+    let bar = ctx.progress().then(|| {
+        let bar = ProgressBar::new(0).with_style(
+            ProgressStyle::with_template(
+                "{spinner} downloading {msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec})",
+            )
+            .expect("invariant: the progress template is valid")
+            .progress_chars("=> "),
+        );
+        bar.set_message(name.to_owned());
+        bar
+    });
+    let agent = portroot::http::agent(std::time::Duration::from_secs(a.timeout));
+    let got = portroot::http::download(&agent, url, &dest, &|read, len| {
+        if let Some(bar) = &bar {
+            if let Some(len) = len {
+                bar.set_length(len);
+            }
+            bar.set_position(read);
+        }
+    });
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let got = got.context("downloading the stage")?;
+    if let Some(want) = &a.sha256 {
+        if &got.sha256 != want {
+            anyhow::bail!(
+                "{url}: sha256 is {}, expected {want}; nothing added",
+                got.sha256
+            );
+        }
+    }
+    tracing::info!(%url, bytes = got.bytes, sha256 = %got.sha256, "stage downloaded");
+    Ok((dir, dest))
+}
+
 fn export(ctx: &Ctx, stages: &StageStore, a: ExportArgs) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
     if a.file.is_dir() {
@@ -191,7 +280,7 @@ fn export(ctx: &Ctx, stages: &StageStore, a: ExportArgs) -> anyhow::Result<ExitC
     // of our own (still single-threaded here), so it dies with us.
     let layered = lowers.len() > 1;
     if layered {
-        super::run::private_mount_namespace()?;
+        portroot::run::private_mount_namespace()?;
     }
     super::signals::clean_up_on_signal(ctx, "unfinished export removed")?;
     let (scratch, _lock) = export_scratch(ctx)?;

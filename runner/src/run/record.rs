@@ -23,8 +23,13 @@ pub struct TreeRecord {
     pub name: String,
     /// The bare git repository.
     pub git_dir: PathBuf,
-    /// Tag or ref served.
+    /// Tag or ref as the user named it.
     pub reference: String,
+    /// The commit `reference` named when the run started: the mount serves
+    /// this commit, so a tag moved meanwhile changes nothing. Absent in
+    /// records written before it.
+    #[serde(default)]
+    pub commit: Option<String>,
     /// Where it is mounted on the host (inside the run's namespace).
     pub mountpoint: PathBuf,
     /// Where jobs see it.
@@ -81,6 +86,16 @@ pub struct RunRecord {
     /// (see `caches::check_pkgdir`), when the run ended.
     #[serde(default)]
     pub refused: Vec<Refused>,
+}
+
+impl RunRecord {
+    /// Name each tree's mount point in the run directory `run_path`:
+    /// `repos/NAME`.
+    pub fn place_trees(&mut self, run_path: &Path) {
+        for t in &mut self.trees {
+            t.mountpoint = run_path.join("repos").join(&t.name);
+        }
+    }
 }
 
 impl RunRecord {

@@ -2,7 +2,7 @@
 //! md5 sum computed while the bytes arrive, failures told apart as "not
 //! there", "unreachable" and "failed".
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -81,60 +81,12 @@ pub(super) struct Fetcher {
     pub(super) progress: bool,
 }
 
-/// CA bundles of the usual distributions (Gentoo's and Debian's first), as
-/// OpenSSL and so wget and curl find them.
-pub(super) const CA_BUNDLES: [&str; 3] = [
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/cert.pem",
-];
-
-/// The roots https mirrors are checked against: the file named by
-/// `SSL_CERT_FILE`, else the system's CA bundle, as emerge-webrsync's wget
-/// does, so that a site's own CA or its proxy's works; Mozilla's roots built
-/// into the binary only when there is no bundle.
-pub(super) fn root_certs() -> ureq::tls::RootCerts {
-    let from_env = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
-    for path in from_env
-        .into_iter()
-        .chain(CA_BUNDLES.iter().map(PathBuf::from))
-    {
-        if let Some(certs) = read_ca_bundle(&path) {
-            debug!(bundle = %path.display(), certs = certs.len(), "https roots");
-            return ureq::tls::RootCerts::from(certs);
-        }
-    }
-    debug!("no CA bundle found, https roots built in");
-    ureq::tls::RootCerts::WebPki
-}
-
-/// The certificates of a PEM bundle; `None` if it is unreadable or holds none.
-pub(super) fn read_ca_bundle(path: &Path) -> Option<Vec<ureq::tls::Certificate<'static>>> {
-    let pem = fs::read(path).ok()?;
-    let certs: Vec<_> = ureq::tls::parse_pem(&pem)
-        .filter_map(|item| match item {
-            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-            _ => None,
-        })
-        .collect();
-    (!certs.is_empty()).then_some(certs)
-}
-
 impl Fetcher {
     pub(super) fn new(timeout: Duration, progress: bool) -> Fetcher {
-        let tls = ureq::tls::TlsConfig::builder()
-            .root_certs(root_certs())
-            .build();
-        let agent = ureq::Agent::config_builder()
-            .tls_config(tls)
-            .timeout_connect(Some(timeout))
-            .timeout_recv_response(Some(timeout))
-            .timeout_per_read(Some(timeout))
-            .http_status_as_error(false)
-            .user_agent(concat!("portroot/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .new_agent();
-        Fetcher { agent, progress }
+        Fetcher {
+            agent: crate::http::agent(timeout),
+            progress,
+        }
     }
 
     /// Fetch `snapshots/<name>` of `mirror` into `dest`, hashing it as it comes.
@@ -254,28 +206,4 @@ pub(super) fn progress_bar(len: Option<u64>, name: &str) -> indicatif::ProgressB
     indicatif::ProgressBar::with_draw_target(len, indicatif::ProgressDrawTarget::stderr())
         .with_style(style)
         .with_message(format!("downloading {name}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ca_bundles_are_read_from_pem() {
-        let tmp = tempfile::tempdir().unwrap();
-        let pem = tmp.path().join("ca.pem");
-        // Two sections: the parser takes PEM apart, rustls checks the DER.
-        fs::write(
-            &pem,
-            "junk\n-----BEGIN CERTIFICATE-----\nAAEC\n-----END CERTIFICATE-----\n\
-             -----BEGIN CERTIFICATE-----\nAwQF\n-----END CERTIFICATE-----\n",
-        )
-        .unwrap();
-        let certs = read_ca_bundle(&pem).unwrap();
-        assert_eq!(certs.len(), 2);
-        assert_eq!(certs[1].der(), [3, 4, 5]);
-        fs::write(&pem, "no certificates here\n").unwrap();
-        assert!(read_ca_bundle(&pem).is_none());
-        assert!(read_ca_bundle(&tmp.path().join("missing")).is_none());
-    }
 }
