@@ -18,200 +18,25 @@
 //! renamed into place, so `gc` never sees a half-made run without a live owner.
 //! After the run, each job keeps only `log` and `status` unless `--keep`.
 
+mod listing;
+mod record;
+
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use nix::fcntl::{Flock, FlockArg};
-use serde::{Deserialize, Serialize};
+use nix::fcntl::Flock;
 
-use crate::caches::Refused;
-use crate::cgroup::{self, Limits, RunCgroup};
-use crate::conf::ChrootConf;
+pub use self::listing::{gc, list_runs, runs_using, GcReport, RunInfo};
+use self::record::{lock_file, write_record};
+pub use self::record::{new_run_id, read_record, utc_stamp, JobDir, RunRecord, TreeRecord};
+use crate::cgroup::{self, RunCgroup};
 use crate::error::{io, Error, Result};
 use crate::job::{Job, JobOutcome, JobStatus};
-use crate::plan::{Bind, ChrootLayout, TmpfsMount};
-use crate::sandbox::{Command, Network, SandboxSpec, SETUP_FAILED};
-
-/// One tree mounted for the run: a git repository at a ref.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TreeRecord {
-    /// Repository name (`gentoo` for the main tree).
-    pub name: String,
-    /// The bare git repository.
-    pub git_dir: PathBuf,
-    /// Tag or ref as the user named it.
-    pub reference: String,
-    /// The commit `reference` named when the run started: the mount serves
-    /// this commit, so a tag moved meanwhile changes nothing. Absent in
-    /// records written before it.
-    #[serde(default)]
-    pub commit: Option<String>,
-    /// Where it is mounted on the host (inside the run's namespace).
-    pub mountpoint: PathBuf,
-    /// Where jobs see it.
-    pub target: PathBuf,
-}
-
-/// What `run.json` records.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunRecord {
-    /// The run id (the directory name).
-    pub id: String,
-    /// The runner's pid.
-    pub pid: u32,
-    /// The command line.
-    pub args: Vec<String>,
-    /// Start, seconds since the epoch.
-    pub start: u64,
-    /// Stage name as given.
-    pub stage: String,
-    /// The stage's digest, which `shell --run` leases again.
-    pub stage_digest: String,
-    /// The stage layers, top first (the last is the stage rootfs).
-    pub layers: Vec<PathBuf>,
-    /// The named layers (`--layer`) in `layers`, bottom first, which
-    /// `shell --run` leases again.
-    #[serde(default)]
-    pub layer_names: Vec<String>,
-    /// The trees every job sees.
-    pub trees: Vec<TreeRecord>,
-    /// Read-write caches bound into every job (DISTDIR, PKGDIR).
-    pub caches: Vec<Bind>,
-    /// Configuration written into every job.
-    pub conf: ChrootConf,
-    /// Network choice.
-    pub network: Network,
-    /// `--keep`: chroots stay for `portroot shell --run`.
-    pub keep: bool,
-    /// The job names, in order.
-    pub jobs: Vec<String>,
-    /// What each job may use.
-    #[serde(default)]
-    pub limits: Limits,
-    /// tmpfs mounts in every job (`--tmpfs`).
-    #[serde(default)]
-    pub tmpfs: Vec<TmpfsMount>,
-    /// The run's cgroup, `portroot/<id>`, in every hierarchy, and last the
-    /// leaf the runner moved itself into on cgroup v2, if it did: what `gc`
-    /// removes if the runner was killed.
-    #[serde(default)]
-    pub cgroups: Vec<PathBuf>,
-    /// Set when the run ended (not when it was killed).
-    pub outcomes: Option<Vec<JobOutcome>>,
-    /// What the run left in PKGDIR that was refused and moved out of it
-    /// (see `caches::check_pkgdir`), when the run ended.
-    #[serde(default)]
-    pub refused: Vec<Refused>,
-}
-
-impl RunRecord {
-    /// Name each tree's mount point in the run directory `run_path`:
-    /// `repos/NAME`.
-    pub fn place_trees(&mut self, run_path: &Path) {
-        for t in &mut self.trees {
-            t.mountpoint = run_path.join("repos").join(&t.name);
-        }
-    }
-}
-
-impl RunRecord {
-    /// The sandbox spec of `job` in this run.
-    pub fn spec(
-        &self,
-        dir: &JobDir,
-        hostname: &str,
-        command: Command,
-        term: Option<String>,
-    ) -> SandboxSpec {
-        let mut binds: Vec<Bind> = self
-            .trees
-            .iter()
-            .map(|t| Bind {
-                source: t.mountpoint.clone(),
-                target: t.target.clone(),
-                writable: false,
-            })
-            .collect();
-        binds.extend(self.caches.iter().cloned());
-        SandboxSpec {
-            hostname: hostname.to_owned(),
-            layout: ChrootLayout {
-                layers: self.layers.clone(),
-                upper: dir.upper(),
-                work: dir.work(),
-                root: dir.root(),
-                binds,
-                tmpfs: self.tmpfs.clone(),
-            },
-            conf: self.conf.clone(),
-            network: self.network,
-            command,
-            term,
-            cgroup: None,
-        }
-    }
-}
-
-/// A fresh run id: `YYYYMMDD-HHMMSS-xxxx` (UTC, 4 random hex digits).
-pub fn new_run_id(now: SystemTime) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let secs = now
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    h.write_u128(
-        now.duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    format!("{}-{:04x}", utc_stamp(secs), h.finish() & 0xffff)
-}
-
-/// `YYYYMMDD-HHMMSS` for `secs` since the epoch (UTC).
-pub fn utc_stamp(secs: u64) -> String {
-    let secs = i64::try_from(secs).unwrap_or(i64::MAX);
-    chrono::DateTime::from_timestamp(secs, 0)
-        .unwrap_or_default()
-        .format("%Y%m%d-%H%M%S")
-        .to_string()
-}
-
-/// The paths of one job inside its run.
-#[derive(Debug, Clone)]
-pub struct JobDir(pub PathBuf);
-
-impl JobDir {
-    /// Overlay upper directory.
-    pub fn upper(&self) -> PathBuf {
-        self.0.join("upper")
-    }
-    /// Overlay work directory.
-    pub fn work(&self) -> PathBuf {
-        self.0.join("work")
-    }
-    /// The chroot's mount point.
-    pub fn root(&self) -> PathBuf {
-        self.0.join("root")
-    }
-    /// Stdout and stderr of the job.
-    pub fn log(&self) -> PathBuf {
-        self.0.join("log")
-    }
-    /// One line: how the job ended.
-    pub fn status(&self) -> PathBuf {
-        self.0.join("status")
-    }
-    /// The helper's input.
-    pub fn spec(&self) -> PathBuf {
-        self.0.join("spec.json")
-    }
-}
+use crate::sandbox::{Command, SETUP_FAILED};
 
 /// A live run directory, locked for as long as this value lives.
 #[derive(Debug)]
@@ -280,189 +105,6 @@ impl RunDir {
     pub fn save(&self, record: &RunRecord) -> Result<()> {
         write_record(&self.path, record)
     }
-}
-
-fn lock_file(path: &Path, create: bool) -> Result<Flock<File>> {
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(create)
-        .truncate(false)
-        .open(path)
-        .map_err(io("opening", path))?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-        if errno == nix::errno::Errno::EWOULDBLOCK {
-            Error::Invalid(format!(
-                "run {} is still live",
-                path.parent().unwrap_or(path).display()
-            ))
-        } else {
-            Error::Sys {
-                what: "locking",
-                path: path.to_owned(),
-                source: errno,
-            }
-        }
-    })
-}
-
-fn write_record(dir: &Path, record: &RunRecord) -> Result<()> {
-    let path = dir.join("run.json");
-    let tmp = dir.join(".run.json.tmp");
-    let text = serde_json::to_vec_pretty(record).map_err(|source| Error::Json {
-        what: "encoding",
-        path: path.clone(),
-        source,
-    })?;
-    fs::write(&tmp, text).map_err(io("writing", &tmp))?;
-    fs::rename(&tmp, &path).map_err(io("renaming into place", &path))
-}
-
-/// Read `run.json` of the run in `dir`.
-pub fn read_record(dir: &Path) -> Result<RunRecord> {
-    let path = dir.join("run.json");
-    let text = fs::read(&path).map_err(io("reading", &path))?;
-    serde_json::from_slice(&text).map_err(|source| Error::Json {
-        what: "parsing",
-        path,
-        source,
-    })
-}
-
-/// A run directory as `ps` and `gc` see it.
-#[derive(Debug)]
-pub struct RunInfo {
-    /// Directory name (`.new-*` for one that never got renamed).
-    pub id: String,
-    /// Its path.
-    pub path: PathBuf,
-    /// Whether a runner holds its lock.
-    pub live: bool,
-    /// `run.json`, if readable.
-    pub record: Option<RunRecord>,
-}
-
-/// Every run directory under `runs_dir` (none if it does not exist), by id.
-pub fn list_runs(runs_dir: &Path) -> Result<Vec<RunInfo>> {
-    let entries = match fs::read_dir(runs_dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io("listing", runs_dir)(e)),
-    };
-    let mut runs = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(io("listing", runs_dir))?;
-        if !entry.file_type().map_err(io("listing", runs_dir))?.is_dir() {
-            continue;
-        }
-        let path = entry.path();
-        let live = is_live(&path.join("lock"))?;
-        runs.push(RunInfo {
-            id: entry.file_name().to_string_lossy().into_owned(),
-            record: read_record(&path).ok(),
-            path,
-            live,
-        });
-    }
-    runs.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(runs)
-}
-
-fn is_live(lock: &Path) -> Result<bool> {
-    let file = match File::open(lock) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(io("opening", lock)(e)),
-    };
-    match Flock::lock(file, FlockArg::LockSharedNonblock) {
-        Ok(_) => Ok(false),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(true),
-        Err((_, errno)) => Err(Error::Sys {
-            what: "locking",
-            path: lock.to_owned(),
-            source: errno,
-        }),
-    }
-}
-
-/// What `gc` did.
-#[derive(Debug, Default)]
-pub struct GcReport {
-    /// Run directories removed.
-    pub removed: Vec<String>,
-    /// Live runs left alone.
-    pub live: usize,
-    /// Finished runs kept (logs, `--keep` chroots); `gc --all` removes them.
-    pub kept: usize,
-}
-
-/// Remove what dead runs left: every run whose runner is gone without
-/// finishing (killed), and with `all` also finished runs (logs, kept chroots).
-pub fn gc(runs_dir: &Path, all: bool) -> Result<GcReport> {
-    let mut report = GcReport::default();
-    for run in list_runs(runs_dir)? {
-        if run.live {
-            report.live += 1;
-            continue;
-        }
-        // A run being created has its directory a moment before its lock:
-        // leave fresh half-made ones to their creator.
-        if run.id.starts_with(".new-") && is_recent(&run.path) {
-            report.live += 1;
-            continue;
-        }
-        let finished = run.record.as_ref().is_some_and(|r| r.outcomes.is_some());
-        if finished && !all {
-            report.kept += 1;
-            continue;
-        }
-        // Take the lock ourselves so a runner starting `shell --run` on it
-        // meanwhile is not pulled from under its feet.
-        let _lock = match lock_file(&run.path.join("lock"), true) {
-            Ok(l) => l,
-            Err(Error::Invalid(_)) => {
-                report.live += 1;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        if let Some(record) = &run.record {
-            cgroup::remove_run_groups(&record.cgroups)?;
-        }
-        fs::remove_dir_all(&run.path).map_err(io("removing", &run.path))?;
-        tracing::debug!(run = %run.id, "removed dead run");
-        report.removed.push(run.id);
-    }
-    Ok(report)
-}
-
-/// The runs that use `lower` (a lower directory) now: live ones, and finished
-/// ones that kept a chroot over it (`--keep`), by id.
-pub fn runs_using(runs_dir: &Path, lower: &Path) -> Result<Vec<String>> {
-    let mut ids = Vec::new();
-    for run in list_runs(runs_dir)? {
-        let Some(record) = &run.record else { continue };
-        if !record.layers.iter().any(|l| l == lower) {
-            continue;
-        }
-        let kept = record
-            .jobs
-            .iter()
-            .any(|j| JobDir(run.path.join(j)).upper().is_dir());
-        if run.live || kept {
-            ids.push(run.id);
-        }
-    }
-    Ok(ids)
-}
-
-/// Whether `path` changed in the last minute.
-fn is_recent(path: &Path) -> bool {
-    fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok())
-        .is_some_and(|age| age < Duration::from_secs(60))
 }
 
 /// Pids of the helpers currently running, so a signal can kill them all.
@@ -648,7 +290,12 @@ pub fn bytes(n: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
+    use crate::cgroup::Limits;
+    use crate::conf::ChrootConf;
+    use crate::sandbox::Network;
 
     fn record(id: &str) -> RunRecord {
         RunRecord {

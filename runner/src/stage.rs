@@ -19,25 +19,31 @@
 //! leased stage cannot be removed under a run.
 
 pub mod export;
+mod files;
+mod names;
 mod pipe;
 mod unpack;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
-use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
+use self::files::{
+    file_key, hash_file, link_digest, lock_dir, now, try_lock_dir, unique, write_record, Record,
+};
+pub use self::names::default_name;
+use self::names::{check_name, default_name_for, is_digest};
 use self::pipe::{Finished, Pipe};
 use crate::error::{io, Error, Result};
-use crate::name::{is_valid_name, NAME_RULE};
+use crate::name::is_valid_name;
 
 /// Directory of the name symlinks inside `stages/`.
 const BY_NAME: &str = "by-name";
@@ -120,18 +126,6 @@ fn check_tarball(tarball: &Path) -> Result<fs::Metadata> {
         return Err(Error::Invalid(format!("{} is empty", tarball.display())));
     }
     Ok(meta)
-}
-
-/// `stage.json`: what the store knows about a stage besides its names.
-#[derive(Debug, Serialize, Deserialize)]
-struct Record {
-    digest: String,
-    source: String,
-    compression: String,
-    tarball_bytes: u64,
-    files: u64,
-    bytes: u64,
-    added: u64,
 }
 
 /// The stages of one store.
@@ -655,172 +649,18 @@ impl StageStore {
     }
 }
 
-/// The digest a `../<digest>` symlink points at.
-fn link_digest(link: &Path) -> Option<String> {
-    let target = fs::read_link(link).ok()?;
-    let digest = target.file_name()?.to_string_lossy().into_owned();
-    is_digest(&digest).then_some(digest)
-}
-
-/// Hex sha256 of the file at `path`, reporting bytes read to `progress`.
-fn hash_file(path: &Path, progress: &dyn Fn(u64)) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut file = File::open(path).map_err(io("opening", path))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = file.read(&mut buf).map_err(io("reading", path))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-        progress(total);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
-}
-
-/// Lock directory `path` exclusively, waiting if need be.
-fn lock_dir(path: &Path) -> Result<Flock<File>> {
-    let dir = File::open(path).map_err(io("opening", path))?;
-    Flock::lock(dir, FlockArg::LockExclusive).map_err(|(_, source)| Error::Sys {
-        what: "locking",
-        path: path.to_owned(),
-        source,
-    })
-}
-
-/// Lock directory `path` exclusively if no one else holds it.
-fn try_lock_dir(path: &Path) -> Result<Option<Flock<File>>> {
-    let dir = File::open(path).map_err(io("opening", path))?;
-    match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => Ok(Some(lock)),
-        Err((_, Errno::EWOULDBLOCK)) => Ok(None),
-        Err((_, source)) => Err(Error::Sys {
-            what: "locking",
-            path: path.to_owned(),
-            source,
-        }),
-    }
-}
-
-fn write_record(path: &Path, record: &Record) -> Result<()> {
-    let json = serde_json::to_vec_pretty(record).map_err(|source| Error::Json {
-        what: "serialising",
-        path: path.to_owned(),
-        source,
-    })?;
-    fs::write(path, json).map_err(io("writing", path))
-}
-
-/// The identity of a file for the digest cache: device, inode, size, mtime and
-/// ctime (which no one can set back), so any change to the file means a re-hash.
-fn file_key(meta: &fs::Metadata) -> String {
-    format!(
-        "{:x}-{:x}-{:x}-{}.{}-{}.{}",
-        meta.dev(),
-        meta.ino(),
-        meta.size(),
-        meta.mtime(),
-        meta.mtime_nsec(),
-        meta.ctime(),
-        meta.ctime_nsec()
-    )
-}
-
-fn is_digest(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-fn check_name(name: &str) -> Result<()> {
-    if is_valid_name(name) && !is_digest(name) {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!(
-            "invalid stage name {name:?}: a name is {NAME_RULE}, and not a digest"
-        )))
-    }
-}
-
-/// The name a tarball gets when none is given: its file name without the
-/// archive suffix (`stage4-amd64-2026.tar.xz` → `stage4-amd64-2026`).
-pub fn default_name(tarball: &Path) -> Option<String> {
-    const SUFFIXES: &[&str] = &[
-        ".tar.xz",
-        ".tar.bz2",
-        ".tar.gz",
-        ".tar.zst",
-        ".tar.zstd",
-        ".tbz2",
-        ".tbz",
-        ".tgz",
-        ".txz",
-        ".tzst",
-        ".tar",
-    ];
-    let file = tarball.file_name()?.to_str()?;
-    let stem = SUFFIXES
-        .iter()
-        .find_map(|s| file.strip_suffix(s))
-        .unwrap_or(file);
-    (is_valid_name(stem) && !is_digest(stem)).then(|| stem.to_owned())
-}
-
-fn default_name_for(tarball: &Path) -> Result<String> {
-    default_name(tarball).ok_or_else(|| {
-        Error::Invalid(format!(
-            "cannot derive a stage name from {}: give one with --name",
-            tarball.display()
-        ))
-    })
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// A suffix unique within this host for temporary names: pid and a counter.
-fn unique() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}.{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 #[cfg(test)]
 mod tests {
+
     use super::*;
 
     #[test]
-    fn default_names_drop_the_archive_suffix() {
-        let n = |s: &str| default_name(Path::new(s));
-        assert_eq!(
-            n("/x/stage4-amd64-2026.tar.xz").as_deref(),
-            Some("stage4-amd64-2026")
-        );
-        assert_eq!(n("stage3.tbz2").as_deref(), Some("stage3"));
-        assert_eq!(n("s.tar.zst").as_deref(), Some("s"));
-        assert_eq!(n("plain.tar").as_deref(), Some("plain"));
-        assert_eq!(n("no suffix here"), None);
-        assert_eq!(n(".hidden.tar"), None);
-    }
-
-    #[test]
-    fn digests_are_64_lowercase_hex() {
-        assert!(is_digest(&"a".repeat(64)));
-        assert!(!is_digest(&"A".repeat(64)));
-        assert!(!is_digest(&"a".repeat(63)));
-        assert!(!is_digest(BY_NAME));
+    fn resolving_in_an_empty_store_names_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StageStore::new(dir.path().join("stages"), dir.path().join("tmp"));
+        assert!(s.list().unwrap().is_empty());
+        let err = s.resolve("stage4").unwrap_err().to_string();
+        assert_eq!(err, "no stage stage4 (see `portroot stage list`)");
     }
 
     #[test]
@@ -832,11 +672,10 @@ mod tests {
     }
 
     #[test]
-    fn resolving_in_an_empty_store_names_what_is_missing() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = StageStore::new(dir.path().join("stages"), dir.path().join("tmp"));
-        assert!(s.list().unwrap().is_empty());
-        let err = s.resolve("stage4").unwrap_err().to_string();
-        assert_eq!(err, "no stage stage4 (see `portroot stage list`)");
+    fn digests_are_64_lowercase_hex() {
+        assert!(is_digest(&"a".repeat(64)));
+        assert!(!is_digest(&"A".repeat(64)));
+        assert!(!is_digest(&"a".repeat(63)));
+        assert!(!is_digest(BY_NAME));
     }
 }
