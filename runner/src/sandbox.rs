@@ -151,14 +151,7 @@ pub fn run(spec: &SandboxSpec) -> Result<i32> {
         what: "creating namespaces",
         source,
     })?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(sys("making private", "/"))?;
+    make_mounts_private()?;
     // Opened now: once the init has pivoted, this process's `/proc` is the
     // job's, where the init's pid as we know it means nothing.
     let proc_dir = nix::fcntl::open(
@@ -211,6 +204,20 @@ pub fn run(spec: &SandboxSpec) -> Result<i32> {
             mapped.map(|()| code)
         }
     }
+}
+
+/// Make every mount of this (new) mount namespace private, recursively, so
+/// nothing mounted from here on reaches the namespace it was copied from
+/// and everything vanishes with the last process in it.
+pub fn make_mounts_private() -> Result<()> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(sys("making private", "/"))
 }
 
 /// Put the init `child` in the job's cgroups `groups` (which become the

@@ -188,17 +188,10 @@ fn tear_down(
 /// Make every mount of this process private to it: called first, while the
 /// process is still single-threaded (unshare(CLONE_NEWNS) requires it).
 pub fn private_mount_namespace() -> anyhow::Result<()> {
-    use nix::mount::{mount, MsFlags};
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
         .context("creating the run's mount namespace (are you root?)")?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .context("making / private in the run's mount namespace")?;
+    portroot_runner::sandbox::make_mounts_private()
+        .context("making / private in the run's mount namespace")?;
     Ok(())
 }
 
