@@ -138,7 +138,7 @@ fn main() {
         let pending = store.begin(&format!("l{run}")).expect("begin");
         let prov = Provenance {
             stage: "bench".into(),
-            stage_digest: "0".repeat(64),
+            stage_digest: portroot_runner::digest::StageDigest::parse(&"0".repeat(64)).unwrap(),
             parents: vec![],
             trees: vec![],
             command: "true".into(),

@@ -25,6 +25,7 @@
 mod upper;
 mod view;
 
+use crate::digest::StageDigest;
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -70,7 +71,7 @@ pub struct LayerRecord {
     /// Unique per creation (`YYYYMMDD-HHMMSS-xxxx`).
     pub id: String,
     /// Digest of the stage it was built over.
-    pub stage_digest: String,
+    pub stage_digest: StageDigest,
     /// The stage as the user named it then.
     pub stage: String,
     /// The layers it was built over, bottom first.
@@ -451,7 +452,7 @@ pub struct Provenance {
     /// The stage as named.
     pub stage: String,
     /// Its digest.
-    pub stage_digest: String,
+    pub stage_digest: StageDigest,
     /// Parents, bottom first.
     pub parents: Vec<LayerRef>,
     /// Trees and commits.
@@ -564,7 +565,7 @@ mod tests {
             record: LayerRecord {
                 name: name.into(),
                 id: id.into(),
-                stage_digest: stage.into(),
+                stage_digest: StageDigest::parse(stage).expect("a digest"),
                 stage: "s".into(),
                 parents: parents
                     .iter()

@@ -11,6 +11,7 @@ pub mod archive;
 pub mod caches;
 pub mod cgroup;
 pub mod conf;
+pub mod digest;
 pub mod error;
 pub mod interrupt;
 pub mod job;

@@ -304,7 +304,7 @@ mod tests {
             args: vec!["portroot".into(), "run".into()],
             start: 0,
             stage: "s".into(),
-            stage_digest: "0".repeat(64),
+            stage_digest: crate::digest::StageDigest::parse(&"0".repeat(64)).unwrap(),
             layers: vec!["/stage/rootfs".into()],
             layer_names: vec![],
             trees: vec![],

@@ -24,6 +24,7 @@ mod names;
 mod pipe;
 mod unpack;
 
+use crate::digest::StageDigest;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
@@ -55,8 +56,8 @@ pub const MIN_PREFIX: usize = 4;
 /// One unpacked stage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stage {
-    /// Hex sha256 of the tarball file (64 lowercase hex digits).
-    pub digest: String,
+    /// Hex sha256 of the tarball file.
+    pub digest: StageDigest,
     /// The names pointing at this stage, sorted.
     pub names: Vec<String>,
     /// The unpacked tree: `stages/<digest>/rootfs`. Read-only by convention:
@@ -574,8 +575,11 @@ impl StageStore {
             path: path.clone(),
             source,
         })?;
+        let Some(parsed) = StageDigest::parse(digest) else {
+            return Err(Error::UnknownStage(digest.to_owned()));
+        };
         Ok(Stage {
-            digest: digest.to_owned(),
+            digest: parsed,
             names: Vec::new(),
             rootfs: self.stage_dir(digest).join("rootfs"),
             files: r.files,

@@ -1,6 +1,7 @@
 //! `run.json`, what a run records of itself for `shell --run`, `runs` and
 //! `gc`; run ids; the lock a live run holds.
 
+use crate::digest::StageDigest;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -50,7 +51,7 @@ pub struct RunRecord {
     /// Stage name as given.
     pub stage: String,
     /// The stage's digest, which `shell --run` leases again.
-    pub stage_digest: String,
+    pub stage_digest: StageDigest,
     /// The stage layers, top first (the last is the stage rootfs).
     pub layers: Vec<PathBuf>,
     /// The named layers (`--layer`) in `layers`, bottom first, which

@@ -1,6 +1,7 @@
 //! The stage store's files: `stage.json` records, digests of tarballs,
 //! locks on stage directories and the digest-cache keys.
 
+use crate::digest::StageDigest;
 use std::fs::{self, File};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -17,7 +18,7 @@ use crate::error::{io, Error, Result};
 /// `stage.json`: what the store knows about a stage besides its names.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct Record {
-    pub(super) digest: String,
+    pub(super) digest: StageDigest,
     pub(super) source: String,
     pub(super) compression: String,
     pub(super) tarball_bytes: u64,

@@ -6,9 +6,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::name::{is_valid_name, NAME_RULE};
 
-pub(super) fn is_digest(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
+pub(super) use crate::digest::is_digest;
 
 pub(super) fn check_name(name: &str) -> Result<()> {
     if is_valid_name(name) && !is_digest(name) {

@@ -7,6 +7,7 @@
 //! decompresses, and hands 256 KiB chunks to the unpacker over a bounded
 //! channel.
 
+use crate::digest::StageDigest;
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, Read};
@@ -29,8 +30,8 @@ const DEPTH: usize = 16;
 pub(crate) struct Finished {
     /// The compression detected from the first bytes.
     pub compression: Compression,
-    /// Hex sha256 of the whole file.
-    pub digest: String,
+    /// Sha256 of the whole file.
+    pub digest: StageDigest,
 }
 
 /// The reading side of the pipe: owns the thread.
@@ -104,7 +105,7 @@ impl Pipe {
                 let digest = hasher.borrow_mut().finalize_reset();
                 Ok(Finished {
                     compression,
-                    digest: digest.iter().map(|b| format!("{b:02x}")).collect(),
+                    digest: StageDigest::of_sha256(&digest.into()),
                 })
             })?;
         Ok((
