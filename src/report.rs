@@ -27,13 +27,15 @@ pub const REPORT: &str = "index.html";
 const LOG_TAIL_BYTES: u64 = 16 << 10;
 
 /// Write the report of the run in `run_path` from its `record`, atomically
-/// (a temporary file renamed over the old report); returns its path.
+/// (a temporary file renamed over the old report; not synced to disk);
+/// returns its path.
 pub fn write(run_path: &Path, record: &RunRecord) -> io::Result<PathBuf> {
     let page = render(run_path, record);
     let dest = run_path.join(REPORT);
     let mut tmp = tempfile::NamedTempFile::new_in(run_path)?;
+    // No fsync: the page is made again from run.json by `portroot report`,
+    // and a run's own end should not wait for the disk.
     tmp.write_all(page.as_bytes())?;
-    tmp.as_file().sync_all()?;
     tmp.persist(&dest).map_err(|e| e.error)?;
     Ok(dest)
 }
