@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use portroot_runner::caches::{self, Refused};
 use portroot_runner::cgroup::{self, Cpus, Limits, RunCgroup};
 use portroot_runner::conf::{ChrootConf, RepoConf};
@@ -37,27 +37,9 @@ use portroot_runner::sandbox::{self, Network, SandboxSpec};
 use portroot_runner::stage::{StageLease, StageStore};
 use tracing::info;
 
+use portroot::config::{Layout, NetworkArg};
+
 use super::Ctx;
-
-/// Where the portage tree and the caches appear inside the chroot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Layout {
-    /// `/var/db/repos/gentoo` (current Gentoo default).
-    Modern,
-    /// `/usr/portage`, as older stages and the seed expect.
-    UsrPortage,
-}
-
-/// `--network`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum NetworkArg {
-    /// Share the host's network.
-    Host,
-    /// Only loopback (no route out).
-    None,
-}
 
 /// What every chroot of a run or shell is made of.
 #[derive(Debug, Args)]
@@ -119,13 +101,13 @@ pub struct ChrootArgs {
     /// A fresh tmpfs over this directory of every job, with its owner and
     /// mode, e.g. `/var/tmp/portage=8G` for builds in RAM; repeat for more.
     /// Replaces the config's `run.tmpfs`.
-    #[arg(long = "tmpfs", value_name = "PATH[=SIZE]", value_parser = crate::config::parse_tmpfs)]
+    #[arg(long = "tmpfs", value_name = "PATH[=SIZE]", value_parser = portroot::config::parse_tmpfs)]
     tmpfs: Vec<TmpfsMount>,
 }
 
 /// `--memory`: a size, at least 1M.
 fn parse_memory(s: &str) -> Result<u64, String> {
-    super::mount::parse_size(s).and_then(cgroup::check_memory)
+    portroot::config::parse_size(s).and_then(cgroup::check_memory)
 }
 
 /// `--pids`: 1 to the kernel's largest pid count.
@@ -362,14 +344,15 @@ fn chroot_defaults(ctx: &Ctx, args: &ChrootArgs) -> anyhow::Result<ChrootDefault
         Some(words) => {
             let words: Vec<String> = words.split_whitespace().map(str::to_owned).collect();
             for w in &words {
-                crate::config::check_feature(w).map_err(|e| anyhow::anyhow!("--features: {e}"))?;
+                portroot::config::check_feature(w)
+                    .map_err(|e| anyhow::anyhow!("--features: {e}"))?;
             }
             words
         }
         None => conf.features.clone().unwrap_or_default(),
     };
     if let Some(url) = &args.local_mirror {
-        crate::config::check_url(url).map_err(|e| anyhow::anyhow!("--local-mirror: {e}"))?;
+        portroot::config::check_url(url).map_err(|e| anyhow::anyhow!("--local-mirror: {e}"))?;
     }
     // Relative directories are taken from where the command runs; the
     // config's are absolute by construction.
@@ -517,7 +500,7 @@ fn mount_trees(ctx: &Ctx, trees: &[TreeRecord]) -> anyhow::Result<Vec<TreeMount>
         threads: conf.threads.map_or(defaults.threads, usize::from),
         io_uring: conf
             .io_uring
-            .map_or(defaults.io_uring, crate::cmd::mount::IoUringArg::fs),
+            .map_or(defaults.io_uring, portroot::config::IoUringArg::fs),
         ..defaults
     };
     let mut mounted = Vec::new();
@@ -1080,9 +1063,9 @@ pub fn internal(_ctx: &Ctx, cmd: InternalCmd) -> anyhow::Result<ExitCode> {
 }
 
 /// clap's value parser for `--make-conf`: one line (see
-/// [`crate::config::check_make_conf_line`]).
+/// [`portroot::config::check_make_conf_line`]).
 fn parse_make_conf_line(line: &str) -> Result<String, String> {
-    crate::config::check_make_conf_line(line).map(|()| line.to_owned())
+    portroot::config::check_make_conf_line(line).map(|()| line.to_owned())
 }
 
 /// clap's value parser for a count that must be at least 1 (a usage error,
