@@ -22,6 +22,9 @@ pub mod export;
 mod pipe;
 mod unpack;
 
+#[doc(hidden)]
+pub use self::unpack::unpack_bytes;
+
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
