@@ -39,6 +39,35 @@ pub fn assert_one_line(err: &(dyn std::error::Error + 'static)) {
     }
 }
 
+/// Threads of this process now, from `/proc/self/status`.
+pub fn threads() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Wait, at most `bound`, until no more than `count` threads run. The
+/// import's decoder thread is detached on purpose (see
+/// `snapshot::read_entries`) and may still be ending when the import has
+/// returned; the import target waits for it, so that libFuzzer's leak check
+/// after each input sees only allocations that nothing will free. `false`
+/// if threads were still running after `bound`.
+pub fn settle_threads(count: usize, bound: std::time::Duration) -> bool {
+    let started = std::time::Instant::now();
+    while threads() > count {
+        if started.elapsed() > bound {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+    true
+}
+
 /// One thread's scratch: a store for imports, a directory for stage roots.
 struct Scratch {
     dir: PathBuf,
