@@ -26,7 +26,7 @@ pub struct Ctx {
     pub store_given: bool,
     /// The configuration files' defaults, loaded once in `main`; each command
     /// takes a default as `flag.or(config).unwrap_or(built-in)`.
-    pub config: crate::config::Loaded,
+    pub config: portroot::config::Loaded,
 }
 
 impl Ctx {

@@ -24,9 +24,6 @@ use serde::{Deserialize, Deserializer};
 use portroot_runner::cgroup::{self, Cpus};
 use portroot_runner::plan::TmpfsMount;
 
-use crate::cmd::mount::IoUringArg;
-use crate::cmd::run::{Layout, NetworkArg};
-
 /// The site-wide configuration file, read when no `--config` is given.
 pub const SITE_CONFIG: &str = "/etc/portroot/portroot.toml";
 
@@ -151,6 +148,67 @@ pub struct MountConfig {
     pub threads: Option<u16>,
     /// FUSE over io_uring: auto, on or off.
     pub io_uring: Option<IoUringArg>,
+}
+
+/// When to use FUSE over io_uring (`--io-uring`, `mount.io_uring`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IoUringArg {
+    /// When the kernel allows it.
+    Auto,
+    /// Always; fail if the kernel does not allow it.
+    On,
+    /// Never.
+    Off,
+}
+
+impl IoUringArg {
+    /// The fs crate's value.
+    pub fn fs(self) -> portroot_fs::IoUring {
+        match self {
+            IoUringArg::Auto => portroot_fs::IoUring::Auto,
+            IoUringArg::On => portroot_fs::IoUring::On,
+            IoUringArg::Off => portroot_fs::IoUring::Off,
+        }
+    }
+
+    /// The flag's (and the config's) spelling.
+    pub fn flag(self) -> &'static str {
+        match self {
+            IoUringArg::Auto => "auto",
+            IoUringArg::On => "on",
+            IoUringArg::Off => "off",
+        }
+    }
+}
+
+/// Where the portage tree and the caches appear inside the chroot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layout {
+    /// `/var/db/repos/gentoo` (current Gentoo default).
+    Modern,
+    /// `/usr/portage`, as older stages and the seed expect.
+    UsrPortage,
+}
+
+impl From<Layout> for portroot_runner::conf::TreeLayout {
+    fn from(l: Layout) -> portroot_runner::conf::TreeLayout {
+        match l {
+            Layout::Modern => portroot_runner::conf::TreeLayout::Modern,
+            Layout::UsrPortage => portroot_runner::conf::TreeLayout::UsrPortage,
+        }
+    }
+}
+
+/// `--network`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetworkArg {
+    /// Share the host's network.
+    Host,
+    /// Only loopback (no route out).
+    None,
 }
 
 /// One file that was read, and what it set.
@@ -375,6 +433,40 @@ impl Loaded {
     }
 }
 
+/// Parse `1048576`, `512K`, `256M`, `1G` (also `MiB`, `GiB`, binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let digits_end = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
+    let (num, unit) = lower.split_at(digits_end);
+    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
+    let shift = match unit.trim() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("bad size unit in {s:?} (use K, M or G)")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {s:?} too large"))
+}
+
+/// A cache budget, for `--cache-size` and `mount.cache_size`: a size of
+/// more than 0 (an empty cache would fail the first read instead).
+pub fn parse_cache_size(s: &str) -> Result<u64, String> {
+    check_cache_size(parse_size(s)?)
+}
+
+/// Refuse an empty cache budget.
+pub fn check_cache_size(bytes: u64) -> Result<u64, String> {
+    if bytes == 0 {
+        return Err("cache_size must be more than 0".to_owned());
+    }
+    Ok(bytes)
+}
+
 /// 1-based (line, column in characters) of byte offset `at` in `text`.
 fn line_column(text: &str, at: usize) -> (usize, usize) {
     let mut at = at.min(text.len());
@@ -455,7 +547,7 @@ fn mirrors<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Er
         if !Path::new(u).is_absolute() {
             check_url(u).map_err(serde::de::Error::custom)?;
         }
-        portroot::snapshot::sync::Mirror::parse(u)
+        crate::snapshot::sync::Mirror::parse(u)
             .map_err(|e| serde::de::Error::custom(format!("mirrors: {e}")))?;
     }
     Ok(Some(list))
@@ -500,7 +592,7 @@ fn absolute_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::
 
 fn repo_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let name = String::deserialize(d)?;
-    if !portroot::store::is_valid_name(&name) {
+    if !crate::store::is_valid_name(&name) {
         return Err(serde::de::Error::custom(format!(
             "invalid repository name {name:?}: letters, digits and ._+- only"
         )));
@@ -512,7 +604,7 @@ fn repo_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error
 /// chroot, not `/` and without `..`, and an optional size (`8G`, bytes).
 pub fn parse_tmpfs(spec: &str) -> Result<TmpfsMount, String> {
     let (path, size) = match spec.split_once('=') {
-        Some((p, s)) => (p, Some(crate::cmd::mount::parse_size(s)?)),
+        Some((p, s)) => (p, Some(parse_size(s)?)),
         None => (spec, None),
     };
     let target = PathBuf::from(path);
@@ -614,7 +706,7 @@ fn threads<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
 
 fn cache_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     let bytes = size(d)?.unwrap_or_default();
-    crate::cmd::mount::check_cache_size(bytes)
+    check_cache_size(bytes)
         .map(Some)
         .map_err(serde::de::Error::custom)
 }
@@ -674,7 +766,7 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
             u64::try_from(v).map_err(|_| E::custom(format!("size {v} is negative")))
         }
         fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<u64, E> {
-            crate::cmd::mount::parse_size(v).map_err(E::custom)
+            parse_size(v).map_err(E::custom)
         }
     }
     d.deserialize_any(SizeVisitor).map(Some)
@@ -922,6 +1014,21 @@ mod tests {
             let doc = format!("v = {}", toml_string(s));
             let t: toml::Table = toml::from_str(&doc).unwrap();
             assert_eq!(t["v"].as_str(), Some(s));
+        }
+    }
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("99999999999999G").is_err());
+        assert_eq!(parse_cache_size("1M"), Ok(1 << 20));
+        for empty in ["0", "0K", "0G"] {
+            assert!(parse_cache_size(empty).is_err(), "{empty}");
         }
     }
 }

@@ -8,7 +8,6 @@
 //!   configuration file is (one line: `FILE:LINE:COLUMN: what`).
 
 mod cmd;
-mod config;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -134,9 +133,9 @@ fn main() -> ExitCode {
             Command::Internal(_) | Command::Completions { .. } | Command::Man
         );
     let config = if needs_config {
-        match config::Loaded::load(
+        match portroot::config::Loaded::load(
             cli.config.as_deref(),
-            std::path::Path::new(config::SITE_CONFIG),
+            std::path::Path::new(portroot::config::SITE_CONFIG),
             &cli.store,
         ) {
             Ok(loaded) => loaded,
@@ -146,7 +145,7 @@ fn main() -> ExitCode {
             }
         }
     } else {
-        config::Loaded::default()
+        portroot::config::Loaded::default()
     };
     let ctx = cmd::Ctx {
         store: Store::new(&cli.store),

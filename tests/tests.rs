@@ -9,6 +9,7 @@ mod cli;
 mod config;
 mod e2e;
 mod fs_mount;
+mod fuzz_regressions;
 mod hostile_misc;
 mod hostile_pipeline;
 mod hostile_tree;

@@ -24,7 +24,10 @@ mod names;
 mod pipe;
 mod unpack;
 
+#[doc(hidden)]
+pub use self::unpack::unpack_bytes;
 use crate::digest::StageDigest;
+
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;

@@ -1,12 +1,12 @@
 //! `portroot config show|example`: what the configuration files set, and a
-//! commented example of every key. Loading lives in `crate::config`.
+//! commented example of every key. Loading lives in `portroot::config`.
 
 use std::process::ExitCode;
 
 use clap::Subcommand;
 
 use super::Ctx;
-use crate::config::{DEFAULT_CACHE_SIZE, DEFAULT_THREADS, EXAMPLE};
+use portroot::config::{DEFAULT_CACHE_SIZE, DEFAULT_THREADS, EXAMPLE};
 
 /// Config subcommands.
 #[derive(Debug, Subcommand)]

@@ -24,6 +24,8 @@ use nix::sys::signal::{SigSet, Signal};
 use portroot_fs::{MountOptions, View};
 use tracing::info;
 
+use portroot::config::{parse_cache_size, IoUringArg};
+
 use super::Ctx;
 
 /// The fd number the daemon reports readiness on (`--ready-fd`).
@@ -93,78 +95,12 @@ pub struct MountArgs {
     pub mountpoint: PathBuf,
 }
 
-/// When to use FUSE over io_uring (`--io-uring`, `mount.io_uring`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum IoUringArg {
-    /// When the kernel allows it.
-    Auto,
-    /// Always; fail if the kernel does not allow it.
-    On,
-    /// Never.
-    Off,
-}
-
-impl IoUringArg {
-    /// The fs crate's value.
-    pub fn fs(self) -> portroot_fs::IoUring {
-        match self {
-            IoUringArg::Auto => portroot_fs::IoUring::Auto,
-            IoUringArg::On => portroot_fs::IoUring::On,
-            IoUringArg::Off => portroot_fs::IoUring::Off,
-        }
-    }
-
-    /// The flag's (and the config's) spelling.
-    pub fn flag(self) -> &'static str {
-        match self {
-            IoUringArg::Auto => "auto",
-            IoUringArg::On => "on",
-            IoUringArg::Off => "off",
-        }
-    }
-}
-
 /// Arguments of `portroot umount`.
 #[derive(Debug, Args)]
 #[command(after_help = "Example:\n  portroot umount /mnt/gentoo")]
 pub struct UmountArgs {
     /// What to unmount.
     pub mountpoint: PathBuf,
-}
-
-/// Parse `1048576`, `512K`, `256M`, `1G` (also `MiB`, `GiB`, binary units).
-pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let lower = t.to_ascii_lowercase();
-    let digits_end = lower
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(lower.len());
-    let (num, unit) = lower.split_at(digits_end);
-    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
-    let shift = match unit.trim() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        _ => return Err(format!("bad size unit in {s:?} (use K, M or G)")),
-    };
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("size {s:?} too large"))
-}
-
-/// A cache budget, for `--cache-size` and `mount.cache_size`: a size of
-/// more than 0 (an empty cache would fail the first read instead).
-pub(crate) fn parse_cache_size(s: &str) -> Result<u64, String> {
-    check_cache_size(parse_size(s)?)
-}
-
-/// Refuse an empty cache budget.
-pub(crate) fn check_cache_size(bytes: u64) -> Result<u64, String> {
-    if bytes == 0 {
-        return Err("cache_size must be more than 0".to_owned());
-    }
-    Ok(bytes)
 }
 
 /// `portroot mount`.
@@ -175,12 +111,12 @@ pub fn mount(ctx: &Ctx, mut args: MountArgs) -> anyhow::Result<ExitCode> {
     args.cache_size = Some(
         args.cache_size
             .or(conf.mount.cache_size)
-            .unwrap_or(crate::config::DEFAULT_CACHE_SIZE),
+            .unwrap_or(portroot::config::DEFAULT_CACHE_SIZE),
     );
     args.threads = Some(
         args.threads
             .or(conf.mount.threads)
-            .unwrap_or(crate::config::DEFAULT_THREADS),
+            .unwrap_or(portroot::config::DEFAULT_THREADS),
     );
     args.io_uring = Some(
         args.io_uring
@@ -476,25 +412,5 @@ pub(super) fn options(
         threads: threads.map_or(defaults.threads, usize::from),
         io_uring: io_uring.map_or(defaults.io_uring, IoUringArg::fs),
         ..defaults
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_take_binary_suffixes() {
-        assert_eq!(parse_size("1048576"), Ok(1 << 20));
-        assert_eq!(parse_size("512K"), Ok(512 << 10));
-        assert_eq!(parse_size("256M"), Ok(256 << 20));
-        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
-        assert!(parse_size("12Q").is_err());
-        assert!(parse_size("M").is_err());
-        assert!(parse_size("99999999999999G").is_err());
-        assert_eq!(parse_cache_size("1M"), Ok(1 << 20));
-        for empty in ["0", "0K", "0G"] {
-            assert!(parse_cache_size(empty).is_err(), "{empty}");
-        }
     }
 }

@@ -8,37 +8,19 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use portroot::run::{self, Finished, Outcome, Settings};
 use portroot_runner::cgroup::{self, Cpus, Limits};
-use portroot_runner::conf::{TreeLayout, PKGDIR};
+use portroot_runner::conf::PKGDIR;
 use portroot_runner::job::{self, Job, JobOutcome, JobStatus};
 use portroot_runner::plan::TmpfsMount;
 use portroot_runner::pool::Event;
 use portroot_runner::run::{self as runs, RunRecord};
 use portroot_runner::sandbox::{self, Network, SandboxSpec};
 
+use portroot::config::{Layout, NetworkArg};
+
 use super::Ctx;
-
-/// Where the portage tree and the caches appear inside the chroot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Layout {
-    /// `/var/db/repos/gentoo` (current Gentoo default).
-    Modern,
-    /// `/usr/portage`, as older stages and the seed expect.
-    UsrPortage,
-}
-
-/// `--network`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum NetworkArg {
-    /// Share the host's network.
-    Host,
-    /// Only loopback (no route out).
-    None,
-}
 
 /// What every chroot of a run or shell is made of.
 #[derive(Debug, Args)]
@@ -100,13 +82,13 @@ pub struct ChrootArgs {
     /// A fresh tmpfs over this directory of every job, with its owner and
     /// mode, e.g. `/var/tmp/portage=8G` for builds in RAM; repeat for more.
     /// Replaces the config's `run.tmpfs`.
-    #[arg(long = "tmpfs", value_name = "PATH[=SIZE]", value_parser = crate::config::parse_tmpfs)]
+    #[arg(long = "tmpfs", value_name = "PATH[=SIZE]", value_parser = portroot::config::parse_tmpfs)]
     tmpfs: Vec<TmpfsMount>,
 }
 
 /// `--memory`: a size, at least 1M.
 fn parse_memory(s: &str) -> Result<u64, String> {
-    super::mount::parse_size(s).and_then(cgroup::check_memory)
+    portroot::config::parse_size(s).and_then(cgroup::check_memory)
 }
 
 /// `--pids`: 1 to the kernel's largest pid count.
@@ -196,14 +178,15 @@ fn settings(ctx: &Ctx, args: &ChrootArgs) -> anyhow::Result<Settings> {
         Some(words) => {
             let words: Vec<String> = words.split_whitespace().map(str::to_owned).collect();
             for w in &words {
-                crate::config::check_feature(w).map_err(|e| anyhow::anyhow!("--features: {e}"))?;
+                portroot::config::check_feature(w)
+                    .map_err(|e| anyhow::anyhow!("--features: {e}"))?;
             }
             words
         }
         None => conf.features.clone().unwrap_or_default(),
     };
     if let Some(url) = &args.local_mirror {
-        crate::config::check_url(url).map_err(|e| anyhow::anyhow!("--local-mirror: {e}"))?;
+        portroot::config::check_url(url).map_err(|e| anyhow::anyhow!("--local-mirror: {e}"))?;
     }
     // Relative directories are taken from where the command runs; the
     // config's are absolute by construction.
@@ -251,15 +234,6 @@ fn settings(ctx: &Ctx, args: &ChrootArgs) -> anyhow::Result<Settings> {
         repo_refs: args.repo_refs.clone(),
         mount: mount_options(ctx),
     })
-}
-
-impl From<Layout> for TreeLayout {
-    fn from(l: Layout) -> TreeLayout {
-        match l {
-            Layout::Modern => TreeLayout::Modern,
-            Layout::UsrPortage => TreeLayout::UsrPortage,
-        }
-    }
 }
 
 /// Each job's limits: flags, else the configuration, else none.
@@ -525,9 +499,9 @@ pub fn internal(_ctx: &Ctx, cmd: InternalCmd) -> anyhow::Result<ExitCode> {
 }
 
 /// clap's value parser for `--make-conf`: one line (see
-/// [`crate::config::check_make_conf_line`]).
+/// [`portroot::config::check_make_conf_line`]).
 fn parse_make_conf_line(line: &str) -> Result<String, String> {
-    crate::config::check_make_conf_line(line).map(|()| line.to_owned())
+    portroot::config::check_make_conf_line(line).map(|()| line.to_owned())
 }
 
 /// clap's value parser for a count that must be at least 1 (a usage error,

@@ -152,8 +152,9 @@ pub(super) fn parse_pax_time(s: &str) -> Option<TimeSpec> {
     let mut nanos: i64 = digits.parse().ok()?;
     let mut secs = secs;
     if whole.starts_with('-') && nanos > 0 {
-        // -1.25 is 1.25 s before the epoch: -2 s + 0.75 s.
-        secs -= 1;
+        // -1.25 is 1.25 s before the epoch: -2 s + 0.75 s. Below the
+        // earliest time there is, the record is ignored as unreadable.
+        secs = secs.checked_sub(1)?;
         nanos = 1_000_000_000 - nanos;
     }
     Some(TimeSpec::new(secs, nanos))
@@ -219,6 +220,13 @@ mod tests {
             Some(TimeSpec::new(-2, 750_000_000))
         );
         assert_eq!(parse_pax_time("12.x"), None);
+        // Found while writing the fuzz target: one second before i64::MIN
+        // overflowed (a panic with overflow checks, a far-future time without).
+        assert_eq!(parse_pax_time("-9223372036854775808.5"), None);
+        assert_eq!(
+            parse_pax_time("-9223372036854775808"),
+            Some(TimeSpec::new(i64::MIN, 0))
+        );
     }
 
     #[test]
