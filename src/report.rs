@@ -16,8 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use html_escape::{encode_double_quoted_attribute as attr, encode_text as text};
-use portroot_runner::conf::PKGDIR;
-use portroot_runner::job::{JobOutcome, JobStatus};
+use portroot_runner::job::JobOutcome;
 use portroot_runner::run::{self as runs, RunRecord};
 
 /// The report's file name in the run directory.
@@ -61,14 +60,9 @@ pub fn render(run_path: &Path, record: &RunRecord) -> String {
     h
 }
 
-/// `ok`, `failed`, `interrupted` or `running` (no outcomes yet).
+/// `ok`, `failed`, `interrupted`, or `running` (no outcomes yet).
 fn state(record: &RunRecord) -> &'static str {
-    match &record.outcomes {
-        None => "running",
-        Some(o) if o.iter().any(|o| o.status == JobStatus::Cancelled) => "interrupted",
-        Some(o) if o.iter().all(|o| o.status.success()) && record.refused.is_empty() => "ok",
-        Some(_) => "failed",
-    }
+    record.ended().unwrap_or("running")
 }
 
 fn summary(h: &mut String, record: &RunRecord, outcomes: &[JobOutcome]) {
@@ -157,12 +151,7 @@ fn jobs(h: &mut String, outcomes: &[JobOutcome]) {
 /// the run started, and `Packages` if it changed: PKGDIR is shared, so a
 /// run running at the same time may have written some of them.
 fn packages(h: &mut String, record: &RunRecord) {
-    let Some(pkgdir) = record
-        .caches
-        .iter()
-        .find(|b| b.target == Path::new(PKGDIR))
-        .map(|b| &b.source)
-    else {
+    let Some(pkgdir) = record.pkgdir() else {
         return;
     };
     let mut found = Vec::new();

@@ -11,7 +11,6 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use portroot::run::{self, Finished, Outcome, Settings};
 use portroot_runner::cgroup::{self, Cpus, Limits};
-use portroot_runner::conf::PKGDIR;
 use portroot_runner::job::{self, Job, JobOutcome, JobStatus};
 use portroot_runner::plan::TmpfsMount;
 use portroot_runner::pool::Event;
@@ -387,9 +386,9 @@ fn report(outcome: Outcome) -> anyhow::Result<ExitCode> {
 
 /// One line per file refused from the binhost, after the table.
 fn print_refused(record: &RunRecord) {
-    let pkgdir = record.caches.iter().find(|b| b.target == Path::new(PKGDIR));
+    let pkgdir = record.pkgdir();
     for r in &record.refused {
-        let was = pkgdir.map_or_else(|| r.path.clone(), |b| b.source.join(&r.path));
+        let was = pkgdir.map_or_else(|| r.path.clone(), |p| p.join(&r.path));
         eprintln!(
             "portroot: refused {}: {}; moved to {}",
             was.display(),

@@ -4,7 +4,6 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use portroot_runner::job::JobStatus;
 use portroot_runner::layer::LayerStore;
 use portroot_runner::run as runs;
 use portroot_runner::stage::StageStore;
@@ -170,12 +169,10 @@ fn run_state(r: &runs::RunInfo) -> &'static str {
     if r.live {
         return "live";
     }
-    match r.record.as_ref().and_then(|rec| rec.outcomes.as_ref()) {
-        None => "dead",
-        Some(o) if o.iter().any(|o| o.status == JobStatus::Cancelled) => "interrupted",
-        Some(o) if o.iter().all(|o| o.status.success()) => "ok",
-        Some(_) => "failed",
-    }
+    r.record
+        .as_ref()
+        .and_then(|rec| rec.ended())
+        .unwrap_or("dead")
 }
 
 /// `portroot report`.

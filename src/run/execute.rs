@@ -222,12 +222,7 @@ pub(super) fn ensure_caches(caches: &[portroot_runner::plan::Bind]) -> anyhow::R
 /// Refuse what the run left in PKGDIR that a binhost must not serve: move it
 /// into `runs/<id>/refused/`.
 fn check_binhost(record: &RunRecord, run_dir: &RunDir) -> anyhow::Result<Vec<Refused>> {
-    let Some(pkgdir) = record
-        .caches
-        .iter()
-        .find(|b| b.target == Path::new(conf::PKGDIR))
-        .map(|b| &b.source)
-    else {
+    let Some(pkgdir) = record.pkgdir() else {
         return Ok(Vec::new());
     };
     Ok(caches::check_pkgdir(pkgdir, &run_dir.path.join("refused"))?)

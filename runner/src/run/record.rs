@@ -97,6 +97,33 @@ impl RunRecord {
             t.mountpoint = run_path.join("repos").join(&t.name);
         }
     }
+
+    /// The host directory bound as PKGDIR (the binhost), if any.
+    pub fn pkgdir(&self) -> Option<&Path> {
+        self.caches
+            .iter()
+            .find(|b| b.target == Path::new(crate::conf::PKGDIR))
+            .map(|b| b.source.as_path())
+    }
+
+    /// How the run ended, as `runs` and the report say it: `interrupted`
+    /// (a job was cancelled), `ok` (every job succeeded and nothing was
+    /// refused from the binhost, so the run exited 0), `failed`; `None` while
+    /// it has no outcomes (running, or its runner was killed).
+    pub fn ended(&self) -> Option<&'static str> {
+        let o = self.outcomes.as_ref()?;
+        Some(
+            if o.iter()
+                .any(|o| o.status == crate::job::JobStatus::Cancelled)
+            {
+                "interrupted"
+            } else if o.iter().all(|o| o.status.success()) && self.refused.is_empty() {
+                "ok"
+            } else {
+                "failed"
+            },
+        )
+    }
 }
 
 impl RunRecord {
