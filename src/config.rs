@@ -105,15 +105,14 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
     /// Where the tree appears in the chroot.
-    pub layout: Option<Layout>,
+    pub layout: Option<TreeLayout>,
     /// Host network or loopback only.
-    pub network: Option<NetworkArg>,
+    pub network: Option<Network>,
     /// Parallel chroots (at least 1).
     #[serde(default, deserialize_with = "jobs")]
     pub jobs: Option<NonZeroUsize>,
-    /// FEATURES words added after portroot's own (checked by [`check_feature`]).
-    #[serde(default, deserialize_with = "features")]
-    pub features: Option<Vec<String>>,
+    /// FEATURES words added after portroot's own.
+    pub features: Option<Vec<Feature>>,
     /// Lines appended to make.conf, verbatim (each one line).
     #[serde(default, deserialize_with = "make_conf_lines")]
     pub make_conf_lines: Option<Vec<String>>,
@@ -124,8 +123,7 @@ pub struct RunConfig {
     #[serde(default, deserialize_with = "absolute_path")]
     pub binpkgs: Option<PathBuf>,
     /// The `local` mirror URL.
-    #[serde(default, deserialize_with = "url")]
-    pub local_mirror: Option<String>,
+    pub local_mirror: Option<MirrorUrl>,
     /// Memory per job in bytes (at least 1M).
     #[serde(default, deserialize_with = "memory")]
     pub memory: Option<u64>,
@@ -151,7 +149,8 @@ pub struct MountConfig {
     #[serde(default, deserialize_with = "threads")]
     pub threads: Option<u16>,
     /// FUSE over io_uring: auto, on or off.
-    pub io_uring: Option<IoUringArg>,
+    #[serde(default, deserialize_with = "named")]
+    pub io_uring: Option<IoUring>,
 }
 
 /// One file that was read, and what it set.
@@ -237,8 +236,8 @@ impl Config {
         fn quoted(s: &str) -> String {
             toml_string(s)
         }
-        fn list(items: &[String]) -> String {
-            let inner: Vec<String> = items.iter().map(|s| toml_string(s)).collect();
+        fn list<S: AsRef<str>>(items: &[S]) -> String {
+            let inner: Vec<String> = items.iter().map(|s| toml_string(s.as_ref())).collect();
             format!("[{}]", inner.join(", "))
         }
         fn path(p: &Path) -> String {
@@ -249,24 +248,8 @@ impl Config {
             ("mirrors", self.mirrors.as_deref().map(list)),
             ("keyring", self.keyring.as_deref().map(path)),
             ("repo", self.repo.as_deref().map(quoted)),
-            (
-                "run.layout",
-                r.layout.map(|l| {
-                    quoted(match l {
-                        Layout::Modern => "modern",
-                        Layout::UsrPortage => "usr-portage",
-                    })
-                }),
-            ),
-            (
-                "run.network",
-                r.network.map(|n| {
-                    quoted(match n {
-                        NetworkArg::Host => "host",
-                        NetworkArg::None => "none",
-                    })
-                }),
-            ),
+            ("run.layout", r.layout.map(|l| quoted(l.name()))),
+            ("run.network", r.network.map(|n| quoted(n.name()))),
             ("run.jobs", r.jobs.map(|j| j.to_string())),
             ("run.features", r.features.as_deref().map(list)),
             (
@@ -275,7 +258,10 @@ impl Config {
             ),
             ("run.distfiles", r.distfiles.as_deref().map(path)),
             ("run.binpkgs", r.binpkgs.as_deref().map(path)),
-            ("run.local_mirror", r.local_mirror.as_deref().map(quoted)),
+            (
+                "run.local_mirror",
+                r.local_mirror.as_ref().map(|u| quoted(u.as_str())),
+            ),
             ("run.memory", r.memory.map(|b| b.to_string())),
             ("run.cpus", r.cpus.map(|c| c.to_string())),
             ("run.pids", r.pids.map(|n| n.to_string())),
@@ -293,7 +279,7 @@ impl Config {
             ("mount.threads", self.mount.threads.map(|t| t.to_string())),
             (
                 "mount.io_uring",
-                self.mount.io_uring.map(|w| quoted(w.flag())),
+                self.mount.io_uring.map(|w| quoted(w.name())),
             ),
         ]
     }
@@ -434,11 +420,17 @@ mod tests {
             Some(Path::new("/usr/share/openpgp-keys/gentoo-release.asc"))
         );
         assert_eq!(c.repo.as_deref(), Some("gentoo"));
-        assert_eq!(c.run.layout, Some(Layout::Modern));
-        assert_eq!(c.run.network, Some(NetworkArg::Host));
+        assert_eq!(c.run.layout, Some(TreeLayout::Modern));
+        assert_eq!(c.run.network, Some(Network::Host));
         assert_eq!(c.run.jobs.map(NonZeroUsize::get), Some(8));
         assert_eq!(
-            c.run.features.as_deref().unwrap(),
+            c.run
+                .features
+                .as_deref()
+                .unwrap()
+                .iter()
+                .map(Feature::as_str)
+                .collect::<Vec<_>>(),
             ["getbinpkg", "-ipc-sandbox"]
         );
         assert_eq!(
@@ -454,7 +446,7 @@ mod tests {
             Some(Path::new("/srv/binhost/amd64"))
         );
         assert_eq!(
-            c.run.local_mirror.as_deref(),
+            c.run.local_mirror.as_ref().map(MirrorUrl::as_str),
             Some("http://mirror.lan/gentoo")
         );
         assert_eq!(c.run.memory, Some(8 << 30));
@@ -462,7 +454,7 @@ mod tests {
         assert_eq!(c.run.pids, Some(4096));
         assert_eq!(c.mount.cache_size, Some(1 << 30));
         assert_eq!(c.mount.threads, Some(2));
-        assert_eq!(c.mount.io_uring, Some(IoUringArg::Auto));
+        assert_eq!(c.mount.io_uring, Some(IoUring::Auto));
         // As shipped, everything is commented out: copying it changes nothing.
         assert_eq!(parse(EXAMPLE).unwrap(), Config::default());
     }
@@ -473,8 +465,8 @@ mod tests {
             "[run]\nlayout = \"usr-portage\"\nnetwork = \"none\"\n[mount]\ncache_size = 1048576\n",
         )
         .unwrap();
-        assert_eq!(c.run.layout, Some(Layout::UsrPortage));
-        assert_eq!(c.run.network, Some(NetworkArg::None));
+        assert_eq!(c.run.layout, Some(TreeLayout::UsrPortage));
+        assert_eq!(c.run.network, Some(Network::None));
         assert_eq!(c.mount.cache_size, Some(1 << 20));
         assert_eq!(
             parse("[mount]\ncache_size = \"512K\"")
@@ -560,7 +552,7 @@ mod tests {
         let c = site.merge(store);
         assert_eq!(c.repo.as_deref(), Some("a"));
         assert_eq!(c.run.jobs.map(NonZeroUsize::get), Some(2));
-        assert_eq!(c.run.network, Some(NetworkArg::None));
+        assert_eq!(c.run.network, Some(Network::None));
         assert_eq!(c.mount.threads, Some(3));
     }
 
@@ -580,7 +572,7 @@ mod tests {
         let l = Loaded::load(None, &site, &store).unwrap();
         assert_eq!(l.files.len(), 2);
         assert_eq!(l.merged.run.jobs.map(NonZeroUsize::get), Some(2));
-        assert_eq!(l.merged.run.network, Some(NetworkArg::None));
+        assert_eq!(l.merged.run.network, Some(Network::None));
         let shown = l.show(&|_| "x".into());
         assert!(
             shown.contains(&format!(

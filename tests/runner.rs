@@ -226,7 +226,7 @@ impl Sandbox {
                 ],
                 distdir: "/var/cache/distfiles".into(),
                 pkgdir: "/var/cache/binpkgs".into(),
-                local_mirror: Some("http://mirror.invalid/gentoo".into()),
+                local_mirror: Some("http://mirror.invalid/gentoo".parse().unwrap()),
                 resolv_conf: Some(b"nameserver 192.0.2.53\n".to_vec()),
                 features: Vec::new(),
                 make_conf_lines: Vec::new(),

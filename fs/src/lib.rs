@@ -59,6 +59,39 @@ pub enum IoUring {
     Off,
 }
 
+impl IoUring {
+    /// Every choice, in the order `--help` lists them.
+    pub const ALL: [IoUring; 3] = [IoUring::Auto, IoUring::On, IoUring::Off];
+
+    /// Its name in flags and the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            IoUring::Auto => "auto",
+            IoUring::On => "on",
+            IoUring::Off => "off",
+        }
+    }
+
+    /// What it means, for `--help`.
+    pub fn about(self) -> &'static str {
+        match self {
+            IoUring::Auto => "when the kernel allows it",
+            IoUring::On => "always; fail if the kernel does not allow it",
+            IoUring::Off => "never",
+        }
+    }
+}
+
+impl std::str::FromStr for IoUring {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<IoUring, String> {
+        IoUring::ALL
+            .into_iter()
+            .find(|w| w.name() == s)
+            .ok_or_else(|| format!("unknown io_uring choice {s:?}: auto, on or off"))
+    }
+}
+
 /// How to mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOptions {

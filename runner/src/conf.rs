@@ -37,12 +37,144 @@ pub enum TreeLayout {
 }
 
 impl TreeLayout {
+    /// Every layout, in the order `--help` lists them.
+    pub const ALL: [TreeLayout; 2] = [TreeLayout::Modern, TreeLayout::UsrPortage];
+
+    /// Its name in flags, the config and `run.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TreeLayout::Modern => "modern",
+            TreeLayout::UsrPortage => "usr-portage",
+        }
+    }
+
+    /// What it means, for `--help`.
+    pub fn about(self) -> &'static str {
+        match self {
+            TreeLayout::Modern => "/var/db/repos/gentoo (current Gentoo default)",
+            TreeLayout::UsrPortage => "/usr/portage, as older stages and the seed expect",
+        }
+    }
+
     /// The main tree's location inside the chroot.
     pub fn main_location(self) -> PathBuf {
         match self {
             TreeLayout::Modern => repo_location("gentoo"),
             TreeLayout::UsrPortage => PathBuf::from("/usr/portage"),
         }
+    }
+}
+
+impl std::str::FromStr for TreeLayout {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<TreeLayout, String> {
+        TreeLayout::ALL
+            .into_iter()
+            .find(|l| l.name() == s)
+            .ok_or_else(|| format!("unknown layout {s:?}: modern or usr-portage"))
+    }
+}
+
+/// One FEATURES word added after [`FEATURES`]: optionally `-`, then
+/// letters, digits, `_` and `-`. Anything else (a quote, `$`, a space)
+/// would break the make.conf line it is written into, so no other can be
+/// made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Feature(String);
+
+impl Feature {
+    /// The word.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Feature {
+    type Error = String;
+    fn try_from(word: String) -> std::result::Result<Feature, String> {
+        let body = word.strip_prefix('-').unwrap_or(&word);
+        if body.is_empty()
+            || !body
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(format!(
+                "bad FEATURES word {word:?}: letters, digits, _ and - only, optionally after one -"
+            ));
+        }
+        Ok(Feature(word))
+    }
+}
+
+impl std::str::FromStr for Feature {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Feature, String> {
+        Feature::try_from(s.to_owned())
+    }
+}
+
+impl AsRef<str> for Feature {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<Feature> for String {
+    fn from(f: Feature) -> String {
+        f.0
+    }
+}
+
+/// A mirror URL, `scheme://rest` with no whitespace, quote or control
+/// character: it is written into portage's `mirrors` file as one word.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MirrorUrl(String);
+
+impl MirrorUrl {
+    /// The URL.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for MirrorUrl {
+    type Error = String;
+    fn try_from(url: String) -> std::result::Result<MirrorUrl, String> {
+        let ok = url.split_once("://").is_some_and(|(scheme, rest)| {
+            !scheme.is_empty()
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+                && !rest.is_empty()
+        }) && !url
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\'');
+        if ok {
+            Ok(MirrorUrl(url))
+        } else {
+            Err(format!("bad URL {url:?}: expected scheme://host/path"))
+        }
+    }
+}
+
+impl std::str::FromStr for MirrorUrl {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<MirrorUrl, String> {
+        MirrorUrl::try_from(s.to_owned())
+    }
+}
+
+impl AsRef<str> for MirrorUrl {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<MirrorUrl> for String {
+    fn from(u: MirrorUrl) -> String {
+        u.0
     }
 }
 
@@ -71,13 +203,13 @@ pub struct ChrootConf {
     /// PKGDIR inside the chroot.
     pub pkgdir: PathBuf,
     /// `--local-mirror URL`: the `local` mirror for fetch-restricted files.
-    pub local_mirror: Option<String>,
+    pub local_mirror: Option<MirrorUrl>,
     /// The host's `/etc/resolv.conf`, read before entering the chroot.
     pub resolv_conf: Option<Vec<u8>>,
-    /// FEATURES words added after [`FEATURES`] (the caller checks that each
-    /// is one word without quotes). Absent in records written before it.
+    /// FEATURES words added after [`FEATURES`]. Absent in records written
+    /// before it.
     #[serde(default)]
-    pub features: Vec<String>,
+    pub features: Vec<Feature>,
     /// Lines appended to `make.conf` after portroot's own, verbatim.
     #[serde(default)]
     pub make_conf_lines: Vec<String>,
@@ -89,7 +221,7 @@ impl ChrootConf {
         let mut features = String::from(FEATURES);
         for word in &self.features {
             features.push(' ');
-            features.push_str(word);
+            features.push_str(word.as_str());
         }
         let mut out = format!(
             "\n# added by portroot\nFEATURES=\"${{FEATURES}} {features}\"\nDISTDIR=\"{}\"\nPKGDIR=\"{}\"\n",
@@ -120,7 +252,7 @@ impl ChrootConf {
     pub fn mirrors(&self) -> Option<String> {
         self.local_mirror
             .as_ref()
-            .map(|url| format!("local {url}\n"))
+            .map(|url| format!("local {}\n", url.as_str()))
     }
 
     /// Write everything below `root` (`/` once inside the chroot).
@@ -186,7 +318,7 @@ mod tests {
             ],
             distdir: "/var/cache/distfiles".into(),
             pkgdir: "/var/cache/binpkgs".into(),
-            local_mirror: Some("http://mirror.lan/gentoo".into()),
+            local_mirror: Some("http://mirror.lan/gentoo".parse().unwrap()),
             resolv_conf: Some(b"nameserver 10.0.0.1\n".to_vec()),
             features: Vec::new(),
             make_conf_lines: Vec::new(),
@@ -196,7 +328,10 @@ mod tests {
     #[test]
     fn make_conf_adds_extra_features_and_lines_after_ours() {
         let mut c = conf();
-        c.features = vec!["getbinpkg".into(), "-ipc-sandbox".into()];
+        c.features = vec![
+            "getbinpkg".parse().unwrap(),
+            "-ipc-sandbox".parse().unwrap(),
+        ];
         c.make_conf_lines = vec!["MAKEOPTS=\"-j8\"".into(), "# note".into()];
         let text = c.make_conf();
         assert!(

@@ -80,6 +80,37 @@ pub enum Network {
     None,
 }
 
+impl Network {
+    /// Every choice, in the order `--help` lists them.
+    pub const ALL: [Network; 2] = [Network::Host, Network::None];
+
+    /// Its name in flags, the config and `run.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Network::Host => "host",
+            Network::None => "none",
+        }
+    }
+
+    /// What it means, for `--help`.
+    pub fn about(self) -> &'static str {
+        match self {
+            Network::Host => "share the host's network",
+            Network::None => "a network namespace with only loopback (no route out)",
+        }
+    }
+}
+
+impl std::str::FromStr for Network {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Network, String> {
+        Network::ALL
+            .into_iter()
+            .find(|n| n.name() == s)
+            .ok_or_else(|| format!("unknown network {s:?}: host or none"))
+    }
+}
+
 /// What the job runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -24,7 +24,7 @@ use nix::sys::signal::{SigSet, Signal};
 use portroot_fs::{MountOptions, View};
 use tracing::info;
 
-use portroot::config::{parse_cache_size, IoUringArg};
+use portroot::config::{choice, parse_cache_size, IoUring};
 
 use super::Ctx;
 
@@ -84,8 +84,8 @@ pub struct MountArgs {
     /// `auto` uses it when allowed, `on` fails the mount otherwise, `off`
     /// serves through /dev/fuse [default: the config's `mount.io_uring`,
     /// else auto].
-    #[arg(long, value_enum, value_name = "WHEN")]
-    pub io_uring: Option<IoUringArg>,
+    #[arg(long, value_name = "WHEN", value_parser = choice::<IoUring>())]
+    pub io_uring: Option<IoUring>,
 
     /// Internal: report readiness (or the error) on this inherited fd.
     #[arg(long, hide = true, value_name = "FD")]
@@ -121,7 +121,7 @@ pub fn mount(ctx: &Ctx, mut args: MountArgs) -> anyhow::Result<ExitCode> {
     args.io_uring = Some(
         args.io_uring
             .or(conf.mount.io_uring)
-            .unwrap_or(IoUringArg::Auto),
+            .unwrap_or(IoUring::Auto),
     );
     let git_dir = match &args.git_dir {
         Some(p) => p.clone(),
@@ -265,7 +265,7 @@ fn spawn_daemon(ctx: &Ctx, git_dir: &Path, args: &MountArgs) -> anyhow::Result<E
         cmd.arg("--threads").arg(threads.to_string());
     }
     if let Some(when) = args.io_uring {
-        cmd.arg("--io-uring").arg(when.flag());
+        cmd.arg("--io-uring").arg(when.name());
     }
     match &args.tag {
         Some(t) => cmd.arg("--tag").arg(t),
@@ -404,13 +404,13 @@ fn daemon_pids(mp: &Path) -> Vec<nix::unistd::Pid> {
 pub(super) fn options(
     cache_size: Option<u64>,
     threads: Option<u16>,
-    io_uring: Option<IoUringArg>,
+    io_uring: Option<IoUring>,
 ) -> MountOptions {
     let defaults = MountOptions::default();
     MountOptions {
         cache_bytes: cache_size.unwrap_or(defaults.cache_bytes),
         threads: threads.map_or(defaults.threads, usize::from),
-        io_uring: io_uring.map_or(defaults.io_uring, IoUringArg::fs),
+        io_uring: io_uring.unwrap_or(defaults.io_uring),
         ..defaults
     }
 }

@@ -15,9 +15,9 @@ use portroot_runner::job::{self, Job, JobOutcome, JobStatus};
 use portroot_runner::plan::TmpfsMount;
 use portroot_runner::pool::Event;
 use portroot_runner::run::{self as runs, RunRecord};
-use portroot_runner::sandbox::{self, Network, SandboxSpec};
+use portroot_runner::sandbox::{self, SandboxSpec};
 
-use portroot::config::{Layout, NetworkArg};
+use portroot::config::{choice, Feature, MirrorUrl, Network, TreeLayout};
 
 use super::Ctx;
 
@@ -30,16 +30,16 @@ pub struct ChrootArgs {
     repo_refs: Vec<String>,
     /// Where the tree goes: /var/db/repos/gentoo or /usr/portage [default:
     /// the config's `run.layout`, else modern].
-    #[arg(long, value_enum)]
-    layout: Option<Layout>,
+    #[arg(long, value_name = "LAYOUT", value_parser = choice::<TreeLayout>())]
+    layout: Option<TreeLayout>,
     /// `none`: a network namespace with only loopback [default: the config's
     /// `run.network`, else host].
-    #[arg(long, value_enum)]
-    network: Option<NetworkArg>,
+    #[arg(long, value_name = "NETWORK", value_parser = choice::<Network>())]
+    network: Option<Network>,
     /// URL written as the `local` mirror (fetch-restricted files) [default:
     /// the config's `run.local_mirror`].
     #[arg(long, value_name = "URL")]
-    local_mirror: Option<String>,
+    local_mirror: Option<MirrorUrl>,
     /// FEATURES words added after portroot's own, e.g. "getbinpkg -sandbox"
     /// [default: the config's `run.features`].
     #[arg(long, value_name = "WORDS", allow_hyphen_values = true)]
@@ -174,19 +174,13 @@ pub enum InternalCmd {
 fn settings(ctx: &Ctx, args: &ChrootArgs) -> anyhow::Result<Settings> {
     let conf = &ctx.config.merged.run;
     let features = match &args.features {
-        Some(words) => {
-            let words: Vec<String> = words.split_whitespace().map(str::to_owned).collect();
-            for w in &words {
-                portroot::config::check_feature(w)
-                    .map_err(|e| anyhow::anyhow!("--features: {e}"))?;
-            }
-            words
-        }
+        Some(words) => words
+            .split_whitespace()
+            .map(str::parse::<Feature>)
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("--features: {e}"))?,
         None => conf.features.clone().unwrap_or_default(),
     };
-    if let Some(url) = &args.local_mirror {
-        portroot::config::check_url(url).map_err(|e| anyhow::anyhow!("--local-mirror: {e}"))?;
-    }
     // Relative directories are taken from where the command runs; the
     // config's are absolute by construction.
     let dir = |flag: &Option<PathBuf>, what: &str| -> anyhow::Result<Option<PathBuf>> {
@@ -196,11 +190,8 @@ fn settings(ctx: &Ctx, args: &ChrootArgs) -> anyhow::Result<Settings> {
             .with_context(|| format!("resolving --{what}"))
     };
     Ok(Settings {
-        layout: args.layout.or(conf.layout).unwrap_or(Layout::Modern).into(),
-        network: match args.network.or(conf.network).unwrap_or(NetworkArg::Host) {
-            NetworkArg::Host => Network::Host,
-            NetworkArg::None => Network::None,
-        },
+        layout: args.layout.or(conf.layout).unwrap_or(TreeLayout::Modern),
+        network: args.network.or(conf.network).unwrap_or(Network::Host),
         local_mirror: args
             .local_mirror
             .clone()

@@ -8,68 +8,59 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
+pub use portroot_fs::IoUring;
 use portroot_runner::cgroup::{self, Cpus};
+pub use portroot_runner::conf::{Feature, MirrorUrl, TreeLayout};
 use portroot_runner::plan::TmpfsMount;
+pub use portroot_runner::sandbox::Network;
 
-/// When to use FUSE over io_uring (`--io-uring`, `mount.io_uring`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum IoUringArg {
-    /// When the kernel allows it.
-    Auto,
-    /// Always; fail if the kernel does not allow it.
-    On,
-    /// Never.
-    Off,
+/// A value named by one of a fixed set of words, defined once in the crate
+/// that uses it ([`TreeLayout`], [`Network`], [`IoUring`]): the flags parse
+/// it with [`choice`], the config file with its `FromStr`, and `config show`
+/// prints its [`name`](Choice::name).
+pub trait Choice: Copy + Send + Sync + 'static + std::str::FromStr<Err = String> {
+    /// Every value, in the order `--help` lists them.
+    fn all() -> &'static [Self];
+    /// Its word.
+    fn name(self) -> &'static str;
+    /// What it means, for `--help`.
+    fn about(self) -> &'static str;
 }
 
-impl IoUringArg {
-    /// The fs crate's value.
-    pub fn fs(self) -> portroot_fs::IoUring {
-        match self {
-            IoUringArg::Auto => portroot_fs::IoUring::Auto,
-            IoUringArg::On => portroot_fs::IoUring::On,
-            IoUringArg::Off => portroot_fs::IoUring::Off,
+macro_rules! choice {
+    ($t:ty) => {
+        impl Choice for $t {
+            fn all() -> &'static [Self] {
+                &<$t>::ALL
+            }
+            fn name(self) -> &'static str {
+                <$t>::name(self)
+            }
+            fn about(self) -> &'static str {
+                <$t>::about(self)
+            }
         }
-    }
+    };
+}
+choice!(TreeLayout);
+choice!(Network);
+choice!(IoUring);
 
-    /// The flag's (and the config's) spelling.
-    pub fn flag(self) -> &'static str {
-        match self {
-            IoUringArg::Auto => "auto",
-            IoUringArg::On => "on",
-            IoUringArg::Off => "off",
-        }
-    }
+/// The clap value parser of a [`Choice`]: its words, each with its help.
+pub fn choice<T: Choice>() -> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(
+        T::all()
+            .iter()
+            .map(|c| PossibleValue::new(c.name()).help(c.about())),
+    )
+    .try_map(|word| word.parse::<T>())
 }
 
-/// Where the portage tree and the caches appear inside the chroot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Layout {
-    /// `/var/db/repos/gentoo` (current Gentoo default).
-    Modern,
-    /// `/usr/portage`, as older stages and the seed expect.
-    UsrPortage,
-}
-
-impl From<Layout> for portroot_runner::conf::TreeLayout {
-    fn from(l: Layout) -> portroot_runner::conf::TreeLayout {
-        match l {
-            Layout::Modern => portroot_runner::conf::TreeLayout::Modern,
-            Layout::UsrPortage => portroot_runner::conf::TreeLayout::UsrPortage,
-        }
-    }
-}
-
-/// `--network`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum NetworkArg {
-    /// Share the host's network.
-    Host,
-    /// Only loopback (no route out).
-    None,
+/// A [`Choice`] in the config file.
+pub(crate) fn named<'de, D: Deserializer<'de>, T: Choice>(d: D) -> Result<Option<T>, D::Error> {
+    let word = String::deserialize(d)?;
+    word.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 /// Parse `1048576`, `512K`, `256M`, `1G` (also `MiB`, `GiB`, binary units).
@@ -137,41 +128,6 @@ pub(crate) fn toml_string(s: &str) -> String {
     out
 }
 
-/// Check one FEATURES word: optionally `-`, then letters, digits, `_` and
-/// `-`. Anything else (a quote, `$`, a space) would break the make.conf line.
-pub fn check_feature(word: &str) -> Result<(), String> {
-    let body = word.strip_prefix('-').unwrap_or(word);
-    if body.is_empty()
-        || !body
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
-        return Err(format!(
-            "bad FEATURES word {word:?}: letters, digits, _ and - only, optionally after one -"
-        ));
-    }
-    Ok(())
-}
-
-/// Check a mirror URL: `scheme://rest`, no whitespace or quotes (it is
-/// written into portage's mirrors file).
-pub fn check_url(url: &str) -> Result<(), String> {
-    let ok = url.split_once("://").is_some_and(|(scheme, rest)| {
-        !scheme.is_empty()
-            && scheme
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-            && !rest.is_empty()
-    }) && !url
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\'');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("bad URL {url:?}: expected scheme://host/path"))
-    }
-}
-
 /// `mirrors`: at least one, each a URL `snapshot sync` reads (http, https,
 /// file://) or an absolute path, so that a mirror it would refuse is refused
 /// here already.
@@ -184,7 +140,7 @@ pub(crate) fn mirrors<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Stri
     }
     for u in &list {
         if !Path::new(u).is_absolute() {
-            check_url(u).map_err(serde::de::Error::custom)?;
+            MirrorUrl::try_from(u.clone()).map_err(serde::de::Error::custom)?;
         }
         crate::snapshot::sync::Mirror::parse(u)
             .map_err(|e| serde::de::Error::custom(format!("mirrors: {e}")))?;
@@ -212,12 +168,6 @@ pub(crate) fn make_conf_lines<'de, D: Deserializer<'de>>(
             .map_err(|e| serde::de::Error::custom(format!("make_conf_lines: {e}")))?;
     }
     Ok(Some(lines))
-}
-
-pub(crate) fn url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    let u = String::deserialize(d)?;
-    check_url(&u).map_err(serde::de::Error::custom)?;
-    Ok(Some(u))
 }
 
 pub(crate) fn absolute_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
@@ -281,14 +231,6 @@ pub(crate) fn tmpfs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<TmpfsM
         .map(|s| parse_tmpfs(s).map_err(serde::de::Error::custom))
         .collect::<Result<_, _>>()
         .map(Some)
-}
-
-pub(crate) fn features<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
-    let words = Vec::<String>::deserialize(d)?;
-    for w in &words {
-        check_feature(w).map_err(serde::de::Error::custom)?;
-    }
-    Ok(Some(words))
 }
 
 /// An integer in `min..=max`, with messages in the config's terms.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use portroot_runner::cgroup::Limits;
-use portroot_runner::conf::{self, ChrootConf, RepoConf, TreeLayout};
+use portroot_runner::conf::{self, ChrootConf, Feature, MirrorUrl, RepoConf, TreeLayout};
 use portroot_runner::layer::{LayerLease, LayerStore};
 use portroot_runner::plan::{Bind, TmpfsMount};
 use portroot_runner::run::TreeRecord;
@@ -22,10 +22,10 @@ pub struct Settings {
     pub layout: TreeLayout,
     /// The jobs' network.
     pub network: Network,
-    /// The `local` mirror written into make.conf.
-    pub local_mirror: Option<String>,
-    /// FEATURES words after portroot's own (each already checked).
-    pub features: Vec<String>,
+    /// The `local` mirror written into portage's mirrors file.
+    pub local_mirror: Option<MirrorUrl>,
+    /// FEATURES words after portroot's own.
+    pub features: Vec<Feature>,
     /// Lines appended to make.conf (each already checked).
     pub make_conf_lines: Vec<String>,
     /// The host directory shared as DISTDIR.
