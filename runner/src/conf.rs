@@ -414,4 +414,32 @@ mod tests {
         assert_eq!(fs::read(outside.path()).unwrap(), b"");
         assert!(!root.join("etc/resolv.conf").is_symlink());
     }
+
+    #[test]
+    fn features_and_mirror_urls_that_would_break_their_line_cannot_be_made() {
+        for ok in ["getbinpkg", "-ipc-sandbox", "parallel_install"] {
+            assert_eq!(ok.parse::<Feature>().unwrap().as_str(), ok);
+        }
+        for bad in ["", "-", "a b", "x\"y", "$(id)", "--x y"] {
+            assert!(bad.parse::<Feature>().is_err(), "{bad:?}");
+        }
+        for ok in ["http://mirror.lan/gentoo", "file:///srv/distfiles"] {
+            assert_eq!(ok.parse::<MirrorUrl>().unwrap().as_str(), ok);
+        }
+        for bad in ["mirror.lan", "://x", "http://", "http://a b", "http://x\n"] {
+            assert!(bad.parse::<MirrorUrl>().is_err(), "{bad:?}");
+        }
+        // run.json holds them as plain strings, and a bad one is refused there too.
+        let f: Vec<Feature> = serde_json::from_str(r#"["getbinpkg"]"#).unwrap();
+        assert_eq!(serde_json::to_string(&f).unwrap(), r#"["getbinpkg"]"#);
+        assert!(serde_json::from_str::<Vec<Feature>>(r#"["a b"]"#).is_err());
+    }
+
+    #[test]
+    fn layouts_are_read_back_from_their_names() {
+        for l in TreeLayout::ALL {
+            assert_eq!(l.name().parse::<TreeLayout>().unwrap(), l);
+        }
+        assert!("flat".parse::<TreeLayout>().is_err());
+    }
 }
