@@ -207,8 +207,12 @@ impl MountedFs {
             // the connection is gone (through io_uring above all), it took
             // the next mount made on the same path: its handle is left
             // undropped, keeping it from unmounting anything.
+            // It ends within a fraction of a millisecond of the unmount:
+            // poll from 50 µs up, so the wait is not rounded up to a tick.
+            let mut pause = Duration::from_micros(50);
             while !session.guard.is_finished() {
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(5));
             }
             std::mem::forget(session);
         } else if ours {

@@ -259,15 +259,77 @@ fn spawn_job(
 
 /// Remove a finished job's chroot (upper, work, root), keeping log and status.
 pub fn remove_chroot(dir: &JobDir) -> Result<()> {
-    for d in [dir.upper(), dir.work(), dir.root()] {
-        match fs::remove_dir_all(&d) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io("removing", &d)(e)),
-        }
+    remove_chroots(std::slice::from_ref(dir), &[])
+}
+
+/// How many threads remove chroots at once.
+const REMOVERS: usize = 8;
+
+/// Remove the chroots of finished jobs `dirs` (upper, work, root; log and
+/// status stay) and the directories `also`. Freeing a directory's block is
+/// a synchronous discard on a filesystem mounted with `-o discard` (a
+/// cloud VM's ext4, say): removing one entry after another waited for each
+/// (a job's chroot took 5 to 40 ms on such a machine), while several
+/// threads overlap the waits. So the top-level entries of every chroot
+/// directory go in parallel, then the directories themselves.
+pub fn remove_chroots(dirs: &[JobDir], also: &[PathBuf]) -> Result<()> {
+    let roots: Vec<PathBuf> = dirs
+        .iter()
+        .flat_map(|d| [d.upper(), d.work(), d.root()])
+        .chain(also.iter().cloned())
+        .collect();
+    let children: Vec<PathBuf> = roots
+        .iter()
+        .filter_map(|r| fs::read_dir(r).ok())
+        .flat_map(|rd| rd.flatten().map(|e| e.path()))
+        .collect();
+    remove_all_parallel(children)?;
+    remove_all_parallel(roots)?;
+    for d in dirs {
+        let _ = fs::remove_file(d.spec());
     }
-    let _ = fs::remove_file(dir.spec());
     Ok(())
+}
+
+/// `remove_dir_all` (or `remove_file`) each of `paths`, [`REMOVERS`] at a
+/// time; a path already gone is fine. The first error wins.
+fn remove_all_parallel(paths: Vec<PathBuf>) -> Result<()> {
+    let queue = Mutex::new(paths);
+    let next = || queue.lock().map_or(None, |mut q| q.pop());
+    let remove = |p: &Path| -> Result<()> {
+        let removed = match fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(p),
+            Ok(_) => fs::remove_file(p),
+            Err(e) => Err(e),
+        };
+        match removed {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("removing", p)(e)),
+            _ => Ok(()),
+        }
+    };
+    let threads = queue.lock().map_or(1, |q| q.len()).clamp(1, REMOVERS);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut first = None;
+                    while let Some(p) = next() {
+                        if let Err(e) = remove(&p) {
+                            first.get_or_insert(e);
+                        }
+                    }
+                    first
+                })
+            })
+            .collect();
+        let mut first = None;
+        for w in workers {
+            if let Ok(Some(e)) = w.join() {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    })
 }
 
 /// Seconds as shown in the final table.

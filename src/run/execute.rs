@@ -161,10 +161,6 @@ fn tear_down(
     interrupted: &dyn Fn() -> bool,
     finish: &mut dyn FnMut(Finished<'_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let mut cleanup_err = None;
-    if let Err(e) = std::fs::remove_dir_all(run_dir.path.join("repos")) {
-        cleanup_err.get_or_insert(anyhow::Error::from(e).context("removing the tree mount points"));
-    }
     let finish_err = finish(Finished {
         run_dir,
         record,
@@ -172,13 +168,16 @@ fn tear_down(
         interrupted,
     })
     .err();
-    if !keep {
-        for o in outcomes {
-            if let Err(e) = runs::remove_chroot(&run_dir.job(&o.name)) {
-                cleanup_err.get_or_insert(e.into());
-            }
-        }
-    }
+    // The tree mount points (unmounted by now) and, unless kept, every
+    // job's chroot: all at once (see `remove_chroots`).
+    let chroots: Vec<_> = if keep {
+        Vec::new()
+    } else {
+        outcomes.iter().map(|o| run_dir.job(&o.name)).collect()
+    };
+    let cleanup_err = runs::remove_chroots(&chroots, &[run_dir.path.join("repos")])
+        .context("removing the run's chroots and mount points")
+        .err();
     match finish_err.or(cleanup_err) {
         Some(e) => Err(e),
         None => Ok(()),
