@@ -9,6 +9,8 @@
 //! those may need the network beyond the package registry (and the demo needs
 //! none at all).
 
+pub mod chromium;
+pub mod closure;
 pub mod deb;
 pub mod gentoo;
 pub mod portage;

@@ -17,6 +17,7 @@ mod import;
 mod isolation;
 mod layer;
 mod portage;
+mod report_browser;
 mod runner;
 mod stage;
 mod sync;
