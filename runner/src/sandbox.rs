@@ -8,19 +8,21 @@
 //! 1. `unshare(NEWNS|NEWPID|NEWUTS|NEWIPC [|NEWNET])` and make `/`
 //!    recursively private, so nothing mounted below reaches the run's (or the
 //!    host's) namespace, and everything vanishes when the last process exits;
-//! 2. `fork`: the child is PID 1 of the new PID namespace. It dies with the
-//!    helper (`PR_SET_PDEATHSIG`), and every job process dies with it. The
-//!    helper puts it in the job's cgroups (`cgroup.rs`) meanwhile: moving a
-//!    process between cgroups waits for an RCU grace period (the kernel's
-//!    `cgroup_threadgroup_rwsem`, several milliseconds on a busy machine),
-//!    which so overlaps PID 1's mounts instead of preceding them;
+//! 2. the init, PID 1 of the new PID namespace, is made straight into the
+//!    job's cgroups and cgroup namespace without a `cgroup.procs` move
+//!    (`entry.rs`: cloned into v2's leaf, moving itself into the v1 groups
+//!    through `tasks`, joining the namespace an anchor made), because each
+//!    such move waits for an RCU grace period (3 to 12 ms on a 2-CPU VM).
+//!    A kernel without `clone3(CLONE_INTO_CGROUP)` gets the old way: `fork`,
+//!    and the helper writes the init's pid into the groups' `cgroup.procs`
+//!    while the init mounts. The init dies with the helper
+//!    (`PR_SET_PDEATHSIG`), and every job process dies with it;
 //! 3. PID 1 brings `lo` up (`--network none`), sets the hostname, applies the
 //!    plan's first part (overlay → trees and caches → proc → dev → sys, see
 //!    `plan.rs`), reads the host's `resolv.conf`, `pivot_root`s into the
 //!    chroot and detaches the old root, and writes the portage
-//!    configuration; once the helper says it is in the job's cgroups, it
-//!    `unshare(NEWCGROUP)`s (the groups become the namespace's roots), moves
-//!    into the v2 group's leaf and mounts the job's cgroup2;
+//!    configuration; then (the old way) it `unshare(NEWCGROUP)`s and moves
+//!    into the v2 group's leaf; it mounts the job's cgroup2;
 //! 4. PID 1 enters the job's user namespace: `unshare(CLONE_NEWUSER)`, the
 //!    helper (still root of the host's namespace) maps every uid and gid onto
 //!    itself, then `unshare(CLONE_NEWNS)`. In that mount namespace the kernel
@@ -41,6 +43,7 @@
 //! and mounted through `/proc/self/fd/N`, so a symlink in the stage (say
 //! `/var/db/repos -> /srv`) can never make a bind land on the host.
 
+mod entry;
 mod ids;
 mod mounts;
 
@@ -57,6 +60,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, pipe2, ForkResult, Pid};
 use serde::{Deserialize, Serialize};
 
+use self::entry::Entry;
 use self::ids::{drop_bounding_caps, map_ids, IdHandshake};
 pub use self::ids::{DROPPED_CAPS, ID_MAP};
 pub use self::mounts::{apply, apply_job, open_dir_in_root};
@@ -171,6 +175,12 @@ pub fn run(spec: &SandboxSpec) -> Result<i32> {
     if spec.command != Command::Interactive {
         drop_controlling_terminal();
     }
+    // Before the PID namespace exists: the cgroup anchor must not become
+    // its PID 1.
+    let entry = match &spec.cgroup {
+        Some(cg) => Entry::prepare(cg)?,
+        None => None,
+    };
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWUTS
@@ -191,49 +201,58 @@ pub fn run(spec: &SandboxSpec) -> Result<i32> {
         Mode::empty(),
     )
     .map_err(sys("opening", "/proc"))?;
-    // The same for the job's cgroups.
-    let groups = match &spec.cgroup {
-        Some(cg) => Some(cgroup::open_procs(&cg.enter)?),
-        None => None,
+    // The same for the job's cgroups, when the init cannot enter them
+    // itself (see `entry.rs`).
+    let groups = match (&spec.cgroup, &entry) {
+        (Some(cg), None) => Some(cgroup::open_procs(&cg.enter)?),
+        _ => None,
     };
     let (from_init, to_helper) = pipe2(OFlag::O_CLOEXEC).map_err(pipe_error)?;
     let (from_helper, to_init) = pipe2(OFlag::O_CLOEXEC).map_err(pipe_error)?;
 
+    let child = match &entry {
+        Some(entry) => entry.spawn_init()?,
+        None => fork_init()?,
+    };
+    if child.as_raw() == 0 {
+        drop((proc_dir, from_init, to_init, groups));
+        let ids = IdHandshake {
+            to_helper,
+            from_helper,
+        };
+        let code = match init(spec, ids, entry) {
+            Ok(code) => code,
+            Err(err) => {
+                eprintln!("portroot sandbox: {}", chain(&err));
+                SETUP_FAILED
+            }
+        };
+        std::process::exit(code);
+    }
+    drop((to_helper, from_helper, entry));
+    if let Some(groups) = groups {
+        // On failure the init reads end-of-file and gives up.
+        if let Err(e) = place_init(groups, child, &to_init) {
+            drop((from_init, to_init));
+            wait_exit(child)?;
+            return Err(e);
+        }
+    }
+    let mapped = map_ids(&proc_dir, child, from_init, to_init);
+    let code = wait_exit(child)?;
+    mapped.map(|()| code)
+}
+
+/// `fork`, as [`Entry::spawn_init`] returns it: 0 in the child.
+fn fork_init() -> Result<Pid> {
     // SAFETY: the helper is single-threaded (a fresh exec of our binary that
     // started no threads), so the child may allocate and run ordinary code.
     match unsafe { fork() }.map_err(|source| Error::Proc {
         what: "forking the sandbox init",
         source,
     })? {
-        ForkResult::Child => {
-            drop((proc_dir, from_init, to_init, groups));
-            let ids = IdHandshake {
-                to_helper,
-                from_helper,
-            };
-            let code = match init(spec, ids) {
-                Ok(code) => code,
-                Err(err) => {
-                    eprintln!("portroot sandbox: {}", chain(&err));
-                    SETUP_FAILED
-                }
-            };
-            std::process::exit(code);
-        }
-        ForkResult::Parent { child } => {
-            drop((to_helper, from_helper));
-            if let Some(groups) = groups {
-                // On failure the init reads end-of-file and gives up.
-                if let Err(e) = place_init(groups, child, &to_init) {
-                    drop((from_init, to_init));
-                    wait_exit(child)?;
-                    return Err(e);
-                }
-            }
-            let mapped = map_ids(&proc_dir, child, from_init, to_init);
-            let code = wait_exit(child)?;
-            mapped.map(|()| code)
-        }
+        ForkResult::Child => Ok(Pid::from_raw(0)),
+        ForkResult::Parent { child } => Ok(child),
     }
 }
 
@@ -320,7 +339,12 @@ fn wait_exit(child: Pid) -> Result<i32> {
 }
 
 /// PID 1 of the job's namespaces: set up, start the shell, reap.
-fn init(spec: &SandboxSpec, ids: IdHandshake) -> Result<i32> {
+fn init(spec: &SandboxSpec, ids: IdHandshake, entry: Option<Entry>) -> Result<i32> {
+    // First of all, so that everything the init does counts as the job's.
+    let entered = entry.is_some();
+    if let Some(entry) = entry {
+        entry.enter()?;
+    }
     set_up_process(spec)?;
     let mut plan = MountPlan::for_chroot(&spec.layout);
     let before_cgroup = plan.ops.len();
@@ -334,10 +358,11 @@ fn init(spec: &SandboxSpec, ids: IdHandshake) -> Result<i32> {
         // Missing on the host is fine (a build box without DNS): keep the stage's.
         conf.resolv_conf = std::fs::read("/etc/resolv.conf").ok();
     }
-    // v2's leaf, opened while its host path is still in reach.
+    // The old way in (see `entry.rs`): v2's leaf, opened while its host
+    // path is still in reach.
     let leaf = match &spec.cgroup {
-        Some(cg) => Some(cgroup::open_procs(&cg.then)?),
-        None => None,
+        Some(cg) if !entered => Some(cgroup::open_procs(&cg.then)?),
+        _ => None,
     };
     // Still before the cgroups: the helper's move may be waiting for the
     // kernel meanwhile. The cgroup2 mount below goes through `root`.
