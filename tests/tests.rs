@@ -18,5 +18,6 @@ mod isolation;
 mod layer;
 mod portage;
 mod runner;
+mod slurm;
 mod stage;
 mod sync;
