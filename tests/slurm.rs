@@ -333,3 +333,43 @@ fn slurm_sigint_cancels_the_array_and_leaves_nothing_queued() {
     assert!(stderr.contains("cancelled"), "{stderr}");
     s.assert_clean();
 }
+
+#[test]
+fn slurm_without_a_shared_dir_or_a_local_stage_url_is_a_usage_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let err = util::fails(
+        util::portroot(&store).arg("--no-config").args([
+            "run",
+            "--scheduler",
+            "slurm",
+            "--stage",
+            "s",
+            "--tag",
+            "t",
+            "--",
+            "true",
+        ]),
+        2,
+    );
+    assert!(err.contains("slurm.shared_dir is not set"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let err = util::fails(
+        util::portroot(&store).arg("--no-config").args([
+            "run",
+            "--stage",
+            "s",
+            "--tag",
+            "t",
+            "--stage-url",
+            "file:///x",
+            "--",
+            "true",
+        ]),
+        2,
+    );
+    assert!(
+        err.contains("--stage-url is for --scheduler slurm"),
+        "{err}"
+    );
+}

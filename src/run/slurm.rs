@@ -69,9 +69,11 @@ pub struct SlurmRun {
 }
 
 /// The shortest and longest pause between two looks at the queue: short at
-/// first, so short runs end soon after their last task, then backing off.
+/// first, so short runs end soon after their last task, then backing off
+/// by a quarter each time, so a run ends at most a quarter late (and 1 s)
+/// and a long one asks slurmctld once a second.
 const POLL_MIN: Duration = Duration::from_millis(100);
-const POLL_MAX: Duration = Duration::from_secs(2);
+const POLL_MAX: Duration = Duration::from_secs(1);
 
 /// Looks at the queue that may fail in a row (slurmctld restarting) before
 /// the run gives up, cancelling the array.
@@ -286,7 +288,7 @@ fn wait(
             }
         }
         std::thread::sleep(pause);
-        pause = (pause * 2).min(POLL_MAX);
+        pause = (pause + pause / 4).min(POLL_MAX);
     }
 }
 
@@ -380,6 +382,50 @@ mod tests {
         assert_eq!(tasks[&1].node, "node2");
         assert!(!tasks.contains_key(&4));
         assert_eq!(parse_queue("").1, 0);
+    }
+
+    #[test]
+    fn a_task_without_a_result_shows_how_slurm_ended_it() {
+        use portroot_runner::job::Job;
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = RemoteSpec {
+            id: "r".into(),
+            stage: portroot_runner::digest::StageDigest::parse(&"a".repeat(64)).unwrap(),
+            stage_url: None,
+            trees: Vec::new(),
+            layers: Vec::new(),
+            settings: remote::Shipped {
+                layout: portroot_runner::conf::TreeLayout::Modern,
+                network: portroot_runner::sandbox::Network::Host,
+                local_mirror: None,
+                features: Vec::new(),
+                make_conf_lines: Vec::new(),
+                distfiles: "/d".into(),
+                binpkgs: "/b".into(),
+                limits: Default::default(),
+                tmpfs: Vec::new(),
+            },
+            jobs: vec![Job {
+                name: "j".into(),
+                script: "true".into(),
+            }],
+            retry_of: None,
+        };
+        let state = |s: &str| TaskState {
+            state: s.into(),
+            node: "node7".into(),
+        };
+        let timed_out = collect(tmp.path(), &spec, 0, Some(&state("TIMEOUT")));
+        assert_eq!(
+            timed_out.outcome.status.to_string(),
+            "error: killed by slurm: timeout"
+        );
+        assert_eq!(timed_out.node, "node7");
+        let cancelled = collect(tmp.path(), &spec, 0, Some(&state("CANCELLED")));
+        assert_eq!(cancelled.outcome.status, JobStatus::Cancelled);
+        let lost = collect(tmp.path(), &spec, 0, None);
+        assert_eq!(lost.node, "-");
+        assert!(!lost.outcome.status.success());
     }
 
     #[test]
