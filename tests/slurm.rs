@@ -153,6 +153,7 @@ fn slurm_runs_an_eight_job_array_and_prints_each_node() {
             ])
             .arg("cat /var/db/repos/gentoo/metadata/timestamp.x; echo job=$(hostname)"),
     );
+    println!("{out}");
     let lines: Vec<&str> = out.lines().collect();
     assert!(
         lines[0].contains("JOB") && lines[0].contains("NODE"),
@@ -233,6 +234,7 @@ fn slurm_wrong_digest_fails_the_jobs_with_one_line_and_leaves_nothing() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}{stderr}");
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(stderr.contains("2 of 2 jobs failed"), "{stderr}");
     for r in results(&s.runs()[0]) {

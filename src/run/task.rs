@@ -100,7 +100,8 @@ fn prepare(node: &Node, spec: &RemoteSpec, fetched: &mut Vec<String>) -> anyhow:
         return Ok(());
     }
     fetch_stage(&node.store, url, spec.stage.as_str())
-        .with_context(|| format!("fetching stage {} from {url}", spec.stage.short()))?;
+        // The downloader's error names the URL already.
+        .with_context(|| format!("fetching stage {}", spec.stage.short()))?;
     fetched.push(format!("stage {}", spec.stage.as_str()));
     Ok(())
 }
