@@ -33,23 +33,32 @@ struct Setup {
 
 impl Setup {
     fn new(cluster: SlurmCluster, node_store: Option<&str>) -> Setup {
+        Setup::build(cluster, node_store, true)
+    }
+
+    /// With `copy_repos` false the node's store starts empty and the config
+    /// names the submitter's gentoo repository as the team remote.
+    fn build(cluster: SlurmCluster, node_store: Option<&str>, copy_repos: bool) -> Setup {
         let rs = RunStore::new();
         let base = rs.tmp.path();
         fs::create_dir_all(base.join("shared")).unwrap();
-        let node = match node_store {
-            Some(sub) => {
-                let node = base.join(sub);
-                fs::create_dir_all(&node).unwrap();
+        let mut node = String::new();
+        if let Some(sub) = node_store {
+            let dir = base.join(sub);
+            fs::create_dir_all(&dir).unwrap();
+            node = format!("store = \"{}\"\n", dir.display());
+            if copy_repos {
                 util::ok(
                     Command::new("cp")
                         .arg("-a")
                         .arg(rs.store().join("repos"))
-                        .arg(&node),
+                        .arg(&dir),
                 );
-                format!("store = \"{}\"\n", node.display())
+            } else {
+                let remote = rs.store().join("repos/gentoo.git");
+                node.push_str(&format!("tree_remote = \"{}\"\n", remote.display()));
             }
-            None => String::new(),
-        };
+        }
         let conf = format!(
             "[slurm]\nshared_dir = \"{}\"\nbin_dir = \"{}\"\n{node}",
             base.join("shared").display(),
@@ -374,4 +383,32 @@ fn slurm_without_a_shared_dir_or_a_local_stage_url_is_a_usage_error() {
         err.contains("--stage-url is for --scheduler slurm"),
         "{err}"
     );
+}
+
+#[test]
+fn slurm_empty_node_store_fetches_the_tree_from_the_team_remote_once() {
+    let Some(c) = cluster() else { return };
+    let s = Setup::build(c, Some("node"), false);
+    let (tar, digest) = s.tarball();
+    util::ok(
+        s.run()
+            .args(["--stage", "test", "--tag", "2026-08-20", "--repeat", "3"])
+            .arg("--stage-url")
+            .arg(format!("file://{}", tar.display()))
+            .args(["--", "cat /var/db/repos/gentoo/metadata/timestamp.x"]),
+    );
+    let spec = RemoteSpec::load(&s.runs()[0]).unwrap();
+    let commit = &spec.trees[0].commit;
+    let rs = results(&s.runs()[0]);
+    let mut fetches: Vec<_> = rs.iter().flat_map(|r| r.fetched.clone()).collect();
+    fetches.sort();
+    assert_eq!(
+        fetches,
+        [format!("stage {digest}"), format!("tree {commit}")]
+    );
+    for r in &rs {
+        let log = fs::read_to_string(&r.outcome.log).unwrap();
+        assert!(log.contains("1787270400 2026-08-20"), "{log}");
+    }
+    s.assert_clean();
 }

@@ -117,7 +117,8 @@ fn submit(ctx: &Ctx, sub: Submission<'_>) -> anyhow::Result<ExitCode> {
     let settings = super::run::settings(ctx, sub.chroot)?;
     let pinned = portroot::run::pin(&ctx.store, sub.stage, sub.tag, &settings)?;
     let id = runs::new_run_id(SystemTime::now());
-    let spec = RemoteSpec::new(&id, &pinned, sub.stage_url, sub.jobs);
+    let mut spec = RemoteSpec::new(&id, &pinned, sub.stage_url, sub.jobs);
+    spec.tree_remote = ctx.config.merged.slurm.tree_remote.clone();
     let done = slurm::submit(&spec, &opts)?;
     drop(pinned);
     Ok(report(&done))

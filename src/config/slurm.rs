@@ -55,6 +55,9 @@ pub struct SlurmConfig {
     /// The portroot binary on the nodes (absolute); else this one's path.
     #[serde(default, deserialize_with = "absolute_path")]
     pub portroot: Option<PathBuf>,
+    /// The team git remote nodes fetch missing snapshots from.
+    #[serde(default, deserialize_with = "remote")]
+    pub tree_remote: Option<String>,
 }
 
 impl SlurmConfig {
@@ -68,6 +71,7 @@ impl SlurmConfig {
             store: over.store.or(self.store),
             bin_dir: over.bin_dir.or(self.bin_dir),
             portroot: over.portroot.or(self.portroot),
+            tree_remote: over.tree_remote.or(self.tree_remote),
         }
     }
 
@@ -89,6 +93,7 @@ impl SlurmConfig {
             ("slurm.store", self.store.as_ref().map(path)),
             ("slurm.bin_dir", self.bin_dir.as_ref().map(path)),
             ("slurm.portroot", self.portroot.as_ref().map(path)),
+            ("slurm.tree_remote", self.tree_remote.as_deref().map(quoted)),
         ]
     }
 }
@@ -113,4 +118,16 @@ fn options<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Er
         )));
     }
     Ok(Some(opts))
+}
+
+/// `tree_remote`: a git remote as `snapshot fetch` takes it (an absolute
+/// path or a URL), on one line.
+fn remote<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let r = String::deserialize(d)?;
+    if !(r.starts_with('/') || r.contains("://")) || r.chars().any(char::is_control) {
+        return Err(serde::de::Error::custom(format!(
+            "remote {r:?} must be an absolute path or a URL"
+        )));
+    }
+    Ok(Some(r))
 }

@@ -77,6 +77,10 @@ pub struct RemoteSpec {
     pub stage: StageDigest,
     /// Where a node lacking the stage fetches it (checked against `stage`).
     pub stage_url: Option<String>,
+    /// The team git remote a node lacking the main tree's commit fetches
+    /// snapshots from (`snapshot fetch`); the commit is checked after.
+    #[serde(default)]
+    pub tree_remote: Option<String>,
     /// Every tree, the main one first.
     pub trees: Vec<PinnedTree>,
     /// The layers, bottom first.
@@ -110,6 +114,7 @@ impl RemoteSpec {
             id: id.to_owned(),
             stage: pinned.stage.stage.digest.clone(),
             stage_url,
+            tree_remote: None,
             trees: pinned
                 .trees
                 .iter()

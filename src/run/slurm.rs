@@ -392,6 +392,7 @@ mod tests {
             id: "r".into(),
             stage: portroot_runner::digest::StageDigest::parse(&"a".repeat(64)).unwrap(),
             stage_url: None,
+            tree_remote: None,
             trees: Vec::new(),
             layers: Vec::new(),
             settings: remote::Shipped {

@@ -78,9 +78,52 @@ fn finish(
     Ok(ok)
 }
 
-/// Make sure the node's store has the pinned stage (fetching it if a URL is
-/// pinned too); trees and layers must be there already.
+/// Make sure the node's store has the pinned stage and main tree commit
+/// (fetching what it lacks when the run names where from); further trees
+/// and layers must be there already.
 fn prepare(node: &Node, spec: &RemoteSpec, fetched: &mut Vec<String>) -> anyhow::Result<()> {
+    prepare_stage(node, spec, fetched)?;
+    prepare_tree(node, spec, fetched)
+}
+
+/// Whether the main tree's pinned commit is in the node's repository.
+fn has_main_commit(node: &Node, spec: &RemoteSpec) -> bool {
+    let Some(main) = spec.trees.first() else {
+        return true;
+    };
+    let Ok(oid) = git2::Oid::from_str(&main.commit) else {
+        return false;
+    };
+    git2::Repository::open_bare(node.store.repo_path(&node.main_repo))
+        .is_ok_and(|r| r.find_object(oid, None).is_ok())
+}
+
+/// Fetch the snapshots from the team remote if the main tree's commit is
+/// missing, under a lock (one fetch per node).
+fn prepare_tree(node: &Node, spec: &RemoteSpec, fetched: &mut Vec<String>) -> anyhow::Result<()> {
+    let (Some(remote), Some(main)) = (&spec.tree_remote, spec.trees.first()) else {
+        return Ok(());
+    };
+    if has_main_commit(node, spec) {
+        return Ok(());
+    }
+    let tmp = node.store.tmp_dir();
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let _lock = lock(&tmp.join(format!("fetch-repo-{}.lock", node.main_repo)))?;
+    if has_main_commit(node, spec) {
+        return Ok(());
+    }
+    child(
+        &node.store,
+        &["snapshot", "fetch", remote, "--repo", &node.main_repo],
+    )
+    .with_context(|| format!("fetching tree {} from {remote}", main.commit))?;
+    fetched.push(format!("tree {}", main.commit));
+    Ok(())
+}
+
+/// The stage, fetched by URL and digest if the node lacks it.
+fn prepare_stage(node: &Node, spec: &RemoteSpec, fetched: &mut Vec<String>) -> anyhow::Result<()> {
     let stages =
         portroot_runner::stage::StageStore::new(node.store.stages_dir(), node.store.tmp_dir());
     if stages.resolve(spec.stage.as_str()).is_ok() {
@@ -110,10 +153,17 @@ fn prepare(node: &Node, spec: &RemoteSpec, fetched: &mut Vec<String>) -> anyhow:
 /// its downloader's threads stay out of this process, which must still be
 /// single-threaded when the run unshares its mount namespace.
 fn fetch_stage(store: &Store, url: &str, digest: &str) -> anyhow::Result<()> {
+    child(store, &["stage", "add", url, "--sha256", digest])
+}
+
+/// `portroot --store STORE -q ARGS` as a child; its last stderr line as the
+/// error.
+fn child(store: &Store, args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("/proc/self/exe")
         .arg("--store")
         .arg(store.root())
-        .args(["-q", "stage", "add", url, "--sha256", digest])
+        .arg("-q")
+        .args(args)
         .stdin(Stdio::null())
         .output()
         .context("starting portroot stage add")?;
