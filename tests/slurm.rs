@@ -412,3 +412,29 @@ fn slurm_empty_node_store_fetches_the_tree_from_the_team_remote_once() {
     }
     s.assert_clean();
 }
+
+#[test]
+fn slurm_task_over_its_time_limit_shows_as_killed_by_slurm() {
+    let Some(c) = cluster() else { return };
+    let s = Setup::new(c, None);
+    // `[slurm]` is the config's last section: one more key for it. One
+    // minute is Slurm's smallest limit; it checks limits every 30 s or so.
+    let conf = s.rs.tmp.path().join("portroot.toml");
+    let mut text = fs::read_to_string(&conf).unwrap();
+    text.push_str("sbatch_options = [\"--time=1\"]\n");
+    fs::write(&conf, text).unwrap();
+    let out =
+        util::run(
+            s.run()
+                .args(["--stage", "test", "--tag", "2026-08-20", "--", "sleep 600"]),
+        );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let row = stdout.lines().find(|l| l.starts_with("1 ")).unwrap_or("");
+    assert!(
+        row.contains("error: killed by slurm: timeout") && row.contains(NODE),
+        "{stdout}"
+    );
+    s.assert_clean();
+}

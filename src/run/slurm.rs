@@ -312,8 +312,17 @@ fn collect(
     state: Option<&TaskState>,
 ) -> RemoteOutcome {
     if let Some(r) = remote::load_result(dir, index) {
+        let mut outcome = r.outcome;
+        // Slurm ends a task over its time limit (or preempted) with SIGTERM
+        // to every process of it: the job records `signal 15` or the run a
+        // cancel. Say who ended it.
+        if let Some(s) = state.filter(|s| killed_by_slurm(&s.state)) {
+            if !outcome.status.success() {
+                outcome.status = killed(&s.state);
+            }
+        }
         return RemoteOutcome {
-            outcome: r.outcome,
+            outcome,
             node: r.node,
             fetched: r.fetched,
         };
@@ -321,10 +330,7 @@ fn collect(
     let name = spec.jobs[index].name.clone();
     let (status, node) = match state {
         Some(s) if s.state == "CANCELLED" => (JobStatus::Cancelled, s.node.clone()),
-        Some(s) => (
-            JobStatus::Error(format!("killed by slurm: {}", s.state.to_lowercase())),
-            s.node.clone(),
-        ),
+        Some(s) => (killed(&s.state), s.node.clone()),
         None => (
             JobStatus::Error("no result and no trace in the queue".into()),
             String::new(),
@@ -346,6 +352,16 @@ fn collect(
         node: if node.is_empty() { "-".into() } else { node },
         fetched: Vec::new(),
     }
+}
+
+/// Final states in which Slurm, not the task, ended the task.
+fn killed_by_slurm(state: &str) -> bool {
+    is_final(state) && !matches!(state, "COMPLETED" | "FAILED" | "CANCELLED")
+}
+
+/// The status of a task Slurm ended in `state`.
+fn killed(state: &str) -> JobStatus {
+    JobStatus::Error(format!("killed by slurm: {}", state.to_lowercase()))
 }
 
 /// Block SIGINT and SIGTERM in this thread (and every thread it starts;
