@@ -45,8 +45,8 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!(
-        "{:>4}  {:>10}  {:>10}  {:>14}  {:>14}  {:>8}",
-        "N", "local s", "slurm s", "local ms/job", "slurm ms/job", "ratio"
+        "{:>4}  {:>10}  {:>10}  {:>12}  {:>14}  {:>14}  {:>8}",
+        "N", "local s", "slurm s", "bare sbatch s", "local ms/job", "slurm ms/job", "ratio"
     );
     // Warm the page cache and both paths once.
     run(base, "local", 1);
@@ -60,11 +60,16 @@ fn main() {
         };
         let local = best("local");
         let slurm = best("slurm");
+        let bare = (0..3)
+            .map(|_| bare_array(&cluster, base, n))
+            .min()
+            .expect("three runs");
         let per = |d: Duration| d.as_secs_f64() * 1000.0 / n as f64;
         println!(
-            "{n:>4}  {:>10.3}  {:>10.3}  {:>14.1}  {:>14.1}  {:>7.1}x",
+            "{n:>4}  {:>10.3}  {:>10.3}  {:>12.3}  {:>14.1}  {:>14.1}  {:>7.1}x",
             local.as_secs_f64(),
             slurm.as_secs_f64(),
+            bare.as_secs_f64(),
             per(local),
             per(slurm),
             slurm.as_secs_f64() / local.as_secs_f64()
@@ -123,6 +128,43 @@ fn run(base: &Path, scheduler: &str, n: usize) -> Duration {
         .arg(n.to_string())
         .args(["--", "true"]));
     started.elapsed()
+}
+
+/// Slurm alone: an array of `n` tasks each running `true`, submitted and
+/// polled every 20 ms until the queue holds no active task of it. What a
+/// portroot run through Slurm costs beyond this is portroot's.
+fn bare_array(cluster: &SlurmCluster, base: &Path, n: usize) -> Duration {
+    let started = Instant::now();
+    let out = cluster
+        .client("sbatch")
+        .arg("--parsable")
+        .arg(format!("--array=0-{}", n - 1))
+        .arg(format!("--output={}/bare-%a.out", base.display()))
+        .args(["--wrap", "true"])
+        .output()
+        .expect("sbatch");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    loop {
+        let q = cluster
+            .client("squeue")
+            .args(["-h", "-j", &id, "-o", "%T"])
+            .output()
+            .expect("squeue");
+        let text = String::from_utf8_lossy(&q.stdout);
+        if !text.lines().any(|l| !l.trim().is_empty()) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "array {id} still queued"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn ok(c: &mut Command) {
