@@ -383,6 +383,17 @@ fn slurm_without_a_shared_dir_or_a_local_stage_url_is_a_usage_error() {
         err.contains("--stage-url is for --scheduler slurm"),
         "{err}"
     );
+    let conf = tmp.path().join("portroot.toml");
+    fs::write(&conf, "[slurm]\nshared_dir = \"/nonexistent\"\n").unwrap();
+    let err = util::fails(
+        util::portroot(&store)
+            .arg("--config")
+            .arg(&conf)
+            .args(["run", "--scheduler", "slurm", "--keep"])
+            .args(["--stage", "s", "--tag", "t", "--", "true"]),
+        2,
+    );
+    assert!(err.contains("--keep is for local runs"), "{err}");
 }
 
 #[test]

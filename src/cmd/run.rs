@@ -142,7 +142,7 @@ pub struct RunArgs {
     job_file: Option<PathBuf>,
     /// Keep each job's chroot for `portroot shell --run ID --job NAME`.
     #[arg(long)]
-    keep: bool,
+    pub(super) keep: bool,
     /// The command: one word is a shell line, several are quoted and joined.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,

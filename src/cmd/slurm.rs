@@ -90,6 +90,10 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     if scheduler == Scheduler::Local {
         return super::run::run(ctx, args);
     }
+    if args.keep {
+        // The chroots would be kept on whichever node ran them.
+        return Ok(usage("--keep is for local runs"));
+    }
     let (Some(stage), Some(tag)) = (&args.stage, &args.tag) else {
         anyhow::bail!("give --stage and --tag");
     };
