@@ -9,6 +9,7 @@ pub mod mount;
 pub mod run;
 pub mod runs;
 pub mod signals;
+pub mod slurm;
 pub mod snapshot;
 pub mod stage;
 

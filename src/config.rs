@@ -24,8 +24,10 @@ use serde::Deserialize;
 use portroot_runner::cgroup::Cpus;
 use portroot_runner::plan::TmpfsMount;
 
+mod slurm;
 mod values;
 
+pub use self::slurm::{Scheduler, SlurmConfig};
 pub use self::values::*;
 
 /// The site-wide configuration file, read when no `--config` is given.
@@ -98,6 +100,9 @@ pub struct Config {
     /// `[mount]`: defaults of `mount`.
     #[serde(default)]
     pub mount: MountConfig,
+    /// `[slurm]`: how `run --scheduler slurm` submits.
+    #[serde(default)]
+    pub slurm: SlurmConfig,
 }
 
 /// `[run]`: how the chroots of `run` and `shell` are set up.
@@ -136,6 +141,8 @@ pub struct RunConfig {
     /// tmpfs mounts in every job, `PATH[=SIZE]` (see [`parse_tmpfs`]).
     #[serde(default, deserialize_with = "tmpfs")]
     pub tmpfs: Option<Vec<TmpfsMount>>,
+    /// Who runs the jobs: this machine or Slurm.
+    pub scheduler: Option<Scheduler>,
 }
 
 /// `[mount]`: how `portroot mount` serves a tree.
@@ -221,12 +228,14 @@ impl Config {
                 cpus: over.run.cpus.or(self.run.cpus),
                 pids: over.run.pids.or(self.run.pids),
                 tmpfs: over.run.tmpfs.or(self.run.tmpfs),
+                scheduler: over.run.scheduler.or(self.run.scheduler),
             },
             mount: MountConfig {
                 cache_size: over.mount.cache_size.or(self.mount.cache_size),
                 threads: over.mount.threads.or(self.mount.threads),
                 io_uring: over.mount.io_uring.or(self.mount.io_uring),
             },
+            slurm: self.slurm.merge(over.slurm),
         }
     }
 
@@ -272,6 +281,7 @@ impl Config {
                     list(&specs)
                 }),
             ),
+            ("run.scheduler", r.scheduler.map(|s| quoted(s.word()))),
             (
                 "mount.cache_size",
                 self.mount.cache_size.map(|b| b.to_string()),
@@ -282,6 +292,9 @@ impl Config {
                 self.mount.io_uring.map(|w| quoted(w.name())),
             ),
         ]
+        .into_iter()
+        .chain(self.slurm.entries())
+        .collect()
     }
 }
 

@@ -14,6 +14,7 @@ pub mod closure;
 pub mod deb;
 pub mod gentoo;
 pub mod portage;
+pub mod slurm;
 pub mod stage;
 
 /// An io error that says what was done where, keeping the kind.

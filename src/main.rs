@@ -106,6 +106,9 @@ enum Command {
         after_help = "Example:\n  portroot man > /usr/share/man/man1/portroot.1 && man portroot"
     )]
     Man,
+    /// Internal: one job of a run handed to Slurm, on the node it landed on.
+    #[command(hide = true)]
+    RunTask(cmd::slurm::RunTaskArgs),
     /// Internal: the single-threaded helper that sets up one sandbox.
     #[command(hide = true, subcommand)]
     Internal(cmd::run::InternalCmd),
@@ -159,13 +162,14 @@ fn main() -> ExitCode {
         Command::Umount(a) => cmd::mount::umount(&ctx, a),
         Command::Stage(c) => cmd::stage::run(&ctx, c),
         Command::Layer(c) => cmd::layer::run(&ctx, c),
-        Command::Run(a) => cmd::run::run(&ctx, a),
+        Command::Run(a) => cmd::slurm::run(&ctx, a),
         Command::Shell(a) => cmd::run::shell(&ctx, a),
         Command::Ps(a) => cmd::runs::ps(&ctx, a),
         Command::Runs(a) => cmd::runs::runs(&ctx, a),
         Command::Report(a) => cmd::runs::report(&ctx, a),
         Command::Gc(a) => cmd::runs::gc(&ctx, a),
         Command::Internal(c) => cmd::run::internal(&ctx, c),
+        Command::RunTask(a) => cmd::slurm::run_task(&ctx, a),
         Command::Config(c) => cmd::config::run(&ctx, c),
         Command::Demo(a) => cmd::demo::demo(&ctx, a),
         Command::Completions { shell } => print_completions(shell),

@@ -28,7 +28,10 @@
 mod execute;
 mod layer;
 mod pin;
+pub mod remote;
 mod shell;
+pub mod slurm;
+pub mod task;
 
 pub use execute::{execute, private_mount_namespace, Batch, Finished, Outcome};
 pub use layer::keep_job;

@@ -155,7 +155,9 @@ fn bad_keys_types_and_values_name_the_file_and_line() {
     let tree = PortageTree::small(21);
     let file = env.snapshot(&tree);
     let cases = [
-        ("repo = \"gentoo\"\nmirorrs = []\n", "2:1: unknown field `mirorrs`, expected one of `mirrors`, `keyring`, `repo`, `run`, `mount`"),
+        ("repo = \"gentoo\"\nmirorrs = []\n", "2:1: unknown field `mirorrs`, expected one of `mirrors`, `keyring`, `repo`, `run`, `mount`, `slurm`"),
+        ("[run]\nscheduler = \"pbs\"\n", "2:13: unknown variant `pbs`, expected `local` or `slurm`"),
+        ("[slurm]\nshared_dir = \"runs\"\n", "2:14: path \"runs\" is not absolute"),
         ("[run]\njobs = \"many\"\n", "2:8: invalid type: string \"many\", expected an integer from 1 to 4096"),
         ("[mount]\n# the daemon's budget\ncache_size = \"2T\"\n", "3:14: bad size unit in \"2T\" (use K, M or G)"),
         ("[run]\nlayout = \"flat\"\n", "2:10: unknown variant `flat`, expected `modern` or `usr-portage`"),

@@ -19,5 +19,6 @@ mod layer;
 mod portage;
 mod report_browser;
 mod runner;
+mod slurm;
 mod stage;
 mod sync;

@@ -111,13 +111,25 @@ Examples:
   portroot run --stage stage4 --layer python --layer sci --tag 2026-08-20 -- emerge -1 numpy")]
 pub struct RunArgs {
     /// The stage (name or digest) the chroots are layered over.
-    #[arg(long, value_name = "STAGE")]
-    stage: String,
+    #[arg(long, value_name = "STAGE", required_unless_present = "retry_failed")]
+    pub(super) stage: Option<String>,
     /// The snapshot tag served at the portage tree location.
-    #[arg(long, value_name = "TAG")]
-    tag: String,
+    #[arg(long, value_name = "TAG", required_unless_present = "retry_failed")]
+    pub(super) tag: Option<String>,
+    /// Who runs the jobs: this machine, or one Slurm array job (see the
+    /// config's [slurm]) [default: the config's `run.scheduler`, else local].
+    #[arg(long, value_enum)]
+    pub(super) scheduler: Option<portroot::config::Scheduler>,
+    /// With --scheduler slurm: where a node lacking the stage fetches it
+    /// (http, https or file), checked against the stage's sha256.
+    #[arg(long, value_name = "URL")]
+    pub(super) stage_url: Option<String>,
+    /// Run again, through Slurm, only the jobs of Slurm run RUN-ID that did
+    /// not succeed, with the same pinned inputs.
+    #[arg(long, value_name = "RUN-ID", conflicts_with_all = ["stage", "tag", "job_file", "repeat", "command"])]
+    pub(super) retry_failed: Option<String>,
     #[command(flatten)]
-    chroot: ChrootArgs,
+    pub(super) chroot: ChrootArgs,
     /// How many chroots run at once [default: the config's `run.jobs`, else
     /// the number of CPUs].
     #[arg(long, short = 'j', value_name = "N", value_parser = at_least_one())]
@@ -130,7 +142,7 @@ pub struct RunArgs {
     job_file: Option<PathBuf>,
     /// Keep each job's chroot for `portroot shell --run ID --job NAME`.
     #[arg(long)]
-    keep: bool,
+    pub(super) keep: bool,
     /// The command: one word is a shell line, several are quoted and joined.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
@@ -171,7 +183,7 @@ pub enum InternalCmd {
 
 /// The chroots' settings: each a flag, else the configuration, else the
 /// built-in default.
-fn settings(ctx: &Ctx, args: &ChrootArgs) -> anyhow::Result<Settings> {
+pub(super) fn settings(ctx: &Ctx, args: &ChrootArgs) -> anyhow::Result<Settings> {
     let conf = &ctx.config.merged.run;
     let features = match &args.features {
         Some(words) => words
@@ -238,12 +250,12 @@ fn limits(ctx: &Ctx, args: &ChrootArgs) -> Limits {
 
 /// How a run mounts its trees: the configured `mount.cache_size`,
 /// `mount.threads` and `mount.io_uring`.
-fn mount_options(ctx: &Ctx) -> portroot_fs::MountOptions {
+pub(super) fn mount_options(ctx: &Ctx) -> portroot_fs::MountOptions {
     let conf = &ctx.config.merged.mount;
     super::mount::options(conf.cache_size, conf.threads, conf.io_uring)
 }
 
-fn read_jobs(args: &RunArgs) -> anyhow::Result<Vec<Job>> {
+pub(super) fn read_jobs(args: &RunArgs) -> anyhow::Result<Vec<Job>> {
     if let Some(file) = &args.job_file {
         if !args.command.is_empty() {
             bail!("give either --job-file or a command after --, not both");
@@ -270,16 +282,23 @@ fn read_jobs(args: &RunArgs) -> anyhow::Result<Vec<Job>> {
     }
 }
 
-/// `portroot run`.
+/// `portroot run` on this machine (`cmd::slurm::run` picks the scheduler).
 pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let (Some(stage), Some(tag)) = (&args.stage, &args.tag) else {
+        bail!("give --stage and --tag");
+    };
+    if args.stage_url.is_some() {
+        eprintln!("portroot: --stage-url is for --scheduler slurm: a local run uses the stage in the store");
+        return Ok(ExitCode::from(2));
+    }
     let jobs = read_jobs(&args)?;
     let workers = args
         .jobs
         .or(ctx.config.merged.run.jobs.map(std::num::NonZeroUsize::get))
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let batch = Batch {
-        stage: &args.stage,
-        tag: &args.tag,
+        stage,
+        tag,
         chroot: &args.chroot,
         jobs,
         workers,
@@ -404,40 +423,58 @@ fn progress_bar(ctx: &Ctx, total: usize) -> Option<indicatif::ProgressBar> {
 }
 
 fn print_table(outcomes: &[JobOutcome], run_path: &Path) {
-    let rows: Vec<[String; 6]> = outcomes
-        .iter()
-        .map(|o| {
-            let log = if o.log.as_os_str().is_empty() {
-                "-".to_owned()
-            } else {
-                o.log.display().to_string()
-            };
-            [
-                o.name.clone(),
-                o.status.to_string(),
-                runs::seconds(o.duration),
-                o.usage.cpu.map_or_else(|| "-".into(), runs::seconds),
-                o.usage.peak_memory.map_or_else(|| "-".into(), runs::bytes),
-                log,
-            ]
-        })
-        .collect();
-    let header = ["JOB", "STATUS", "SECONDS", "CPU", "PEAK", "LOG"].map(String::from);
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
+    let rows: Vec<Row> = outcomes.iter().map(|o| Row::new(o, None)).collect();
+    print_rows(&rows, false, run_path);
+}
+
+/// One line of a run's table.
+pub(super) struct Row([String; 7]);
+
+impl Row {
+    /// The job's line; `node` only for runs on other machines.
+    pub(super) fn new(o: &JobOutcome, node: Option<&str>) -> Row {
+        let log = if o.log.as_os_str().is_empty() {
+            "-".to_owned()
+        } else {
+            o.log.display().to_string()
+        };
+        Row([
+            o.name.clone(),
+            o.status.to_string(),
+            runs::seconds(o.duration),
+            o.usage.cpu.map_or_else(|| "-".into(), runs::seconds),
+            o.usage.peak_memory.map_or_else(|| "-".into(), runs::bytes),
+            node.unwrap_or("-").to_owned(),
+            log,
+        ])
+    }
+}
+
+/// Print `rows` under their header, the NODE column only `with_node`, and
+/// the run's directory.
+pub(super) fn print_rows(rows: &[Row], with_node: bool, run_path: &Path) {
+    let header = Row(["JOB", "STATUS", "SECONDS", "CPU", "PEAK", "NODE", "LOG"].map(String::from));
+    let mut widths = header.0.clone().map(|h| h.len());
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(&row.0) {
             *w = (*w).max(cell.len());
         }
     }
-    for row in std::iter::once(&header).chain(&rows) {
+    for row in std::iter::once(&header).chain(rows) {
+        let r = &row.0;
+        let node = if with_node {
+            format!("{:<w$}  ", r[5], w = widths[5])
+        } else {
+            String::new()
+        };
         println!(
-            "{:<w0$}  {:<w1$}  {:>w2$}  {:>w3$}  {:>w4$}  {}",
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            row[4],
-            row[5],
+            "{:<w0$}  {:<w1$}  {:>w2$}  {:>w3$}  {:>w4$}  {node}{}",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[6],
             w0 = widths[0],
             w1 = widths[1],
             w2 = widths[2],
