@@ -114,8 +114,11 @@ fn submit(ctx: &Ctx, sub: Submission<'_>) -> anyhow::Result<ExitCode> {
         Err(Usage(msg)) => return Ok(usage(&msg)),
     };
     if let Some(url) = &sub.stage_url {
-        if let Err(e) = portroot::config::check_url(url) {
-            return Ok(usage(&format!("--stage-url: {e}")));
+        // What `stage add` downloads on the node: http, https or file.
+        if !portroot::http::is_url(url) || portroot::http::file_name(url).is_none() {
+            return Ok(usage(&format!(
+                "--stage-url: bad URL {url:?}: expected http://, https:// or file:// naming a file"
+            )));
         }
     }
     let settings = super::run::settings(ctx, sub.chroot)?;

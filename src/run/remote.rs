@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use portroot_runner::cgroup::Limits;
-use portroot_runner::conf::{self, TreeLayout};
+use portroot_runner::conf::{self, Feature, MirrorUrl, TreeLayout};
 use portroot_runner::digest::StageDigest;
 use portroot_runner::job::{Job, JobOutcome};
 use portroot_runner::plan::TmpfsMount;
@@ -53,9 +53,9 @@ pub struct Shipped {
     /// The jobs' network.
     pub network: Network,
     /// The `local` mirror.
-    pub local_mirror: Option<String>,
+    pub local_mirror: Option<MirrorUrl>,
     /// FEATURES words.
-    pub features: Vec<String>,
+    pub features: Vec<Feature>,
     /// make.conf lines.
     pub make_conf_lines: Vec<String>,
     /// DISTDIR on every node (a shared path).
