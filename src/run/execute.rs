@@ -26,6 +26,9 @@ pub struct Batch {
     pub workers: usize,
     /// Keep each job's chroot for `portroot shell --run ID --job NAME`.
     pub keep: bool,
+    /// Publish the run's binhost generation if every job succeeded and
+    /// nothing was refused from it.
+    pub publish: bool,
 }
 
 /// What [`execute`] hands its caller's `finish` once every job ended and the
@@ -56,8 +59,11 @@ pub struct Outcome {
     /// removing mount points and chroots): the jobs ran, but the run did
     /// not end clean.
     pub teardown_error: Option<anyhow::Error>,
-    /// The binhost check's failure, if it could not run.
+    /// The binhost check's failure, if it could not run, or the failure to
+    /// count or publish the run's generation.
     pub binhost_error: Option<anyhow::Error>,
+    /// Whether the run's generation was published.
+    pub published: bool,
     /// The signal that stopped the run, if any.
     pub signal: Option<i32>,
 }
@@ -89,10 +95,7 @@ pub fn execute(
     private_mount_namespace()?;
     let cgroups = run_cgroup(&id, pinned.limits)?;
     ensure_caches(&pinned.caches)?;
-    let names = batch.jobs.iter().map(|j| j.name.clone()).collect();
-    let mut record = run_record(&id, &pinned, batch.keep, names);
-    record.place_trees(&runs_dir.join(&id));
-    record.cgroups = cgroups.paths();
+    let mut record = start_record(&id, &pinned, &batch, &runs_dir, &cgroups)?;
     // Before any thread exists (the FUSE sessions start some), so that every
     // thread inherits the blocked mask and only ours sees the signals.
     let cancel = Arc::new(AtomicBool::new(false));
@@ -131,6 +134,7 @@ pub fn execute(
     let refused = check_binhost(&record, &run_dir);
     record.outcomes = Some(outcomes.clone());
     record.refused = refused.as_ref().map_or_else(|_| Vec::new(), Clone::clone);
+    let settled = super::generation::settle(&mut record, batch.publish && !interrupted());
     run_dir.save(&record)?;
     // The page a person opens; a run is not failed for want of it.
     if let Err(e) = crate::report::write(&run_dir.path, &record) {
@@ -145,9 +149,33 @@ pub fn execute(
         record,
         outcomes,
         teardown_error: teardown.err(),
-        binhost_error: refused.err().map(|e| e.context("checking the binhost")),
+        published: settled.as_ref().is_ok_and(|p| *p),
+        binhost_error: match (refused, settled) {
+            (Err(e), _) => Some(e.context("checking the binhost")),
+            (_, Err(e)) => Some(e),
+            _ => None,
+        },
         signal: (sig != 0).then_some(sig),
     })
+}
+
+/// The record of the run about to start: its trees' mount points, its
+/// cgroups, and (with a binhost) its new generation, made now.
+fn start_record(
+    id: &str,
+    pinned: &Pinned,
+    batch: &Batch,
+    runs_dir: &Path,
+    cgroups: &RunCgroup,
+) -> anyhow::Result<RunRecord> {
+    let names = batch.jobs.iter().map(|j| j.name.clone()).collect();
+    let mut record = run_record(id, pinned, batch.keep, names);
+    record.place_trees(&runs_dir.join(id));
+    record.cgroups = cgroups.paths();
+    if let Some(root) = &pinned.binhost {
+        super::generation::create(root, &mut record)?;
+    }
+    Ok(record)
 }
 
 /// After the pool: the mount points go, the caller's `finish` sees the
@@ -328,5 +356,6 @@ pub(super) fn run_record(id: &str, pinned: &Pinned, keep: bool, jobs: Vec<String
         cgroups: Vec::new(),
         outcomes: None,
         refused: Vec::new(),
+        binhost: None,
     }
 }
