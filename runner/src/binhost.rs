@@ -417,13 +417,31 @@ pub fn link_tree(src: &Path, dest: &Path, skip: &[&str]) -> Result<()> {
 }
 
 fn make_dir_like(src: &Path, dest: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
     let meta = fs::metadata(src).map_err(io("reading", src))?;
-    fs::create_dir(dest).map_err(io("creating", dest))?;
-    std::os::unix::fs::chown(dest, Some(meta.uid()), Some(meta.gid()))
-        .map_err(io("changing the owner of", dest))?;
-    // After chown, which may clear the setgid bit.
-    fs::set_permissions(dest, fs::Permissions::from_mode(meta.mode() & 0o7777))
-        .map_err(io("changing the mode of", dest))
+    let mode = meta.mode() & 0o7777;
+    fs::DirBuilder::new()
+        .mode(mode)
+        .create(dest)
+        .map_err(io("creating", dest))?;
+    // Two calls fewer per directory where they change nothing (most of a
+    // generation's: root-owned 0755), which is a third of making one.
+    if (meta.uid(), meta.gid())
+        != (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        )
+    {
+        std::os::unix::fs::chown(dest, Some(meta.uid()), Some(meta.gid()))
+            .map_err(io("changing the owner of", dest))?;
+    }
+    // The umask may have taken write bits, and mkdir ignores the setgid,
+    // setuid and sticky bits; chown may have cleared setgid.
+    if mode & 0o7022 != 0 {
+        fs::set_permissions(dest, fs::Permissions::from_mode(mode))
+            .map_err(io("changing the mode of", dest))?;
+    }
+    Ok(())
 }
 
 /// `path` written under a temporary name and renamed into place.

@@ -142,3 +142,18 @@ fn list_is_oldest_first_with_what_each_record_says() {
         (Some("run2"), None)
     );
 }
+
+#[test]
+fn directories_keep_their_mode_and_owner() {
+    let (_d, b) = published();
+    let cat = b.path("g1").join("cat");
+    fs::set_permissions(&cat, fs::Permissions::from_mode(0o2775)).unwrap();
+    std::os::unix::fs::chown(&cat, Some(250), Some(250)).unwrap_or(());
+    let want = fs::metadata(&cat).unwrap();
+    b.create("g2", None).unwrap();
+    let got = fs::metadata(b.path("g2").join("cat")).unwrap();
+    assert_eq!(
+        (got.mode(), got.uid(), got.gid()),
+        (want.mode(), want.uid(), want.gid())
+    );
+}
