@@ -123,6 +123,10 @@ pub struct RunConfig {
     /// Host PKGDIR (absolute).
     #[serde(default, deserialize_with = "absolute_path")]
     pub binpkgs: Option<PathBuf>,
+    /// The binhost of generations runs write into: a store name or an
+    /// absolute directory (see [`binhost`]).
+    #[serde(default, deserialize_with = "binhost")]
+    pub binhost: Option<PathBuf>,
     /// The `local` mirror URL.
     #[serde(default, deserialize_with = "url")]
     pub local_mirror: Option<String>,
@@ -217,6 +221,7 @@ impl Config {
                 make_conf_lines: over.run.make_conf_lines.or(self.run.make_conf_lines),
                 distfiles: over.run.distfiles.or(self.run.distfiles),
                 binpkgs: over.run.binpkgs.or(self.run.binpkgs),
+                binhost: over.run.binhost.or(self.run.binhost),
                 local_mirror: over.run.local_mirror.or(self.run.local_mirror),
                 memory: over.run.memory.or(self.run.memory),
                 cpus: over.run.cpus.or(self.run.cpus),
@@ -275,6 +280,7 @@ impl Config {
             ),
             ("run.distfiles", r.distfiles.as_deref().map(path)),
             ("run.binpkgs", r.binpkgs.as_deref().map(path)),
+            ("run.binhost", r.binhost.as_deref().map(path)),
             ("run.local_mirror", r.local_mirror.as_deref().map(quoted)),
             ("run.memory", r.memory.map(|b| b.to_string())),
             ("run.cpus", r.cpus.map(|c| c.to_string())),
@@ -453,6 +459,11 @@ mod tests {
             c.run.binpkgs.as_deref(),
             Some(Path::new("/srv/binhost/amd64"))
         );
+        assert_eq!(c.run.binhost.as_deref(), Some(Path::new("binpkgs")));
+        for bad in ["../x", "a/b", ".hidden"] {
+            let e = parse(&format!("[run]\nbinhost = \"{bad}\"\n")).unwrap_err();
+            assert!(e.contains("binhost"), "{bad}: {e}");
+        }
         assert_eq!(
             c.run.local_mirror.as_deref(),
             Some("http://mirror.lan/gentoo")

@@ -225,6 +225,10 @@ pub fn parse_name(name: &str) -> Result<String, String> {
     }
 }
 
+/// The binhost `run --publish` and `portroot binhost` use when none is
+/// given or configured: the store's `binpkgs/`.
+pub const DEFAULT_BINHOST: &str = "binpkgs";
+
 /// clap's value parser for a binhost: a name under the store (`binpkgs`)
 /// or an absolute directory.
 pub fn parse_binhost(spec: &str) -> Result<PathBuf, String> {

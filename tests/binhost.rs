@@ -77,6 +77,20 @@ fn binhost_commands_refuse_bad_input_and_change_nothing() {
     ] {
         util::fails(util::portroot(&store).args(args), 2);
     }
+    // The configured binhost is the one the commands use.
+    let conf = tmp.path().join("portroot.toml");
+    fs::write(&conf, "[run]\nbinhost = \"builds\"\n").unwrap();
+    let err = util::fails(
+        util::portroot(&store)
+            .arg("--config")
+            .arg(&conf)
+            .args(["binhost", "rollback"]),
+        1,
+    );
+    assert!(
+        err.contains(&format!("no binhost at {}", store.join("builds").display())),
+        "{err}"
+    );
     let left: Vec<_> = fs::read_dir(&store).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
 }

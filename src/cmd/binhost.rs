@@ -16,14 +16,10 @@ use super::Ctx;
 /// Which binhost a subcommand works on.
 #[derive(Debug, Args)]
 pub struct BinhostArg {
-    /// The binhost: a name under the store or an absolute directory.
-    #[arg(
-        long,
-        value_name = "NAME|DIR",
-        default_value = "binpkgs",
-        value_parser = portroot::store::parse_binhost
-    )]
-    binhost: PathBuf,
+    /// The binhost: a name under the store or an absolute directory
+    /// [default: the config's `run.binhost`, else binpkgs].
+    #[arg(long, value_name = "NAME|DIR", value_parser = portroot::store::parse_binhost)]
+    binhost: Option<PathBuf>,
 }
 
 /// `portroot binhost ...`.
@@ -104,7 +100,14 @@ Example:
 
 /// `portroot binhost`.
 pub fn run(ctx: &Ctx, cmd: BinhostCmd) -> anyhow::Result<ExitCode> {
-    let open = |h: &BinhostArg| Binhost::new(ctx.store.binhost_dir(&h.binhost));
+    let open = |h: &BinhostArg| {
+        let spec = h
+            .binhost
+            .clone()
+            .or_else(|| ctx.config.merged.run.binhost.clone())
+            .unwrap_or_else(|| PathBuf::from(portroot::store::DEFAULT_BINHOST));
+        Binhost::new(ctx.store.binhost_dir(&spec))
+    };
     match cmd {
         BinhostCmd::List { host, json } => list(&open(&host), json),
         BinhostCmd::Publish { host, run, force } => publish(ctx, &open(&host), &run, force),

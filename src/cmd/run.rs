@@ -133,7 +133,8 @@ pub struct RunArgs {
     keep: bool,
     /// Write the packages into a new generation of this binhost (a name
     /// under the store, or an absolute directory), made from its `current`
-    /// by hard links, instead of a shared PKGDIR (`portroot binhost`).
+    /// by hard links, instead of a shared PKGDIR (`portroot binhost`)
+    /// [default: the config's `run.binhost` unless --binpkgs is given].
     #[arg(
         long,
         value_name = "NAME|DIR",
@@ -142,7 +143,7 @@ pub struct RunArgs {
     )]
     binhost: Option<PathBuf>,
     /// Publish the run's generation if every job succeeded and nothing was
-    /// refused (with no --binhost: the store's `binpkgs`).
+    /// refused (with no binhost given or configured: the store's `binpkgs`).
     #[arg(long, conflicts_with = "binpkgs")]
     publish: bool,
     /// The command: one word is a shell line, several are quoted and joined.
@@ -308,10 +309,13 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
         jobs,
         workers,
         keep: args.keep,
-        binhost: match (&args.binhost, args.publish) {
+        binhost: match (&args.binhost, &args.chroot.binpkgs) {
             (Some(b), _) => Some(b.clone()),
-            (None, true) => Some(PathBuf::from("binpkgs")),
-            (None, false) => None,
+            (None, Some(_)) => None,
+            (None, None) => ctx.config.merged.run.binhost.clone().or_else(|| {
+                args.publish
+                    .then(|| PathBuf::from(portroot::store::DEFAULT_BINHOST))
+            }),
         },
         publish: args.publish,
     };
