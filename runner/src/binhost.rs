@@ -250,8 +250,10 @@ impl Binhost {
         if history.last().map(String::as_str) != Some(id) {
             history.push(id.to_owned());
         }
-        self.save_history(&history)?;
+        // The link first: if it fails, or we crash before the history is
+        // written, `rollback` still goes to the generation before `id`.
         self.swap_current(id)?;
+        self.save_history(&history)?;
         meta.published = Some(now());
         self.save_meta(&meta)
     }
@@ -275,6 +277,8 @@ impl Binhost {
                 self.root.display()
             )));
         };
+        // The history first: if the swap fails or we crash before it, a
+        // second rollback still goes to `target`.
         self.save_history(&history)?;
         self.swap_current(&target)?;
         let mut meta = self.meta(&target)?;
@@ -373,8 +377,8 @@ impl Binhost {
         Ok(removed)
     }
 
-    /// Directories without a record (a crash between the two) and
-    /// `.new-*` ones a killed run was building.
+    /// Directories without a record, records without a directory (a crash
+    /// in `create` or `gc`) and `.new-*` ones a killed run was building.
     fn remove_leftovers(&self) -> Result<()> {
         let dir = self.generations();
         let Ok(entries) = fs::read_dir(&dir) else {
@@ -383,7 +387,13 @@ impl Binhost {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
-            let orphan = !name.ends_with(".json") && !self.meta_path(&name).exists();
+            if let Some(id) = name.strip_suffix(".json") {
+                if !name.starts_with('.') && !self.path(id).is_dir() {
+                    fs::remove_file(&path).map_err(io("removing", &path))?;
+                }
+                continue;
+            }
+            let orphan = !self.meta_path(&name).exists();
             if path.is_dir() && (name.starts_with(".new-") || orphan) {
                 fs::remove_dir_all(&path).map_err(io("removing", &path))?;
             }

@@ -102,6 +102,7 @@ fn gc_removes_what_a_crash_left() {
     let (_d, b) = published();
     fs::create_dir_all(b.root().join("generations/.new-g9/cat")).unwrap();
     fs::create_dir_all(b.root().join("generations/orphan")).unwrap();
+    fs::write(b.root().join("generations/lost.json"), "{}").unwrap();
     b.gc(2, &|_| false).unwrap();
     let mut names: Vec<String> = fs::read_dir(b.root().join("generations"))
         .unwrap()
