@@ -95,21 +95,14 @@ pub fn execute(
     private_mount_namespace()?;
     let cgroups = run_cgroup(&id, pinned.limits)?;
     ensure_caches(&pinned.caches)?;
-    let mut record = start_record(&id, &pinned, &batch, &runs_dir, &cgroups)?;
+    let mut record = start_record(&id, &pinned, &batch, &runs_dir, &cgroups);
     // Before any thread exists (the FUSE sessions start some), so that every
     // thread inherits the blocked mask and only ours sees the signals.
     let cancel = Arc::new(AtomicBool::new(false));
     let signal = Arc::new(AtomicI32::new(0));
     let children = Arc::new(Children::default());
     handle_signals(cancel.clone(), signal.clone(), children.clone())?;
-    let run_dir = RunDir::create(&runs_dir, &record)?;
-    let mounts = match mount_trees(&record.trees, &pinned.mount) {
-        Ok(m) => m,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&run_dir.path);
-            return Err(e);
-        }
-    };
+    let (run_dir, mounts) = open_run(&runs_dir, &mut record, &pinned)?;
     let total = batch.jobs.len();
     info!(run = %id, jobs = total, workers = batch.workers, "run started");
     let term = std::env::var("TERM").ok();
@@ -159,23 +152,47 @@ pub fn execute(
     })
 }
 
-/// The record of the run about to start: its trees' mount points, its
-/// cgroups, and (with a binhost) its new generation, made now.
+/// The record of the run about to start: its trees' mount points and its
+/// cgroups.
 fn start_record(
     id: &str,
     pinned: &Pinned,
     batch: &Batch,
     runs_dir: &Path,
     cgroups: &RunCgroup,
-) -> anyhow::Result<RunRecord> {
+) -> RunRecord {
     let names = batch.jobs.iter().map(|j| j.name.clone()).collect();
     let mut record = run_record(id, pinned, batch.keep, names);
     record.place_trees(&runs_dir.join(id));
     record.cgroups = cgroups.paths();
-    if let Some(root) = &pinned.binhost {
-        super::generation::create(root, &mut record)?;
+    record
+}
+
+/// The run's directory, then (with a binhost) its generation, then its
+/// trees mounted. The generation is made once the run's lock is held, so
+/// `binhost gc` sees it in use from the start. On failure the run
+/// directory goes; a generation already made is left unpublished for
+/// `binhost gc`.
+fn open_run(
+    runs_dir: &Path,
+    record: &mut RunRecord,
+    pinned: &Pinned,
+) -> anyhow::Result<(RunDir, Vec<TreeMount>)> {
+    let run_dir = RunDir::create(runs_dir, record)?;
+    let opened = (|| {
+        if let Some(root) = &pinned.binhost {
+            super::generation::create(root, record)?;
+            run_dir.save(record)?;
+        }
+        mount_trees(&record.trees, &pinned.mount)
+    })();
+    match opened {
+        Ok(mounts) => Ok((run_dir, mounts)),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&run_dir.path);
+            Err(e)
+        }
     }
-    Ok(record)
 }
 
 /// After the pool: the mount points go, the caller's `finish` sees the
