@@ -118,10 +118,11 @@ fn runs_write_generations_that_publish_rollback_and_gc_move_between() {
     );
     let before = snapshot(&store.join("binpkgs/current"));
 
-    // A second run, not published: clients still see the first.
-    util::ok(rs.run().args([
-        "--binhost",
-        "binpkgs",
+    // A second run, not published: clients still see the first. The
+    // configuration's run.binhost makes it write a generation.
+    let conf = rs.tmp.path().join("portroot.toml");
+    fs::write(&conf, "[run]\nbinhost = \"binpkgs\"\n").unwrap();
+    util::ok(rs.run().arg("--config").arg(&conf).args([
         "--",
         &format!("{pkg} && echo b1 > b-1.gpkg.tar && echo a2 > .a && mv .a a-1.gpkg.tar"),
     ]));
@@ -184,6 +185,57 @@ fn runs_write_generations_that_publish_rollback_and_gc_move_between() {
     assert!(list.contains(&second) && list.contains("kept"), "{list}");
     assert!(!list.contains(&failed), "{list}");
     assert!(!store.join("binpkgs/generations").join(&failed).exists());
+}
+
+#[test]
+fn a_killed_run_publishes_nothing_and_gc_removes_its_generation() {
+    if !util::require_root() {
+        return;
+    }
+    let rs = RunStore::new();
+    let store = rs.store();
+    util::ok(
+        rs.run()
+            .args(["--publish", "--", "touch /var/cache/binpkgs/a-1.gpkg.tar"]),
+    );
+    let first = current(&store).expect("published");
+    let mut child = rs
+        .run()
+        .args([
+            "--publish",
+            "--",
+            "touch /var/cache/binpkgs/started; sleep 600",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let gens = store.join("binpkgs/generations");
+    let started = || {
+        fs::read_dir(&gens)
+            .unwrap()
+            .any(|e| e.unwrap().path().join("started").exists())
+    };
+    while !started() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(child.try_wait().unwrap().is_none(), "runner exited early");
+    }
+    // While it runs, gc leaves its generation alone.
+    util::ok(util::portroot(&store).args(["-q", "binhost", "gc", "--keep", "1"]));
+    assert!(started());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    util::assert_no_mounts_under(rs.tmp.path());
+    assert_eq!(current(&store).as_deref(), Some(first.as_str()));
+    assert!(!store.join("binpkgs/current/started").exists());
+    util::ok(util::portroot(&store).args(["-q", "binhost", "gc", "--keep", "1"]));
+    assert!(!started());
+    let left: Vec<String> = fs::read_dir(&gens)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.contains(&first), "{left:?}");
 }
 
 /// `run` a client job that reads the binhost served at `url` (binrepos.conf)
