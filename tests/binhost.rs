@@ -144,7 +144,14 @@ fn runs_write_generations_that_publish_rollback_and_gc_move_between() {
         .collect();
     assert_eq!(published, ["current", "no"], "{runs}");
 
-    // Publish makes it visible; rollback takes it away again.
+    // Publish makes it visible (into the binhost the run wrote, not another
+    // one); rollback takes it away again.
+    let err = util::fails(
+        util::portroot(&store).args(["binhost", "publish", "--binhost", "other", &second]),
+        1,
+    );
+    assert!(err.contains("wrote into the binhost"), "{err}");
+    assert!(!store.join("other").exists());
     util::ok(util::portroot(&store).args(["binhost", "publish", &second]));
     assert_eq!(
         fs::read_to_string(served.join("b-1.gpkg.tar")).unwrap(),

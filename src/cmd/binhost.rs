@@ -37,7 +37,7 @@ pub enum BinhostCmd {
     /// Point `current` at the generation a run wrote, atomically.
     #[command(after_help = "\
 Only a run that ended ok (every job succeeded, nothing refused) is published
-unless --force.
+unless --force. The binhost is the one the run wrote into.
 
 Example:
   portroot binhost publish 20261206-204609-8e36")]
@@ -110,7 +110,11 @@ pub fn run(ctx: &Ctx, cmd: BinhostCmd) -> anyhow::Result<ExitCode> {
     };
     match cmd {
         BinhostCmd::List { host, json } => list(&open(&host), json),
-        BinhostCmd::Publish { host, run, force } => publish(ctx, &open(&host), &run, force),
+        BinhostCmd::Publish { host, run, force } => {
+            // The run's own binhost unless one is named.
+            let named = host.binhost.is_some().then(|| open(&host));
+            publish(ctx, named.as_ref(), &run, force)
+        }
         BinhostCmd::Rollback { host } => {
             let id = open(&host).rollback()?;
             println!("current is {id}");
@@ -163,7 +167,7 @@ fn list(host: &Binhost, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn publish(ctx: &Ctx, host: &Binhost, id: &str, force: bool) -> anyhow::Result<ExitCode> {
+fn publish(ctx: &Ctx, named: Option<&Binhost>, id: &str, force: bool) -> anyhow::Result<ExitCode> {
     let dir = ctx.store.runs_dir().join(id);
     if !dir.join("run.json").is_file() {
         bail!("no run {id} in the store (`portroot runs` lists them)");
@@ -172,11 +176,12 @@ fn publish(ctx: &Ctx, host: &Binhost, id: &str, force: bool) -> anyhow::Result<E
     let Some(gen) = &record.binhost else {
         bail!("run {id} wrote no binhost generation (it ran without --binhost)");
     };
-    if gen.root != host.root() {
+    let host = Binhost::new(&gen.root);
+    if let Some(named) = named.filter(|n| n.root() != host.root()) {
         bail!(
             "run {id} wrote into the binhost {}, not {}",
             gen.root.display(),
-            host.root().display()
+            named.root().display()
         );
     }
     match record.ended() {
