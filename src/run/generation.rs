@@ -44,7 +44,12 @@ pub(super) fn settle(record: &mut RunRecord, publish: bool) -> anyhow::Result<bo
     let now = binhost::packages(&host.path(&gen.generation))?;
     let before = match &gen.parent {
         Some(p) => binhost::packages(&host.path(p))?,
-        None => Vec::new(),
+        // The first generation of a binhost made before generations was
+        // linked from what its top held: compare with that index.
+        None => match std::fs::read_to_string(gen.root.join("Packages")) {
+            Ok(text) => binhost::parse_index(&text),
+            Err(_) => Vec::new(),
+        },
     };
     gen.built = Some(binhost::diff(&before, &now));
     gen.packages = Some(now.len());
