@@ -208,11 +208,33 @@ fn a_killed_run_publishes_nothing_and_gc_removes_its_generation() {
     }
     let rs = RunStore::new();
     let store = rs.store();
+    // A binhost from before generations: its packages become the first
+    // generation's, not packages that run built.
+    let legacy = store.join("binpkgs");
+    fs::create_dir_all(legacy.join("cat")).unwrap();
+    fs::write(legacy.join("cat/old-1.gpkg.tar"), "old").unwrap();
+    fs::write(
+        legacy.join("Packages"),
+        "VERSION: 0\n\nCPV: cat/old-1\nPATH: cat/old-1.gpkg.tar\n\n",
+    )
+    .unwrap();
     util::ok(
         rs.run()
             .args(["--publish", "--", "touch /var/cache/binpkgs/a-1.gpkg.tar"]),
     );
     let first = current(&store).expect("published");
+    let served = fs::read_to_string(legacy.join("current/cat/old-1.gpkg.tar")).unwrap();
+    assert_eq!(served, "old");
+    let record: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(store.join("runs").join(&first).join("run.json")).unwrap(),
+    )
+    .unwrap();
+    let gen = &record["binhost"];
+    assert_eq!(
+        (gen["generation"].as_str(), gen["packages"].as_u64()),
+        (Some(first.as_str()), Some(1))
+    );
+    assert_eq!(gen["built"]["added"], serde_json::json!([]), "{gen}");
     let mut child = rs
         .run()
         .args([
