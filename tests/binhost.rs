@@ -169,6 +169,16 @@ fn runs_write_generations_that_publish_rollback_and_gc_move_between() {
         report.contains(r#"<li class="package">cat/b-1</li>"#),
         "{report}"
     );
+    // Written when the run ended: built against its parent, and against
+    // the generation clients saw then (the same one here), a1 rebuilt.
+    for want in [
+        format!(r#"<code id="generation">{second}</code>"#),
+        r#"<span id="published">not published</span>"#.to_owned(),
+        r#"<ul id="packages-rebuilt">"#.to_owned(),
+        r#"<ul id="against-published">"#.to_owned(),
+    ] {
+        assert!(report.contains(&want), "no {want} in {report}");
+    }
     util::ok(util::portroot(&store).args(["binhost", "rollback"]));
     assert_eq!(current(&store).as_deref(), Some(first.as_str()));
     assert!(!served.join("b-1.gpkg.tar").exists());
