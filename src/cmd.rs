@@ -2,6 +2,7 @@
 //! into the library crates; nothing here is reused by tests, which drive the
 //! real binary instead.
 
+pub mod binhost;
 pub mod config;
 pub mod demo;
 pub mod layer;

@@ -127,6 +127,10 @@ pub struct RunConfig {
     /// Host PKGDIR (absolute).
     #[serde(default, deserialize_with = "absolute_path")]
     pub binpkgs: Option<PathBuf>,
+    /// The binhost of generations runs write into: a store name or an
+    /// absolute directory (see [`binhost`]).
+    #[serde(default, deserialize_with = "binhost")]
+    pub binhost: Option<PathBuf>,
     /// The `local` mirror URL.
     pub local_mirror: Option<MirrorUrl>,
     /// Memory per job in bytes (at least 1M).
@@ -223,6 +227,7 @@ impl Config {
                 make_conf_lines: over.run.make_conf_lines.or(self.run.make_conf_lines),
                 distfiles: over.run.distfiles.or(self.run.distfiles),
                 binpkgs: over.run.binpkgs.or(self.run.binpkgs),
+                binhost: over.run.binhost.or(self.run.binhost),
                 local_mirror: over.run.local_mirror.or(self.run.local_mirror),
                 memory: over.run.memory.or(self.run.memory),
                 cpus: over.run.cpus.or(self.run.cpus),
@@ -267,6 +272,7 @@ impl Config {
             ),
             ("run.distfiles", r.distfiles.as_deref().map(path)),
             ("run.binpkgs", r.binpkgs.as_deref().map(path)),
+            ("run.binhost", r.binhost.as_deref().map(path)),
             (
                 "run.local_mirror",
                 r.local_mirror.as_ref().map(|u| quoted(u.as_str())),
@@ -458,6 +464,11 @@ mod tests {
             c.run.binpkgs.as_deref(),
             Some(Path::new("/srv/binhost/amd64"))
         );
+        assert_eq!(c.run.binhost.as_deref(), Some(Path::new("binpkgs")));
+        for bad in ["../x", "a/b", ".hidden"] {
+            let e = parse(&format!("[run]\nbinhost = \"{bad}\"\n")).unwrap_err();
+            assert!(e.contains("binhost"), "{bad}: {e}");
+        }
         assert_eq!(
             c.run.local_mirror.as_ref().map(MirrorUrl::as_str),
             Some("http://mirror.lan/gentoo")

@@ -84,6 +84,9 @@ enum Command {
     Ps(cmd::runs::PsArgs),
     /// List every run the store keeps: when, over what, how it went.
     Runs(cmd::runs::RunsArgs),
+    /// List, publish, roll back, compare and collect a binhost's generations.
+    #[command(subcommand)]
+    Binhost(cmd::binhost::BinhostCmd),
     /// Write a run's report page (runs/ID/index.html) again and print its path.
     Report(cmd::runs::ReportArgs),
     /// Remove what killed runs left behind in the store.
@@ -167,6 +170,7 @@ fn main() -> ExitCode {
         Command::Ps(a) => cmd::runs::ps(&ctx, a),
         Command::Runs(a) => cmd::runs::runs(&ctx, a),
         Command::Report(a) => cmd::runs::report(&ctx, a),
+        Command::Binhost(c) => cmd::binhost::run(&ctx, c),
         Command::Gc(a) => cmd::runs::gc(&ctx, a),
         Command::Internal(c) => cmd::run::internal(&ctx, c),
         Command::RunTask(a) => cmd::slurm::run_task(&ctx, a),
@@ -209,6 +213,9 @@ fn only_prints(command: &Command) -> bool {
             | Command::Config(ConfigCmd::Show | ConfigCmd::Example)
             | Command::Ps(_)
             | Command::Runs(_)
+            | Command::Binhost(
+                cmd::binhost::BinhostCmd::List { .. } | cmd::binhost::BinhostCmd::Diff { .. }
+            )
             | Command::Completions { .. }
             | Command::Man
     )

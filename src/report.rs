@@ -1,7 +1,9 @@
 //! `runs/<id>/index.html`: one static, self-contained page per run that a
 //! person opens in any browser, with no network and no script: the summary
 //! (state, command, the pinned stage, layers and trees), the job table with
-//! each job's duration as a bar, the packages the run wrote into PKGDIR,
+//! each job's duration as a bar, the packages the run built (with
+//! `--binhost`: its generation against its parent, and against the
+//! generation published before it; else what it wrote into PKGDIR),
 //! anything refused from the binhost, and each job's log (its tail inline,
 //! the whole file linked).
 //!
@@ -16,8 +18,9 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use html_escape::{encode_double_quoted_attribute as attr, encode_text as text};
+use portroot_runner::binhost::{self, Binhost, PackageDiff};
 use portroot_runner::job::JobOutcome;
-use portroot_runner::run::{self as runs, RunRecord};
+use portroot_runner::run::{self as runs, RunGeneration, RunRecord};
 
 /// The report's file name in the run directory.
 pub const REPORT: &str = "index.html";
@@ -151,6 +154,10 @@ fn jobs(h: &mut String, outcomes: &[JobOutcome]) {
 /// the run started, and `Packages` if it changed: PKGDIR is shared, so a
 /// run running at the same time may have written some of them.
 fn packages(h: &mut String, record: &RunRecord) {
+    if let Some(gen) = &record.binhost {
+        generation(h, gen);
+        return;
+    }
     let Some(pkgdir) = record.pkgdir() else {
         return;
     };
@@ -172,6 +179,81 @@ fn packages(h: &mut String, record: &RunRecord) {
         let _ = writeln!(h, "<li class=\"package\">{}</li>", text(&p));
     }
     h.push_str("</ul>\n");
+}
+
+/// A run with a binhost generation (`run --binhost`): the packages it
+/// built (its generation against its parent) and the difference from the
+/// generation published before it.
+fn generation(h: &mut String, gen: &RunGeneration) {
+    let host = Binhost::new(&gen.root);
+    let published = host.current().ok().flatten();
+    let state = if published.as_ref() == Some(&gen.generation) {
+        "published: clients see it now"
+    } else if host
+        .meta(&gen.generation)
+        .is_ok_and(|m| m.published.is_some())
+    {
+        "published once, not current"
+    } else {
+        "not published"
+    };
+    let _ = writeln!(
+        h,
+        "<h2>Packages</h2>\n<p>Generation <code id=\"generation\">{}</code> of <code>{}</code>, \
+         made from <code>{}</code>: <span id=\"published\">{state}</span>.</p>",
+        text(&gen.generation),
+        text(&gen.root.display().to_string()),
+        text(gen.parent.as_deref().unwrap_or("nothing")),
+    );
+    let built = gen.built.clone().unwrap_or_default();
+    package_lists(h, "packages", &built);
+    // The generation clients saw before this one: current, or if this one
+    // is current, the one published before it.
+    let history = host.history().unwrap_or_default();
+    let before = match published {
+        Some(p) if p == gen.generation => history
+            .iter()
+            .rev()
+            .find(|g| **g != gen.generation)
+            .cloned(),
+        other => other,
+    };
+    let Some(before) = before else { return };
+    let (Ok(old), Ok(new)) = (
+        binhost::packages(&host.path(&before)),
+        binhost::packages(&host.path(&gen.generation)),
+    ) else {
+        return;
+    };
+    let _ = writeln!(
+        h,
+        "<h3>Against the published generation <code>{}</code></h3>",
+        text(&before)
+    );
+    package_lists(h, "against-published", &binhost::diff(&old, &new));
+}
+
+/// Added, rebuilt and removed packages as lists with ids `{id}`,
+/// `{id}-rebuilt`, `{id}-removed`.
+fn package_lists(h: &mut String, id: &str, d: &PackageDiff) {
+    if d.is_empty() {
+        let _ = writeln!(h, "<p id=\"{id}-none\">no change</p>");
+        return;
+    }
+    for (suffix, title, list) in [
+        ("", "Built (new)", &d.added),
+        ("-rebuilt", "Rebuilt", &d.rebuilt),
+        ("-removed", "Removed", &d.removed),
+    ] {
+        if list.is_empty() {
+            continue;
+        }
+        let _ = writeln!(h, "<p>{title}:</p>\n<ul id=\"{id}{suffix}\">");
+        for cpv in list {
+            let _ = writeln!(h, "<li class=\"package\">{}</li>", text(cpv));
+        }
+        h.push_str("</ul>\n");
+    }
 }
 
 fn collect_packages(root: &Path, dir: &Path, since: u64, out: &mut Vec<String>, depth: u32) {

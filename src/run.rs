@@ -26,6 +26,7 @@
 //!    binhost, record the outcomes and return them.
 
 mod execute;
+mod generation;
 mod layer;
 mod pin;
 pub mod remote;

@@ -75,6 +75,16 @@ impl Store {
         self.root.join("binpkgs")
     }
 
+    /// The binhost `spec` names (`run --binhost`, `binhost --binhost`): an
+    /// absolute directory as it is, a name under the store.
+    pub fn binhost_dir(&self, spec: &Path) -> PathBuf {
+        if spec.is_absolute() {
+            spec.to_owned()
+        } else {
+            self.root.join(spec)
+        }
+    }
+
     /// `tmp/`: scratch space on the store's filesystem, so that finished work
     /// can be renamed into place atomically.
     pub fn tmp_dir(&self) -> PathBuf {
@@ -212,6 +222,23 @@ pub fn parse_name(name: &str) -> Result<String, String> {
         Ok(name.to_owned())
     } else {
         Err(format!("a name is {NAME_RULE}"))
+    }
+}
+
+/// The binhost `run --publish` and `portroot binhost` use when none is
+/// given or configured: the store's `binpkgs/`.
+pub const DEFAULT_BINHOST: &str = "binpkgs";
+
+/// clap's value parser for a binhost: a name under the store (`binpkgs`)
+/// or an absolute directory.
+pub fn parse_binhost(spec: &str) -> Result<PathBuf, String> {
+    let path = Path::new(spec);
+    if path.is_absolute() || is_valid_name(spec) {
+        Ok(path.to_owned())
+    } else {
+        Err(format!(
+            "a binhost is an absolute directory or a name of {NAME_RULE}"
+        ))
     }
 }
 

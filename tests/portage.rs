@@ -21,7 +21,7 @@ use crate::util;
 
 /// The fixture, or `None` after printing why it cannot be had (a failure
 /// under `PORTROOT_TEST_MUST_RUN=1`).
-fn fixture() -> Option<&'static GentooFixture> {
+pub(crate) fn fixture() -> Option<&'static GentooFixture> {
     if !util::require_root() {
         return None;
     }
@@ -46,13 +46,13 @@ fn fixture() -> Option<&'static GentooFixture> {
 
 /// A store with the fixture's snapshot imported and its stage added as
 /// `gentoo`.
-struct PortageStore {
-    tmp: tempfile::TempDir,
+pub(crate) struct PortageStore {
+    pub(crate) tmp: tempfile::TempDir,
     tag: String,
 }
 
 impl PortageStore {
-    fn new(f: &GentooFixture) -> PortageStore {
+    pub(crate) fn new(f: &GentooFixture) -> PortageStore {
         let started = Instant::now();
         let tmp = tempfile::tempdir().unwrap();
         let s = PortageStore {
@@ -77,12 +77,12 @@ impl PortageStore {
         s
     }
 
-    fn store(&self) -> PathBuf {
+    pub(crate) fn store(&self) -> PathBuf {
         self.tmp.path().join("store")
     }
 
     /// `portroot -q run --stage gentoo --tag TAG` plus `args`.
-    fn run(&self, args: &[&str]) -> Command {
+    pub(crate) fn run(&self, args: &[&str]) -> Command {
         let mut c = util::portroot(&self.store());
         c.args(["-q", "run", "--stage", "gentoo", "--tag", &self.tag])
             .args(args);
@@ -90,12 +90,12 @@ impl PortageStore {
     }
 
     /// `run` with `mirror` as GENTOO_MIRRORS, the one job running `script`.
-    fn emerge(&self, mirror: &Mirror, script: &str) -> Command {
+    pub(crate) fn emerge(&self, mirror: &Mirror, script: &str) -> Command {
         self.run(&["--make-conf", &mirror.gentoo_mirrors(), "--", script])
     }
 
     /// The logs of every job of the newest run, by job name.
-    fn logs(&self) -> BTreeMap<String, String> {
+    pub(crate) fn logs(&self) -> BTreeMap<String, String> {
         let runs = self.store().join("runs");
         let newest = fs::read_dir(&runs)
             .unwrap()
@@ -116,7 +116,7 @@ impl PortageStore {
 
 /// Run, and on failure show the jobs' logs too (that is where emerge's
 /// error is).
-fn ok_with_logs(s: &PortageStore, mut cmd: Command) -> Output {
+pub(crate) fn ok_with_logs(s: &PortageStore, mut cmd: Command) -> Output {
     let started = Instant::now();
     let out = util::run(&mut cmd);
     eprintln!(
@@ -151,7 +151,7 @@ fn tail(text: &str, lines: usize) -> String {
 /// (`GENTOO_MIRRORS` asks for `/distfiles/NAME`, a `local` mirror for
 /// `/NAME`). Records every request line. Stops when dropped.
 pub(crate) struct Mirror {
-    url: String,
+    pub(crate) url: String,
     requests: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     addr: std::net::SocketAddr,
@@ -159,7 +159,7 @@ pub(crate) struct Mirror {
 }
 
 impl Mirror {
-    fn serve(dir: &Path) -> Mirror {
+    pub(crate) fn serve(dir: &Path) -> Mirror {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let (requests, stop) = (
@@ -191,7 +191,7 @@ impl Mirror {
         format!("GENTOO_MIRRORS=\"{}\"", self.url)
     }
 
-    fn requests(&self) -> Vec<String> {
+    pub(crate) fn requests(&self) -> Vec<String> {
         self.requests.lock().unwrap().clone()
     }
 }
@@ -251,7 +251,7 @@ fn answer(conn: TcpStream, dir: &Path, requests: &Mutex<Vec<String>>) -> std::io
 }
 
 /// PKGDIR's `Packages` index: the `CPV` and `PATH` of each package entry.
-fn packages_index(pkgdir: &Path) -> Vec<(String, String)> {
+pub(crate) fn packages_index(pkgdir: &Path) -> Vec<(String, String)> {
     let text = fs::read_to_string(pkgdir.join("Packages")).unwrap();
     text.split("\n\n")
         .skip(1) // the header

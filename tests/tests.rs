@@ -4,6 +4,7 @@
 
 mod util;
 
+mod binhost;
 mod cgroup;
 mod cli;
 mod config;

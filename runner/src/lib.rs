@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod archive;
+pub mod binhost;
 pub mod caches;
 pub mod cgroup;
 pub mod conf;

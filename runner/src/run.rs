@@ -32,7 +32,9 @@ use nix::fcntl::Flock;
 
 pub use self::listing::{gc, list_runs, runs_using, GcReport, RunInfo};
 use self::record::{lock_file, write_record};
-pub use self::record::{new_run_id, read_record, utc_stamp, JobDir, RunRecord, TreeRecord};
+pub use self::record::{
+    new_run_id, read_record, utc_stamp, JobDir, RunGeneration, RunRecord, TreeRecord,
+};
 use crate::cgroup::{self, RunCgroup};
 use crate::error::{io, Error, Result};
 use crate::job::{Job, JobOutcome, JobStatus};
@@ -388,6 +390,7 @@ mod tests {
             cgroups: vec![],
             outcomes: None,
             refused: Vec::new(),
+            binhost: None,
         }
     }
 

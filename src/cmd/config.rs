@@ -59,6 +59,7 @@ fn default_of(key: &str, store: &portroot::store::Store) -> String {
         "run.memory" | "run.cpus" | "run.pids" => "unlimited".into(),
         "run.distfiles" => format!("\"{}\"", store.distfiles_dir().display()),
         "run.binpkgs" => format!("\"{}\"", store.binpkgs_dir().display()),
+        "run.binhost" => "none, jobs share run.binpkgs".into(),
         "mount.cache_size" => format!("{DEFAULT_CACHE_SIZE} (256M)"),
         "mount.threads" => DEFAULT_THREADS.to_string(),
         _ => "built in".into(),

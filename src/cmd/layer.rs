@@ -138,6 +138,8 @@ fn create(ctx: &Ctx, layers: &LayerStore, a: CreateArgs) -> anyhow::Result<ExitC
         }],
         workers: 1,
         keep: false,
+        binhost: None,
+        publish: false,
     };
     let mut pending = Some(pending);
     let mut created: Option<Layer> = None;

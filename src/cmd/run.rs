@@ -143,6 +143,21 @@ pub struct RunArgs {
     /// Keep each job's chroot for `portroot shell --run ID --job NAME`.
     #[arg(long)]
     pub(super) keep: bool,
+    /// Write the packages into a new generation of this binhost (a name
+    /// under the store, or an absolute directory), made from its `current`
+    /// by hard links, instead of a shared PKGDIR (`portroot binhost`)
+    /// [default: the config's `run.binhost` unless --binpkgs is given].
+    #[arg(
+        long,
+        value_name = "NAME|DIR",
+        value_parser = portroot::store::parse_binhost,
+        conflicts_with = "binpkgs"
+    )]
+    pub(super) binhost: Option<PathBuf>,
+    /// Publish the run's generation if every job succeeded and nothing was
+    /// refused (with no binhost given or configured: the store's `binpkgs`).
+    #[arg(long, conflicts_with = "binpkgs")]
+    pub(super) publish: bool,
     /// The command: one word is a shell line, several are quoted and joined.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
@@ -220,6 +235,7 @@ pub(super) fn settings(ctx: &Ctx, args: &ChrootArgs) -> anyhow::Result<Settings>
         binpkgs: dir(&args.binpkgs, "binpkgs")?
             .or_else(|| conf.binpkgs.clone())
             .unwrap_or_else(|| ctx.store.binpkgs_dir()),
+        binhost: false,
         main_repo: ctx
             .config
             .merged
@@ -303,6 +319,15 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
         jobs,
         workers,
         keep: args.keep,
+        binhost: match (&args.binhost, &args.chroot.binpkgs) {
+            (Some(b), _) => Some(b.clone()),
+            (None, Some(_)) => None,
+            (None, None) => ctx.config.merged.run.binhost.clone().or_else(|| {
+                args.publish
+                    .then(|| PathBuf::from(portroot::store::DEFAULT_BINHOST))
+            }),
+        },
+        publish: args.publish,
     };
     run_batch(ctx, batch, &mut |_| Ok(()))
 }
@@ -321,6 +346,10 @@ pub(super) struct Batch<'a> {
     pub workers: usize,
     /// `--keep`.
     pub keep: bool,
+    /// `--binhost` (or the default one `--publish` implies).
+    pub binhost: Option<PathBuf>,
+    /// `--publish`.
+    pub publish: bool,
 }
 
 /// Run `batch` as `portroot run` does, with a progress bar, and print its
@@ -331,12 +360,17 @@ pub(super) fn run_batch(
     batch: Batch<'_>,
     finish: &mut dyn FnMut(Finished<'_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<ExitCode> {
-    let settings = settings(ctx, batch.chroot)?;
+    let mut settings = settings(ctx, batch.chroot)?;
+    if let Some(spec) = &batch.binhost {
+        settings.binpkgs = ctx.store.binhost_dir(spec);
+        settings.binhost = true;
+    }
     let pinned = run::pin(&ctx.store, batch.stage, batch.tag, &settings)?;
     let jobs = run::Batch {
         jobs: batch.jobs,
         workers: batch.workers,
         keep: batch.keep,
+        publish: batch.publish,
     };
     let bar = progress_bar(ctx, jobs.jobs.len());
     let (mut running, mut failed) = (0usize, 0usize);
@@ -371,6 +405,7 @@ pub(super) fn run_batch(
 fn report(outcome: Outcome) -> anyhow::Result<ExitCode> {
     print_table(&outcome.outcomes, &outcome.path);
     print_refused(&outcome.record);
+    print_generation(&outcome);
     if let Some(e) = outcome.teardown_error {
         return Err(e);
     }
@@ -392,6 +427,27 @@ fn report(outcome: Outcome) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The run's binhost generation: what it built and whether it was published.
+fn print_generation(outcome: &Outcome) {
+    let Some(gen) = &outcome.record.binhost else {
+        return;
+    };
+    let built = gen.built.clone().unwrap_or_default();
+    println!(
+        "generation {} in {}: {} added, {} rebuilt, {} removed; {}",
+        gen.generation,
+        gen.root.display(),
+        built.added.len(),
+        built.rebuilt.len(),
+        built.removed.len(),
+        if outcome.published {
+            "published"
+        } else {
+            "not published"
+        }
+    );
 }
 
 /// One line per file refused from the binhost, after the table.

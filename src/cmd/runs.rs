@@ -21,10 +21,11 @@ pub struct PsArgs {}
 #[command(after_help = "\
 One line per run directory in the store, oldest first: its id, when it
 started (UTC), the stage and the main tree's tag with the commit the run
-pinned, how many jobs ended ok out of how many, and its state: `live`
-(running now), `ok`, `failed`, `interrupted` (stopped before every job ran)
-or `dead` (the runner was killed; `portroot gc` removes it). Runs stay until
-`portroot gc --all`.
+pinned, how many jobs ended ok out of how many, whether its binhost
+generation is published (`current`, `yes` once, `no`, or `-` when run
+without --binhost), and its state: `live` (running now), `ok`, `failed`,
+`interrupted` (stopped before every job ran) or `dead` (the runner was
+killed; `portroot gc` removes it). Runs stay until `portroot gc --all`.
 
 Examples:
   portroot runs
@@ -118,6 +119,7 @@ pub fn runs(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<ExitCode> {
                 serde_json::json!({
                     "id": r.id,
                     "state": run_state(r),
+                    "published": published(r),
                     "record": r.record,
                 })
             })
@@ -132,8 +134,8 @@ pub fn runs(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<22}  {:<16}  {:<16}  {:<24}  {:>7}  STATE",
-        "RUN", "STARTED", "STAGE", "TAG", "OK/JOBS"
+        "{:<22}  {:<16}  {:<16}  {:<24}  {:>7}  {:<9}  STATE",
+        "RUN", "STARTED", "STAGE", "TAG", "OK/JOBS", "PUBLISHED"
     );
     for r in &all {
         let (start, stage, tag, jobs) = match &r.record {
@@ -156,12 +158,32 @@ pub fn runs(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<ExitCode> {
             None => ("?".into(), "?".into(), "?".into(), "?".into()),
         };
         println!(
-            "{:<22}  {start:<16}  {stage:<16}  {tag:<24}  {jobs:>7}  {}",
+            "{:<22}  {start:<16}  {stage:<16}  {tag:<24}  {jobs:>7}  {:<9}  {}",
             r.id,
+            published(r),
             run_state(r)
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the run's binhost generation is published: `current` (served
+/// now), `yes` (published once), `no`, or `-` (the run made none).
+fn published(r: &runs::RunInfo) -> &'static str {
+    let Some(gen) = r.record.as_ref().and_then(|rec| rec.binhost.as_ref()) else {
+        return "-";
+    };
+    let host = portroot_runner::binhost::Binhost::new(&gen.root);
+    if host.current().ok().flatten().as_ref() == Some(&gen.generation) {
+        "current"
+    } else if host
+        .meta(&gen.generation)
+        .is_ok_and(|m| m.published.is_some())
+    {
+        "yes"
+    } else {
+        "no"
+    }
 }
 
 /// `live`, `ok`, `failed`, `interrupted` or `dead`, as `runs` shows it.

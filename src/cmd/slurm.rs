@@ -94,6 +94,11 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
         // The chroots would be kept on whichever node ran them.
         return Ok(usage("--keep is for local runs"));
     }
+    if args.binhost.is_some() || args.publish {
+        // Every node's task is a run of its own, writing into the shared
+        // PKGDIR; generations are made and published by local runs.
+        return Ok(usage("--binhost and --publish are for local runs"));
+    }
     let (Some(stage), Some(tag)) = (&args.stage, &args.tag) else {
         anyhow::bail!("give --stage and --tag");
     };

@@ -181,6 +181,15 @@ pub(crate) fn absolute_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Pa
     Ok(Some(p))
 }
 
+/// `run.binhost`: a name under the store or an absolute directory, as
+/// `--binhost` takes it.
+pub(crate) fn binhost<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::store::parse_binhost(&s)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("binhost {s:?}: {e}")))
+}
+
 pub(crate) fn repo_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let name = String::deserialize(d)?;
     if !crate::store::is_valid_name(&name) {

@@ -26,6 +26,9 @@ pub struct Batch {
     pub workers: usize,
     /// Keep each job's chroot for `portroot shell --run ID --job NAME`.
     pub keep: bool,
+    /// Publish the run's binhost generation if every job succeeded and
+    /// nothing was refused from it.
+    pub publish: bool,
 }
 
 /// What [`execute`] hands its caller's `finish` once every job ended and the
@@ -56,8 +59,11 @@ pub struct Outcome {
     /// removing mount points and chroots): the jobs ran, but the run did
     /// not end clean.
     pub teardown_error: Option<anyhow::Error>,
-    /// The binhost check's failure, if it could not run.
+    /// The binhost check's failure, if it could not run, or the failure to
+    /// count or publish the run's generation.
     pub binhost_error: Option<anyhow::Error>,
+    /// Whether the run's generation was published.
+    pub published: bool,
     /// The signal that stopped the run, if any.
     pub signal: Option<i32>,
 }
@@ -89,24 +95,14 @@ pub fn execute(
     private_mount_namespace()?;
     let cgroups = run_cgroup(&id, pinned.limits)?;
     ensure_caches(&pinned.caches)?;
-    let names = batch.jobs.iter().map(|j| j.name.clone()).collect();
-    let mut record = run_record(&id, &pinned, batch.keep, names);
-    record.place_trees(&runs_dir.join(&id));
-    record.cgroups = cgroups.paths();
+    let mut record = start_record(&id, &pinned, &batch, &runs_dir, &cgroups);
     // Before any thread exists (the FUSE sessions start some), so that every
     // thread inherits the blocked mask and only ours sees the signals.
     let cancel = Arc::new(AtomicBool::new(false));
     let signal = Arc::new(AtomicI32::new(0));
     let children = Arc::new(Children::default());
     handle_signals(cancel.clone(), signal.clone(), children.clone())?;
-    let run_dir = RunDir::create(&runs_dir, &record)?;
-    let mounts = match mount_trees(&record.trees, &pinned.mount) {
-        Ok(m) => m,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&run_dir.path);
-            return Err(e);
-        }
-    };
+    let (run_dir, mounts) = open_run(&runs_dir, &mut record, &pinned)?;
     let total = batch.jobs.len();
     info!(run = %id, jobs = total, workers = batch.workers, "run started");
     let term = std::env::var("TERM").ok();
@@ -131,6 +127,7 @@ pub fn execute(
     let refused = check_binhost(&record, &run_dir);
     record.outcomes = Some(outcomes.clone());
     record.refused = refused.as_ref().map_or_else(|_| Vec::new(), Clone::clone);
+    let settled = super::generation::settle(&mut record, batch.publish && !interrupted());
     run_dir.save(&record)?;
     // The page a person opens; a run is not failed for want of it.
     if let Err(e) = crate::report::write(&run_dir.path, &record) {
@@ -145,9 +142,57 @@ pub fn execute(
         record,
         outcomes,
         teardown_error: teardown.err(),
-        binhost_error: refused.err().map(|e| e.context("checking the binhost")),
+        published: settled.as_ref().is_ok_and(|p| *p),
+        binhost_error: match (refused, settled) {
+            (Err(e), _) => Some(e.context("checking the binhost")),
+            (_, Err(e)) => Some(e),
+            _ => None,
+        },
         signal: (sig != 0).then_some(sig),
     })
+}
+
+/// The record of the run about to start: its trees' mount points and its
+/// cgroups.
+fn start_record(
+    id: &str,
+    pinned: &Pinned,
+    batch: &Batch,
+    runs_dir: &Path,
+    cgroups: &RunCgroup,
+) -> RunRecord {
+    let names = batch.jobs.iter().map(|j| j.name.clone()).collect();
+    let mut record = run_record(id, pinned, batch.keep, names);
+    record.place_trees(&runs_dir.join(id));
+    record.cgroups = cgroups.paths();
+    record
+}
+
+/// The run's directory, then (with a binhost) its generation, then its
+/// trees mounted. The generation is made once the run's lock is held, so
+/// `binhost gc` sees it in use from the start. On failure the run
+/// directory goes; a generation already made is left unpublished for
+/// `binhost gc`.
+fn open_run(
+    runs_dir: &Path,
+    record: &mut RunRecord,
+    pinned: &Pinned,
+) -> anyhow::Result<(RunDir, Vec<TreeMount>)> {
+    let run_dir = RunDir::create(runs_dir, record)?;
+    let opened = (|| {
+        if let Some(root) = &pinned.binhost {
+            super::generation::create(root, record)?;
+            run_dir.save(record)?;
+        }
+        mount_trees(&record.trees, &pinned.mount)
+    })();
+    match opened {
+        Ok(mounts) => Ok((run_dir, mounts)),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&run_dir.path);
+            Err(e)
+        }
+    }
 }
 
 /// After the pool: the mount points go, the caller's `finish` sees the
@@ -327,5 +372,6 @@ pub(super) fn run_record(id: &str, pinned: &Pinned, keep: bool, jobs: Vec<String
         cgroups: Vec::new(),
         outcomes: None,
         refused: Vec::new(),
+        binhost: None,
     }
 }

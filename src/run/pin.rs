@@ -30,8 +30,12 @@ pub struct Settings {
     pub make_conf_lines: Vec<String>,
     /// The host directory shared as DISTDIR.
     pub distfiles: PathBuf,
-    /// The host directory shared as PKGDIR.
+    /// The host directory shared as PKGDIR, or with `binhost` the binhost
+    /// whose new generation is.
     pub binpkgs: PathBuf,
+    /// `binpkgs` is a binhost of generations: each run writes a new one
+    /// (see `portroot_runner::binhost`).
+    pub binhost: bool,
     /// The store repository served as the gentoo tree.
     pub main_repo: String,
     /// Each job's limits.
@@ -58,6 +62,9 @@ pub struct Pinned {
     pub trees: Vec<TreeRecord>,
     /// DISTDIR and PKGDIR.
     pub caches: Vec<Bind>,
+    /// The binhost of generations PKGDIR is made in, if any: the run binds
+    /// its new generation there instead of the directory itself.
+    pub binhost: Option<PathBuf>,
     /// The portage configuration written into every chroot.
     pub conf: ChrootConf,
     /// The jobs' network.
@@ -136,6 +143,7 @@ pub fn pin(
         layers,
         trees,
         caches,
+        binhost: settings.binhost.then(|| settings.binpkgs.clone()),
         conf,
         network: settings.network,
         limits: settings.limits,

@@ -161,6 +161,9 @@ impl RemoteSpec {
             make_conf_lines: s.make_conf_lines.clone(),
             distfiles: s.distfiles.clone(),
             binpkgs: s.binpkgs.clone(),
+            // Every task is a run of its own: they share PKGDIR, as local
+            // parallel jobs do, rather than each making a generation.
+            binhost: false,
             main_repo,
             limits: s.limits,
             tmpfs: s.tmpfs.clone(),

@@ -214,6 +214,7 @@ fn run_one(
         jobs: vec![job],
         workers: 1,
         keep: false,
+        publish: false,
     };
     let outcome = super::execute(&node.store, pinned, batch, &mut |_| {}, &mut |_| Ok(()))?;
     let mut o = outcome

@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+use crate::binhost::PackageDiff;
 use crate::caches::Refused;
 use crate::cgroup::Limits;
 use crate::conf::ChrootConf;
@@ -87,6 +88,27 @@ pub struct RunRecord {
     /// (see `caches::check_pkgdir`), when the run ended.
     #[serde(default)]
     pub refused: Vec<Refused>,
+    /// The binhost generation the run wrote into (`--binhost`), if any.
+    #[serde(default)]
+    pub binhost: Option<RunGeneration>,
+}
+
+/// A run's binhost generation: where, from what, and what it built.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunGeneration {
+    /// The binhost directory.
+    pub root: PathBuf,
+    /// The generation (the run's id), `generations/<id>` under `root`.
+    pub generation: String,
+    /// The generation it was linked from, if any.
+    pub parent: Option<String>,
+    /// What the run changed in it against its parent: set when the run
+    /// ended.
+    #[serde(default)]
+    pub built: Option<PackageDiff>,
+    /// How many packages the generation serves, when the run ended.
+    #[serde(default)]
+    pub packages: Option<usize>,
 }
 
 impl RunRecord {

@@ -1,0 +1,123 @@
+//! Binhost generations against copying the binhost, side by side.
+//!
+//! A published generation of `PORTROOT_BENCH_FILES` (default 5,000) package
+//! files of 4-64 KiB in 100 category/package directories, plus a
+//! `Packages` index. Each `PORTROOT_BENCH_RUNS` times (default 5), median
+//! reported:
+//!
+//! * making a run's generation from `current` (`Binhost::create`: every
+//!   directory made again, every file hard-linked, the record written,
+//!   renamed into place) against `cp -a` of the same directory (what a
+//!   generation made by copying costs);
+//! * publishing it (`Binhost::publish`: syncfs, the link swapped by
+//!   rename, fsync of the directory, the records written);
+//! * and, as the floor for any tree of hard links, GNU `cp -al` of the
+//!   same directory.
+//!
+//! Timings are printed, never asserted. `cargo bench --bench binhost`.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use portroot_runner::binhost::Binhost;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Fill generation `dir` with `files` package files and an index; returns
+/// bytes written.
+fn fill(dir: &Path, files: usize) -> u64 {
+    let mut bytes = 0u64;
+    let mut index = String::from("ARCH: amd64\nVERSION: 0\n\n");
+    for i in 0..files {
+        let (cat, pn) = (format!("cat-{}", i % 100), format!("pkg{i}"));
+        let d = dir.join(&cat).join(&pn);
+        std::fs::create_dir_all(&d).expect("creating a package directory");
+        let len = 4096 + (i * 7919) % (60 << 10);
+        let body: Vec<u8> = (0..len).map(|j| (i + j) as u8).collect();
+        std::fs::write(d.join(format!("{pn}-1-1.gpkg.tar")), &body).expect("writing a package");
+        bytes += len as u64;
+        index.push_str(&format!(
+            "BUILD_ID: 1\nCPV: {cat}/{pn}-1\nPATH: {cat}/{pn}/{pn}-1-1.gpkg.tar\nSIZE: {len}\n\n"
+        ));
+    }
+    std::fs::write(dir.join("Packages"), index).expect("writing the index");
+    bytes
+}
+
+fn main() {
+    let files = env_or("PORTROOT_BENCH_FILES", 5000);
+    let runs = env_or("PORTROOT_BENCH_RUNS", 5).max(1);
+    // On the disk, not tmpfs: where a store lives.
+    let tmp =
+        tempfile::tempdir_in(std::env::var("PORTROOT_BENCH_DIR").unwrap_or("/var/tmp".into()))
+            .expect("a scratch directory");
+    let host = Binhost::new(tmp.path().join("binpkgs"));
+    host.create("base", None).expect("the first generation");
+    let bytes = fill(&host.path("base"), files);
+    host.publish("base")
+        .expect("publishing the first generation");
+    println!(
+        "binhost: {files} package files, {:.1} MB, in {}",
+        bytes as f64 / 1e6,
+        tmp.path().display()
+    );
+    let (mut make, mut publish, mut copy, mut links) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..runs {
+        let id = format!("g{i}");
+        let t = Instant::now();
+        host.create(&id, Some(&id)).expect("making a generation");
+        make.push(t.elapsed());
+        let t = Instant::now();
+        host.publish(&id).expect("publishing");
+        publish.push(t.elapsed());
+        // The baseline: the same directory copied, after a sync so neither
+        // pays for the other's writeback.
+        let _ = Command::new("sync").status();
+        let dest = tmp.path().join(format!("copy-{i}"));
+        for (flags, times) in [("-a", &mut copy), ("-al", &mut links)] {
+            let t = Instant::now();
+            let ok = Command::new("cp")
+                .arg(flags)
+                .arg(host.path(&id))
+                .arg(&dest)
+                .status()
+                .is_ok_and(|s| s.success());
+            times.push(t.elapsed());
+            assert!(ok, "cp {flags} failed");
+            let _ = std::fs::remove_dir_all(&dest);
+            let _ = Command::new("sync").status();
+        }
+    }
+    let (make, publish) = (median(make), median(publish));
+    let (copy, links) = (median(copy), median(links));
+    println!("median of {runs}:");
+    println!("  make a generation (hard links)   {:>10}", ms(make));
+    println!("  publish it (swap current)        {:>10}", ms(publish));
+    println!("  cp -a of the same directory      {:>10}", ms(copy));
+    println!("  cp -al of the same directory     {:>10}", ms(links));
+    println!(
+        "  make / cp -a {:.3}x, (make + publish) / cp -a {:.3}x",
+        make.as_secs_f64() / copy.as_secs_f64(),
+        (make + publish).as_secs_f64() / copy.as_secs_f64()
+    );
+    println!(
+        "  make / cp -al {:.3}x",
+        make.as_secs_f64() / links.as_secs_f64()
+    );
+}
