@@ -272,6 +272,24 @@ fn a_killed_run_publishes_nothing_and_gc_removes_its_generation() {
     child.kill().unwrap();
     child.wait().unwrap();
     util::assert_no_mounts_under(rs.tmp.path());
+    // What a SIGKILL leaves (the run's cgroups among it) is gc's.
+    let killed: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(
+            rs.store()
+                .join("runs")
+                .join(newest_run(&store))
+                .join("run.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    util::ok(util::portroot(&store).args(["-q", "gc"]));
+    let groups = killed["cgroups"].as_array().unwrap();
+    assert!(!groups.is_empty(), "{killed}");
+    for g in groups {
+        let g = std::path::Path::new(g.as_str().unwrap());
+        assert!(!g.exists(), "{} left after gc", g.display());
+    }
     assert_eq!(current(&store).as_deref(), Some(first.as_str()));
     assert!(!store.join("binpkgs/current/started").exists());
     util::ok(util::portroot(&store).args(["-q", "binhost", "gc", "--keep", "1"]));
