@@ -32,6 +32,18 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The store repository served as the gentoo tree: the config's `repo`,
+    /// else the default.
+    pub fn main_repo(&self) -> String {
+        self.config
+            .merged
+            .repo
+            .clone()
+            .unwrap_or_else(|| portroot::store::DEFAULT_REPO.to_owned())
+    }
+}
+
+impl Ctx {
     /// Whether to draw progress bars: on a terminal, unless `--quiet`.
     pub fn progress(&self) -> bool {
         use std::io::IsTerminal;

@@ -12,6 +12,7 @@ pub mod fixture;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod output;
 pub mod report;
 pub mod run;
 pub mod snapshot;

@@ -236,12 +236,7 @@ pub(super) fn settings(ctx: &Ctx, args: &ChrootArgs) -> anyhow::Result<Settings>
             .or_else(|| conf.binpkgs.clone())
             .unwrap_or_else(|| ctx.store.binpkgs_dir()),
         binhost: false,
-        main_repo: ctx
-            .config
-            .merged
-            .repo
-            .clone()
-            .unwrap_or_else(|| portroot::store::DEFAULT_REPO.to_owned()),
+        main_repo: ctx.main_repo(),
         limits: limits(ctx, args),
         tmpfs: if args.tmpfs.is_empty() {
             conf.tmpfs.clone().unwrap_or_default()

@@ -175,12 +175,7 @@ fn retry(ctx: &Ctx, run_id: &str) -> anyhow::Result<ExitCode> {
 pub fn run_task(ctx: &Ctx, args: RunTaskArgs) -> anyhow::Result<ExitCode> {
     let node = Node {
         store: ctx.store.clone(),
-        main_repo: ctx
-            .config
-            .merged
-            .repo
-            .clone()
-            .unwrap_or_else(|| portroot::store::DEFAULT_REPO.to_owned()),
+        main_repo: ctx.main_repo(),
         mount: super::run::mount_options(ctx),
     };
     let ok = task::run_task(&node, &args.dir, args.index)?;

@@ -148,17 +148,12 @@ fn output(mut c: Command) -> anyhow::Result<String> {
     if out.status.success() {
         return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let last = stderr
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("");
+    let last = crate::output::last_line(&out.stderr);
     bail!(
         "{} failed ({}): {}",
         c.get_program().to_string_lossy(),
         out.status,
-        last.trim()
+        last
     )
 }
 

@@ -170,12 +170,7 @@ fn child(store: &Store, args: &[&str]) -> anyhow::Result<()> {
     if out.status.success() {
         return Ok(());
     }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let last = stderr
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("");
+    let last = crate::output::last_line(&out.stderr);
     bail!("{}", last.trim_start_matches("portroot: error: "))
 }
 
