@@ -384,9 +384,10 @@ fn set_raw_name(h: &mut Header, name: &[u8]) {
 
 /// PAX extended header records: `"<len> <key>=<value>\n"`, where `<len>`
 /// counts the whole record including its own digits (POSIX.1-2001, pax(1)).
-fn pax_records(records: &[(String, Vec<u8>)]) -> Vec<u8> {
+pub fn pax_records<V: AsRef<[u8]>>(records: &[(String, V)]) -> Vec<u8> {
     let mut out = Vec::new();
     for (key, value) in records {
+        let value = value.as_ref();
         let rest = key.len() + value.len() + 3; // ' ', '=', '\n'
         let mut len = rest + 1;
         while rest + len.to_string().len() != len {
