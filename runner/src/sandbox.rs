@@ -177,7 +177,7 @@ pub fn run(spec: &SandboxSpec) -> Result<i32> {
     }
     // Before the PID namespace exists: the cgroup anchor must not become
     // its PID 1.
-    let entry = match &spec.cgroup {
+    let mut entry = match &spec.cgroup {
         Some(cg) => Entry::prepare(cg)?,
         None => None,
     };
@@ -210,7 +210,7 @@ pub fn run(spec: &SandboxSpec) -> Result<i32> {
     let (from_init, to_helper) = pipe2(OFlag::O_CLOEXEC).map_err(pipe_error)?;
     let (from_helper, to_init) = pipe2(OFlag::O_CLOEXEC).map_err(pipe_error)?;
 
-    let child = match &entry {
+    let child = match &mut entry {
         Some(entry) => entry.spawn_init()?,
         None => fork_init()?,
     };

@@ -65,8 +65,10 @@ pub(super) struct Entry {
     tasks: Vec<(PathBuf, File)>,
     /// The v2 leaf the init is cloned into, if there is a v2 group.
     leaf: Option<OwnedFd>,
-    /// The job's cgroup namespace made by the anchor (v2 only; without v2
-    /// the init makes it itself once in its v1 groups).
+    /// The anchor, while it makes the job's cgroup namespace (v2 only;
+    /// without v2 the init makes it itself once in its v1 groups).
+    anchor: Option<Anchor>,
+    /// The namespace the anchor made.
     namespace: Option<OwnedFd>,
 }
 
@@ -94,9 +96,9 @@ impl Entry {
                 Ok((path, file))
             })
             .collect::<Result<Vec<_>>>()?;
-        let namespace = match (&leaf, v2.first()) {
-            (Some(_), Some(ns)) => match anchor_namespace(ns, &tasks)? {
-                Some(fd) => Some(fd),
+        let anchor = match (&leaf, v2.first()) {
+            (Some(_), Some(ns)) => match Anchor::start(ns, &tasks)? {
+                Some(a) => Some(a),
                 None => return Ok(None),
             },
             _ => None,
@@ -104,13 +106,18 @@ impl Entry {
         Ok(Some(Entry {
             tasks,
             leaf,
-            namespace,
+            anchor,
+            namespace: None,
         }))
     }
 
-    /// Create the init: forked, or cloned into the v2 leaf. Returns like
-    /// `fork` (0 in the child). The caller is single-threaded.
-    pub(super) fn spawn_init(&self) -> Result<Pid> {
+    /// Create the init: forked, or cloned into the v2 leaf, once the anchor
+    /// (which worked meanwhile) has made the namespace. Returns like `fork`
+    /// (0 in the child). The caller is single-threaded.
+    pub(super) fn spawn_init(&mut self) -> Result<Pid> {
+        if let Some(anchor) = self.anchor.take() {
+            self.namespace = Some(anchor.namespace()?);
+        }
         match &self.leaf {
             Some(leaf) => clone_into(leaf).map_err(|source| Error::Proc {
                 what: "cloning the sandbox init into the job's cgroup",
@@ -187,55 +194,74 @@ fn clone_into(dir: &OwnedFd) -> std::result::Result<Pid, Errno> {
     }
 }
 
-/// Clone the anchor into `ns`: it joins the v1 groups, makes a cgroup
-/// namespace there and waits. Its namespace is returned and it is let go.
-/// `None` if this kernel has no `clone3` into a cgroup.
-fn anchor_namespace(ns: &Path, tasks: &[(PathBuf, File)]) -> Result<Option<OwnedFd>> {
-    let pipe_error = |source| Error::Proc {
-        what: "making the cgroup anchor's pipes",
-        source,
-    };
-    let (ready_rx, ready_tx) = pipe2(OFlag::O_CLOEXEC).map_err(pipe_error)?;
-    let (hold_rx, hold_tx) = pipe2(OFlag::O_CLOEXEC).map_err(pipe_error)?;
-    let dir = open_dir(ns)?;
-    let child = match clone_into(&dir) {
-        Ok(pid) => pid,
-        Err(Errno::ENOSYS | Errno::EINVAL | Errno::E2BIG | Errno::EOPNOTSUPP) => return Ok(None),
-        Err(source) => {
-            return Err(Error::Proc {
-                what: "cloning the cgroup anchor",
-                source,
-            })
+/// The anchor: a child cloned into `ns` that joins the v1 groups, makes a
+/// cgroup namespace there and waits until the helper has it.
+struct Anchor {
+    pid: Pid,
+    ready: OwnedFd,
+    hold: OwnedFd,
+}
+
+impl Anchor {
+    /// Clone it; it works while the helper goes on. `None` if this kernel
+    /// has no `clone3` into a cgroup.
+    fn start(ns: &Path, tasks: &[(PathBuf, File)]) -> Result<Option<Anchor>> {
+        let pipe_error = |source| Error::Proc {
+            what: "making the cgroup anchor's pipes",
+            source,
+        };
+        let (ready_rx, ready_tx) = pipe2(OFlag::O_CLOEXEC).map_err(pipe_error)?;
+        let (hold_rx, hold_tx) = pipe2(OFlag::O_CLOEXEC).map_err(pipe_error)?;
+        let dir = open_dir(ns)?;
+        let pid = match clone_into(&dir) {
+            Ok(pid) => pid,
+            Err(Errno::ENOSYS | Errno::EINVAL | Errno::E2BIG | Errno::EOPNOTSUPP) => {
+                return Ok(None)
+            }
+            Err(source) => {
+                return Err(Error::Proc {
+                    what: "cloning the cgroup anchor",
+                    source,
+                })
+            }
+        };
+        if pid.as_raw() == 0 {
+            // The anchor's copies of the helper's ends: the hold must end
+            // when the helper closes its end, not stay open here.
+            // SAFETY: closing fds this process owns; it only `_exit`s after,
+            // so no OwnedFd closes them again.
+            unsafe {
+                libc::close(hold_tx.as_raw_fd());
+                libc::close(ready_rx.as_raw_fd());
+            }
+            anchor(tasks, &ready_tx, &hold_rx);
         }
-    };
-    if child.as_raw() == 0 {
-        // The anchor's copies of the helper's ends: the hold must end when
-        // the helper closes its end, not stay open here.
-        // SAFETY: closing fds this process owns; it only `_exit`s after, so
-        // no OwnedFd closes them again.
-        unsafe {
-            libc::close(hold_tx.as_raw_fd());
-            libc::close(ready_rx.as_raw_fd());
-        }
-        anchor(tasks, &ready_tx, &hold_rx);
+        Ok(Some(Anchor {
+            pid,
+            ready: ready_rx,
+            hold: hold_tx,
+        }))
     }
-    drop((ready_tx, hold_rx));
-    let mut byte = [0u8; 1];
-    let ready = nix::unistd::read(&ready_rx, &mut byte);
-    let ns_fd = match ready {
-        Ok(1) => nix::fcntl::open(
-            &PathBuf::from(format!("/proc/{child}/ns/cgroup")),
-            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(sys("opening", format!("/proc/{child}/ns/cgroup"))),
-        _ => Err(Error::Invalid(
-            "the cgroup anchor could not join the job's groups".into(),
-        )),
-    };
-    drop(hold_tx);
-    let _ = nix::sys::wait::waitpid(child, None);
-    ns_fd.map(Some)
+
+    /// Wait until the namespace is made, keep it, let the anchor go.
+    fn namespace(self) -> Result<OwnedFd> {
+        let mut byte = [0u8; 1];
+        let path = format!("/proc/{}/ns/cgroup", self.pid);
+        let ns = match nix::unistd::read(&self.ready, &mut byte) {
+            Ok(1) => nix::fcntl::open(
+                Path::new(&path),
+                OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(sys("opening", &path)),
+            _ => Err(Error::Invalid(
+                "the cgroup anchor could not join the job's groups".into(),
+            )),
+        };
+        drop(self.hold);
+        let _ = nix::sys::wait::waitpid(self.pid, None);
+        ns
+    }
 }
 
 /// The anchor's whole life: only system calls, then `_exit`.
