@@ -75,6 +75,8 @@ struct Submission<'a> {
     pub jobs: Vec<Job>,
     /// `--stage-url`.
     pub stage_url: Option<String>,
+    /// `--layer-url NAME=URL`, each.
+    pub layer_urls: Vec<String>,
 }
 
 /// `portroot run`: `--retry-failed`, else the scheduler the flag or the
@@ -108,6 +110,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
         chroot: &args.chroot,
         jobs: super::run::read_jobs(&args)?,
         stage_url: args.stage_url.clone(),
+        layer_urls: args.layer_urls.clone(),
     };
     submit(ctx, sub)
 }
@@ -119,11 +122,8 @@ fn submit(ctx: &Ctx, sub: Submission<'_>) -> anyhow::Result<ExitCode> {
         Err(Usage(msg)) => return Ok(usage(&msg)),
     };
     if let Some(url) = &sub.stage_url {
-        // What `stage add` downloads on the node: http, https or file.
-        if !portroot::http::is_url(url) || portroot::http::file_name(url).is_none() {
-            return Ok(usage(&format!(
-                "--stage-url: bad URL {url:?}: expected http://, https:// or file:// naming a file"
-            )));
+        if let Err(Usage(msg)) = check_url("--stage-url", url) {
+            return Ok(usage(&msg));
         }
     }
     let settings = super::run::settings(ctx, sub.chroot)?;
@@ -131,9 +131,54 @@ fn submit(ctx: &Ctx, sub: Submission<'_>) -> anyhow::Result<ExitCode> {
     let id = runs::new_run_id(SystemTime::now());
     let mut spec = RemoteSpec::new(&id, &pinned, sub.stage_url, sub.jobs);
     spec.tree_remote = ctx.config.merged.slurm.tree_remote.clone();
+    if let Err(Usage(msg)) = pin_layer_urls(&mut spec, &pinned, &sub.layer_urls) {
+        return Ok(usage(&msg));
+    }
     let done = slurm::submit(&spec, &opts)?;
     drop(pinned);
     Ok(report(&done))
+}
+
+/// What `stage add` and `layer add` download on a node: http, https or file.
+fn check_url(flag: &str, url: &str) -> Result<(), Usage> {
+    if !portroot::http::is_url(url) || portroot::http::file_name(url).is_none() {
+        return Err(Usage(format!(
+            "{flag}: bad URL {url:?}: expected http://, https:// or file:// naming a file"
+        )));
+    }
+    Ok(())
+}
+
+/// Record each `--layer-url NAME=URL` in the spec with the sha256 the
+/// layer's last `layer export` recorded: a node fetches that file and
+/// checks it by that digest, then the layer by its creation id.
+fn pin_layer_urls(
+    spec: &mut RemoteSpec,
+    pinned: &portroot::run::Pinned,
+    urls: &[String],
+) -> Result<(), Usage> {
+    for arg in urls {
+        let Some((name, url)) = arg.split_once('=') else {
+            return Err(Usage(format!("--layer-url: {arg:?} is not NAME=URL")));
+        };
+        check_url("--layer-url", url)?;
+        let (Some(layer), Some(slot)) = (
+            pinned.layers.layers.iter().find(|l| l.record.name == name),
+            spec.layers.iter_mut().find(|l| l.name == name),
+        ) else {
+            return Err(Usage(format!(
+                "--layer-url: the run uses no layer {name} (give it with --layer)"
+            )));
+        };
+        let Some(digest) = portroot_runner::layer::file::recorded_digest(&layer.dir) else {
+            return Err(Usage(format!(
+                "--layer-url: layer {name} was never exported: run `portroot layer export {name} -o FILE` and serve FILE at {url}"
+            )));
+        };
+        slot.digest = Some(digest);
+        slot.url = Some(url.to_owned());
+    }
+    Ok(())
 }
 
 /// `portroot run --retry-failed RUN-ID`: the failed jobs of an earlier Slurm

@@ -42,6 +42,13 @@ pub struct PinnedLayer {
     pub name: String,
     /// `layer.json`'s unique creation id.
     pub id: String,
+    /// The sha256 of the layer's `layer export` file, if the run names
+    /// where a node gets it.
+    #[serde(default)]
+    pub digest: Option<String>,
+    /// Where a node lacking the layer fetches that file.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 /// The chroot settings that travel (the node's own configuration decides
@@ -131,6 +138,8 @@ impl RemoteSpec {
                 .map(|l| PinnedLayer {
                     name: l.record.name.clone(),
                     id: l.record.id.clone(),
+                    digest: None,
+                    url: None,
                 })
                 .collect(),
             settings: Shipped {
