@@ -149,10 +149,12 @@ impl LayerStore {
         for p in &record.parents {
             match self.get(&p.name) {
                 Ok(have) if have.record.id == p.id => {}
-                Ok(have) => return Err(Error::Invalid(format!(
+                Ok(have) => {
+                    return Err(Error::Invalid(format!(
                     "layer {} was built over layer {} id {}, this store's has id {}; nothing added",
                     record.name, p.name, p.id, have.record.id
-                ))),
+                )))
+                }
                 Err(Error::UnknownLayer(_)) => {
                     return Err(Error::Invalid(format!(
                         "layer {} needs its parent layer {} (id {}): add it first; nothing added",
