@@ -540,3 +540,32 @@ fn slurm_node_without_the_layers_adds_them_by_digest_parents_first() {
     util::ok(util::portroot(&s.node_store("node")).args(["-q", "gc"]));
     s.assert_clean();
 }
+
+#[test]
+fn slurm_max_wait_cancels_the_array_and_fails_in_one_line() {
+    let Some(c) = cluster() else { return };
+    let s = Setup::new(c, None);
+    // `[slurm]` is the config's last section: one more key for it.
+    let conf = s.rs.tmp.path().join("portroot.toml");
+    let mut text = fs::read_to_string(&conf).unwrap();
+    text.push_str("max_wait = \"2s\"\n");
+    fs::write(&conf, text).unwrap();
+    let start = Instant::now();
+    let err = util::fails(
+        s.run()
+            .args(["--stage", "test", "--tag", "2026-08-20", "--repeat", "2"])
+            .args(["--", "sleep 600"]),
+        1,
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("not done within slurm.max_wait (2 s): cancelled"),
+        "{err}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        start.elapsed()
+    );
+    s.assert_clean();
+}

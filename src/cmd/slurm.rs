@@ -60,6 +60,7 @@ fn options(ctx: &Ctx) -> Result<SlurmOptions, Usage> {
         shared_dir,
         node_store,
         portroot,
+        max_wait: conf.max_wait.map(std::time::Duration::from_secs),
     })
 }
 
