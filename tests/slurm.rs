@@ -537,6 +537,14 @@ fn slurm_node_without_the_layers_adds_them_by_digest_parents_first() {
             |root: &Path| fs::read(root.join("layers").join(name).join("layer.json")).unwrap();
         assert_eq!(json(&store), json(&s.node_store("node")));
     }
+    // The submitting store lists the run, with the shared directory.
+    let listed = util::ok(util::portroot(&store).arg("runs"));
+    let id = run.file_name().unwrap().to_string_lossy().into_owned();
+    let row = listed.lines().find(|l| l.starts_with(&id)).unwrap_or("");
+    assert!(
+        row.contains("2/2") && row.contains("ok (slurm ") && row.contains(&*run.to_string_lossy()),
+        "{listed}"
+    );
     util::ok(util::portroot(&s.node_store("node")).args(["-q", "gc"]));
     s.assert_clean();
 }

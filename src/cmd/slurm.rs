@@ -135,8 +135,10 @@ fn submit(ctx: &Ctx, sub: Submission<'_>) -> anyhow::Result<ExitCode> {
     if let Err(Usage(msg)) = pin_layer_urls(&mut spec, &pinned, &sub.layer_urls) {
         return Ok(usage(&msg));
     }
+    let start = SystemTime::now();
     let done = slurm::submit(&spec, &opts)?;
     drop(pinned);
+    record(ctx, &spec, &done, start);
     Ok(report(&done))
 }
 
@@ -213,8 +215,49 @@ fn retry(ctx: &Ctx, run_id: &str) -> anyhow::Result<ExitCode> {
         retry_of: Some(run_id.to_owned()),
         ..old
     };
+    let start = SystemTime::now();
     let done = slurm::submit(&spec, &opts)?;
+    record(ctx, &spec, &done, start);
     Ok(report(&done))
+}
+
+/// Keep the run in the submitting store for `portroot runs`; a failure to
+/// is a warning (the run itself is done and in the shared directory).
+fn record(ctx: &Ctx, spec: &RemoteSpec, done: &SlurmRun, start: SystemTime) {
+    let ok = done
+        .results
+        .iter()
+        .filter(|r| r.outcome.status.success())
+        .count();
+    let state = if done.signal.is_some() {
+        "interrupted"
+    } else if ok == done.results.len() {
+        "ok"
+    } else {
+        "failed"
+    };
+    let rec = remote::SlurmRunRecord {
+        id: done.id.clone(),
+        dir: done.dir.clone(),
+        job_id: done.job_id.clone(),
+        start: start
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        stage: spec.stage.as_str().to_owned(),
+        tree: spec.trees.first().map_or_else(String::new, |t| {
+            format!("{} {}", t.reference, &t.commit[..t.commit.len().min(10)])
+        }),
+        jobs: done.results.len(),
+        ok,
+        state: state.into(),
+        retry_of: spec.retry_of.clone(),
+    };
+    if let Err(e) = remote::save_record(ctx.store.root(), &rec) {
+        eprintln!(
+            "portroot: warning: run {} not recorded for `portroot runs`: {e:#}",
+            rec.id
+        );
+    }
 }
 
 /// `portroot run-task DIR INDEX`, on a node.
