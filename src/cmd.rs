@@ -6,6 +6,7 @@ pub mod binhost;
 pub mod config;
 pub mod demo;
 pub mod layer;
+pub mod layer_file;
 pub mod mount;
 pub mod run;
 pub mod runs;

@@ -17,7 +17,7 @@ use crate::util;
 const TAG: &str = "2026-08-20";
 
 /// `portroot layer create NAME --stage test --tag TAG [--layer L]... -- SCRIPT`.
-fn create(rs: &RunStore, name: &str, layers: &[&str], script: &str) -> Command {
+pub(crate) fn create(rs: &RunStore, name: &str, layers: &[&str], script: &str) -> Command {
     let mut c = util::portroot(&rs.store());
     c.args(["layer", "create", name, "--stage", "test", "--tag", TAG]);
     for l in layers {
@@ -55,7 +55,7 @@ fn ok_log(rs: &RunStore, cmd: &mut Command) -> String {
     fs::read_to_string(run.join("1/log")).unwrap()
 }
 
-fn layer_dir(rs: &RunStore, name: &str) -> PathBuf {
+pub(crate) fn layer_dir(rs: &RunStore, name: &str) -> PathBuf {
     rs.store().join("layers").join(name)
 }
 
@@ -98,7 +98,7 @@ fn files_below(dir: &Path) -> Vec<String> {
     out
 }
 
-const BASE_SCRIPT: &str = "set -e
+pub(crate) const BASE_SCRIPT: &str = "set -e
 echo added > /etc/added
 echo 'extra:x:1000:1000::/home/extra:/bin/sh' >> /etc/passwd
 rm /var/lib/portage/world
@@ -423,7 +423,7 @@ fn a_used_layer_is_shared_and_cannot_be_removed() {
 /// mtime, size, content or target hash, device number, xattrs (overlayfs's
 /// own left out) and, for multiply linked files, the first name of the link
 /// group.
-fn tree(root: &Path) -> BTreeMap<PathBuf, String> {
+pub(crate) fn tree(root: &Path) -> BTreeMap<PathBuf, String> {
     let mut out = BTreeMap::new();
     let mut groups: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let mut paths = vec![PathBuf::from(".")];
@@ -524,7 +524,7 @@ impl Drop for View {
     }
 }
 
-fn assert_same_tree(got: &BTreeMap<PathBuf, String>, want: &BTreeMap<PathBuf, String>) {
+pub(crate) fn assert_same_tree(got: &BTreeMap<PathBuf, String>, want: &BTreeMap<PathBuf, String>) {
     let diff: Vec<_> = want
         .iter()
         .filter(|(k, v)| got.get(*k) != Some(v))

@@ -449,3 +449,131 @@ fn slurm_task_over_its_time_limit_shows_as_killed_by_slurm() {
     );
     s.assert_clean();
 }
+
+#[test]
+fn slurm_node_without_the_layers_adds_them_by_digest_parents_first() {
+    let Some(c) = cluster() else { return };
+    let s = Setup::new(c, Some("node"));
+    let store = s.rs.store();
+    let create = |name: &str, over: &[&str], script: &str| {
+        let mut cmd = util::portroot(&store);
+        cmd.args([
+            "layer",
+            "create",
+            name,
+            "--stage",
+            "test",
+            "--tag",
+            "2026-08-20",
+        ]);
+        for l in over {
+            cmd.args(["--layer", l]);
+        }
+        util::ok(cmd.arg("--").arg(script));
+    };
+    create("base", &[], "rm /var/lib/portage/world");
+    create("top", &["base"], "echo from-top > /etc/top");
+    let mut urls = Vec::new();
+    for name in ["base", "top"] {
+        let file = s.shared().join(format!("{name}.layer.tar.xz"));
+        util::ok(
+            util::portroot(&store)
+                .args(["-q", "layer", "export", name, "-o"])
+                .arg(&file),
+        );
+        urls.push(format!("{name}=file://{}", file.display()));
+    }
+    let (tar, _) = s.tarball();
+    let stage_url = format!("file://{}", tar.display());
+    let base_args = |c: &mut Command| {
+        c.args([
+            "--stage",
+            "test",
+            "--tag",
+            "2026-08-20",
+            "--stage-url",
+            &stage_url,
+        ])
+        .args(["--layer", "base", "--layer", "top"]);
+    };
+    // A URL for a layer the run does not use: a usage error, nothing submitted.
+    let mut bad = s.run();
+    base_args(&mut bad);
+    let err = util::fails(
+        bad.args(["--layer-url", "nope=file:///x.tar.xz", "--", "true"]),
+        2,
+    );
+    assert!(err.contains("the run uses no layer nope"), "{err}");
+    let mut good = s.run();
+    base_args(&mut good);
+    for u in &urls {
+        good.args(["--layer-url", u]);
+    }
+    util::ok(good.args([
+        "--repeat",
+        "2",
+        "--",
+        "cat /etc/top && test ! -e /var/lib/portage/world",
+    ]));
+    let runs = s.runs();
+    let run = runs.iter().find(|p| p.is_dir()).expect("a run directory");
+    let got = results(run);
+    // Each layer once on the node, whichever task got there first.
+    let mut layer_fetches: Vec<_> = got
+        .iter()
+        .flat_map(|r| r.fetched.clone())
+        .filter(|f| f.starts_with("layer "))
+        .map(|f| f.split(' ').nth(1).unwrap_or("").to_owned())
+        .collect();
+    layer_fetches.sort();
+    assert_eq!(layer_fetches, ["base", "top"], "each once: {got:?}");
+    for r in &got {
+        assert!(r.outcome.status.success(), "{r:?}");
+        let log = fs::read_to_string(&r.outcome.log).unwrap();
+        assert!(log.contains("from-top"), "{log}");
+    }
+    for name in ["base", "top"] {
+        let json =
+            |root: &Path| fs::read(root.join("layers").join(name).join("layer.json")).unwrap();
+        assert_eq!(json(&store), json(&s.node_store("node")));
+    }
+    // The submitting store lists the run, with the shared directory.
+    let listed = util::ok(util::portroot(&store).arg("runs"));
+    let id = run.file_name().unwrap().to_string_lossy().into_owned();
+    let row = listed.lines().find(|l| l.starts_with(&id)).unwrap_or("");
+    assert!(
+        row.contains("2/2") && row.contains("ok (slurm ") && row.contains(&*run.to_string_lossy()),
+        "{listed}"
+    );
+    util::ok(util::portroot(&s.node_store("node")).args(["-q", "gc"]));
+    s.assert_clean();
+}
+
+#[test]
+fn slurm_max_wait_cancels_the_array_and_fails_in_one_line() {
+    let Some(c) = cluster() else { return };
+    let s = Setup::new(c, None);
+    // `[slurm]` is the config's last section: one more key for it.
+    let conf = s.rs.tmp.path().join("portroot.toml");
+    let mut text = fs::read_to_string(&conf).unwrap();
+    text.push_str("max_wait = \"2s\"\n");
+    fs::write(&conf, text).unwrap();
+    let start = Instant::now();
+    let err = util::fails(
+        s.run()
+            .args(["--stage", "test", "--tag", "2026-08-20", "--repeat", "2"])
+            .args(["--", "sleep 600"]),
+        1,
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("not done within slurm.max_wait (2 s): cancelled"),
+        "{err}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        start.elapsed()
+    );
+    s.assert_clean();
+}

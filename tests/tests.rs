@@ -17,6 +17,7 @@ mod hostile_tree;
 mod import;
 mod isolation;
 mod layer;
+mod layer_export;
 mod portage;
 mod report_browser;
 mod runner;

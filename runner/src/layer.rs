@@ -22,6 +22,7 @@
 //! A used layer is an overlayfs lower directory: the kernel applies its
 //! whiteouts and opaque directories natively and never writes to it.
 
+pub mod file;
 mod upper;
 mod view;
 

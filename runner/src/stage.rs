@@ -22,7 +22,7 @@ pub mod export;
 mod files;
 mod names;
 mod pipe;
-mod unpack;
+pub(crate) mod unpack;
 
 #[doc(hidden)]
 pub use self::unpack::unpack_bytes;

@@ -29,6 +29,10 @@ pub enum LayerCmd {
     List(ListArgs),
     /// Remove a layer (refused while a run uses it or a layer builds on it).
     Rm(RmArgs),
+    /// Write a layer as one file another store adds by its sha256.
+    Export(super::layer_file::ExportArgs),
+    /// Add a layer from a file `layer export` wrote (a path or a URL).
+    Add(super::layer_file::AddArgs),
 }
 
 /// `layer create` arguments.
@@ -99,6 +103,8 @@ pub fn run(ctx: &Ctx, cmd: LayerCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         LayerCmd::Create(a) => create(ctx, &layers, *a),
         LayerCmd::List(a) => list(&layers, &a),
+        LayerCmd::Export(a) => super::layer_file::export(ctx, &layers, a),
+        LayerCmd::Add(a) => super::layer_file::add(ctx, &layers, a),
         LayerCmd::Rm(a) => {
             layers.remove(&a.name, &ctx.store.runs_dir())?;
             if !ctx.quiet {

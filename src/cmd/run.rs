@@ -124,6 +124,11 @@ pub struct RunArgs {
     /// (http, https or file), checked against the stage's sha256.
     #[arg(long, value_name = "URL")]
     pub(super) stage_url: Option<String>,
+    /// With --scheduler slurm: where a node lacking layer NAME fetches its
+    /// `layer export` file, checked against the sha256 the export recorded;
+    /// repeat per layer.
+    #[arg(long = "layer-url", value_name = "NAME=URL")]
+    pub(super) layer_urls: Vec<String>,
     /// Run again, through Slurm, only the jobs of Slurm run RUN-ID that did
     /// not succeed, with the same pinned inputs.
     #[arg(long, value_name = "RUN-ID", conflicts_with_all = ["stage", "tag", "job_file", "repeat", "command"])]
@@ -300,6 +305,10 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     if args.stage_url.is_some() {
         eprintln!("portroot: --stage-url is for --scheduler slurm: a local run uses the stage in the store");
+        return Ok(ExitCode::from(2));
+    }
+    if !args.layer_urls.is_empty() {
+        eprintln!("portroot: --layer-url is for --scheduler slurm: a local run uses the layers in the store");
         return Ok(ExitCode::from(2));
     }
     let jobs = read_jobs(&args)?;

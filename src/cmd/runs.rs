@@ -26,6 +26,8 @@ generation is published (`current`, `yes` once, `no`, or `-` when run
 without --binhost), and its state: `live` (running now), `ok`, `failed`,
 `interrupted` (stopped before every job ran) or `dead` (the runner was
 killed; `portroot gc` removes it). Runs stay until `portroot gc --all`.
+Runs submitted to Slurm from this store follow, their state with the
+array's job id and the shared run directory (kept in slurm-runs/).
 
 Examples:
   portroot runs
@@ -112,6 +114,7 @@ pub fn runs(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<ExitCode> {
             .ok();
         (r.record.as_ref().map(|rec| rec.start), made, r.id.clone())
     });
+    let slurm_runs = portroot::run::remote::load_records(ctx.store.root());
     if args.json {
         let items: Vec<serde_json::Value> = all
             .iter()
@@ -123,11 +126,19 @@ pub fn runs(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<ExitCode> {
                     "record": r.record,
                 })
             })
+            .chain(slurm_runs.iter().map(|r| {
+                serde_json::json!({
+                    "id": r.id,
+                    "state": r.state,
+                    "scheduler": "slurm",
+                    "record": r,
+                })
+            }))
             .collect();
         println!("{}", serde_json::to_string_pretty(&items)?);
         return Ok(ExitCode::SUCCESS);
     }
-    if all.is_empty() {
+    if all.is_empty() && slurm_runs.is_empty() {
         if !ctx.quiet {
             eprintln!("no runs");
         }
@@ -164,7 +175,27 @@ pub fn runs(ctx: &Ctx, args: RunsArgs) -> anyhow::Result<ExitCode> {
             run_state(r)
         );
     }
+    print_slurm_runs(&slurm_runs);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The rows of the Slurm runs submitted from this store, after the local
+/// ones: the same columns, the state with the array and its directory.
+fn print_slurm_runs(slurm_runs: &[portroot::run::remote::SlurmRunRecord]) {
+    for r in slurm_runs {
+        println!(
+            "{:<22}  {:<16}  {:<16}  {:<24}  {:>7}  {:<9}  {} (slurm {}, {})",
+            r.id,
+            runs::utc_stamp(r.start),
+            &r.stage[..r.stage.len().min(12)],
+            r.tree,
+            format!("{}/{}", r.ok, r.jobs),
+            "-",
+            r.state,
+            r.job_id,
+            r.dir.display()
+        );
+    }
 }
 
 /// Whether the run's binhost generation is published: `current` (served

@@ -60,6 +60,7 @@ fn options(ctx: &Ctx) -> Result<SlurmOptions, Usage> {
         shared_dir,
         node_store,
         portroot,
+        max_wait: conf.max_wait.map(std::time::Duration::from_secs),
     })
 }
 
@@ -75,6 +76,8 @@ struct Submission<'a> {
     pub jobs: Vec<Job>,
     /// `--stage-url`.
     pub stage_url: Option<String>,
+    /// `--layer-url NAME=URL`, each.
+    pub layer_urls: Vec<String>,
 }
 
 /// `portroot run`: `--retry-failed`, else the scheduler the flag or the
@@ -108,6 +111,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
         chroot: &args.chroot,
         jobs: super::run::read_jobs(&args)?,
         stage_url: args.stage_url.clone(),
+        layer_urls: args.layer_urls.clone(),
     };
     submit(ctx, sub)
 }
@@ -119,11 +123,8 @@ fn submit(ctx: &Ctx, sub: Submission<'_>) -> anyhow::Result<ExitCode> {
         Err(Usage(msg)) => return Ok(usage(&msg)),
     };
     if let Some(url) = &sub.stage_url {
-        // What `stage add` downloads on the node: http, https or file.
-        if !portroot::http::is_url(url) || portroot::http::file_name(url).is_none() {
-            return Ok(usage(&format!(
-                "--stage-url: bad URL {url:?}: expected http://, https:// or file:// naming a file"
-            )));
+        if let Err(Usage(msg)) = check_url("--stage-url", url) {
+            return Ok(usage(&msg));
         }
     }
     let settings = super::run::settings(ctx, sub.chroot)?;
@@ -131,9 +132,56 @@ fn submit(ctx: &Ctx, sub: Submission<'_>) -> anyhow::Result<ExitCode> {
     let id = runs::new_run_id(SystemTime::now());
     let mut spec = RemoteSpec::new(&id, &pinned, sub.stage_url, sub.jobs);
     spec.tree_remote = ctx.config.merged.slurm.tree_remote.clone();
+    if let Err(Usage(msg)) = pin_layer_urls(&mut spec, &pinned, &sub.layer_urls) {
+        return Ok(usage(&msg));
+    }
+    let start = SystemTime::now();
     let done = slurm::submit(&spec, &opts)?;
     drop(pinned);
+    record(ctx, &spec, &done, start);
     Ok(report(&done))
+}
+
+/// What `stage add` and `layer add` download on a node: http, https or file.
+fn check_url(flag: &str, url: &str) -> Result<(), Usage> {
+    if !portroot::http::is_url(url) || portroot::http::file_name(url).is_none() {
+        return Err(Usage(format!(
+            "{flag}: bad URL {url:?}: expected http://, https:// or file:// naming a file"
+        )));
+    }
+    Ok(())
+}
+
+/// Record each `--layer-url NAME=URL` in the spec with the sha256 the
+/// layer's last `layer export` recorded: a node fetches that file and
+/// checks it by that digest, then the layer by its creation id.
+fn pin_layer_urls(
+    spec: &mut RemoteSpec,
+    pinned: &portroot::run::Pinned,
+    urls: &[String],
+) -> Result<(), Usage> {
+    for arg in urls {
+        let Some((name, url)) = arg.split_once('=') else {
+            return Err(Usage(format!("--layer-url: {arg:?} is not NAME=URL")));
+        };
+        check_url("--layer-url", url)?;
+        let (Some(layer), Some(slot)) = (
+            pinned.layers.layers.iter().find(|l| l.record.name == name),
+            spec.layers.iter_mut().find(|l| l.name == name),
+        ) else {
+            return Err(Usage(format!(
+                "--layer-url: the run uses no layer {name} (give it with --layer)"
+            )));
+        };
+        let Some(digest) = portroot_runner::layer::file::recorded_digest(&layer.dir) else {
+            return Err(Usage(format!(
+                "--layer-url: layer {name} was never exported: run `portroot layer export {name} -o FILE` and serve FILE at {url}"
+            )));
+        };
+        slot.digest = Some(digest);
+        slot.url = Some(url.to_owned());
+    }
+    Ok(())
 }
 
 /// `portroot run --retry-failed RUN-ID`: the failed jobs of an earlier Slurm
@@ -167,8 +215,49 @@ fn retry(ctx: &Ctx, run_id: &str) -> anyhow::Result<ExitCode> {
         retry_of: Some(run_id.to_owned()),
         ..old
     };
+    let start = SystemTime::now();
     let done = slurm::submit(&spec, &opts)?;
+    record(ctx, &spec, &done, start);
     Ok(report(&done))
+}
+
+/// Keep the run in the submitting store for `portroot runs`; a failure to
+/// is a warning (the run itself is done and in the shared directory).
+fn record(ctx: &Ctx, spec: &RemoteSpec, done: &SlurmRun, start: SystemTime) {
+    let ok = done
+        .results
+        .iter()
+        .filter(|r| r.outcome.status.success())
+        .count();
+    let state = if done.signal.is_some() {
+        "interrupted"
+    } else if ok == done.results.len() {
+        "ok"
+    } else {
+        "failed"
+    };
+    let rec = remote::SlurmRunRecord {
+        id: done.id.clone(),
+        dir: done.dir.clone(),
+        job_id: done.job_id.clone(),
+        start: start
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        stage: spec.stage.as_str().to_owned(),
+        tree: spec.trees.first().map_or_else(String::new, |t| {
+            format!("{} {}", t.reference, &t.commit[..t.commit.len().min(10)])
+        }),
+        jobs: done.results.len(),
+        ok,
+        state: state.into(),
+        retry_of: spec.retry_of.clone(),
+    };
+    if let Err(e) = remote::save_record(ctx.store.root(), &rec) {
+        eprintln!(
+            "portroot: warning: run {} not recorded for `portroot runs`: {e:#}",
+            rec.id
+        );
+    }
 }
 
 /// `portroot run-task DIR INDEX`, on a node.

@@ -96,7 +96,7 @@ pub struct AddArgs {
 }
 
 /// clap's value parser for `--sha256`: 64 hex digits, kept in lower case.
-fn parse_sha256(s: &str) -> Result<String, String> {
+pub(super) fn parse_sha256(s: &str) -> Result<String, String> {
     if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(s.to_ascii_lowercase())
     } else {

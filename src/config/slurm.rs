@@ -58,6 +58,11 @@ pub struct SlurmConfig {
     /// The team git remote nodes fetch missing snapshots from.
     #[serde(default, deserialize_with = "remote")]
     pub tree_remote: Option<String>,
+    /// How long the submitter waits for the array, in seconds (the config
+    /// takes `3600` or `"90s"`, `"30m"`, `"12h"`, `"2d"`); past it the array
+    /// is cancelled and the run fails. None: until Slurm ends every task.
+    #[serde(default, deserialize_with = "max_wait")]
+    pub max_wait: Option<u64>,
 }
 
 impl SlurmConfig {
@@ -72,6 +77,7 @@ impl SlurmConfig {
             bin_dir: over.bin_dir.or(self.bin_dir),
             portroot: over.portroot.or(self.portroot),
             tree_remote: over.tree_remote.or(self.tree_remote),
+            max_wait: over.max_wait.or(self.max_wait),
         }
     }
 
@@ -94,6 +100,7 @@ impl SlurmConfig {
             ("slurm.bin_dir", self.bin_dir.as_ref().map(path)),
             ("slurm.portroot", self.portroot.as_ref().map(path)),
             ("slurm.tree_remote", self.tree_remote.as_deref().map(quoted)),
+            ("slurm.max_wait", self.max_wait.map(|s| s.to_string())),
         ]
     }
 }
@@ -130,4 +137,73 @@ fn remote<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
         )));
     }
     Ok(Some(r))
+}
+
+/// `max_wait`: seconds, as a positive integer or a string of digits with
+/// `s`, `m`, `h` or `d`.
+fn max_wait<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Wait {
+        Secs(u64),
+        Text(String),
+    }
+    let secs = match Wait::deserialize(d)? {
+        Wait::Secs(s) => Some(s),
+        Wait::Text(t) => parse_duration(&t),
+    };
+    match secs {
+        Some(s) if s > 0 => Ok(Some(s)),
+        _ => Err(serde::de::Error::custom(
+            "max_wait must be a positive number of seconds or like \"90s\", \"30m\", \"12h\", \"2d\"",
+        )),
+    }
+}
+
+/// `"90s"`, `"30m"`, `"12h"`, `"2d"` or `"90"` in seconds.
+pub fn parse_duration(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let (digits, unit) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&t[..i], c),
+        _ => (t, 's'),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let per = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(per)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_in_seconds() {
+        assert_eq!(parse_duration("90"), Some(90));
+        assert_eq!(parse_duration("90s"), Some(90));
+        assert_eq!(parse_duration("30m"), Some(1800));
+        assert_eq!(parse_duration("12h"), Some(43_200));
+        assert_eq!(parse_duration("2d"), Some(172_800));
+        for bad in ["", "h", "1.5h", "-3s", "3w", "1 h"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn max_wait_takes_seconds_or_a_duration() {
+        let c: SlurmConfig = toml::from_str("max_wait = \"12h\"").unwrap();
+        assert_eq!(c.max_wait, Some(43_200));
+        let c: SlurmConfig = toml::from_str("max_wait = 5").unwrap();
+        assert_eq!(c.max_wait, Some(5));
+        assert!(toml::from_str::<SlurmConfig>("max_wait = 0").is_err());
+        assert!(toml::from_str::<SlurmConfig>("max_wait = \"soon\"").is_err());
+    }
 }

@@ -42,6 +42,13 @@ pub struct PinnedLayer {
     pub name: String,
     /// `layer.json`'s unique creation id.
     pub id: String,
+    /// The sha256 of the layer's `layer export` file, if the run names
+    /// where a node gets it.
+    #[serde(default)]
+    pub digest: Option<String>,
+    /// Where a node lacking the layer fetches that file.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 /// The chroot settings that travel (the node's own configuration decides
@@ -131,6 +138,8 @@ impl RemoteSpec {
                 .map(|l| PinnedLayer {
                     name: l.record.name.clone(),
                     id: l.record.id.clone(),
+                    digest: None,
+                    url: None,
                 })
                 .collect(),
             settings: Shipped {
@@ -232,4 +241,63 @@ pub fn save_result(dir: &Path, index: usize, result: &TaskResult) -> anyhow::Res
 pub fn load_result(dir: &Path, index: usize) -> Option<TaskResult> {
     let text = std::fs::read(task_dir(dir, index).join("result.json")).ok()?;
     serde_json::from_slice(&text).ok()
+}
+
+/// What the submitter keeps of a Slurm run in its own store
+/// (`slurm-runs/ID.json`), for `portroot runs`: where the run's shared
+/// directory is and the table's sums.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlurmRunRecord {
+    /// The run id.
+    pub id: String,
+    /// `SHARED/ID/`, where the spec, the logs and the results are.
+    pub dir: PathBuf,
+    /// The array's Slurm job id.
+    pub job_id: String,
+    /// Submitted, seconds since the epoch.
+    pub start: u64,
+    /// The stage's sha256.
+    pub stage: String,
+    /// The main tree's reference and commit.
+    pub tree: String,
+    /// Jobs in the run.
+    pub jobs: usize,
+    /// Jobs that succeeded.
+    pub ok: usize,
+    /// `ok`, `failed` or `interrupted`.
+    pub state: String,
+    /// The run it retried, if any.
+    pub retry_of: Option<String>,
+}
+
+/// `STORE/slurm-runs/`.
+pub fn records_dir(store_root: &Path) -> PathBuf {
+    store_root.join("slurm-runs")
+}
+
+/// Write `STORE/slurm-runs/ID.json` (through a rename).
+pub fn save_record(store_root: &Path, rec: &SlurmRunRecord) -> anyhow::Result<()> {
+    let dir = records_dir(store_root);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!(".{}.json.new", rec.id));
+    let path = dir.join(format!("{}.json", rec.id));
+    let text = serde_json::to_vec_pretty(rec).context("serializing a run record")?;
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("renaming into {}", path.display()))
+}
+
+/// Every Slurm run recorded in the store, oldest first (unreadable records
+/// left out).
+pub fn load_records(store_root: &Path) -> Vec<SlurmRunRecord> {
+    let Ok(rd) = std::fs::read_dir(records_dir(store_root)) else {
+        return Vec::new();
+    };
+    let mut out: Vec<SlurmRunRecord> = rd
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .filter_map(|t| serde_json::from_slice(&t).ok())
+        .collect();
+    out.sort_by(|a, b| (a.start, &a.id).cmp(&(b.start, &b.id)));
+    out
 }

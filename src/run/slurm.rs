@@ -40,6 +40,9 @@ pub struct SlurmOptions {
     pub node_store: PathBuf,
     /// The portroot binary on the nodes.
     pub portroot: PathBuf,
+    /// How long to wait for the array before cancelling it; `None`: until
+    /// Slurm ends every task.
+    pub max_wait: Option<Duration>,
 }
 
 /// One job's end, as its task reported it or as Slurm saw it.
@@ -231,9 +234,10 @@ fn parse_queue(text: &str) -> (BTreeMap<usize, TaskState>, usize) {
     (tasks, active)
 }
 
-/// Poll the queue until no task of `job_id` is active; on a signal, cancel
-/// the array and wait (bounded) for it to leave. The wait itself is bounded
-/// by the array's own time limit: Slurm ends every task by then.
+/// Poll the queue until no task of `job_id` is active; on a signal, or past
+/// `max_wait`, cancel the array and wait (bounded) for it to leave; past
+/// `max_wait` that is an error. Without `max_wait` the wait is bounded by
+/// Slurm alone: its time limits end running tasks, nothing ends pending ones.
 fn wait(
     opts: &SlurmOptions,
     job_id: &str,
@@ -242,8 +246,14 @@ fn wait(
     let mut pause = POLL_MIN;
     let mut failures = 0;
     let mut cancelled: Option<(i32, Instant)> = None;
+    let started = Instant::now();
+    let mut timed_out = false;
     loop {
-        let sig = signal.load(Ordering::SeqCst);
+        let mut sig = signal.load(Ordering::SeqCst);
+        if sig == 0 && opts.max_wait.is_some_and(|m| started.elapsed() > m) {
+            timed_out = true;
+            sig = -1;
+        }
         if sig != 0 && cancelled.is_none() {
             info!(job = %job_id, signal = sig, "cancelling the array");
             let mut c = client(opts, "scancel");
@@ -273,6 +283,12 @@ fn wait(
         };
         debug!(job = %job_id, active, "queue");
         if active == 0 {
+            if timed_out {
+                bail!(
+                    "array job {job_id} not done within slurm.max_wait ({} s): cancelled",
+                    opts.max_wait.unwrap_or_default().as_secs()
+                );
+            }
             return Ok((tasks, cancelled.map(|(s, _)| s)));
         }
         if let Some((_, at)) = cancelled {
@@ -450,6 +466,7 @@ mod tests {
             shared_dir: "/srv/runs".into(),
             node_store: "/var/lib/it's".into(),
             portroot: "/usr/bin/portroot".into(),
+            max_wait: None,
         };
         let s = batch_script(&opts, Path::new("/srv/runs/x"));
         assert!(s.contains("exec '/usr/bin/portroot' --store '/var/lib/it'\\''s' run-task '/srv/runs/x' \"$SLURM_ARRAY_TASK_ID\""), "{s}");

@@ -1,7 +1,8 @@
 //! One task of a run handed to Slurm, on whichever node it landed: check
 //! that the node's store holds exactly the pinned ids, fetch the stage by
 //! URL and sha256 when it lacks it (under a lock, so two tasks on one node
-//! fetch once), then run the one job through the same path as a local run
+//! fetch once) and each layer likewise by its export's URL and sha256,
+//! then run the one job through the same path as a local run
 //! ([`super::pin`], [`super::execute`]) and write its result into the shared
 //! run directory.
 //!
@@ -83,7 +84,65 @@ fn finish(
 /// and layers must be there already.
 fn prepare(node: &Node, spec: &RemoteSpec, fetched: &mut Vec<String>) -> anyhow::Result<()> {
     prepare_stage(node, spec, fetched)?;
-    prepare_tree(node, spec, fetched)
+    prepare_tree(node, spec, fetched)?;
+    for layer in &spec.layers {
+        prepare_layer(node, layer, fetched)?;
+    }
+    Ok(())
+}
+
+/// Whether the node holds `want` by its id: `Ok(false)` if it lacks the
+/// name, an error if the name is another layer.
+fn has_layer(node: &Node, want: &remote::PinnedLayer) -> anyhow::Result<bool> {
+    let layers =
+        portroot_runner::layer::LayerStore::new(node.store.layers_dir(), node.store.tmp_dir());
+    match layers.get(&want.name) {
+        Ok(l) if l.record.id == want.id => Ok(true),
+        Ok(l) => bail!(
+            "layer {}: the node has id {}, the run pinned {}",
+            want.name,
+            l.record.id,
+            want.id
+        ),
+        Err(portroot_runner::error::Error::UnknownLayer(_)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A layer the node lacks, fetched by URL and export digest (the spec lists
+/// parents first) under a per-digest lock, then checked by its id.
+fn prepare_layer(
+    node: &Node,
+    want: &remote::PinnedLayer,
+    fetched: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    if has_layer(node, want)? {
+        return Ok(());
+    }
+    let (Some(url), Some(digest)) = (&want.url, &want.digest) else {
+        bail!(
+            "layer {} (id {}) is not in the node's store and the run names no URL for it",
+            want.name,
+            want.id
+        );
+    };
+    let tmp = node.store.tmp_dir();
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let _lock = lock(&tmp.join(format!("fetch-{digest}.lock")))?;
+    if has_layer(node, want)? {
+        return Ok(());
+    }
+    child(&node.store, &["layer", "add", url, "--sha256", digest])
+        .with_context(|| format!("fetching layer {}", want.name))?;
+    if !has_layer(node, want)? {
+        bail!(
+            "layer {}: {url} holds another layer than id {}",
+            want.name,
+            want.id
+        );
+    }
+    fetched.push(format!("layer {} {}", want.name, want.id));
+    Ok(())
 }
 
 /// Whether the main tree's pinned commit is in the node's repository.
@@ -166,7 +225,7 @@ fn child(store: &Store, args: &[&str]) -> anyhow::Result<()> {
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .context("starting portroot stage add")?;
+        .with_context(|| format!("starting portroot {}", args.join(" ")))?;
     if out.status.success() {
         return Ok(());
     }

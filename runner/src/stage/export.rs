@@ -54,6 +54,31 @@ pub fn export_tree_noting(
     note: &dyn Fn(&Path) -> io::Result<()>,
     progress: &dyn Fn(u64, u64),
 ) -> Result<ExportStats> {
+    export_with(root, out, &Layout::default(), note, progress)
+}
+
+/// What goes into a tarball besides the tree, and under which name.
+#[derive(Debug, Default)]
+pub struct Layout<'a> {
+    /// A regular file written first: its name, bytes and mtime.
+    pub head: Option<(&'a str, &'a [u8], u64)>,
+    /// The directory the tree is written as (`upper/`); empty: the root.
+    pub prefix: &'a str,
+    /// Keep `trusted.overlay.opaque` (a layer's opaque directories), which
+    /// a stage never holds.
+    pub keep_opaque: bool,
+}
+
+/// [`export_tree_noting`] with a [`Layout`]: the tree of a layer (its upper
+/// directory, whiteouts and opaque directories as overlayfs reads them)
+/// under `upper/`, its `layer.json` first.
+pub fn export_with(
+    root: &Path,
+    out: &Path,
+    layout: &Layout<'_>,
+    note: &dyn Fn(&Path) -> io::Result<()>,
+    progress: &dyn Fn(u64, u64),
+) -> Result<ExportStats> {
     let start = Instant::now();
     let tmp = create_temp(out, note)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
@@ -77,7 +102,12 @@ pub fn export_tree_noting(
         links: HashMap::new(),
         stats: ExportStats::default(),
         progress,
+        prefix: layout.prefix.as_bytes().to_vec(),
+        keep_opaque: layout.keep_opaque,
     };
+    if let Some((name, data, mtime)) = layout.head {
+        writer.head(name, data, mtime)?;
+    }
     writer.entry(Path::new(""))?;
     writer.dir(Path::new(""))?;
     let stats = writer.stats;
@@ -95,7 +125,7 @@ pub fn export_tree_noting(
         bytes = stats.bytes,
         tarball_bytes,
         secs = start.elapsed().as_secs_f64(),
-        "stage exported"
+        "tree exported"
     );
     Ok(stats)
 }
@@ -153,9 +183,34 @@ struct Writer<'a, W: Write> {
     links: HashMap<(u64, u64), PathBuf>,
     stats: ExportStats,
     progress: &'a dyn Fn(u64, u64),
+    /// Prepended to every name (`upper/`).
+    prefix: Vec<u8>,
+    /// Whether `trusted.overlay.opaque` is kept.
+    keep_opaque: bool,
 }
 
 impl<W: Write> Writer<'_, W> {
+    /// A regular file of `data` called `name`, root's, 0644.
+    fn head(&mut self, name: &str, data: &[u8], mtime: u64) -> Result<()> {
+        let mut h = Header::new_ustar();
+        h.set_entry_type(EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(mtime);
+        h.set_size(data.len() as u64);
+        h.set_device_major(0).map_err(io("writing", &self.out))?;
+        h.set_device_minor(0).map_err(io("writing", &self.out))?;
+        set_raw_name(&mut h, name.as_bytes());
+        h.set_cksum();
+        self.tar
+            .append(&h, data)
+            .map_err(io("writing", &self.out))?;
+        self.stats.entries += 1;
+        self.stats.bytes += data.len() as u64;
+        Ok(())
+    }
+
     /// Write the contents of directory `rel`, sorted, depth first.
     fn dir(&mut self, rel: &Path) -> Result<()> {
         let path = self.root.join(rel);
@@ -185,10 +240,15 @@ impl<W: Write> Writer<'_, W> {
         h.set_mtime(u64::try_from(md.mtime()).unwrap_or(0));
         h.set_size(0);
         let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
-        let mut name = if rel.as_os_str().is_empty() {
+        let mut name = if rel.as_os_str().is_empty() && self.prefix.is_empty() {
             b"./".to_vec()
         } else {
-            rel.as_os_str().as_bytes().to_vec()
+            let mut n = self.prefix.clone();
+            if !n.is_empty() && !rel.as_os_str().is_empty() {
+                n.push(b'/');
+            }
+            n.extend_from_slice(rel.as_os_str().as_bytes());
+            n
         };
         let Some(data) = self.typed_header(rel, &path, &md, &mut h, &mut pax)? else {
             warn!(path = %path.display(), "socket left out of the tarball");
@@ -204,7 +264,7 @@ impl<W: Write> Writer<'_, W> {
             h.set_device_minor(0).map_err(io("writing", &self.out))?;
         }
         path_name(&mut h, &mut pax, &name);
-        xattr_records(&path, &mut pax)?;
+        xattr_records(&path, &mut pax, self.keep_opaque)?;
         if !pax.is_empty() {
             self.append_pax(rel, &md, &pax)?;
         }
@@ -337,12 +397,19 @@ impl<W: Write> Writer<'_, W> {
     }
 }
 
-/// Add the xattrs of `path` to `pax` (but overlayfs's own).
-fn xattr_records(path: &Path, pax: &mut Vec<(String, Vec<u8>)>) -> Result<()> {
-    for attr in xattr::list(path).map_err(io("listing xattrs of", path))? {
+/// Add the xattrs of `path` to `pax`, sorted (the order a filesystem lists
+/// them in is its own): not overlayfs's own, but for `keep_opaque` its mark
+/// of an opaque directory.
+fn xattr_records(path: &Path, pax: &mut Vec<(String, Vec<u8>)>, keep_opaque: bool) -> Result<()> {
+    let mut attrs: Vec<_> = xattr::list(path)
+        .map_err(io("listing xattrs of", path))?
+        .collect();
+    attrs.sort();
+    for attr in attrs {
         let key = attr.to_string_lossy();
-        // overlayfs bookkeeping never belongs in a stage.
-        if key.starts_with("trusted.overlay.") {
+        // overlayfs bookkeeping never belongs in a stage; in a layer only
+        // the opaque mark means something elsewhere.
+        if key.starts_with("trusted.overlay.") && !(keep_opaque && key == OPAQUE) {
             continue;
         }
         if let Some(value) = xattr::get(path, &attr).map_err(io("reading xattrs of", path))? {
@@ -351,6 +418,9 @@ fn xattr_records(path: &Path, pax: &mut Vec<(String, Vec<u8>)>) -> Result<()> {
     }
     Ok(())
 }
+
+/// The xattr overlayfs marks an opaque directory with.
+pub const OPAQUE: &str = "trusted.overlay.opaque";
 
 /// Put `name` in the header, or in a PAX `path` record if ustar cannot hold it.
 fn path_name(h: &mut Header, pax: &mut Vec<(String, Vec<u8>)>, name: &[u8]) {
