@@ -7,20 +7,22 @@
 //!
 //! * making a run's generation from `current` (`Binhost::create`: every
 //!   directory made again, every file hard-linked, the record written,
-//!   renamed into place) against `cp -a` of the same directory (what a
-//!   generation made by copying costs);
+//!   renamed into place), by [`LINK_THREADS`] threads and by one (as
+//!   before the linking was parallel), against `cp -a` of the same
+//!   directory (what a generation made by copying costs);
 //! * publishing it (`Binhost::publish`: syncfs, the link swapped by
 //!   rename, fsync of the directory, the records written);
 //! * and, as the floor for any tree of hard links, GNU `cp -al` of the
 //!   same directory.
 //!
-//! Timings are printed, never asserted. `cargo bench --bench binhost`.
+//! `PORTROOT_BENCH_THREADS` sets the parallel side's threads. Timings are
+//! printed, never asserted. `cargo bench --bench binhost`.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use portroot_runner::binhost::Binhost;
+use portroot_runner::binhost::{Binhost, LINK_THREADS};
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -66,7 +68,9 @@ fn main() {
     let tmp =
         tempfile::tempdir_in(std::env::var("PORTROOT_BENCH_DIR").unwrap_or("/var/tmp".into()))
             .expect("a scratch directory");
-    let host = Binhost::new(tmp.path().join("binpkgs"));
+    // PORTROOT_BENCH_THREADS: the parallel side's thread count.
+    let threads = env_or("PORTROOT_BENCH_THREADS", LINK_THREADS).max(1);
+    let host = Binhost::new(tmp.path().join("binpkgs")).with_threads(threads);
     host.create("base", None).expect("the first generation");
     let bytes = fill(&host.path("base"), files);
     host.publish("base")
@@ -76,9 +80,20 @@ fn main() {
         bytes as f64 / 1e6,
         tmp.path().display()
     );
-    let (mut make, mut publish, mut copy, mut links) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let serial = host.clone().with_threads(1);
+    let (mut make, mut make1, mut publish, mut copy, mut links) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
+        // One thread first, from the same `current`, then collected: the
+        // parallel one is made last and published.
+        let one = format!("s{i}");
+        let _ = Command::new("sync").status();
+        let t = Instant::now();
+        serial.create(&one, None).expect("making a generation");
+        make1.push(t.elapsed());
+        let _ = std::fs::remove_dir_all(host.path(&one));
+        let _ = std::fs::remove_file(host.path(&one).with_extension("json"));
+        let _ = Command::new("sync").status();
         let id = format!("g{i}");
         let t = Instant::now();
         host.create(&id, Some(&id)).expect("making a generation");
@@ -104,10 +119,15 @@ fn main() {
             let _ = Command::new("sync").status();
         }
     }
-    let (make, publish) = (median(make), median(publish));
+    let (make, make1, publish) = (median(make), median(make1), median(publish));
     let (copy, links) = (median(copy), median(links));
     println!("median of {runs}:");
-    println!("  make a generation (hard links)   {:>10}", ms(make));
+    println!("  make a generation, {threads} threads    {:>10}", ms(make));
+    println!("  make a generation, 1 thread     {:>10}", ms(make1));
+    println!(
+        "  {threads} threads / 1 thread {:.3}x",
+        make.as_secs_f64() / make1.as_secs_f64()
+    );
     println!("  publish it (swap current)        {:>10}", ms(publish));
     println!("  cp -a of the same directory      {:>10}", ms(copy));
     println!("  cp -al of the same directory     {:>10}", ms(links));

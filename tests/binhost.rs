@@ -212,6 +212,80 @@ fn runs_write_generations_that_publish_rollback_and_gc_move_between() {
 }
 
 #[test]
+fn a_plain_run_writes_a_generation_and_a_shell_reads_current() {
+    if !util::require_root() {
+        return;
+    }
+    let rs = RunStore::new();
+    let store = rs.store();
+    util::ok(rs.run().args([
+        "--publish",
+        "--",
+        "echo a > /var/cache/binpkgs/a-1.gpkg.tar",
+    ]));
+    let first = current(&store).expect("published");
+    // No flag, no configuration: the run writes a generation of its own,
+    // unpublished, and nothing at the binhost's top.
+    util::ok(
+        rs.run()
+            .args(["--", "echo b > /var/cache/binpkgs/b-1.gpkg.tar"]),
+    );
+    let second = newest_run(&store);
+    assert_ne!(first, second);
+    assert_eq!(current(&store).as_deref(), Some(first.as_str()));
+    let gen = util::run_pkgdir(&store, &second);
+    assert_eq!(fs::read_to_string(gen.join("b-1.gpkg.tar")).unwrap(), "b\n");
+    assert_eq!(fs::read_to_string(gen.join("a-1.gpkg.tar")).unwrap(), "a\n");
+    assert!(!store.join("binpkgs/current/b-1.gpkg.tar").exists());
+    assert!(!store.join("binpkgs/b-1.gpkg.tar").exists());
+
+    // A shell sees what clients see, read-only.
+    let mut shell = util::portroot(&store);
+    shell
+        .args(["shell", "--stage", "test", "--tag", "2026-08-21"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = shell.spawn().unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"cd /var/cache/binpkgs; cat a-1.gpkg.tar; test -e b-1.gpkg.tar || echo no-b;\
+              touch x 2>/dev/null || echo read-only; exit 0\n",
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "a\nno-b\nread-only\n");
+
+    // --binpkgs DIR: one shared directory, no generation.
+    let shared = rs.tmp.path().join("shared");
+    let gens = fs::read_dir(store.join("binpkgs/generations"))
+        .unwrap()
+        .count();
+    util::ok(
+        rs.run()
+            .arg("--binpkgs")
+            .arg(&shared)
+            .args(["--", "echo c > /var/cache/binpkgs/c-1.gpkg.tar"]),
+    );
+    assert_eq!(
+        fs::read_to_string(shared.join("c-1.gpkg.tar")).unwrap(),
+        "c\n"
+    );
+    assert_eq!(
+        fs::read_dir(store.join("binpkgs/generations"))
+            .unwrap()
+            .count(),
+        gens
+    );
+    util::assert_no_mounts_under(rs.tmp.path());
+}
+
+#[test]
 fn a_killed_run_publishes_nothing_and_gc_removes_its_generation() {
     if !util::require_root() {
         return;

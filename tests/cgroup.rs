@@ -212,11 +212,7 @@ fn portage_cgroup_feature_works_per_job_on_v2() {
         assert!(log.lines().any(|l| l == "0::/init"), "job {job}: {log}");
         assert!(log.contains("0::/portage/emerge-2\n"), "job {job}: {log}");
         assert!(log.ends_with("portage-done\n"), "job {job}: {log}");
-        assert!(rs
-            .store()
-            .join("binpkgs")
-            .join(format!("in-{job}"))
-            .exists());
+        assert!(util::pkgdir(&rs.store()).join(format!("in-{job}")).exists());
     }
     assert!(out.status.success(), "{table}\n{err}");
     let groups = run_cgroups(&record);
@@ -266,9 +262,9 @@ grep -e memory -e pids -e '^0::' /proc/self/cgroup"#;
         .spawn()
         .unwrap();
     // While the jobs run, each has its own memory group under the runner's.
-    let cookies = rs.store().join("binpkgs");
+    let cookies = || util::pkgdir(&rs.store());
     wait_until("jobs never started", || {
-        (1..=3).all(|i| cookies.join(format!("in-{i}")).exists())
+        (1..=3).all(|i| cookies().join(format!("in-{i}")).exists())
     });
     let (run, record) = the_run(&rs.store());
     let id = record["id"].as_str().unwrap().to_owned();
@@ -285,7 +281,7 @@ grep -e memory -e pids -e '^0::' /proc/self/cgroup"#;
             memory.display()
         );
     }
-    fs::write(cookies.join("go"), "").unwrap();
+    fs::write(cookies().join("go"), "").unwrap();
     let out = child.wait_with_output().unwrap();
     let (table, err) = text(&out);
     assert!(out.status.success(), "{table}\n{err}");
@@ -434,15 +430,15 @@ fn limits_from_flags_and_config_reach_the_job_group() {
     // The job reports itself started, then waits for the test to look.
     let script = "touch /var/cache/binpkgs/started; while [ ! -e /var/cache/binpkgs/seen ]; do sleep 0.05; done";
     let observe = |cmd: &mut Command| -> [String; 3] {
-        let _ = fs::remove_file(rs.store().join("binpkgs/seen"));
-        let _ = fs::remove_file(rs.store().join("binpkgs/started"));
+        let _ = fs::remove_file(util::pkgdir(&rs.store()).join("seen"));
+        let _ = fs::remove_file(util::pkgdir(&rs.store()).join("started"));
         let mut child = cmd
             .args(["--", script])
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
         wait_until("job never started", || {
-            rs.store().join("binpkgs/started").exists()
+            util::pkgdir(&rs.store()).join("started").exists()
         });
         let id = fs::read_dir(rs.store().join("runs"))
             .unwrap()
@@ -464,7 +460,7 @@ fn limits_from_flags_and_config_reach_the_job_group() {
             read("cpu", "cpu.cfs_quota_us"),
             read("pids", "pids.max"),
         ];
-        fs::write(rs.store().join("binpkgs/seen"), "").unwrap();
+        fs::write(util::pkgdir(&rs.store()).join("seen"), "").unwrap();
         assert!(child.wait().unwrap().success());
         got
     };
@@ -561,7 +557,7 @@ fn gc_removes_the_cgroups_of_a_killed_run() {
         .spawn()
         .unwrap();
     wait_until("job never started", || {
-        rs.store().join("binpkgs/started").exists()
+        util::pkgdir(&rs.store()).join("started").exists()
     });
     child.kill().unwrap();
     child.wait().unwrap();
@@ -581,7 +577,7 @@ fn sigterm_of_the_run_leaves_no_cgroup() {
         return;
     }
     let rs = RunStore::new();
-    let cookies = rs.store().join("binpkgs");
+    let cookies = || util::pkgdir(&rs.store());
     let mut child = rs
         .run()
         .args(["--repeat", "3", "--jobs", "2", "--"])
@@ -591,7 +587,7 @@ fn sigterm_of_the_run_leaves_no_cgroup() {
         .spawn()
         .unwrap();
     wait_until("jobs never started", || {
-        cookies.join("started-1").exists() && cookies.join("started-2").exists()
+        cookies().join("started-1").exists() && cookies().join("started-2").exists()
     });
     let (_, record) = the_run(&rs.store());
     let groups = run_cgroups(&record);
@@ -734,13 +730,13 @@ fn a_runner_alone_in_its_v2_group_moves_into_a_leaf_and_back() {
     };
     let group = TestGroup::new("leaf");
     let rs = RunStore::new();
-    let cookies = rs.store().join("binpkgs");
+    let cookies = || util::pkgdir(&rs.store());
     let mut cmd = rs.run();
     cmd.args(["--", SHOW_CONTROLLERS])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let child = on_v2(group.enter(&mut cmd)).spawn().unwrap();
-    wait_until("job never started", || cookies.join("started").exists());
+    wait_until("job never started", || cookies().join("started").exists());
     // The runner left its group for the leaf, so the group could pass the
     // controller down to the run's groups beside the leaf.
     assert_eq!(group.procs(""), Vec::<u32>::new());
@@ -758,7 +754,7 @@ fn a_runner_alone_in_its_v2_group_moves_into_a_leaf_and_back() {
     let mut subs = group.subgroups();
     subs.sort();
     assert_eq!(subs, ["portroot", "portroot-runner"]);
-    fs::write(cookies.join("go"), "").unwrap();
+    fs::write(cookies().join("go"), "").unwrap();
     let out = child.wait_with_output().unwrap();
     let (table, err) = text(&out);
     assert!(out.status.success(), "{table}\n{err}");
@@ -850,13 +846,13 @@ fn gc_removes_the_leaf_a_killed_v2_runner_left() {
     };
     let group = TestGroup::new("gc");
     let rs = RunStore::new();
-    let cookies = rs.store().join("binpkgs");
+    let cookies = || util::pkgdir(&rs.store());
     let mut cmd = rs.run();
     cmd.args(["--", SHOW_CONTROLLERS])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut child = on_v2(group.enter(&mut cmd)).spawn().unwrap();
-    wait_until("job never started", || cookies.join("started").exists());
+    wait_until("job never started", || cookies().join("started").exists());
     child.kill().unwrap();
     child.wait().unwrap();
     let mut subs = group.subgroups();

@@ -106,8 +106,9 @@ fn show_merges_the_given_file_and_the_stores_key_by_key() {
         format!("network = \"none\"  # {site_s}"),
         format!("cache_size = 1073741824  # {store_s}"),
         "# layout: \"modern\" (default)".to_owned(),
+        "# binpkgs: none, each run writes a generation of run.binhost (default)".to_owned(),
         format!(
-            "# binpkgs: \"{}\" (default)",
+            "# binhost: \"binpkgs\" ({}), none if run.binpkgs is set (default)",
             env.store().join("binpkgs").display()
         ),
     ] {

@@ -120,17 +120,32 @@ fn the_seed_workflow_end_to_end() {
     assert!(layers.contains("stack"), "{layers}");
 
     // 5. Eight jobs in parallel over the layer at the older tag, each reading
-    //    the tree and the layer, each writing a binary package into PKGDIR.
+    //    the tree and the layer, each writing a binary package into PKGDIR
+    //    (the run's binhost generation, published when all succeeded).
     let script = "set -e; tree=/var/db/repos/gentoo; \
         test \"$(< /opt/stack/VERSION)\" = 'stack 1.0'; \
         stamp=$(< $tree/metadata/timestamp.chk); \
         mkdir -p /var/cache/binpkgs/e2e; \
         echo \"$stamp $(< /opt/stack/VERSION)\" > /var/cache/binpkgs/e2e/pkg-$HOSTNAME-1.0.gpkg.tar";
     util::ok(pr().args([
-        "run", "--stage", "base", "--layer", "stack", "--tag", &old, "--jobs", "8", "--repeat",
-        "8", "--", script,
+        "run",
+        "--stage",
+        "base",
+        "--layer",
+        "stack",
+        "--tag",
+        &old,
+        "--jobs",
+        "8",
+        "--repeat",
+        "8",
+        "--publish",
+        "--",
+        script,
     ]));
-    let pkgdir = store.join("binpkgs/e2e");
+    // The run wrote a generation of the store's binhost and published it:
+    // what clients read.
+    let pkgdir = store.join("binpkgs/current/e2e");
     let packages = entries(&pkgdir);
     assert_eq!(packages.len(), 8, "{packages:?}");
     let old_stamp = util::ok(

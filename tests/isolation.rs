@@ -274,7 +274,8 @@ fn run_refuses_setuid_files_and_escaping_links_left_in_pkgdir() {
     ]));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let binpkgs = rs.store().join("binpkgs");
+    // PKGDIR was the run's binhost generation.
+    let binpkgs = util::pkgdir(&rs.store());
     let run = run_dirs(&rs.store()).remove(0);
     let refused: Vec<_> = stderr
         .lines()

@@ -238,7 +238,6 @@ fn stacked_layers_need_their_chain() {
     // A second stage to use the layers over by mistake.
     let other = StageTarballGz::add(&rs, "other");
     let store_before = listing(&rs.store());
-    let cookie = rs.store().join("binpkgs/ran");
     let ran = "touch /var/cache/binpkgs/ran".to_owned();
     for (layers, stage, want) in [
         (
@@ -269,7 +268,8 @@ fn stacked_layers_need_their_chain() {
     assert!(err.contains("layer two cannot be used here"), "{err}");
     let err = util::fails(&mut create(&rs, "one", &[], &ran), 1);
     assert!(err.contains("layer one already exists"), "{err}");
-    assert!(!cookie.exists());
+    // PKGDIR is a run's own generation: the newest is a layer's.
+    assert!(!util::pkgdir(&rs.store()).join("ran").exists());
     assert_eq!(listing(&rs.store()), store_before);
 
     // rm refuses a layer another one is built over, then works bottom-up.
@@ -321,7 +321,8 @@ fn failed_or_interrupted_create_leaves_no_layer() {
     assert!(!layer_dir(&rs, "bad").exists());
     assert_no_leftovers(&rs);
 
-    let cookie = rs.store().join("binpkgs/started");
+    // PKGDIR is the create's generation, the newest once it is made.
+    let cookie = || util::pkgdir(&rs.store()).join("started");
     let mut child = create(
         &rs,
         "killed",
@@ -332,7 +333,7 @@ fn failed_or_interrupted_create_leaves_no_layer() {
     .stderr(std::process::Stdio::null())
     .spawn()
     .unwrap();
-    while !cookie.exists() {
+    while !cookie().exists() {
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert!(child.try_wait().unwrap().is_none(), "create exited early");
     }
@@ -368,8 +369,9 @@ fn a_used_layer_is_shared_and_cannot_be_removed() {
     let layer_before = listing(&layer_dir(&rs, "base"));
 
     // Two runs over the layer at once, each waiting (bounded) for the other
-    // to be running, writing over the layer's file in their own chroots.
-    let pkgs = rs.store().join("binpkgs");
+    // to be running, writing over the layer's file in their own chroots;
+    // they meet in one PKGDIR shared by both (--binpkgs), not generations.
+    let pkgs = rs.store().join("shared-binpkgs");
     let script = |me: &str, other: &str| {
         format!(
             "touch /var/cache/binpkgs/{me}; i=0;\
@@ -379,7 +381,11 @@ fn a_used_layer_is_shared_and_cannot_be_removed() {
         )
     };
     let spawn = |me: &str, other: &str| {
-        run_over(&rs, &["base"], &script(me, other))
+        rs.run()
+            .args(["--layer", "base", "--binpkgs"])
+            .arg(&pkgs)
+            .arg("--")
+            .arg(script(me, other))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()

@@ -323,7 +323,8 @@ fn emerge_buildpkg_writes_gpkgs_listed_once_in_packages() {
         f.repo.cpvs.len(),
         "{log}"
     );
-    let pkgdir = s.store().join("binpkgs");
+    // PKGDIR was the run's binhost generation.
+    let pkgdir = util::pkgdir(&s.store());
     assert_eq!(
         assert_index_consistent(&pkgdir),
         sorted(f.repo.cpvs.clone())
@@ -356,6 +357,10 @@ fn emerge_usepkgonly_installs_without_building() {
     let mirror = Mirror::serve(&f.repo.distfiles);
     ok_with_logs(&s, s.emerge(&mirror, "emerge --buildpkg app-fixture/app"));
     let fetched = mirror.requests().len();
+    // Published, the packages are what the next run's generation starts from.
+    let built = util::pkgdir(&s.store());
+    let built = built.file_name().unwrap().to_string_lossy().into_owned();
+    util::ok(util::portroot(&s.store()).args(["binhost", "publish", &built]));
     // A later run, in a fresh chroot: from PKGDIR only, nothing fetched.
     ok_with_logs(
         &s,
@@ -405,7 +410,7 @@ fn four_parallel_jobs_leave_a_consistent_packages_index() {
         &s,
         s.run(&["--make-conf", &mirrors, "--jobs", "4", "--job-file", &jobs]),
     );
-    let pkgdir = s.store().join("binpkgs");
+    let pkgdir = util::pkgdir(&s.store());
     let cpvs = assert_index_consistent(&pkgdir);
     // base is built by all four jobs, lib by three, app by two: each build
     // is its own instance (binpkg-multi-instance), each listed once.

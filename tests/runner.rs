@@ -702,7 +702,7 @@ fn run_eight_parallel_jobs_isolated_and_collected() {
             "chroot not removed"
         );
         assert_eq!(
-            fs::read_to_string(rs.store().join(format!("binpkgs/{i}.gpkg.tar"))).unwrap(),
+            fs::read_to_string(util::pkgdir(&rs.store()).join(format!("{i}.gpkg.tar"))).unwrap(),
             "pkg\n"
         );
     }
@@ -819,7 +819,7 @@ fn every_run_leaves_a_report_a_person_can_open() {
     assert!(page.contains("it broke &amp; stopped"), "{page}");
     assert!(page.contains(r#"href="bad/log""#), "{page}");
     assert!(
-        page.contains(r#"<li class="package">good-1.gpkg.tar</li>"#),
+        page.contains(r#"<li class="package">good-1</li>"#),
         "{page}"
     );
     // The pinned inputs are on the page.
@@ -970,7 +970,7 @@ fn sigkill_of_the_runner_leaves_no_mount_and_gc_cleans_up() {
         return;
     }
     let rs = RunStore::new();
-    let cookie = rs.store().join("binpkgs");
+    let cookie = || util::pkgdir(&rs.store());
     let mut child = rs
         .run()
         .args([
@@ -984,7 +984,7 @@ fn sigkill_of_the_runner_leaves_no_mount_and_gc_cleans_up() {
         .spawn()
         .unwrap();
     // Wait (without a time limit on correctness) until both jobs are running.
-    while !(cookie.join("started-1").exists() && cookie.join("started-2").exists()) {
+    while !(cookie().join("started-1").exists() && cookie().join("started-2").exists()) {
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert!(child.try_wait().unwrap().is_none(), "runner exited early");
     }
@@ -1071,7 +1071,7 @@ fn sigterm_stops_the_run_and_tears_down() {
         return;
     }
     let rs = RunStore::new();
-    let cookie = rs.store().join("binpkgs");
+    let cookie = || util::pkgdir(&rs.store());
     let mut child = rs
         .run()
         .args(["--repeat", "3", "--jobs", "2", "--keep", "--"])
@@ -1080,7 +1080,7 @@ fn sigterm_stops_the_run_and_tears_down() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    while !(cookie.join("started-1").exists() && cookie.join("started-2").exists()) {
+    while !(cookie().join("started-1").exists() && cookie().join("started-2").exists()) {
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert!(child.try_wait().unwrap().is_none(), "runner exited early");
     }
@@ -1094,7 +1094,7 @@ fn sigterm_stops_the_run_and_tears_down() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("interrupted"), "{err}");
     assert!(
-        !cookie.join("started-3").exists(),
+        !cookie().join("started-3").exists(),
         "a queued job started after SIGTERM"
     );
     let run = &run_dirs(&rs.store())[0];

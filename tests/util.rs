@@ -243,3 +243,33 @@ impl Drop for Gpg {
             .status();
     }
 }
+
+/// PKGDIR of the store's newest run: its generation of the default binhost
+/// (`binpkgs/generations/<run-id>`: the one whose record was written last,
+/// as run ids only tell seconds apart), or `binpkgs/` before any run made
+/// one. For a test that talks to a running job through PKGDIR, or reads
+/// what the last run of its store wrote.
+pub fn pkgdir(store: &Path) -> PathBuf {
+    let gens = store.join("binpkgs/generations");
+    let newest = std::fs::read_dir(&gens)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .filter_map(|n| {
+            let written = std::fs::metadata(gens.join(format!("{n}.json")))
+                .and_then(|m| m.modified())
+                .ok()?;
+            Some((written, n))
+        })
+        .max()
+        .map(|(_, n)| n);
+    newest.map_or_else(|| store.join("binpkgs"), |n| gens.join(n))
+}
+
+/// PKGDIR of run `id`: the generation it wrote, named after it.
+pub fn run_pkgdir(store: &Path, id: &str) -> PathBuf {
+    store.join("binpkgs/generations").join(id)
+}

@@ -31,9 +31,9 @@
 //! linked from the files already there.
 
 mod index;
+mod link;
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -41,6 +41,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 pub use self::index::{diff, packages, parse_index, Package, PackageDiff};
+pub use self::link::{link_tree, LINK_THREADS};
 use crate::error::{io, sys, Error, Result};
 
 /// Names at the top of a binhost that are not packages (skipped when a
@@ -73,6 +74,8 @@ pub struct GenerationMeta {
 #[derive(Debug, Clone)]
 pub struct Binhost {
     root: PathBuf,
+    /// How many threads make a generation ([`LINK_THREADS`] by default).
+    threads: usize,
 }
 
 /// Seconds since the epoch, now.
@@ -85,7 +88,17 @@ pub fn now() -> u64 {
 impl Binhost {
     /// The binhost at `root` (nothing is touched yet).
     pub fn new(root: impl Into<PathBuf>) -> Binhost {
-        Binhost { root: root.into() }
+        Binhost {
+            root: root.into(),
+            threads: LINK_THREADS,
+        }
+    }
+
+    /// The same binhost, making generations with `threads` threads (1: the
+    /// caller's alone, as the benchmark compares).
+    pub fn with_threads(mut self, threads: usize) -> Binhost {
+        self.threads = threads.max(1);
+        self
     }
 
     /// Its directory.
@@ -197,8 +210,8 @@ impl Binhost {
         let _ = fs::remove_dir_all(&tmp);
         let made = (|| {
             match &parent {
-                Some(p) => link_tree(&self.path(p), &tmp, &[]),
-                None => link_tree(&self.root, &tmp, &OWN_NAMES),
+                Some(p) => link_tree(&self.path(p), &tmp, &[], self.threads),
+                None => link_tree(&self.root, &tmp, &OWN_NAMES, self.threads),
             }?;
             let meta = GenerationMeta {
                 id: id.to_owned(),
@@ -400,58 +413,6 @@ impl Binhost {
         }
         Ok(())
     }
-}
-
-/// Make `dest` a copy of the tree `src` in which every directory is made
-/// again (mode and owner kept) and every other entry is a hard link to
-/// `src`'s; `skip` names entries at the top to leave out.
-pub fn link_tree(src: &Path, dest: &Path, skip: &[&str]) -> Result<()> {
-    make_dir_like(src, dest)?;
-    for entry in fs::read_dir(src).map_err(io("reading", src))? {
-        let entry = entry.map_err(io("reading", src))?;
-        let name = entry.file_name();
-        let name_str = name.to_string_lossy();
-        if skip.contains(&name_str.as_ref()) || (!skip.is_empty() && name_str.starts_with('.')) {
-            continue;
-        }
-        let from = entry.path();
-        let to = dest.join(&name);
-        if entry.file_type().map_err(io("reading", &from))?.is_dir() {
-            link_tree(&from, &to, &[])?;
-        } else {
-            // linkat without AT_SYMLINK_FOLLOW: a symlink is linked itself.
-            fs::hard_link(&from, &to).map_err(io("linking", &to))?;
-        }
-    }
-    Ok(())
-}
-
-fn make_dir_like(src: &Path, dest: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    let meta = fs::metadata(src).map_err(io("reading", src))?;
-    let mode = meta.mode() & 0o7777;
-    fs::DirBuilder::new()
-        .mode(mode)
-        .create(dest)
-        .map_err(io("creating", dest))?;
-    // Two calls fewer per directory where they change nothing (most of a
-    // generation's: root-owned 0755), which is a third of making one.
-    if (meta.uid(), meta.gid())
-        != (
-            nix::unistd::geteuid().as_raw(),
-            nix::unistd::getegid().as_raw(),
-        )
-    {
-        std::os::unix::fs::chown(dest, Some(meta.uid()), Some(meta.gid()))
-            .map_err(io("changing the owner of", dest))?;
-    }
-    // The umask may have taken write bits, and mkdir ignores the setgid,
-    // setuid and sticky bits; chown may have cleared setgid.
-    if mode & 0o7022 != 0 {
-        fs::set_permissions(dest, fs::Permissions::from_mode(mode))
-            .map_err(io("changing the mode of", dest))?;
-    }
-    Ok(())
 }
 
 /// `path` written under a temporary name and renamed into place.

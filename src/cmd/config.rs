@@ -58,8 +58,12 @@ fn default_of(key: &str, store: &portroot::store::Store) -> String {
         "run.features" | "run.make_conf_lines" | "run.local_mirror" | "run.tmpfs" => "none".into(),
         "run.memory" | "run.cpus" | "run.pids" => "unlimited".into(),
         "run.distfiles" => format!("\"{}\"", store.distfiles_dir().display()),
-        "run.binpkgs" => format!("\"{}\"", store.binpkgs_dir().display()),
-        "run.binhost" => "none, jobs share run.binpkgs".into(),
+        "run.binpkgs" => "none, each run writes a generation of run.binhost".into(),
+        "run.binhost" => format!(
+            "\"{}\" ({}), none if run.binpkgs is set",
+            portroot::store::DEFAULT_BINHOST,
+            store.binpkgs_dir().display()
+        ),
         "mount.cache_size" => format!("{DEFAULT_CACHE_SIZE} (256M)"),
         "mount.threads" => DEFAULT_THREADS.to_string(),
         _ => "built in".into(),

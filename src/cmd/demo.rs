@@ -236,10 +236,12 @@ fn run_jobs(store: &Path, args: &DemoArgs, oldest: &str) -> anyhow::Result<PathB
          echo \"job $HOSTNAME sees the tree of $(< $tree/metadata/timestamp.chk)\"; \
          n=0; for e in $tree/*/*/*.ebuild; do n=$((n+1)); done; echo \"$n ebuilds\"; \
          echo \"and the layer's $(< /etc/demo-stack.conf)\"; \
-         echo \"built by job $HOSTNAME at tag {oldest}\" > /var/cache/binpkgs/demo/pkg-$HOSTNAME-1.0.gpkg.tar"
+         echo \"built by job $HOSTNAME at tag {oldest}\" > /var/cache/binpkgs/pkg-$HOSTNAME-1.0.gpkg.tar"
     );
-    let pkgdir = store.join("binpkgs/demo");
-    fs::create_dir_all(&pkgdir).with_context(|| format!("creating {}", pkgdir.display()))?;
+    // The run writes a generation of the store's binhost and publishes it
+    // when every job succeeded: clients (and the demo) read `current`,
+    // which holds only these packages (no `mkdir` in a bash-only stage).
+    let pkgdir = store.join("binpkgs/current");
     let t = Instant::now();
     portroot(
         store,
@@ -248,7 +250,7 @@ fn run_jobs(store: &Path, args: &DemoArgs, oldest: &str) -> anyhow::Result<PathB
         ],
     )
     .args(["--jobs", &args.jobs.to_string()])
-    .args(["--repeat", &args.jobs.to_string()])
+    .args(["--repeat", &args.jobs.to_string(), "--publish"])
     .arg("--")
     .arg(&script)
     .status_ok()?;

@@ -39,7 +39,8 @@ pub enum LayerCmd {
 #[derive(Debug, Args)]
 #[command(after_help = "\
 The job runs exactly as one job of `portroot run` (bash --login -c CMD, the
-tree at TAG read-only, distfiles/ and binpkgs/ shared). If it exits 0, its
+tree at TAG read-only, distfiles/ shared, packages into a new unpublished
+generation of the binhost unless --binpkgs DIR). If it exits 0, its
 overlay upper directory (files added or changed, deletions as whiteouts,
 replaced directories as opaque ones) is moved to layers/NAME. If it fails or
 is interrupted, nothing is kept. The configuration portroot writes into every
@@ -144,7 +145,7 @@ fn create(ctx: &Ctx, layers: &LayerStore, a: CreateArgs) -> anyhow::Result<ExitC
         }],
         workers: 1,
         keep: false,
-        binhost: None,
+        binhost: super::run::binhost(ctx, &a.chroot, None, false),
         publish: false,
     };
     let mut pending = Some(pending);

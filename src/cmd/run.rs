@@ -57,8 +57,9 @@ pub struct ChrootArgs {
     /// `run.distfiles`, else STORE/distfiles].
     #[arg(long, value_name = "DIR")]
     distfiles: Option<PathBuf>,
-    /// The host directory shared as PKGDIR, where binary packages land
-    /// [default: the config's `run.binpkgs`, else STORE/binpkgs].
+    /// One host directory shared as PKGDIR by every job and run, instead of
+    /// a new binhost generation per run [default: the config's
+    /// `run.binpkgs`, else none: generations of the binhost `binpkgs`].
     #[arg(long, value_name = "DIR")]
     binpkgs: Option<PathBuf>,
     /// A layer (`portroot layer list`) stacked over the stage; repeat in the
@@ -100,8 +101,11 @@ fn parse_pids(s: &str) -> Result<u64, String> {
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Each job runs `bash --login -c SCRIPT` with only HOME and TERM set, in its own
-overlay chroot over the stage, with the tree at TAG read-only and the store's
-distfiles/ and binpkgs/ shared read-write (DISTDIR, PKGDIR).
+overlay chroot over the stage, with the tree at TAG read-only, the store's
+distfiles/ shared read-write (DISTDIR) and, as PKGDIR, a new generation of the
+binhost (STORE/binpkgs unless --binhost), made from its `current` by hard
+links and published by --publish or `portroot binhost publish` (--binpkgs DIR:
+one shared PKGDIR instead). `portroot shell` reads `current`, read-only.
 
 Examples:
   portroot run --stage stage4 --tag 2026-08-20 -- emerge -e world
@@ -150,8 +154,8 @@ pub struct RunArgs {
     pub(super) keep: bool,
     /// Write the packages into a new generation of this binhost (a name
     /// under the store, or an absolute directory), made from its `current`
-    /// by hard links, instead of a shared PKGDIR (`portroot binhost`)
-    /// [default: the config's `run.binhost` unless --binpkgs is given].
+    /// by hard links (`portroot binhost`) [default: the config's
+    /// `run.binhost`, else `binpkgs`; none with --binpkgs].
     #[arg(
         long,
         value_name = "NAME|DIR",
@@ -323,17 +327,31 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
         jobs,
         workers,
         keep: args.keep,
-        binhost: match (&args.binhost, &args.chroot.binpkgs) {
-            (Some(b), _) => Some(b.clone()),
-            (None, Some(_)) => None,
-            (None, None) => ctx.config.merged.run.binhost.clone().or_else(|| {
-                args.publish
-                    .then(|| PathBuf::from(portroot::store::DEFAULT_BINHOST))
-            }),
-        },
+        binhost: binhost(ctx, &args.chroot, args.binhost.as_ref(), args.publish),
         publish: args.publish,
     };
     run_batch(ctx, batch, &mut |_| Ok(()))
+}
+
+/// The binhost of generations a run writes into: `--binhost`, else none
+/// with `--binpkgs` (one shared PKGDIR, the escape hatch), else the config's
+/// `run.binhost`, else the store's `binpkgs` unless the config's
+/// `run.binpkgs` names a shared PKGDIR (which `--publish` still overrides).
+pub(super) fn binhost(
+    ctx: &Ctx,
+    chroot: &ChrootArgs,
+    flag: Option<&PathBuf>,
+    publish: bool,
+) -> Option<PathBuf> {
+    let conf = &ctx.config.merged.run;
+    match (flag, &chroot.binpkgs) {
+        (Some(b), _) => Some(b.clone()),
+        (None, Some(_)) => None,
+        (None, None) => conf.binhost.clone().or_else(|| {
+            (conf.binpkgs.is_none() || publish)
+                .then(|| PathBuf::from(portroot::store::DEFAULT_BINHOST))
+        }),
+    }
 }
 
 /// The jobs of one run, from `run`'s command line or made up by `layer create`.
@@ -560,11 +578,37 @@ pub fn shell(ctx: &Ctx, args: ShellArgs) -> anyhow::Result<ExitCode> {
             bail!("give --stage and --tag, or --run and --job");
         };
         let settings = settings(ctx, &args.chroot)?;
-        let pinned = run::pin(&ctx.store, stage, tag, &settings)?;
+        let mut pinned = run::pin(&ctx.store, stage, tag, &settings)?;
+        if let Some(spec) = binhost(ctx, &args.chroot, None, false) {
+            shell_reads_current(&ctx.store.binhost_dir(&spec), &mut pinned.caches)?;
+        }
         run::Shell::fresh(&ctx.store, pinned)?
     };
     let code = shell.run()?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// A shell's PKGDIR with a binhost of generations: what clients see (the
+/// generation `current` names, or with none yet the binhost's own top, which
+/// the first run's generation will be linked from), read-only. A shell is
+/// typed by hand and recorded nowhere, so nothing built in it may reach
+/// clients; `--binpkgs DIR` gives it a writable PKGDIR of its own.
+fn shell_reads_current(
+    root: &Path,
+    caches: &mut [portroot_runner::plan::Bind],
+) -> anyhow::Result<()> {
+    let host = portroot_runner::binhost::Binhost::new(root);
+    let source = match host.current()? {
+        Some(id) => host.path(&id),
+        None => root.to_owned(),
+    };
+    for bind in caches {
+        if bind.target == Path::new(portroot_runner::conf::PKGDIR) {
+            bind.source = source.clone();
+            bind.writable = false;
+        }
+    }
+    Ok(())
 }
 
 /// Hidden helpers.

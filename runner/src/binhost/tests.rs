@@ -1,4 +1,5 @@
 use super::*;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 fn write(p: &Path, text: &str) {
     fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -157,4 +158,30 @@ fn directories_keep_their_mode_and_owner() {
         (got.mode(), got.uid(), got.gid()),
         (want.mode(), want.uid(), want.gid())
     );
+}
+
+#[test]
+fn threads_link_every_file_of_a_wide_tree_and_stop_at_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    for c in 0..20 {
+        for p in 0..10 {
+            write(&src.join(format!("c{c}/p{p}/p{p}-1-1.gpkg.tar")), "x");
+        }
+    }
+    let dest = dir.path().join("dest");
+    link_tree(&src, &dest, &[], 4).unwrap();
+    for c in 0..20 {
+        for p in 0..10 {
+            let rel = format!("c{c}/p{p}/p{p}-1-1.gpkg.tar");
+            let (a, b) = (
+                fs::metadata(src.join(&rel)).unwrap(),
+                fs::metadata(dest.join(&rel)).unwrap(),
+            );
+            assert_eq!(a.ino(), b.ino(), "{rel}");
+        }
+    }
+    // Into a directory that is there already: one error, nothing hangs.
+    let e = link_tree(&src, &dest, &[], 4).unwrap_err();
+    assert!(e.to_string().starts_with("creating "), "{e}");
 }
