@@ -8,7 +8,10 @@
 //! `PORTROOT_BENCH_BEFORE=BINARY` compares with another build (the code
 //! before a change): for each N the two binaries run alternately, three times
 //! each (`PORTROOT_BENCH_PAIRS` times), on the same store, and the medians
-//! and quartiles are printed side by side.
+//! and quartiles are printed side by side. Both share one plain PKGDIR
+//! (`--binpkgs`), as builds before binhost generations did, so the change
+//! compared is the chroot's own; a third column times this build as it runs
+//! by default, writing a binhost generation per run.
 //! `PORTROOT_BENCH_NS=1,8` picks the Ns; `PORTROOT_BENCH_KEEP=1` keeps the
 //! store (for profiling) and prints where it is.
 //!
@@ -126,16 +129,23 @@ fn compare(store: &Path, before: &Path, ns: &[usize]) {
         before.display()
     );
     println!(
-        "{:>4}  {:>24}  {:>24}  {:>8}",
-        "N", "before ms/chroot (q1-q3)", "after ms/chroot (q1-q3)", "median"
+        "{:>4}  {:>24}  {:>24}  {:>8}  {:>24}",
+        "N",
+        "before ms/chroot (q1-q3)",
+        "after ms/chroot (q1-q3)",
+        "median",
+        "after, generation (q1-q3)"
     );
-    run_with(before, store, 1);
-    run_portroot(store, 1);
+    let shared = store.join("binpkgs-shared");
+    let shared = ["--binpkgs", shared.to_str().expect("utf-8")];
+    run_with_args(before, store, 1, &shared);
+    run_with_args(Path::new(BIN), store, 1, &shared);
     for &n in ns {
-        let (mut b, mut a) = (Vec::new(), Vec::new());
+        let (mut b, mut a, mut g) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..pairs.max(1) {
-            b.push(run_with(before, store, n));
-            a.push(run_portroot(store, n));
+            b.push(run_with_args(before, store, n, &shared));
+            a.push(run_with_args(Path::new(BIN), store, n, &shared));
+            g.push(run_portroot(store, n));
         }
         let quartiles = |v: &mut Vec<Duration>| {
             v.sort();
@@ -146,13 +156,14 @@ fn compare(store: &Path, before: &Path, ns: &[usize]) {
                 ms(v[3 * v.len() / 4]),
             )
         };
-        let (b, a) = (quartiles(&mut b), quartiles(&mut a));
+        let (b, a, g) = (quartiles(&mut b), quartiles(&mut a), quartiles(&mut g));
         let show = |(q1, m, q3): (f64, f64, f64)| format!("{m:.2} ({q1:.2}-{q3:.2})");
         println!(
-            "{n:>4}  {:>24}  {:>24}  {:>+8.2}",
+            "{n:>4}  {:>24}  {:>24}  {:>+8.2}  {:>24}",
             show(b),
             show(a),
-            a.1 - b.1
+            a.1 - b.1,
+            show(g)
         );
     }
     portroot(store, &["-q", "gc", "--all"]);
@@ -174,6 +185,11 @@ fn run_portroot(store: &Path, n: usize) -> Duration {
 }
 
 fn run_with(bin: &Path, store: &Path, n: usize) -> Duration {
+    run_with_args(bin, store, n, &[])
+}
+
+/// `bin run` of N chroots running `true`, with `extra` run flags.
+fn run_with_args(bin: &Path, store: &Path, n: usize, extra: &[&str]) -> Duration {
     let n_s = n.to_string();
     let start = Instant::now();
     let out = Command::new(bin)
@@ -181,8 +197,9 @@ fn run_with(bin: &Path, store: &Path, n: usize) -> Duration {
         .arg(store)
         .args([
             "-q", "run", "--stage", "bench", "--tag", "bench", "--repeat", &n_s, "--jobs", &n_s,
-            "--", "true",
         ])
+        .args(extra)
+        .args(["--", "true"])
         .output()
         .expect("running portroot run");
     let t = start.elapsed();
