@@ -541,18 +541,25 @@ impl PendingLayer {
                 self.name
             )));
         }
-        nix::fcntl::renameat2(
-            nix::fcntl::AT_FDCWD,
-            staging.path(),
-            nix::fcntl::AT_FDCWD,
-            &dest,
-            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-        )
-        .map_err(sys("moving the layer into place at", &dest))?;
-        let _ = staging.keep();
+        move_into_place(staging, &dest)?;
         info!(layer = %self.name, files, bytes, "layer created");
         Ok(Layer { dir: dest, record })
     }
+}
+
+/// Rename the finished `staging` directory to `dest`, never over an
+/// existing layer, and keep it from being removed.
+fn move_into_place(staging: tempfile::TempDir, dest: &Path) -> Result<()> {
+    nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        staging.path(),
+        nix::fcntl::AT_FDCWD,
+        dest,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    )
+    .map_err(sys("moving the layer into place at", dest))?;
+    let _ = staging.keep();
+    Ok(())
 }
 
 #[cfg(test)]

@@ -113,15 +113,7 @@ impl LayerStore {
         fs::set_permissions(staging.path(), fs::Permissions::from_mode(0o755))
             .map_err(io("changing mode of", staging.path()))?;
         let dest = self.layers.join(&record.name);
-        nix::fcntl::renameat2(
-            nix::fcntl::AT_FDCWD,
-            staging.path(),
-            nix::fcntl::AT_FDCWD,
-            &dest,
-            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-        )
-        .map_err(sys("moving the layer into place at", &dest))?;
-        let _ = staging.keep();
+        super::move_into_place(staging, &dest)?;
         drop(pending);
         info!(layer = %record.name, id = %record.id, "layer added");
         Ok(AddedLayer {
